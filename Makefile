@@ -1,0 +1,88 @@
+# Every target sets itself up: a fresh clone needs only `make synth` / `make test`.
+# Setup is skipped when current: the stamp files are named after a hash of the
+# requirement files and the npm lockfile, so editing either re-runs setup.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+STAGES ?=
+STAGE ?=
+FORCE ?=
+ARGS ?=
+
+REQ_HASH := $(shell cat requirements.txt requirements-dev.txt | sha256sum | cut -c1-16)
+NPM_HASH := $(shell cat package.json package-lock.json | sha256sum | cut -c1-16)
+PY_STAMP := $(VENV)/.stamp-$(REQ_HASH)
+NODE_STAMP := node_modules/.stamp-$(NPM_HASH)
+
+# Project-local Node 22 and CDK CLI first, then the venv: jsii and `cdk` never
+# see the machine's end-of-life Node 20.
+export PATH := $(CURDIR)/node_modules/.bin:$(CURDIR)/$(VENV)/bin:$(PATH)
+# Nothing but the package registries is reachable: no CLI telemetry, notices
+# or version checks.
+export CDK_DISABLE_CLI_TELEMETRY := true
+export CDK_DISABLE_VERSION_CHECK := true
+export PYTHONDONTWRITEBYTECODE := 1
+
+CDK := cdk --no-notices
+STAGE_CONTEXT := $(if $(STAGES),-c stages=$(STAGES),)
+
+.PHONY: help setup synth test bench deploy destroy diff clean
+
+help:
+	@echo "make synth [STAGES=dev,prod]   synthesize offline, print a summary"
+	@echo "make test                      the whole test suite"
+	@echo "make bench                     synth wall-time benchmark"
+	@echo "make diff STAGE=dev            cdk diff against the deployed stage (AWS credentials)"
+	@echo "make deploy STAGE=dev          cdk deploy '<stage>/*' (AWS credentials)"
+	@echo "make destroy STAGE=dev         cdk destroy '<stage>/*' (prod needs FORCE=1)"
+
+setup: $(PY_STAMP) $(NODE_STAMP)
+
+$(PY_STAMP): requirements.txt requirements-dev.txt
+	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	@rm -f $(VENV)/.stamp-* && touch $@
+
+$(NODE_STAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+# Synth needs no credentials: on a machine without them, skip the instance
+# metadata probe instead of waiting for it to time out.
+synth: export AWS_EC2_METADATA_DISABLED := true
+synth: setup
+	@rm -rf cdk.out
+	$(CDK) synth --quiet $(STAGE_CONTEXT) > /dev/null
+	@python scripts/synth_summary.py cdk.out
+
+test: export AWS_EC2_METADATA_DISABLED := true
+test: setup
+	python -m pytest $(ARGS)
+
+bench: export AWS_EC2_METADATA_DISABLED := true
+bench: setup
+	python bench/synth.py
+
+define require_stage
+	@test -n "$(STAGE)" || { echo "STAGE is required, e.g. make $@ STAGE=dev" >&2; exit 2; }
+endef
+
+diff: setup
+	$(require_stage)
+	$(CDK) diff -c stages=$(STAGE) '$(STAGE)/*'
+
+deploy: setup
+	$(require_stage)
+	$(CDK) deploy -c stages=$(STAGE) '$(STAGE)/*'
+
+destroy: setup
+	$(require_stage)
+	@if [ "$(STAGE)" = prod ] && [ "$(FORCE)" != 1 ]; then \
+	  echo "Refusing to destroy prod. Re-run with FORCE=1 if you really mean it." >&2; exit 2; fi
+	$(CDK) destroy -c stages=$(STAGE) '$(STAGE)/*'
+
+clean:
+	rm -rf cdk.out .pytest_cache

@@ -1,0 +1,26 @@
+#!/usr/bin/env python3
+"""CDK entry point. The only module that reads CDK context or the environment.
+
+    -c stages=dev,prod     synthesize only these stages (default: all)
+    -c account=123456789012  or CDK_DEFAULT_ACCOUNT: pin stacks to an account
+                             (default: account-agnostic, concrete region)
+"""
+
+import os
+
+import aws_cdk as cdk
+
+from ml_stacks.app_factory import build_app
+from ml_stacks.config import default_configs, select_stages
+
+
+def main() -> None:
+    # Read context from a throwaway app: build_app owns the real one.
+    context = cdk.App().node
+    account = context.try_get_context("account") or os.environ.get("CDK_DEFAULT_ACCOUNT") or None
+    stages = select_stages(default_configs(account=account), context.try_get_context("stages"))
+    build_app(stages).synth()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+"""The platform VPC: three subnet tiers, flow logs and VPC endpoints."""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import aws_cdk as cdk
+from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_logs as logs
+from constructs import Construct
+
+from constructs_lib.acknowledge import acknowledge
+
+
+class MlVpc(Construct):
+    """A VPC over explicit AZs with public, private-with-egress and isolated subnets.
+
+    Address space: the private tier gets half of the VPC (GPU nodes and EKS
+    pods take one IP each), the isolated tier a quarter, the public tier an
+    eighth; the rest stays free for later tiers. Every subnet size derives from
+    the VPC prefix and the AZ count, so any /16–/22 with up to six AZs fits.
+
+    Flow logs of all traffic go to ``flow_log_group``. S3 and DynamoDB gateway
+    endpoints are always created (free). ``interface_endpoints`` maps a name
+    to an ``ec2.InterfaceVpcEndpointAwsService``; all of them share one
+    security group that admits HTTPS from the VPC CIDR only.
+    """
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        cidr: str,
+        availability_zones: Sequence[str],
+        nat_gateways: int,
+        interface_endpoints: dict[str, ec2.InterfaceVpcEndpointAwsService],
+        flow_log_retention: logs.RetentionDays,
+        removal_policy: cdk.RemovalPolicy,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        prefix = int(cidr.split("/")[1])
+        az_bits = math.ceil(math.log2(len(availability_zones))) if len(availability_zones) > 1 else 0
+
+        self.vpc = ec2.Vpc(
+            self,
+            "Resource",
+            ip_addresses=ec2.IpAddresses.cidr(cidr),
+            availability_zones=list(availability_zones),
+            nat_gateways=nat_gateways,
+            subnet_configuration=[
+                ec2.SubnetConfiguration(name="private", subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS,
+                                        cidr_mask=prefix + az_bits + 1),
+                ec2.SubnetConfiguration(name="isolated", subnet_type=ec2.SubnetType.PRIVATE_ISOLATED,
+                                        cidr_mask=prefix + az_bits + 2),
+                ec2.SubnetConfiguration(name="public", subnet_type=ec2.SubnetType.PUBLIC,
+                                        cidr_mask=prefix + az_bits + 3),
+            ],
+            gateway_endpoints={
+                "S3": ec2.GatewayVpcEndpointOptions(service=ec2.GatewayVpcEndpointAwsService.S3),
+                "DynamoDb": ec2.GatewayVpcEndpointOptions(service=ec2.GatewayVpcEndpointAwsService.DYNAMODB),
+            },
+        )
+
+        # AZ names are explicit in the stage config on purpose (no lookup:
+        # offline, deterministic synth); both linters flag hard-coded AZs.
+        for subnet in [*self.vpc.public_subnets, *self.vpc.private_subnets, *self.vpc.isolated_subnets]:
+            cfn_subnet = subnet.node.default_child
+            acknowledge(cfn_subnet, "CloudFormation-Validate::W3010",
+                        "AZ names are explicit in the stage config on purpose: synth makes "
+                        "no AZ lookup, so it runs offline and is deterministic.")
+            cfn_subnet.add_metadata("cfn-lint", {"config": {"ignore_checks": ["W3010"]}})
+
+        self.flow_log_group = logs.LogGroup(
+            self,
+            "FlowLogGroup",
+            retention=flow_log_retention,
+            removal_policy=removal_policy,
+        )
+        self.flow_log = ec2.FlowLog(
+            self,
+            "FlowLog",
+            resource_type=ec2.FlowLogResourceType.from_vpc(self.vpc),
+            destination=ec2.FlowLogDestination.to_cloud_watch_logs(self.flow_log_group),
+            traffic_type=ec2.FlowLogTrafficType.ALL,
+        )
+
+        self.endpoint_security_group: ec2.SecurityGroup | None = None
+        self.interface_endpoints: dict[str, ec2.InterfaceVpcEndpoint] = {}
+        if interface_endpoints:
+            self.endpoint_security_group = ec2.SecurityGroup(
+                self,
+                "EndpointSecurityGroup",
+                vpc=self.vpc,
+                description="Interface VPC endpoints: HTTPS from inside the VPC",
+                allow_all_outbound=False,
+            )
+            self.endpoint_security_group.add_ingress_rule(
+                # The literal CIDR, not the VPC's token, so the rule is
+                # reviewable in the template and checkable by cdk-nag.
+                ec2.Peer.ipv4(cidr), ec2.Port.tcp(443),
+                "HTTPS from the VPC to AWS service endpoints",
+            )
+            for name, service in interface_endpoints.items():
+                self.interface_endpoints[name] = self.vpc.add_interface_endpoint(
+                    _endpoint_id(name),
+                    service=service,
+                    private_dns_enabled=True,
+                    open=False,
+                    security_groups=[self.endpoint_security_group],
+                    subnets=ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS),
+                )
+
+
+def _endpoint_id(name: str) -> str:
+    """'sagemaker.runtime' -> 'SagemakerRuntimeEndpoint' (stable construct ID)."""
+    return "".join(part.capitalize() for part in name.replace("-", ".").split(".")) + "Endpoint"

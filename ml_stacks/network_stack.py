@@ -1,0 +1,40 @@
+"""Network stack: the stage's VPC, flow logs and VPC endpoints."""
+
+from __future__ import annotations
+
+import aws_cdk as cdk
+from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_logs as logs
+from constructs import Construct
+
+from constructs_lib.ml_vpc import MlVpc
+from ml_stacks.base_stack import StageStack
+from ml_stacks.config import INTERFACE_ENDPOINTS, LOG_RETENTION_DAYS, StageConfig
+
+
+class NetworkStack(StageStack):
+    """Exposes ``vpc`` (``ec2.IVpc``) for the other stacks of the stage."""
+
+    def __init__(self, scope: Construct, construct_id: str, *, config: StageConfig) -> None:
+        super().__init__(scope, construct_id, config=config,
+                         description=f"ml-infra {config.name}: VPC, flow logs, VPC endpoints")
+        net = config.network
+        self.network = MlVpc(
+            self,
+            "Vpc",
+            cidr=net.vpc_cidr,
+            availability_zones=net.availability_zones,
+            nat_gateways=net.nat_gateways,
+            interface_endpoints={
+                name: getattr(ec2.InterfaceVpcEndpointAwsService, INTERFACE_ENDPOINTS[name])
+                for name in net.interface_endpoints
+            },
+            flow_log_retention=_retention(net.flow_log_retention_days),
+            removal_policy=self.removal_policy,
+        )
+        self.vpc: ec2.IVpc = self.network.vpc
+        cdk.CfnOutput(self, "VpcId", value=self.vpc.vpc_id, description="The stage VPC")
+
+
+def _retention(days: int) -> logs.RetentionDays:
+    return getattr(logs.RetentionDays, LOG_RETENTION_DAYS[days])

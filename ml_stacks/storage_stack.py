@@ -1,0 +1,154 @@
+"""Storage stack (stateful): KMS key, buckets and the image repository.
+
+Construct IDs here are a contract: a changed ID replaces a bucket, a key or
+a repository. ``tests/unit/test_storage_stack.py`` pins the logical IDs.
+"""
+
+from __future__ import annotations
+
+import aws_cdk as cdk
+from aws_cdk import aws_ecr as ecr
+from aws_cdk import aws_kms as kms
+from aws_cdk import aws_s3 as s3
+from constructs import Construct
+
+from constructs_lib.secure_bucket import SecureBucket
+from ml_stacks.base_stack import StageStack
+from ml_stacks.config import StageConfig
+
+ABORT_INCOMPLETE_UPLOADS = cdk.Duration.days(7)
+
+
+class StorageStack(StageStack):
+    """Exposes ``key``, ``training_data_bucket``, ``checkpoint_bucket``,
+    ``model_artifacts_bucket``, ``access_log_bucket`` and ``image_repository``
+    as objects for the other stacks of the stage."""
+
+    def __init__(self, scope: Construct, construct_id: str, *, config: StageConfig) -> None:
+        storage = config.storage
+        super().__init__(scope, construct_id, config=config,
+                         description=f"ml-infra {config.name}: KMS key, buckets, ECR (stateful)",
+                         termination_protection=storage.retain)
+        removal = self.removal_policy
+
+        self.key = kms.Key(
+            self,
+            "Key",
+            alias=f"alias/{config.stack_prefix}",
+            description=f"ml-infra {config.name}: data, checkpoints, models, images",
+            enable_key_rotation=True,
+            removal_policy=removal,
+            # A deleted key makes every object it encrypted unreadable: keep
+            # the longest grace period to undo a mistaken delete.
+            pending_window=cdk.Duration.days(30),
+        )
+
+        # S3 server access logs can only be delivered to an SSE-S3 bucket.
+        self.access_log_bucket = s3.Bucket(
+            self,
+            "AccessLogs",
+            encryption=s3.BucketEncryption.S3_MANAGED,
+            block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
+            enforce_ssl=True,
+            object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
+            lifecycle_rules=[
+                s3.LifecycleRule(
+                    id="expire-access-logs",
+                    expiration=cdk.Duration.days(storage.access_log_expiration_days),
+                    abort_incomplete_multipart_upload_after=ABORT_INCOMPLETE_UPLOADS,
+                )
+            ],
+            removal_policy=removal,
+            auto_delete_objects=removal == cdk.RemovalPolicy.DESTROY,
+        )
+
+        def bucket(construct_id: str, log_prefix: str, **kwargs) -> SecureBucket:
+            return SecureBucket(
+                self,
+                construct_id,
+                encryption_key=self.key,
+                access_log_bucket=self.access_log_bucket,
+                log_prefix=log_prefix,
+                removal_policy=removal,
+                **kwargs,
+            )
+
+        self.training_data_bucket = bucket(
+            "TrainingData",
+            "training-data",
+            lifecycle_rules=[
+                s3.LifecycleRule(
+                    id="tier-raw-data",
+                    prefix="raw/",
+                    transitions=[
+                        s3.Transition(storage_class=s3.StorageClass.INFREQUENT_ACCESS,
+                                      transition_after=cdk.Duration.days(90)),
+                        s3.Transition(storage_class=s3.StorageClass.GLACIER,
+                                      transition_after=cdk.Duration.days(365)),
+                    ],
+                ),
+                s3.LifecycleRule(id="abort-incomplete-uploads",
+                                 abort_incomplete_multipart_upload_after=ABORT_INCOMPLETE_UPLOADS),
+            ],
+        )
+        self.checkpoint_bucket = bucket(
+            "Checkpoints",
+            "checkpoints",
+            lifecycle_rules=[
+                s3.LifecycleRule(
+                    id="expire-checkpoints",
+                    expiration=cdk.Duration.days(storage.checkpoint_expiration_days),
+                    abort_incomplete_multipart_upload_after=ABORT_INCOMPLETE_UPLOADS,
+                )
+            ],
+        )
+        self.model_artifacts_bucket = bucket(
+            "ModelArtifacts",
+            "model-artifacts",
+            versioned=True,
+            lifecycle_rules=[
+                s3.LifecycleRule(
+                    id="expire-noncurrent-models",
+                    noncurrent_version_expiration=cdk.Duration.days(
+                        storage.model_noncurrent_expiration_days),
+                    abort_incomplete_multipart_upload_after=ABORT_INCOMPLETE_UPLOADS,
+                )
+            ],
+        )
+
+        self.image_repository = ecr.Repository(
+            self,
+            "Images",
+            repository_name=f"{config.stack_prefix}/images",
+            image_scan_on_push=True,
+            image_tag_mutability=(ecr.TagMutability.IMMUTABLE if storage.ecr_immutable_tags
+                                  else ecr.TagMutability.MUTABLE),
+            encryption=ecr.RepositoryEncryption.KMS,
+            encryption_key=self.key,
+            lifecycle_rules=[
+                ecr.LifecycleRule(
+                    description="Expire untagged images after a day",
+                    tag_status=ecr.TagStatus.UNTAGGED,
+                    max_image_age=cdk.Duration.days(1),
+                    rule_priority=1,
+                ),
+                ecr.LifecycleRule(
+                    description=f"Keep the last {storage.ecr_keep_tagged_images} tagged images",
+                    tag_status=ecr.TagStatus.TAGGED,
+                    tag_pattern_list=["*"],
+                    max_image_count=storage.ecr_keep_tagged_images,
+                    rule_priority=2,
+                ),
+            ],
+            removal_policy=removal,
+            empty_on_delete=removal == cdk.RemovalPolicy.DESTROY,
+        )
+
+        for output_id, value, description in (
+            ("TrainingDataBucketName", self.training_data_bucket.bucket_name, "Training data"),
+            ("CheckpointBucketName", self.checkpoint_bucket.bucket_name, "Training checkpoints"),
+            ("ModelArtifactsBucketName", self.model_artifacts_bucket.bucket_name, "Model artifacts"),
+            ("ImageRepositoryUri", self.image_repository.repository_uri, "docker push target"),
+            ("KeyArn", self.key.key_arn, "Stage KMS key"),
+        ):
+            cdk.CfnOutput(self, output_id, value=value, description=description)

@@ -1,0 +1,41 @@
+"""One snapshot per stack. Update on purpose only: `make test ARGS=--snapshot-update`,
+and say why in the commit message."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from syrupy.extensions.json import JSONSnapshotExtension
+
+from tests.conftest import STACKS, STAGES
+
+_ASSET_HASH = re.compile(r"\b[0-9a-f]{64}\b")
+_ACCOUNT_ID = re.compile(r"(?<![0-9])[0-9]{12}(?![0-9])")
+
+
+def normalized(template: dict) -> dict:
+    """Asset hashes change with any byte of an asset and account IDs with the
+    deployer: neither is a reviewable infrastructure change."""
+    text = json.dumps(template, sort_keys=True)
+    text = _ASSET_HASH.sub("<asset-hash>", text)
+    text = _ACCOUNT_ID.sub("<account-id>", text)
+    return json.loads(text)
+
+
+@pytest.fixture
+def snapshot_json(snapshot):
+    return snapshot.use_extension(JSONSnapshotExtension)
+
+
+@pytest.mark.parametrize("stack", STACKS)
+@pytest.mark.parametrize("stage", STAGES)
+def test_stack_matches_snapshot(all_templates, snapshot_json, stage, stack) -> None:
+    assert normalized(all_templates[(stage, stack)]) == snapshot_json
+
+
+def test_normalization_hides_only_hashes_and_accounts() -> None:
+    template = {"Key": "a" * 64 + ".zip", "Arn": "arn:aws:iam::123456789012:role/x", "Port": 443}
+    assert normalized(template) == {"Key": "<asset-hash>.zip",
+                                    "Arn": "arn:aws:iam::<account-id>:role/x", "Port": 443}

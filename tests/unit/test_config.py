@@ -1,0 +1,119 @@
+"""Stage config validation: every rejection names the field, the value and what is allowed."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from ml_stacks.config import (
+    ConfigError,
+    NetworkConfig,
+    StageConfig,
+    StageTags,
+    StorageConfig,
+    default_configs,
+    select_stages,
+)
+
+TAGS = StageTags(team="t", project="p", cost_center="c", repository="r")
+
+
+def stage(**overrides) -> StageConfig:
+    network = overrides.pop("network", None) or NetworkConfig(
+        vpc_cidr="10.0.0.0/16", availability_zones=("eu-west-1a", "eu-west-1b"))
+    values = dict(name="dev", region="eu-west-1", network=network, tags=TAGS)
+    values.update(overrides)
+    return StageConfig(**values)
+
+
+def network(**overrides) -> NetworkConfig:
+    values = dict(vpc_cidr="10.0.0.0/16", availability_zones=("eu-west-1a", "eu-west-1b"))
+    values.update(overrides)
+    return NetworkConfig(**values)
+
+
+def test_default_configs_are_valid_and_cover_every_stage() -> None:
+    configs = default_configs()
+    assert list(configs) == ["dev", "staging", "prod"]
+    assert configs["prod"].network.nat_gateways == len(configs["prod"].network.availability_zones)
+    assert configs["dev"].network.nat_gateways == 1
+    assert configs["dev"].network.interface_endpoints == ()
+    assert configs["prod"].storage.retain and not configs["dev"].storage.retain
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field", "value", "allowed"),
+    [
+        ({"network": network(vpc_cidr="10.0.0.0/33")}, "dev.network.vpc_cidr", "10.0.0.0/33", "CIDR notation"),
+        ({"network": network(vpc_cidr="10.0.0.1/16")}, "dev.network.vpc_cidr", "10.0.0.1/16", "CIDR notation"),
+        ({"network": network(vpc_cidr="banana")}, "dev.network.vpc_cidr", "banana", "CIDR notation"),
+        ({"network": network(vpc_cidr="10.0.0.0/8")}, "dev.network.vpc_cidr", "10.0.0.0/8", "between /16 and /22"),
+        ({"network": network(vpc_cidr="10.0.0.0/24")}, "dev.network.vpc_cidr", "10.0.0.0/24", "between /16 and /22"),
+        ({"network": network(vpc_cidr="8.8.0.0/16")}, "dev.network.vpc_cidr", "8.8.0.0/16", "private range"),
+        ({"network": network(availability_zones=("us-east-1a", "eu-west-1b"))},
+         "dev.network.availability_zones", "us-east-1a", "AZ of region 'eu-west-1'"),
+        ({"network": network(availability_zones=("eu-west-1",))},
+         "dev.network.availability_zones", "eu-west-1", "AZ of region"),
+        ({"network": network(availability_zones=("eu-west-1a", "eu-west-1a"))},
+         "dev.network.availability_zones", ("eu-west-1a", "eu-west-1a"), "each AZ once"),
+        ({"network": network(availability_zones=())}, "dev.network.availability_zones", (), "1 to 6"),
+        ({"network": network(availability_zones=["eu-west-1a"])},
+         "dev.network.availability_zones", ["eu-west-1a"], "tuple"),
+        ({"network": network(nat_gateways=3)}, "dev.network.nat_gateways", 3, "1 to 2"),
+        ({"network": network(nat_gateways=0)}, "dev.network.nat_gateways", 0, "at least one"),
+        ({"network": network(interface_endpoints=("s3",))}, "dev.network.interface_endpoints", "s3",
+         "one of "),
+        ({"network": network(interface_endpoints=("sts", "sts"))}, "dev.network.interface_endpoints",
+         ("sts", "sts"), "each endpoint once"),
+        ({"network": network(flow_log_retention_days=42)}, "dev.network.flow_log_retention_days", 42,
+         "retention"),
+        ({"name": "qa"}, "name", "qa", "dev, staging, prod"),
+        ({"region": "moon-1"}, "dev.region", "moon-1", "AWS region"),
+        ({"account": "12345"}, "dev.account", "12345", "12-digit"),
+        ({"name": "prod", "storage": StorageConfig(retain=False)}, "prod.storage.retain", False,
+         "True outside dev"),
+        ({"storage": StorageConfig(checkpoint_expiration_days=0)},
+         "dev.storage.checkpoint_expiration_days", 0, "1 to 3650"),
+        ({"storage": StorageConfig(ecr_keep_tagged_images=True)},
+         "dev.storage.ecr_keep_tagged_images", True, "integer"),
+        ({"tags": replace(TAGS, team="")}, "dev.tags.Team", "", "non-empty"),
+        ({"tags": replace(TAGS, cost_center="a#b")}, "dev.tags.CostCenter", "a#b", "letters, digits"),
+    ],
+)
+def test_fails_when_a_value_is_not_allowed(overrides, field, value, allowed) -> None:
+    with pytest.raises(ConfigError) as caught:
+        stage(**overrides)
+    error = caught.value
+    assert error.field_path == field
+    assert error.value == value
+    assert allowed in error.allowed
+    assert str(error).startswith(f"{field}: {value!r} is not allowed")
+
+
+def test_nat_gateway_count_may_equal_the_az_count() -> None:
+    assert stage(network=network(nat_gateways=2)).network.nat_gateways == 2
+
+
+def test_config_is_frozen() -> None:
+    config = stage()
+    with pytest.raises(AttributeError):
+        config.region = "us-east-1"  # type: ignore[misc]
+
+
+def test_select_stages_defaults_to_all_in_stage_order() -> None:
+    configs = default_configs()
+    assert [c.name for c in select_stages(configs, None)] == ["dev", "staging", "prod"]
+    assert [c.name for c in select_stages(configs, "")] == ["dev", "staging", "prod"]
+    assert [c.name for c in select_stages(configs, "prod, dev")] == ["dev", "prod"]
+
+
+def test_fails_when_an_unknown_stage_is_selected() -> None:
+    with pytest.raises(ConfigError, match=r"stages: 'qa' is not allowed — a comma-separated list of dev, staging, prod"):
+        select_stages(default_configs(), "dev,qa")
+
+
+def test_account_override_is_validated() -> None:
+    assert default_configs(account="123456789012")["prod"].account == "123456789012"
+    with pytest.raises(ConfigError, match="dev.account"):
+        default_configs(account="not-an-account")

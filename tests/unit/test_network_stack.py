@@ -1,0 +1,123 @@
+"""Network stack: VPC layout, NAT, flow logs and endpoints per stage."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+from aws_cdk import aws_ec2 as ec2
+from aws_cdk.assertions import Match
+
+from tests.conftest import STAGES, resources_of_type
+
+LOG_RETENTION = {"dev": 30, "staging": 90, "prod": 365}
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_vpc_uses_the_configured_cidr_and_dns(synthesized, stage) -> None:
+    config = synthesized.configs[stage]
+    synthesized.template(stage, "network").has_resource_properties("AWS::EC2::VPC", {
+        "CidrBlock": config.network.vpc_cidr,
+        "EnableDnsHostnames": True,
+        "EnableDnsSupport": True,
+    })
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_three_subnet_tiers_in_every_configured_az(synthesized, stage, all_templates) -> None:
+    config = synthesized.configs[stage]
+    subnets = resources_of_type(all_templates[(stage, "network")], "AWS::EC2::Subnet").values()
+    azs = config.network.availability_zones
+    by_tier: dict[str, list[str]] = {}
+    for subnet in subnets:
+        tags = {t["Key"]: t["Value"] for t in subnet["Properties"]["Tags"]}
+        by_tier.setdefault(tags["aws-cdk:subnet-name"], []).append(subnet["Properties"]["AvailabilityZone"])
+    assert {tier: sorted(zones) for tier, zones in by_tier.items()} == {
+        "public": sorted(azs), "private": sorted(azs), "isolated": sorted(azs)}
+
+    vpc = ipaddress.ip_network(config.network.vpc_cidr)
+    cidrs = [ipaddress.ip_network(s["Properties"]["CidrBlock"]) for s in subnets]
+    assert all(c.subnet_of(vpc) for c in cidrs)
+    assert all(not a.overlaps(b) for i, a in enumerate(cidrs) for b in cidrs[i + 1:])
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_private_subnets_get_the_largest_share_of_addresses(all_templates, stage) -> None:
+    subnets = resources_of_type(all_templates[(stage, "network")], "AWS::EC2::Subnet").values()
+    size = {}
+    for subnet in subnets:
+        tags = {t["Key"]: t["Value"] for t in subnet["Properties"]["Tags"]}
+        size[tags["aws-cdk:subnet-name"]] = ipaddress.ip_network(subnet["Properties"]["CidrBlock"]).num_addresses
+    assert size["private"] > size["isolated"] > size["public"]
+
+
+@pytest.mark.parametrize(("stage", "nat_gateways"), [("dev", 1), ("staging", 1), ("prod", 3)])
+def test_nat_gateways_follow_the_stage_config(synthesized, stage, nat_gateways) -> None:
+    template = synthesized.template(stage, "network")
+    template.resource_count_is("AWS::EC2::NatGateway", nat_gateways)
+    template.resource_count_is("AWS::EC2::EIP", nat_gateways)
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_flow_logs_capture_all_traffic_to_a_log_group_with_retention(synthesized, stage) -> None:
+    template = synthesized.template(stage, "network")
+    template.has_resource_properties("AWS::EC2::FlowLog", {
+        "ResourceType": "VPC",
+        "TrafficType": "ALL",
+        "LogDestinationType": "cloud-watch-logs",
+        "LogGroupName": {"Ref": Match.string_like_regexp("^VpcFlowLogGroup")},
+    })
+    template.has_resource_properties("AWS::Logs::LogGroup", {"RetentionInDays": LOG_RETENTION[stage]})
+
+
+@pytest.mark.parametrize(("stage", "deletion_policy"), [("dev", "Delete"), ("prod", "Retain")])
+def test_flow_log_group_is_kept_outside_dev(synthesized, stage, deletion_policy) -> None:
+    synthesized.template(stage, "network").has_resource("AWS::Logs::LogGroup", {
+        "DeletionPolicy": deletion_policy, "UpdateReplacePolicy": deletion_policy})
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_s3_and_dynamodb_gateway_endpoints_always_exist(all_templates, stage) -> None:
+    endpoints = resources_of_type(all_templates[(stage, "network")], "AWS::EC2::VPCEndpoint").values()
+    gateway_services = sorted(
+        e["Properties"]["ServiceName"]["Fn::Join"][1][-1]
+        for e in endpoints if e["Properties"].get("VpcEndpointType") == "Gateway"
+    )
+    assert gateway_services == [".dynamodb", ".s3"]
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_interface_endpoints_are_exactly_the_configured_ones(synthesized, all_templates, stage) -> None:
+    config = synthesized.configs[stage]
+    endpoints = [e["Properties"] for e in
+                 resources_of_type(all_templates[(stage, "network")], "AWS::EC2::VPCEndpoint").values()
+                 if e["Properties"].get("VpcEndpointType") == "Interface"]
+    # Config names are the services' own DNS names.
+    expected = sorted(f"com.amazonaws.{config.region}.{name}" for name in config.network.interface_endpoints)
+    actual = sorted(e["ServiceName"] for e in endpoints)
+    assert actual == expected
+    assert all(e["PrivateDnsEnabled"] is True for e in endpoints)
+
+
+def test_dev_has_no_interface_endpoints_and_prod_has_the_private_gpu_node_set(synthesized) -> None:
+    synthesized.template("dev", "network").resource_count_is("AWS::EC2::SecurityGroup", 0)
+    prod = set(synthesized.configs["prod"].network.interface_endpoints)
+    assert {"sagemaker.api", "sagemaker.runtime", "ecr.api", "ecr.dkr", "sts", "logs",
+            "monitoring", "ssm", "sqs"} <= prod
+
+
+@pytest.mark.parametrize("stage", ["staging", "prod"])
+def test_endpoint_security_group_admits_only_https_from_the_vpc(synthesized, stage) -> None:
+    cidr = synthesized.configs[stage].network.vpc_cidr
+    synthesized.template(stage, "network").has_resource_properties("AWS::EC2::SecurityGroup", {
+        "SecurityGroupIngress": [{"CidrIp": cidr, "FromPort": 443, "ToPort": 443, "IpProtocol": "tcp",
+                                  "Description": Match.any_value()}],
+        "SecurityGroupEgress": [Match.object_like({"CidrIp": "255.255.255.255/32"})],
+    })
+
+
+def test_network_stack_exposes_the_vpc_as_an_object(synthesized) -> None:
+    stage = synthesized.app.node.find_child("prod")
+    vpc = stage.network.vpc
+    assert isinstance(vpc, ec2.Vpc)
+    assert len(vpc.private_subnets) == 3 and len(vpc.isolated_subnets) == 3

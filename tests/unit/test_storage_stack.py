@@ -1,0 +1,162 @@
+"""Storage stack: key, buckets, repository, retention and pinned logical IDs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from aws_cdk.assertions import Match
+
+from tests.conftest import STAGES, resources_of_type
+
+# The logical IDs of every stateful resource. A change here replaces a bucket,
+# a key or a repository in every deployed stage: never edit this table to make
+# a test pass.
+STATEFUL_LOGICAL_IDS = {
+    "Key961B73FD": "AWS::KMS::Key",
+    "AccessLogs8B620ECA": "AWS::S3::Bucket",
+    "TrainingData3FDB6D34": "AWS::S3::Bucket",
+    "Checkpoints620E2F20": "AWS::S3::Bucket",
+    "ModelArtifacts858A2101": "AWS::S3::Bucket",
+    "Images2D38C313": "AWS::ECR::Repository",
+}
+KMS_BUCKETS = ("TrainingData", "Checkpoints", "ModelArtifacts")
+
+
+def bucket(template: dict, prefix: str) -> dict:
+    [resource] = [r for lid, r in resources_of_type(template, "AWS::S3::Bucket").items()
+                  if lid.startswith(prefix)]
+    return resource
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_stateful_logical_ids_are_pinned(all_templates, stage) -> None:
+    resources = all_templates[(stage, "storage")]["Resources"]
+    stateful = {lid: r["Type"] for lid, r in resources.items()
+                if r["Type"] in {"AWS::KMS::Key", "AWS::S3::Bucket", "AWS::ECR::Repository"}}
+    assert stateful == STATEFUL_LOGICAL_IDS
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_key_rotates_and_has_an_alias(synthesized, stage) -> None:
+    template = synthesized.template(stage, "storage")
+    template.has_resource_properties("AWS::KMS::Key", {"EnableKeyRotation": True, "PendingWindowInDays": 30})
+    template.has_resource_properties("AWS::KMS::Alias", {"AliasName": f"alias/ml-{stage}"})
+
+
+@pytest.mark.parametrize("stage", STAGES)
+@pytest.mark.parametrize("name", KMS_BUCKETS)
+def test_data_buckets_are_kms_encrypted_private_and_logged(all_templates, stage, name) -> None:
+    props = bucket(all_templates[(stage, "storage")], name)["Properties"]
+    assert props["BucketEncryption"]["ServerSideEncryptionConfiguration"] == [{
+        "BucketKeyEnabled": True,
+        "ServerSideEncryptionByDefault": {
+            "SSEAlgorithm": "aws:kms",
+            "KMSMasterKeyID": {"Fn::GetAtt": ["Key961B73FD", "Arn"]},
+        },
+    }]
+    assert props["PublicAccessBlockConfiguration"] == {
+        "BlockPublicAcls": True, "BlockPublicPolicy": True,
+        "IgnorePublicAcls": True, "RestrictPublicBuckets": True}
+    assert props["LoggingConfiguration"]["DestinationBucketName"] == {"Ref": "AccessLogs8B620ECA"}
+    assert props["OwnershipControls"] == {"Rules": [{"ObjectOwnership": "BucketOwnerEnforced"}]}
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_access_log_bucket_uses_sse_s3_because_log_delivery_requires_it(all_templates, stage) -> None:
+    props = bucket(all_templates[(stage, "storage")], "AccessLogs")["Properties"]
+    assert props["BucketEncryption"]["ServerSideEncryptionConfiguration"] == [
+        {"ServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]
+    assert props["LifecycleConfiguration"]["Rules"][0]["ExpirationInDays"] == 365
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_every_bucket_denies_requests_without_tls(all_templates, stage) -> None:
+    template = all_templates[(stage, "storage")]
+    policies = resources_of_type(template, "AWS::S3::BucketPolicy").values()
+    protected = set()
+    for policy in policies:
+        for statement in policy["Properties"]["PolicyDocument"]["Statement"]:
+            if (statement["Effect"] == "Deny"
+                    and statement.get("Condition") == {"Bool": {"aws:SecureTransport": "false"}}):
+                protected.add(policy["Properties"]["Bucket"]["Ref"])
+    assert protected == {lid for lid in STATEFUL_LOGICAL_IDS if STATEFUL_LOGICAL_IDS[lid] == "AWS::S3::Bucket"}
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_training_data_tiers_raw_prefix_to_ia_then_glacier(all_templates, stage) -> None:
+    rules = bucket(all_templates[(stage, "storage")], "TrainingData")["Properties"]["LifecycleConfiguration"]["Rules"]
+    assert {"Id": "tier-raw-data", "Prefix": "raw/", "Status": "Enabled", "Transitions": [
+        {"StorageClass": "STANDARD_IA", "TransitionInDays": 90},
+        {"StorageClass": "GLACIER", "TransitionInDays": 365},
+    ]} in rules
+
+
+@pytest.mark.parametrize(("stage", "days"), [("dev", 7), ("staging", 30), ("prod", 30)])
+def test_checkpoints_expire_after_the_configured_days(all_templates, stage, days) -> None:
+    rules = bucket(all_templates[(stage, "storage")], "Checkpoints")["Properties"]["LifecycleConfiguration"]["Rules"]
+    assert [r["ExpirationInDays"] for r in rules] == [days]
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_model_artifacts_are_versioned_and_old_versions_expire(all_templates, stage) -> None:
+    props = bucket(all_templates[(stage, "storage")], "ModelArtifacts")["Properties"]
+    assert props["VersioningConfiguration"] == {"Status": "Enabled"}
+    [rule] = props["LifecycleConfiguration"]["Rules"]
+    assert rule["NoncurrentVersionExpiration"] == {"NoncurrentDays": 30}
+
+
+@pytest.mark.parametrize(("stage", "mutability"), [("dev", "MUTABLE"), ("staging", "MUTABLE"), ("prod", "IMMUTABLE")])
+def test_image_repository_scans_encrypts_and_keeps_ten_tagged_images(all_templates, stage, mutability) -> None:
+    [repo] = resources_of_type(all_templates[(stage, "storage")], "AWS::ECR::Repository").values()
+    props = repo["Properties"]
+    assert props["ImageScanningConfiguration"] == {"ScanOnPush": True}
+    assert props["ImageTagMutability"] == mutability
+    assert props["EncryptionConfiguration"] == {
+        "EncryptionType": "KMS", "KmsKey": {"Fn::GetAtt": ["Key961B73FD", "Arn"]}}
+    assert props["RepositoryName"] == f"ml-{stage}/images"
+    policy = json.loads(props["LifecyclePolicy"]["LifecyclePolicyText"])
+    tagged = [r for r in policy["rules"] if r["selection"]["tagStatus"] == "tagged"]
+    assert tagged == [{
+        "rulePriority": 2,
+        "description": "Keep the last 10 tagged images",
+        "selection": {"tagStatus": "tagged", "tagPatternList": ["*"],
+                      "countType": "imageCountMoreThan", "countNumber": 10},
+        "action": {"type": "expire"},
+    }]
+
+
+@pytest.mark.parametrize(("stage", "policy", "protected"),
+                         [("dev", "Delete", False), ("staging", "Retain", True), ("prod", "Retain", True)])
+def test_stateful_resources_are_retained_and_protected_outside_dev(synthesized, all_templates, stage,
+                                                                   policy, protected) -> None:
+    resources = all_templates[(stage, "storage")]["Resources"]
+    for logical_id in STATEFUL_LOGICAL_IDS:
+        assert resources[logical_id]["DeletionPolicy"] == policy, logical_id
+        assert resources[logical_id]["UpdateReplacePolicy"] == policy, logical_id
+    assert synthesized.stack(stage, "storage").termination_protection is protected
+
+
+def test_dev_empties_buckets_and_repository_on_destroy(all_templates) -> None:
+    resources = all_templates[("dev", "storage")]["Resources"]
+    auto_deleted = {r["Properties"]["BucketName"]["Ref"]
+                    for r in resources_of_type(all_templates[("dev", "storage")], "Custom::S3AutoDeleteObjects").values()}
+    assert auto_deleted == {"AccessLogs8B620ECA", "TrainingData3FDB6D34", "Checkpoints620E2F20",
+                            "ModelArtifacts858A2101"}
+    assert resources["Images2D38C313"]["Properties"]["EmptyOnDelete"] is True
+    assert not resources_of_type(all_templates[("prod", "storage")], "Custom::S3AutoDeleteObjects")
+
+
+def test_storage_stack_exposes_objects_for_other_stacks(synthesized) -> None:
+    storage = synthesized.app.node.find_child("dev").storage
+    for attribute in ("key", "training_data_bucket", "checkpoint_bucket", "model_artifacts_bucket",
+                      "access_log_bucket", "image_repository"):
+        assert hasattr(getattr(storage, attribute), "node"), attribute
+    assert callable(storage.checkpoint_bucket.grant_read_write)
+
+
+def test_storage_outputs_name_what_users_push_to(synthesized) -> None:
+    template = synthesized.template("prod", "storage")
+    for output in ("TrainingDataBucketName", "CheckpointBucketName", "ModelArtifactsBucketName",
+                   "ImageRepositoryUri", "KeyArn"):
+        template.has_output(output, {"Value": Match.any_value()})
