@@ -220,6 +220,28 @@ class StorageConfig:
                      f"{prefix}.{name}", value, f"an integer from {low} to {high}")
 
 
+_EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+@dataclass(frozen=True)
+class AlertsConfig:
+    """Who hears about the stage's alarms and notifications (SNS e-mail).
+
+    Subscribers must confirm the e-mail AWS sends them before they receive
+    anything.
+    """
+
+    email_subscribers: tuple[str, ...] = ()
+
+    def validate(self, prefix: str) -> None:
+        path = f"{prefix}.email_subscribers"
+        _require(isinstance(self.email_subscribers, tuple), path, self.email_subscribers,
+                 "a tuple of e-mail addresses")
+        for address in self.email_subscribers:
+            _require(isinstance(address, str) and bool(_EMAIL_RE.match(address)), path, address,
+                     "an e-mail address such as 'ml-oncall@example.com'")
+
+
 @dataclass(frozen=True)
 class StageConfig:
     """Everything one stage deploys. Validated on construction."""
@@ -229,6 +251,7 @@ class StageConfig:
     network: NetworkConfig
     tags: StageTags
     storage: StorageConfig = field(default_factory=StorageConfig)
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
     account: str | None = None
 
     def __post_init__(self) -> None:
@@ -242,6 +265,7 @@ class StageConfig:
                  "None (account-agnostic) or a 12-digit AWS account ID")
         self.network.validate(f"{prefix}.network", self.region)
         self.storage.validate(f"{prefix}.storage", self.name)
+        self.alerts.validate(f"{prefix}.alerts")
         self.tags.validate(f"{prefix}.tags")
 
     @property

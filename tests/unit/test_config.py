@@ -7,6 +7,7 @@ from dataclasses import replace
 import pytest
 
 from ml_stacks.config import (
+    AlertsConfig,
     ConfigError,
     NetworkConfig,
     StageConfig,
@@ -77,6 +78,8 @@ def test_default_configs_are_valid_and_cover_every_stage() -> None:
          "dev.storage.checkpoint_expiration_days", 0, "1 to 3650"),
         ({"storage": StorageConfig(ecr_keep_tagged_images=True)},
          "dev.storage.ecr_keep_tagged_images", True, "integer"),
+        ({"alerts": AlertsConfig(email_subscribers=("not-an-address",))},
+         "dev.alerts.email_subscribers", "not-an-address", "e-mail address"),
         ({"tags": replace(TAGS, team="")}, "dev.tags.Team", "", "non-empty"),
         ({"tags": replace(TAGS, cost_center="a#b")}, "dev.tags.CostCenter", "a#b", "letters, digits"),
     ],

@@ -109,8 +109,7 @@ def test_pinned_cli_synthesizes_one_stage_with_an_account_offline(tmp_path) -> N
     )
     assert listed.returncode == 0, listed.stderr[-3000:]
     # "dev/network (ml-dev-network)": the stage selector `cdk deploy 'dev/*'` uses.
-    assert sorted(listed.stdout.splitlines()) == ["dev/network (ml-dev-network)",
-                                                  "dev/storage (ml-dev-storage)"]
+    assert sorted(listed.stdout.splitlines()) == [f"dev/{stack} (ml-dev-{stack})" for stack in sorted(STACKS)]
 
 
 def test_pinned_cli_rejects_an_unknown_stage_with_a_clear_message(tmp_path) -> None:
