@@ -29,12 +29,13 @@ export PYTHONDONTWRITEBYTECODE := 1
 CDK := cdk --no-notices
 STAGE_CONTEXT := $(if $(STAGES),-c stages=$(STAGES),)
 
-.PHONY: help setup synth test bench deploy destroy diff clean
+.PHONY: help setup synth test bench bootstrap deploy destroy diff clean
 
 help:
 	@echo "make synth [STAGES=dev,prod]   synthesize offline, print a summary"
 	@echo "make test                      the whole test suite"
 	@echo "make bench                     synth wall-time benchmark"
+	@echo "make bootstrap STAGE=dev       cdk bootstrap the stage's account/region (AWS credentials)"
 	@echo "make diff STAGE=dev            cdk diff against the deployed stage (AWS credentials)"
 	@echo "make deploy STAGE=dev          cdk deploy '<stage>/*' (AWS credentials)"
 	@echo "make destroy STAGE=dev         cdk destroy '<stage>/*' (prod needs FORCE=1)"
@@ -55,7 +56,10 @@ $(NODE_STAMP): package.json package-lock.json
 synth: export AWS_EC2_METADATA_DISABLED := true
 synth: setup
 	@rm -rf cdk.out
-	$(CDK) synth --quiet $(STAGE_CONTEXT) > /dev/null
+	@# --quiet still prints two lines of chatter on stderr; keep real warnings.
+	@echo "cdk synth $(STAGE_CONTEXT)"
+	@$(CDK) synth --quiet $(STAGE_CONTEXT) 2>&1 >/dev/null \
+	  | { grep -v -e '^Successfully synthesized' -e '^Supply a stack id' -e '^$$' >&2 || true; }
 	@python scripts/synth_summary.py cdk.out
 
 test: export AWS_EC2_METADATA_DISABLED := true
@@ -69,6 +73,10 @@ bench: setup
 define require_stage
 	@test -n "$(STAGE)" || { echo "STAGE is required, e.g. make $@ STAGE=dev" >&2; exit 2; }
 endef
+
+bootstrap: setup
+	$(require_stage)
+	$(CDK) bootstrap -c stages=$(STAGE)
 
 diff: setup
 	$(require_stage)
