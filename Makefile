@@ -11,6 +11,7 @@ STAGES ?=
 STAGE ?=
 FORCE ?=
 ARGS ?=
+ACCOUNT ?=
 
 REQ_HASH := $(shell cat requirements.txt requirements-dev.txt | sha256sum | cut -c1-16)
 NPM_HASH := $(shell cat package.json package-lock.json | sha256sum | cut -c1-16)
@@ -28,6 +29,8 @@ export PYTHONDONTWRITEBYTECODE := 1
 
 CDK := cdk --no-notices
 STAGE_CONTEXT := $(if $(STAGES),-c stages=$(STAGES),)
+# The stage being deployed, diffed or destroyed, pinned to ACCOUNT if given.
+ONE_STAGE := -c stages=$(STAGE) $(if $(ACCOUNT),-c account=$(ACCOUNT),)
 
 .PHONY: help setup synth test bench bootstrap deploy destroy diff clean
 
@@ -76,21 +79,21 @@ endef
 
 bootstrap: setup
 	$(require_stage)
-	$(CDK) bootstrap -c stages=$(STAGE)
+	$(CDK) bootstrap $(ONE_STAGE)
 
 diff: setup
 	$(require_stage)
-	$(CDK) diff -c stages=$(STAGE) '$(STAGE)/*'
+	$(CDK) diff $(ONE_STAGE) '$(STAGE)/*'
 
 deploy: setup
 	$(require_stage)
-	$(CDK) deploy -c stages=$(STAGE) '$(STAGE)/*'
+	$(CDK) deploy $(ONE_STAGE) '$(STAGE)/*'
 
 destroy: setup
 	$(require_stage)
 	@if [ "$(STAGE)" = prod ] && [ "$(FORCE)" != 1 ]; then \
 	  echo "Refusing to destroy prod. Re-run with FORCE=1 if you really mean it." >&2; exit 2; fi
-	$(CDK) destroy -c stages=$(STAGE) '$(STAGE)/*'
+	$(CDK) destroy $(ONE_STAGE) '$(STAGE)/*'
 
 clean:
 	rm -rf cdk.out .pytest_cache
