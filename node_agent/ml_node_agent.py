@@ -64,6 +64,7 @@ TIMED_OUT = "checkpoint-timeout"
 UPLOAD_FAILED = "upload-failed"
 LEADER_LOST = "leader-lost"
 NO_INSTANCE_ID = "instance-id-unavailable"
+INTERNAL_ERROR = "internal-error"
 OK_RESULTS = (UPLOADED, NOTHING_NEW)
 
 
@@ -629,16 +630,11 @@ class Agent:
         if instance_id is None:
             result = NO_INSTANCE_ID
         else:
-            coordinator = Coordinator(self.config.state_dir, self.config.budget_seconds, clock=self._clock)
-            role, record = coordinator.claim(reason, event_id)
-            if role == "leader":
-                result = self._lead(coordinator, record, instance_id, log, tick)
-            else:
-                log("dedupe", role="follower", leader_reason=record.get("reason"),
-                    leader_event_id=record.get("event_id"), leader_state=record.get("state"))
-                final = coordinator.wait_for_leader(tick=tick, sleep=self._sleep, poll_seconds=self._follower_poll)
-                result = final.get("result", LEADER_LOST)
-                log("dedupe", role="follower", leader_result=result, prefix=final.get("prefix"))
+            try:
+                result = self._coordinated(reason, event_id, instance_id, log, tick)
+            except Exception as error:  # noqa: BLE001 - the lifecycle action is still completed below
+                log("error", level="error", error=f"{type(error).__name__}: {error}")
+                result = INTERNAL_ERROR
 
         if lifecycle:
             complete_lifecycle_action(self.autoscaling, lifecycle, instance_id, log)
@@ -646,8 +642,28 @@ class Agent:
         log("done", level="info" if code == 0 else "error", result=result, exit_code=code)
         return code
 
-    def _lead(self, coordinator: Coordinator, record: Dict[str, Any], instance_id: str, log: JsonLog,
-              tick: Callable[[], None]) -> str:
+    def _coordinated(self, reason: str, event_id: str, instance_id: str, log: JsonLog,
+                     tick: Callable[[], None]) -> str:
+        coordinator = Coordinator(self.config.state_dir, self.config.budget_seconds, clock=self._clock)
+        role, record = coordinator.claim(reason, event_id)
+        if role == "follower":
+            log("dedupe", role="follower", leader_reason=record.get("reason"),
+                leader_event_id=record.get("event_id"), leader_state=record.get("state"))
+            final = coordinator.wait_for_leader(tick=tick, sleep=self._sleep, poll_seconds=self._follower_poll)
+            result = final.get("result", LEADER_LOST)
+            log("dedupe", role="follower", leader_result=result, prefix=final.get("prefix"))
+            return result
+        try:
+            result, fields = self._lead(record, instance_id, log, tick)
+        except Exception as error:  # noqa: BLE001 - recorded so followers and retries see it
+            log("error", level="error", error=f"{type(error).__name__}: {error}")
+            result, fields = INTERNAL_ERROR, {}
+        coordinator.finish(result, **fields)
+        return result
+
+    def _lead(self, record: Dict[str, Any], instance_id: str, log: JsonLog,
+              tick: Callable[[], None]) -> Tuple[str, Dict[str, Any]]:
+        """Signal, wait, upload; the result and the fields to record."""
         config = self.config
         requested = float(record["started"])
         log("dedupe", role="leader")
@@ -657,8 +673,7 @@ class Agent:
             mtime = wait_for_marker(config.marker_path, requested, requested + config.budget_seconds, log,
                                     tick=tick, clock=self._clock, sleep=self._sleep, poll_seconds=self._marker_poll)
             if mtime is None:
-                coordinator.finish(TIMED_OUT)
-                return TIMED_OUT
+                return TIMED_OUT, {}
         else:
             # Nobody to write a new checkpoint: upload the last completed one
             # only if it never reached S3.
@@ -667,8 +682,7 @@ class Agent:
             if mtime is None or (last is not None and mtime <= float(last)):
                 log("wait", skipped=True, marker=str(config.marker_path), found=mtime is not None,
                     message="trainer not signalled and no un-uploaded completed checkpoint")
-                coordinator.finish(NOTHING_NEW)
-                return NOTHING_NEW
+                return NOTHING_NEW, {}
             log("wait", skipped=True, marker=str(config.marker_path), found=True,
                 message="trainer not signalled; uploading its last completed checkpoint")
         try:
@@ -676,10 +690,8 @@ class Agent:
                                        utc_stamp(self._clock()), log, tick=tick)
         except Exception as error:  # noqa: BLE001 - reported, the previous checkpoint stays LATEST
             log("upload", level="error", error=str(error))
-            coordinator.finish(UPLOAD_FAILED)
-            return UPLOAD_FAILED
-        coordinator.finish(UPLOADED, prefix=prefix, last_uploaded_marker_mtime=mtime)
-        return UPLOADED
+            return UPLOAD_FAILED, {}
+        return UPLOADED, {"prefix": prefix, "last_uploaded_marker_mtime": mtime}
 
     def watch(self, poll_seconds: float = IMDS_POLL_SECONDS, exit_after_notice: bool = False,
               stop: Callable[[], bool] = lambda: False,
@@ -706,10 +718,11 @@ class Agent:
                 notice = None
             if notice is not None and notice != handled:
                 log("notice", action=notice.get("action"), notice_time=notice.get("time"))
+                code = self.checkpoint(WATCH_REASON, f"imds-{notice.get('action')}-{notice.get('time')}")
+                # Remembered only once handled: a watch that crashed mid-flow retries after its restart.
                 handled = notice
                 self.config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
                 handled_path.write_text(json.dumps(notice, sort_keys=True))
-                code = self.checkpoint(WATCH_REASON, f"imds-{notice.get('action')}-{notice.get('time')}")
                 if exit_after_notice:
                     return code
             poll_sleep(poll_seconds)

@@ -634,3 +634,42 @@ def test_agent_parses_as_python_3_9(agent):
 
     source = Path(agent.__file__).read_text()
     ast.parse(source, feature_version=(3, 9))
+
+
+# ----------------------------------------------------------------------------- faults
+
+
+def test_unreachable_imds_still_completes_the_lifecycle_action_without_instance_id(agent, s3, tmp_path, logs):
+    class Unreachable(StaticImds):
+        def instance_id(self):
+            raise agent.ImdsError("IMDS GET /latest/meta-data/instance-id failed: timed out")
+
+    autoscaling = RecordingAutoscaling()
+    runner = Runner()
+    node = make_agent(agent, tmp_path, logs, s3, runner=runner, autoscaling=autoscaling, imds=Unreachable())
+    assert node.checkpoint("lifecycle-terminate", "evt-1", lifecycle(agent)) == 1
+    assert runner.commands == []
+    completes = [params for name, params, _ in autoscaling.calls if name == "complete"]
+    assert completes == [{"LifecycleHookName": HOOK, "AutoScalingGroupName": GROUP, "LifecycleActionToken": TOKEN,
+                          "LifecycleActionResult": "CONTINUE"}]
+
+
+def test_unwritable_state_dir_is_an_error_that_still_completes_the_action(agent, s3, tmp_path, logs):
+    (tmp_path / "state-file").write_text("not a directory")
+    autoscaling = RecordingAutoscaling()
+    node = make_agent(agent, tmp_path, logs, s3, runner=Runner(), autoscaling=autoscaling,
+                      ML_STATE_DIR=str(tmp_path / "state-file"))
+    assert node.checkpoint("lifecycle-terminate", "evt-1", lifecycle(agent)) == 1
+    assert logs.steps("done")[0]["result"] == "internal-error"
+    assert [name for name, _, _ in autoscaling.calls][-1] == "complete"
+
+
+def test_unexpected_leader_error_is_recorded_for_followers(agent, s3, tmp_path, logs):
+    def exploding_run(command, **kwargs):
+        raise ValueError("unexpected")  # not an OSError: escapes signal_trainer
+
+    node = make_agent(agent, tmp_path, logs, s3, runner=exploding_run)
+    assert node.checkpoint("spot-interruption", "evt-1") == 1
+    assert agent.Coordinator(tmp_path / "state", 90).read()["result"] == "internal-error"
+    assert node.checkpoint("lifecycle-terminate", "evt-2", lifecycle(agent)) == 1  # follows, does not retry
+    assert logs.steps("dedupe")[-1]["leader_result"] == "internal-error"
