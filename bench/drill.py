@@ -44,10 +44,12 @@ def main() -> int:
     parser.add_argument("--checkpoint-mb", type=float, default=64.0, help="size of the trainer's model.bin (default 64)")
     parser.add_argument("--save-seconds", type=float, default=5.0,
                         help="time the trainer takes to write its checkpoint (default 5)")
+    parser.add_argument("--agent-python", default=sys.executable,
+                        help="interpreter that runs the agent, e.g. a Python 3.9 with boto3 (default: this one)")
     args = parser.parse_args()
 
     print(f"drill: {args.runs} runs, IMDS poll {args.poll_seconds:g} s, checkpoint {args.checkpoint_mb:g} MiB, "
-          f"trainer save {args.save_seconds:g} s; seconds after the spot notice "
+          f"trainer save {args.save_seconds:g} s, agent on {args.agent_python}; seconds after the spot notice "
           f"(EC2 reclaims at {drill.SPOT_NOTICE_SECONDS:g} s)")
     print(f"{'run':>4} " + " ".join(f"{name:>10}" for name, _ in COLUMNS) + f" {'margin':>10}")
     samples = {key: [] for _, key in COLUMNS}
@@ -56,7 +58,8 @@ def main() -> int:
         with tempfile.TemporaryDirectory(prefix="ml-agent-drill-") as workdir:
             result = drill.run_drill(Path(workdir), poll_seconds=args.poll_seconds,
                                      checkpoint_mb=args.checkpoint_mb, save_seconds=args.save_seconds,
-                                     notice_after_seconds=run * 1.3 % args.poll_seconds)
+                                     notice_after_seconds=run * 1.3 % args.poll_seconds,
+                                     agent_python=args.agent_python)
         ok = result.watch_exit == 0 and result.checkpoint_exit == 0 and "notice_to_completed_s" in result.timings
         failures += not ok
         for _, key in COLUMNS:

@@ -85,7 +85,7 @@ else
 fi
 
 # systemd EnvironmentFile syntax: double-quoted, backslash and quote escaped.
-tmp_env="$(mktemp "$ENV_FILE.XXXXXX")"
+tmp_env="$ENV_FILE.tmp.$$"
 trap 'rm -f "$tmp_env"' EXIT
 {
   echo "# Written by $PREFIX/install.sh; read by $UNIT_NAME and by ml_node_agent.py."

@@ -273,8 +273,12 @@ def _read_json(path: Path) -> dict:
 
 def run_drill(workdir: Path, *, poll_seconds: float = 5.0, checkpoint_mb: float = 1.0,
               save_seconds: float = 0.5, budget_seconds: int = 90, heartbeat_seconds: int = 30,
-              notice_after_seconds: float = 1.0, timeout_seconds: float = 150.0) -> DrillResult:
-    """Run one interruption drill in `workdir`; every process and server is stopped on return."""
+              notice_after_seconds: float = 1.0, timeout_seconds: float = 150.0,
+              agent_python: str = sys.executable) -> DrillResult:
+    """Run one interruption drill in `workdir`; every process and server is stopped on return.
+
+    `agent_python` runs the agent (e.g. a Python 3.9 with boto3, the oldest the agent supports).
+    """
     from moto.server import ThreadedMotoServer
 
     workdir.mkdir(parents=True, exist_ok=True)
@@ -339,7 +343,7 @@ def run_drill(workdir: Path, *, poll_seconds: float = 5.0, checkpoint_mb: float 
             _wait_until(lambda: "pid" in _read_json(trainer_state), 30, "the trainer to start")
 
             watch = subprocess.Popen(
-                [sys.executable, str(AGENT), "watch", "--poll-seconds", str(poll_seconds), "--exit-after-notice"],
+                [agent_python, str(AGENT), "watch", "--poll-seconds", str(poll_seconds), "--exit-after-notice"],
                 env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             processes.append(watch)
             _wait_until(lambda: "/latest/meta-data/spot/instance-action" in imds.gets, 30,
@@ -353,7 +357,7 @@ def run_drill(workdir: Path, *, poll_seconds: float = 5.0, checkpoint_mb: float 
                         "the trainer to be signalled")
             token = lifecycle.open_action()
             checkpoint = subprocess.Popen(
-                [sys.executable, str(AGENT), "checkpoint", "--reason", "lifecycle-terminate",
+                [agent_python, str(AGENT), "checkpoint", "--reason", "lifecycle-terminate",
                  "--event-id", f"drill-{uuid.uuid4()}", "--lifecycle-hook-name", HOOK,
                  "--lifecycle-action-token", token, "--autoscaling-group-name", GROUP],
                 env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
