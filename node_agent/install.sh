@@ -46,7 +46,7 @@ for name in ML_CHECKPOINT_BUDGET_SECONDS ML_HEARTBEAT_SECONDS; do
   [[ "${!name}" =~ ^[1-9][0-9]*$ ]] || fail "$name=${!name} is not a whole number of seconds"
 done
 for path in "$PREFIX" "$ENV_FILE" "$SYSTEMD_DIR"; do
-  [[ "$path" == /* && "$path" != *'|'* ]] || fail "install path $path must be absolute (and contain no '|')"
+  [[ "$path" == /* && "$path" != *[\|\&]* ]] || fail "install path $path must be absolute (and contain no '|' or '&')"
 done
 
 # The agent needs Python 3.9+ with boto3. Deep Learning AMIs ship it in more

@@ -673,3 +673,29 @@ def test_unexpected_leader_error_is_recorded_for_followers(agent, s3, tmp_path, 
     assert agent.Coordinator(tmp_path / "state", 90).read()["result"] == "internal-error"
     assert node.checkpoint("lifecycle-terminate", "evt-2", lifecycle(agent)) == 1  # follows, does not retry
     assert logs.steps("dedupe")[-1]["leader_result"] == "internal-error"
+
+
+def test_watch_service_stops_cleanly_on_sigterm(tmp_path):
+    import signal as signals
+    import sys
+
+    from tests.node_agent.drill import AGENT
+
+    with FakeImds() as imds:
+        env = {**base_env(tmp_path), "ML_IMDS_ENDPOINT": imds.url, "PATH": os.environ["PATH"],
+               "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+               "AWS_EC2_METADATA_DISABLED": "true"}
+        process = subprocess.Popen([sys.executable, str(AGENT), "watch"], env=env, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 30
+            while "/latest/meta-data/spot/instance-action" not in imds.gets and time.monotonic() < deadline:
+                time.sleep(0.05)
+            process.send_signal(signals.SIGTERM)
+            out, err = process.communicate(timeout=30)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+    assert process.returncode == 0, err
+    assert [json.loads(line)["step"] for line in out.splitlines()] == ["watch-start", "watch-stop"]

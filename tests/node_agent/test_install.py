@@ -42,7 +42,8 @@ class Root:
     def unit(self) -> Path:
         return self.systemd_dir / "ml-node-agent.service"
 
-    def run(self, variables: dict, python: str = sys.executable) -> subprocess.CompletedProcess:
+    def run(self, variables: dict, python: str = sys.executable,
+            script: Path = NODE_AGENT / "install.sh") -> subprocess.CompletedProcess:
         env = {
             "PATH": f"{self.bin}{os.pathsep}{os.environ['PATH']}",
             "ML_AGENT_PREFIX": str(self.prefix),
@@ -51,7 +52,7 @@ class Root:
             "ML_AGENT_PYTHON": python,
             **variables,
         }
-        return subprocess.run(["bash", str(NODE_AGENT / "install.sh")], env=env, capture_output=True, text=True,
+        return subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True,
                               timeout=60)
 
     def systemctl_calls(self) -> list:
@@ -145,3 +146,21 @@ def test_install_quotes_values_so_they_round_trip(agent, root):
     variables = {**CONTRACT_VARS, "ML_CHECKPOINT_DIR": '/data/my "run" dir\\x'}
     assert root.run(variables).returncode == 0
     assert agent.read_env_file(root.env_file)["ML_CHECKPOINT_DIR"] == '/data/my "run" dir\\x'
+
+
+def test_install_from_the_unzipped_asset_in_place_restores_the_executable_bit(root):
+    # User data unzips the asset into the prefix and runs install.sh from there; zips drop modes.
+    root.prefix.mkdir(parents=True)
+    for name in ("ml_node_agent.py", "ml-node-agent.service", "install.sh"):
+        target = root.prefix / name
+        target.write_bytes((NODE_AGENT / name).read_bytes())
+        target.chmod(0o644)
+    result = root.run(CONTRACT_VARS, script=root.prefix / "install.sh")
+    assert result.returncode == 0, result.stderr
+    assert os.access(root.prefix / "ml_node_agent.py", os.X_OK)
+    assert f"ExecStart={sys.executable} {root.prefix}/ml_node_agent.py watch" in root.unit.read_text()
+
+
+def test_install_rejects_a_relative_install_path(root):
+    result = root.run({**CONTRACT_VARS, "ML_SYSTEMD_DIR": "etc/systemd/system"})
+    assert result.returncode != 0 and "must be absolute" in result.stderr
