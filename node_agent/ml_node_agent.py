@@ -403,7 +403,7 @@ def wait_for_marker(path: Path, newer_than: float, deadline: float, log: JsonLog
         now = clock()
         if now >= deadline:
             log("wait", level="error", marker=str(path), waited_seconds=round(now - started, 3), found=False,
-                error=f"no checkpoint-done marker newer than the request within the budget")
+                error="no checkpoint-done marker newer than the request within the budget")
             return None
         sleep(min(poll_seconds, max(deadline - now, 0.0)))
 
