@@ -32,13 +32,14 @@ STAGE_CONTEXT := $(if $(STAGES),-c stages=$(STAGES),)
 # The stage being deployed, diffed or destroyed, pinned to ACCOUNT if given.
 ONE_STAGE := -c stages=$(STAGE) $(if $(ACCOUNT),-c account=$(ACCOUNT),)
 
-.PHONY: help setup synth test bench bootstrap deploy destroy diff clean
+.PHONY: help setup synth test bench bench-drill bootstrap deploy destroy diff clean
 
 help:
 	@echo "make synth [STAGES=dev,prod]   synthesize offline, print a summary"
 	@echo "make test                      the whole test suite"
 	@echo "make bench                     synth wall-time benchmark"
 	@echo "make bootstrap STAGE=dev       cdk bootstrap the stage's account/region (AWS credentials)"
+	@echo "make bench-drill [ARGS=--runs 5] node agent drill: spot notice to checkpoint uploaded"
 	@echo "make diff STAGE=dev            cdk diff against the deployed stage (AWS credentials)"
 	@echo "make deploy STAGE=dev          cdk deploy '<stage>/*' (AWS credentials)"
 	@echo "make destroy STAGE=dev         cdk destroy '<stage>/*' (prod needs FORCE=1)"
@@ -72,6 +73,10 @@ test: setup
 bench: export AWS_EC2_METADATA_DISABLED := true
 bench: setup
 	python bench/synth.py
+
+bench-drill: export AWS_EC2_METADATA_DISABLED := true
+bench-drill: setup
+	python bench/drill.py $(ARGS)
 
 define require_stage
 	@test -n "$(STAGE)" || { echo "STAGE is required, e.g. make $@ STAGE=dev" >&2; exit 2; }
