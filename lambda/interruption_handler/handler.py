@@ -82,6 +82,7 @@ def handler(event: Any, context: Any) -> dict[str, Any]:
         return {"batchItemFailures": [{"itemIdentifier": m} for m in _message_ids(event)]}
     finally:
         try:
-            metrics.flush_metrics()
+            if metrics.metric_set:
+                metrics.flush_metrics()
         except Exception:  # noqa: BLE001 - metrics must not fail the batch
             logger.exception("could not flush metrics")
