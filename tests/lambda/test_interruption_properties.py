@@ -10,7 +10,8 @@ import os
 import boto3
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, given, settings
+from hypothesis import event as note_event
 from hypothesis import strategies as st
 from moto import mock_aws
 
@@ -162,7 +163,7 @@ def test_every_record_is_handled_skipped_or_failed_and_nothing_escapes(dynamodb,
     failed_ids = [o.message_id for o in result.outcomes if o.outcome == "failed"]
     assert result.response() == {"batchItemFailures": [{"itemIdentifier": i} for i in failed_ids]}
     for outcome in result.outcomes:
-        event(f"record {outcome.outcome}")  # shown by --hypothesis-show-statistics
+        note_event(f"record {outcome.outcome}")  # shown by --hypothesis-show-statistics
         if outcome.outcome == "failed":
             # Only parsed interruptions are retried; nonsense never is.
             assert outcome.kind in ("spot-interruption", "rebalance-recommendation", "lifecycle-terminate")
