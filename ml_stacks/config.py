@@ -383,8 +383,6 @@ class TrainingConfig:
                  "75 to 16384 GiB (the Deep Learning AMI's root snapshot is 75 GiB)")
         _require(_is_int(iops) and 3000 <= iops <= 16000, f"{prefix}.root_volume_iops", iops,
                  "3000 to 16000 (gp3)")
-        _require(iops <= 500 * size, f"{prefix}.root_volume_iops", iops,
-                 f"at most 500 IOPS per GiB: {500 * size} for {size} GiB")
         _require(_is_int(throughput) and 125 <= throughput <= 1000,
                  f"{prefix}.root_volume_throughput_mibps", throughput, "125 to 1000 MiB/s (gp3)")
         _require(throughput * 4 <= iops, f"{prefix}.root_volume_throughput_mibps", throughput,
