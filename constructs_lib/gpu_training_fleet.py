@@ -131,11 +131,10 @@ class GpuTrainingFleet(Construct):
         )
         placement_group = None
         if efa_enabled:
-            # EFA needs all traffic between the nodes of the group.
+            # EFA needs all traffic between the nodes of the group (egress
+            # is open already).
             self.security_group.add_ingress_rule(self.security_group, ec2.Port.all_traffic(),
                                                  "EFA between training nodes")
-            self.security_group.add_egress_rule(self.security_group, ec2.Port.all_traffic(),
-                                                "EFA between training nodes")
             placement_group = ec2.PlacementGroup(self, "PlacementGroup",
                                                  strategy=ec2.PlacementGroupStrategy.CLUSTER)
 
