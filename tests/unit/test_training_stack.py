@@ -97,12 +97,20 @@ def test_user_data_installs_the_node_agent_as_the_contract_says(dev) -> None:
 
 
 def test_node_agent_asset_leaves_out_caches_and_the_contract(synthesized) -> None:
-    stack = synthesized.app.node.find_child("dev").training
-    asset = stack.node_agent.asset
-    staged = synthesized.outdir / "assembly-dev" / f"asset.{asset.asset_hash}"
-    names = {p.name for p in staged.rglob("*")} if staged.exists() else set()
+    asset = synthesized.app.node.find_child("dev").training.node_agent.asset
+    staged = synthesized.outdir / f"asset.{asset.asset_hash}"
+    assert staged.is_dir()
+    names = {p.name for p in staged.rglob("*")}
     assert "CONTRACT.md" not in names
     assert not any(n.endswith(".pyc") or n == "__pycache__" for n in names)
+
+
+def test_lambda_asset_is_the_handler_modules_without_caches(synthesized) -> None:
+    function = synthesized.app.node.find_child("dev").training.interruption_handler.function
+    code = function.node.default_child.code
+    key = synthesized.app.node.find_child("dev").training.resolve(code)["s3Key"]
+    staged = synthesized.outdir / f"asset.{key.removesuffix('.zip')}"
+    assert {p.name for p in staged.iterdir()} == {"handler.py", "batch.py", "logic.py", "messages.py"}
 
 
 # --- Auto Scaling group ---------------------------------------------------------------
