@@ -25,7 +25,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1",
-                  MOTO_AMIS_PATH=str(ROOT / "tests" / "lambda" / "fixtures" / "moto_amis.json"))
+                  MOTO_AMIS_PATH=str(ROOT / "tests" / "lambda" / "fixtures" / "interruption_handler"
+                                             / "moto_amis.json"))
 
 import boto3  # noqa: E402
 from botocore.stub import Stubber  # noqa: E402

@@ -222,9 +222,10 @@ class InterruptionHandler(Construct):
             f"{fleet.fleet_tag[1]} (ssm:resourceTag condition): instance IDs of a spot fleet are "
             "not known in advance.")
         acknowledge(self.function.node.default_child, "AwsSolutions::AwsSolutions-L1",
-                    f"{RUNTIME.name} is the newest runtime the pinned Powertools layer version is "
-                    "published for in this code's config; moving up means moving the layer pin "
-                    "with it (ml_stacks/config.py POWERTOOLS_LAYER_VERSIONS).")
+                    f"{RUNTIME.name} is the runtime whose public Powertools layer build is pinned "
+                    "(AWSLambdaPowertoolsPythonV3-python313-x86_64 at the version in "
+                    "ml_stacks/config.py POWERTOOLS_LAYER_VERSIONS); a newer runtime needs its own "
+                    "verified layer pin first.")
 
         self.dead_letter_alarm = cloudwatch.Alarm(
             self,

@@ -1,6 +1,7 @@
 """AWS for the interruption handler tests: moto where it implements the API,
 botocore's Stubber (which checks parameters against the real API model)
-where it does not. The `aws` fixture is registered by tests/lambda/conftest.py."""
+where it does not. Test modules import the `aws` fixture from here (tests/lambda
+cannot be imported by name: `lambda` is a keyword)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from tests.interruption_lambda import FIXTURES
 # moto's EC2 otherwise loads every public AMI it knows (seconds per test);
 # one Deep Learning AMI is all these tests launch. Read when moto's EC2
 # models are first imported.
-os.environ.setdefault("MOTO_AMIS_PATH", str(FIXTURES.parent / "moto_amis.json"))
+os.environ.setdefault("MOTO_AMIS_PATH", str(FIXTURES / "moto_amis.json"))
 AMI_ID = "ami-0b5eea76982371e91"
 
 import boto3  # noqa: E402
@@ -103,11 +104,6 @@ def short_circuit(client: Any, operation: str, respond: Callable[[dict], tuple[i
 
     client.meta.events.register(f"before-parameter-build.{service}.{operation}", capture)
     client.meta.events.register(f"before-call.{service}.{operation}", before_call)
-
-
-def client_error(code: str, message: str) -> dict:
-    return {"Error": {"Code": code, "Message": message},
-            "ResponseMetadata": {"HTTPStatusCode": 400}}
 
 
 @pytest.fixture

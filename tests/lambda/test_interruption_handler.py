@@ -10,8 +10,8 @@ import pytest
 from botocore.stub import Stubber
 
 from tests.interruption_lambda import batch, fixture, handler, messages, sqs_event, sqs_record
-from tests.interruption_aws import (DOCUMENT, GROUP, HOOK, LambdaContext, client_error,
-                                   short_circuit)
+from tests.interruption_aws import (DOCUMENT, GROUP, HOOK, LambdaContext, short_circuit)
+from tests.interruption_aws import aws  # noqa: F401  (the fixture)
 
 TOKEN = "71514b9d-6a40-4b26-8523-05e7ee35fa4c"
 
