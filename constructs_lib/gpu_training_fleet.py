@@ -41,8 +41,8 @@ class GpuTrainingFleet(Construct):
       ``on_demand_percentage`` % on-demand, the rest spot,
       price-capacity-optimized), capacity rebalance, 0 to ``max_capacity``
       instances in the private subnets of every AZ, rolling replacement
-      when the launch template changes, launch/terminate errors to
-      ``notification_topic``.
+      when the launch template changes, launches, terminations and their
+      errors to ``notification_topic``.
     * ``efa_enabled`` (default False): an EFA interface and a cluster
       placement group for multi-node training; the group then uses the
       first AZ only (a cluster placement group lives in one AZ).
