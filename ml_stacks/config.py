@@ -242,6 +242,196 @@ class AlertsConfig:
                      "an e-mail address such as 'ml-oncall@example.com'")
 
 
+# GPU families the training fleet may use: x86_64 NVIDIA instances the Deep
+# Learning Base GPU AMI supports (G4ad is AMD, G5g is Arm: neither runs it).
+TRAINING_GPU_FAMILIES: tuple[str, ...] = (
+    "g4dn", "g5", "g6", "g6e", "gr6", "p4d", "p4de", "p5", "p5e", "p5en",
+)
+# Sizes with an EFA interface, per family (multi-node training).
+EFA_INSTANCE_TYPES: frozenset[str] = frozenset({
+    "g4dn.8xlarge", "g4dn.12xlarge", "g4dn.16xlarge", "g4dn.metal",
+    "g5.8xlarge", "g5.12xlarge", "g5.16xlarge", "g5.24xlarge", "g5.48xlarge",
+    "g6.8xlarge", "g6.12xlarge", "g6.16xlarge", "g6.24xlarge", "g6.48xlarge",
+    "g6e.8xlarge", "g6e.12xlarge", "g6e.16xlarge", "g6e.24xlarge", "g6e.48xlarge",
+    "p4d.24xlarge", "p4de.24xlarge", "p5.48xlarge", "p5e.48xlarge", "p5en.48xlarge",
+})
+_INSTANCE_TYPE_RE = re.compile(r"^([a-z][a-z0-9]*)\.(metal|[0-9]*x?large)$")
+# The public parameter of the AWS Deep Learning Base OSS Nvidia Driver GPU
+# AMI (Amazon Linux 2023, x86_64): resolved at deploy time, never an AMI ID.
+DLAMI_SSM_PARAMETER = (
+    "/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-amazon-linux-2023/latest/ami-id"
+)
+_SSM_PARAMETER_NAME_RE = re.compile(r"^/[A-Za-z0-9_.\-/]{1,2047}$")
+# Powertools for AWS Lambda (Python) releases and the public layer version
+# that ships each (AWSLambdaPowertoolsPythonV3-<python>-x86_64:<layer>). The
+# same release is pinned in requirements-dev.txt, so tests run what deploys.
+POWERTOOLS_LAYER_VERSIONS: Mapping[str, int] = {"3.23.0": 27}
+TRAINING_SIGNALS: tuple[str, ...] = ("SIGUSR1", "SIGUSR2", "SIGTERM", "SIGINT", "SIGHUP")
+REBALANCE_ACTIONS: tuple[str, ...] = ("checkpoint", "log-only")
+ROOT_DEVICE_NAMES: tuple[str, ...] = ("/dev/xvda", "/dev/sda1")
+_SYSTEMD_SERVICE_RE = re.compile(r"^[A-Za-z0-9:_.@-]{1,250}\.service$")
+# Absolute path without shell metacharacters: it lands in user data.
+_SAFE_PATH_RE = re.compile(r"^/[A-Za-z0-9_./-]{1,254}$")
+_SAFE_FILE_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+# Time the node agent needs after the checkpoint budget to upload the
+# checkpoint and complete the lifecycle action.
+CHECKPOINT_UPLOAD_MARGIN_SECONDS = 60
+HEARTBEAT_TIMEOUT_MIN_SECONDS, HEARTBEAT_TIMEOUT_MAX_SECONDS = 30, 7200
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """The GPU training fleet and its interruption handling.
+
+    The fleet is an Auto Scaling group of spot (and optionally on-demand)
+    GPU instances, ``min_capacity`` 0 and at most ``max_capacity``; its
+    termination lifecycle hook waits ``lifecycle_heartbeat_timeout_seconds``
+    (renewed by the node agent's heartbeats) for a checkpoint that must fit
+    in ``checkpoint_budget_seconds``.
+    """
+
+    enabled: bool = True
+    instance_types: tuple[str, ...] = ("g5.xlarge", "g6.xlarge", "g5.2xlarge", "g6.2xlarge")
+    max_capacity: int = 4
+    on_demand_base: int = 0
+    on_demand_percentage: int = 0
+    root_volume_size_gib: int = 200
+    root_volume_iops: int = 3000
+    root_volume_throughput_mibps: int = 250
+    root_device_name: str = "/dev/xvda"
+    ami_ssm_parameter: str = DLAMI_SSM_PARAMETER
+    imds_hop_limit: int = 2
+    efa_enabled: bool = False
+    checkpoint_budget_seconds: int = 90
+    lifecycle_heartbeat_timeout_seconds: int = 300
+    heartbeat_interval_seconds: int = 30
+    checkpoint_dir: str = "/opt/ml/checkpoints"
+    checkpoint_done_marker: str = "CHECKPOINT_DONE"
+    training_unit: str = "ml-training.service"
+    training_signal: str = "SIGUSR1"
+    rebalance_action: str = "checkpoint"
+    lambda_timeout_seconds: int = 60
+    powertools_version: str = "3.23.0"
+    log_retention_days: int = 90
+
+    def validate(self, prefix: str) -> None:
+        _require(isinstance(self.enabled, bool), f"{prefix}.enabled", self.enabled, "True or False")
+        self._validate_instances(prefix)
+        self._validate_volume(prefix)
+        self._validate_checkpointing(prefix)
+
+        path = f"{prefix}.ami_ssm_parameter"
+        _require(isinstance(self.ami_ssm_parameter, str)
+                 and bool(_SSM_PARAMETER_NAME_RE.match(self.ami_ssm_parameter)),
+                 path, self.ami_ssm_parameter,
+                 f"an SSM parameter name holding an AMI ID, e.g. {DLAMI_SSM_PARAMETER!r}")
+        _require(_is_int(self.imds_hop_limit) and 1 <= self.imds_hop_limit <= 3,
+                 f"{prefix}.imds_hop_limit", self.imds_hop_limit,
+                 "1 to 3 (2 lets a container on the instance reach IMDSv2)")
+        _require(self.rebalance_action in REBALANCE_ACTIONS, f"{prefix}.rebalance_action",
+                 self.rebalance_action, "one of " + ", ".join(REBALANCE_ACTIONS))
+        _require(_is_int(self.lambda_timeout_seconds) and 10 <= self.lambda_timeout_seconds <= 900,
+                 f"{prefix}.lambda_timeout_seconds", self.lambda_timeout_seconds,
+                 "10 to 900 seconds (the queue's visibility timeout is 6 times this)")
+        _require(self.powertools_version in POWERTOOLS_LAYER_VERSIONS,
+                 f"{prefix}.powertools_version", self.powertools_version,
+                 "a Powertools release with a known public layer version: "
+                 + ", ".join(POWERTOOLS_LAYER_VERSIONS))
+        _require(self.log_retention_days in LOG_RETENTION_DAYS, f"{prefix}.log_retention_days",
+                 self.log_retention_days,
+                 "a CloudWatch Logs retention: " + ", ".join(map(str, LOG_RETENTION_DAYS)))
+
+    def _validate_instances(self, prefix: str) -> None:
+        path = f"{prefix}.instance_types"
+        types = self.instance_types
+        _require(isinstance(types, tuple) and 2 <= len(types) <= 20, path, types,
+                 "a tuple of 2 to 20 instance types (spot needs several pools to choose from)")
+        for instance_type in types:
+            match = _INSTANCE_TYPE_RE.match(instance_type) if isinstance(instance_type, str) else None
+            _require(match is not None and match.group(1) in TRAINING_GPU_FAMILIES, path,
+                     instance_type, "an NVIDIA x86_64 GPU instance type of family "
+                     + ", ".join(TRAINING_GPU_FAMILIES) + ", e.g. 'g5.xlarge'")
+        _require(len(set(types)) == len(types), path, types, "each instance type once")
+        families = {t.split(".")[0] for t in types}
+        _require(len(families) >= 2, path, types,
+                 "at least two instance families (e.g. g5 and g6): one family's spot "
+                 "capacity can vanish at once")
+        if self.efa_enabled:
+            for instance_type in types:
+                _require(instance_type in EFA_INSTANCE_TYPES, path, instance_type,
+                         "an EFA-capable size when efa_enabled, e.g. 'g5.8xlarge' or 'p4d.24xlarge'")
+
+        _require(isinstance(self.efa_enabled, bool), f"{prefix}.efa_enabled", self.efa_enabled,
+                 "True or False")
+        _require(_is_int(self.max_capacity) and 1 <= self.max_capacity <= 1000,
+                 f"{prefix}.max_capacity", self.max_capacity, "an integer from 1 to 1000")
+        _require(_is_int(self.on_demand_base) and 0 <= self.on_demand_base <= self.max_capacity,
+                 f"{prefix}.on_demand_base", self.on_demand_base,
+                 f"an integer from 0 to max_capacity ({self.max_capacity})")
+        _require(_is_int(self.on_demand_percentage) and 0 <= self.on_demand_percentage <= 100,
+                 f"{prefix}.on_demand_percentage", self.on_demand_percentage,
+                 "an integer from 0 (all spot above the base) to 100 (all on-demand)")
+
+    def _validate_volume(self, prefix: str) -> None:
+        size, iops, throughput = (self.root_volume_size_gib, self.root_volume_iops,
+                                  self.root_volume_throughput_mibps)
+        _require(_is_int(size) and 75 <= size <= 16384, f"{prefix}.root_volume_size_gib", size,
+                 "75 to 16384 GiB (the Deep Learning AMI's root snapshot is 75 GiB)")
+        _require(_is_int(iops) and 3000 <= iops <= 16000, f"{prefix}.root_volume_iops", iops,
+                 "3000 to 16000 (gp3)")
+        _require(_is_int(throughput) and 125 <= throughput <= 1000,
+                 f"{prefix}.root_volume_throughput_mibps", throughput, "125 to 1000 MiB/s (gp3)")
+        _require(throughput * 4 <= iops, f"{prefix}.root_volume_throughput_mibps", throughput,
+                 f"at most 0.25 MiB/s per provisioned IOPS: {iops // 4} for {iops} IOPS")
+        _require(self.root_device_name in ROOT_DEVICE_NAMES, f"{prefix}.root_device_name",
+                 self.root_device_name,
+                 "the AMI's root device: /dev/xvda (Amazon Linux) or /dev/sda1 (Ubuntu)")
+
+    def _validate_checkpointing(self, prefix: str) -> None:
+        budget = self.checkpoint_budget_seconds
+        _require(_is_int(budget) and 10 <= budget <= 3600, f"{prefix}.checkpoint_budget_seconds",
+                 budget, "10 to 3600 seconds (a spot notice gives 120 s in all)")
+        timeout = self.lifecycle_heartbeat_timeout_seconds
+        path = f"{prefix}.lifecycle_heartbeat_timeout_seconds"
+        _require(_is_int(timeout)
+                 and HEARTBEAT_TIMEOUT_MIN_SECONDS <= timeout <= HEARTBEAT_TIMEOUT_MAX_SECONDS,
+                 path, timeout,
+                 f"{HEARTBEAT_TIMEOUT_MIN_SECONDS} to {HEARTBEAT_TIMEOUT_MAX_SECONDS} seconds "
+                 "(the lifecycle hook's limits)")
+        _require(timeout >= budget + CHECKPOINT_UPLOAD_MARGIN_SECONDS, path, timeout,
+                 f"at least checkpoint_budget_seconds + {CHECKPOINT_UPLOAD_MARGIN_SECONDS} "
+                 f"({budget + CHECKPOINT_UPLOAD_MARGIN_SECONDS}): the hook must outlast a whole "
+                 "checkpoint and its upload even if every heartbeat is lost")
+        interval = self.heartbeat_interval_seconds
+        _require(_is_int(interval) and 5 <= interval <= timeout // 2,
+                 f"{prefix}.heartbeat_interval_seconds", interval,
+                 f"5 to half the heartbeat timeout ({timeout // 2} s), so one lost heartbeat "
+                 "does not expire the hook")
+        _require(isinstance(self.checkpoint_dir, str) and bool(_SAFE_PATH_RE.match(self.checkpoint_dir))
+                 and ".." not in self.checkpoint_dir.split("/"),
+                 f"{prefix}.checkpoint_dir", self.checkpoint_dir,
+                 "an absolute path of letters, digits and _ . - / without '..'")
+        _require(isinstance(self.checkpoint_done_marker, str)
+                 and bool(_SAFE_FILE_NAME_RE.match(self.checkpoint_done_marker))
+                 and self.checkpoint_done_marker not in (".", ".."),
+                 f"{prefix}.checkpoint_done_marker", self.checkpoint_done_marker,
+                 "a file name of letters, digits and _ . -")
+        _require(isinstance(self.training_unit, str)
+                 and bool(_SYSTEMD_SERVICE_RE.match(self.training_unit)),
+                 f"{prefix}.training_unit", self.training_unit,
+                 "a systemd service unit name such as 'ml-training.service'")
+        _require(self.training_signal in TRAINING_SIGNALS, f"{prefix}.training_signal",
+                 self.training_signal, "one of " + ", ".join(TRAINING_SIGNALS))
+
+    @property
+    def powertools_layer_version(self) -> int:
+        return POWERTOOLS_LAYER_VERSIONS[self.powertools_version]
+
+
 @dataclass(frozen=True)
 class StageConfig:
     """Everything one stage deploys. Validated on construction."""
@@ -252,6 +442,7 @@ class StageConfig:
     tags: StageTags
     storage: StorageConfig = field(default_factory=StorageConfig)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
     account: str | None = None
 
     def __post_init__(self) -> None:
@@ -266,6 +457,9 @@ class StageConfig:
         self.network.validate(f"{prefix}.network", self.region)
         self.storage.validate(f"{prefix}.storage", self.name)
         self.alerts.validate(f"{prefix}.alerts")
+        _require(isinstance(self.training, TrainingConfig), f"{prefix}.training", self.training,
+                 "a TrainingConfig")
+        self.training.validate(f"{prefix}.training")
         self.tags.validate(f"{prefix}.tags")
 
     @property
@@ -302,6 +496,8 @@ def default_configs(*, account: str | None = None) -> dict[str, StageConfig]:
         ),
         storage=StorageConfig(retain=False, checkpoint_expiration_days=7,
                               ecr_immutable_tags=False),
+        # Two small GPUs at most: dev proves the interruption flow, not scale.
+        training=TrainingConfig(max_capacity=2, log_retention_days=30),
         tags=DEFAULT_TAGS,
     )
     staging = StageConfig(
@@ -316,6 +512,7 @@ def default_configs(*, account: str | None = None) -> dict[str, StageConfig]:
             flow_log_retention_days=90,
         ),
         storage=StorageConfig(retain=True, ecr_immutable_tags=False),
+        training=TrainingConfig(max_capacity=4, log_retention_days=90),
         tags=DEFAULT_TAGS,
     )
     prod = StageConfig(
@@ -330,6 +527,17 @@ def default_configs(*, account: str | None = None) -> dict[str, StageConfig]:
             flow_log_retention_days=365,
         ),
         storage=StorageConfig(retain=True, ecr_immutable_tags=True),
+        training=TrainingConfig(
+            instance_types=("g5.2xlarge", "g6.2xlarge", "g5.4xlarge", "g6.4xlarge",
+                            "g6e.2xlarge"),
+            max_capacity=16,
+            # One on-demand node keeps a long run's coordinator off the spot market.
+            on_demand_base=1,
+            root_volume_size_gib=500,
+            root_volume_iops=6000,
+            root_volume_throughput_mibps=500,
+            log_retention_days=365,
+        ),
         tags=DEFAULT_TAGS,
     )
     return {c.name: c for c in (dev, staging, prod)}

@@ -10,6 +10,7 @@ from ml_stacks.config import StageConfig
 from ml_stacks.network_stack import NetworkStack
 from ml_stacks.ops_stack import OpsStack
 from ml_stacks.storage_stack import StorageStack
+from ml_stacks.training_stack import TrainingStack
 
 
 class MlStage(cdk.Stage):
@@ -28,6 +29,16 @@ class MlStage(cdk.Stage):
         self.network = NetworkStack(self, "network", config=config)
         self.storage = StorageStack(self, "storage", config=config)
         self.ops = OpsStack(self, "ops", config=config, key=self.storage.key)
+        self.training: TrainingStack | None = None
+        if config.training.enabled:
+            self.training = TrainingStack(
+                self, "training", config=config,
+                vpc=self.network.vpc,
+                key=self.storage.key,
+                training_data_bucket=self.storage.training_data_bucket,
+                checkpoint_bucket=self.storage.checkpoint_bucket,
+                alerts_topic=self.ops.alerts_topic,
+            )
 
     @property
     def stacks(self) -> list[cdk.Stack]:

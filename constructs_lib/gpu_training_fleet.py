@@ -1,0 +1,274 @@
+"""A spot-first GPU training fleet: launch template plus mixed-instances Auto Scaling group."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import aws_cdk as cdk
+from aws_cdk import aws_autoscaling as autoscaling
+from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
+from aws_cdk import aws_s3 as s3
+from aws_cdk import aws_sns as sns
+from constructs import Construct
+
+from constructs_lib.acknowledge import acknowledge
+from constructs_lib.acknowledge_resolved import acknowledge_resources
+
+# Instances of the fleet carry this tag (value: the group name). Run Command
+# permissions of the interruption handler are conditioned on it.
+FLEET_TAG_KEY = "ml:training-fleet"
+# The node agent writes checkpoints under s3://<bucket>/<instance-id>/...
+# (node_agent/CONTRACT.md): instances may read and write only there.
+CHECKPOINT_KEY_PATTERN = "i-*"
+AUTOSCALING_SERVICE_LINKED_ROLE = (
+    "role/aws-service-role/autoscaling.amazonaws.com/AWSServiceRoleForAutoScaling"
+)
+
+
+class GpuTrainingFleet(Construct):
+    """GPU instances for training, spot first, that can be told to checkpoint.
+
+    * Launch template: the AMI behind the public SSM parameter
+      ``ami_ssm_parameter`` (resolved at deploy time, never an AMI ID),
+      IMDSv2 required with hop limit ``imds_hop_limit``, an encrypted gp3
+      root volume (``volume_key``), detailed monitoring, and ``role``: read
+      ``training_data_bucket``, read and write the ``i-*`` checkpoint
+      prefixes of ``checkpoint_bucket`` (no delete), SSM managed instance.
+    * Auto Scaling group ``autoscaling_group_name``: mixed instances over
+      ``instance_types`` (``on_demand_base`` on-demand nodes, then
+      ``on_demand_percentage`` % on-demand, the rest spot,
+      price-capacity-optimized), capacity rebalance, 0 to ``max_capacity``
+      instances in the private subnets of every AZ, rolling replacement
+      when the launch template changes, launches, terminations and their
+      errors to ``notification_topic``.
+    * ``efa_enabled`` (default False): an EFA interface and a cluster
+      placement group for multi-node training; the group then uses the
+      first AZ only (a cluster placement group lives in one AZ).
+
+    ``user_data`` (``ec2.UserData``) and ``role`` stay open: other
+    constructs add their node-side installation with them.
+    """
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        vpc: ec2.IVpc,
+        autoscaling_group_name: str,
+        instance_types: Sequence[str],
+        max_capacity: int,
+        volume_key: kms.IKey,
+        training_data_bucket: s3.IBucket,
+        checkpoint_bucket: s3.IBucket,
+        notification_topic: sns.ITopic,
+        notification_key: kms.IKey | None = None,
+        on_demand_base: int = 0,
+        on_demand_percentage: int = 0,
+        ami_ssm_parameter: str,
+        root_device_name: str = "/dev/xvda",
+        root_volume_size_gib: int = 200,
+        root_volume_iops: int = 3000,
+        root_volume_throughput_mibps: int = 250,
+        imds_hop_limit: int = 2,
+        efa_enabled: bool = False,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        stack = cdk.Stack.of(self)
+        self.auto_scaling_group_name = autoscaling_group_name
+        self.fleet_tag = (FLEET_TAG_KEY, autoscaling_group_name)
+        # Built from the literal name: the UUID part of a group ARN is not
+        # known before creation, and a literal keeps IAM free of cycles.
+        self.auto_scaling_group_arn = (
+            f"arn:{stack.partition}:autoscaling:{stack.region}:{stack.account}:autoScalingGroup:*:"
+            f"autoScalingGroupName/{autoscaling_group_name}"
+        )
+
+        self.role: iam.IRole = iam.Role(
+            self,
+            "Role",
+            assumed_by=iam.ServicePrincipal("ec2.amazonaws.com"),
+            description=f"GPU training instances of {autoscaling_group_name}",
+            managed_policies=[iam.ManagedPolicy.from_aws_managed_policy_name(
+                "AmazonSSMManagedInstanceCore")],
+        )
+        acknowledge(self.role, "AwsSolutions::AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:"
+                    "policy/AmazonSSMManagedInstanceCore]",
+                    "AmazonSSMManagedInstanceCore is what the SSM agent needs to register and run "
+                    "the checkpoint command; AWS maintains it as the agent's API surface changes.")
+        training_data_bucket.grant_read(self.role)
+        checkpoint_bucket.grant_read(self.role, CHECKPOINT_KEY_PATTERN)
+        # Put only: the agent writes a new checkpoint before moving LATEST
+        # and never deletes the previous one.
+        checkpoint_bucket.grant_put(self.role, CHECKPOINT_KEY_PATTERN)
+        for action in ("s3:GetObject*", "s3:GetBucket*", "s3:List*", "s3:Abort*"):
+            acknowledge(self.role, f"AwsSolutions::AwsSolutions-IAM5[Action::{action}]",
+                        "CDK's bucket grants name S3 action families; every one is scoped to the "
+                        "training data bucket or the checkpoint bucket's instance prefixes.")
+        for action in ("kms:GenerateDataKey*", "kms:ReEncrypt*"):
+            acknowledge(self.role, f"AwsSolutions::AwsSolutions-IAM5[Action::{action}]",
+                        "SSE-KMS uploads need a data key per object; the grant is scoped to the "
+                        "stage key's ARN.")
+        acknowledge_resources(
+            self.role, "AwsSolutions::AwsSolutions-IAM5",
+            [training_data_bucket.arn_for_objects("*")],
+            "A training job may read any dataset object of the training data bucket (read only).")
+        acknowledge_resources(
+            self.role, "AwsSolutions::AwsSolutions-IAM5",
+            [checkpoint_bucket.arn_for_objects(CHECKPOINT_KEY_PATTERN)],
+            "Checkpoints live under <instance-id>/ (node_agent/CONTRACT.md); a replacement "
+            "instance resumes from its predecessor's prefix, so the role reads and writes every "
+            "i-* prefix, and deletes none.")
+
+        self.security_group = ec2.SecurityGroup(
+            self,
+            "SecurityGroup",
+            vpc=vpc,
+            description=f"GPU training instances of {autoscaling_group_name}",
+            allow_all_outbound=True,
+        )
+        placement_group = None
+        if efa_enabled:
+            # EFA needs all traffic between the nodes of the group (egress
+            # is open already).
+            self.security_group.add_ingress_rule(self.security_group, ec2.Port.all_traffic(),
+                                                 "EFA between training nodes")
+            placement_group = ec2.PlacementGroup(self, "PlacementGroup",
+                                                 strategy=ec2.PlacementGroupStrategy.CLUSTER)
+
+        self.user_data = ec2.UserData.for_linux()
+        self.user_data.add_commands("set -euo pipefail")
+        self.launch_template = ec2.LaunchTemplate(
+            self,
+            "LaunchTemplate",
+            machine_image=ec2.MachineImage.from_ssm_parameter(
+                ami_ssm_parameter, os=ec2.OperatingSystemType.LINUX),
+            user_data=self.user_data,
+            role=self.role,
+            security_group=self.security_group,
+            require_imdsv2=True,
+            http_tokens=ec2.LaunchTemplateHttpTokens.REQUIRED,
+            http_endpoint=True,
+            http_put_response_hop_limit=imds_hop_limit,
+            detailed_monitoring=True,
+            ebs_optimized=True,
+            placement_group=placement_group,
+            block_devices=[ec2.BlockDevice(
+                device_name=root_device_name,
+                volume=ec2.BlockDeviceVolume.ebs(
+                    root_volume_size_gib,
+                    volume_type=ec2.EbsDeviceVolumeType.GP3,
+                    iops=root_volume_iops,
+                    throughput=root_volume_throughput_mibps,
+                    encrypted=True,
+                    kms_key=volume_key,
+                    delete_on_termination=True,
+                ),
+            )],
+        )
+        if efa_enabled:
+            cfn_template: ec2.CfnLaunchTemplate = self.launch_template.node.default_child
+            cfn_template.add_property_override("LaunchTemplateData.NetworkInterfaces", [{
+                "DeviceIndex": 0,
+                "InterfaceType": "efa",
+                "Groups": [self.security_group.security_group_id],
+                "DeleteOnTermination": True,
+            }])
+            # Security groups go on the interface when interfaces are given.
+            cfn_template.add_property_deletion_override("LaunchTemplateData.SecurityGroupIds")
+
+        subnets = ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS)
+        if efa_enabled:
+            subnets = ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS,
+                                          availability_zones=[vpc.availability_zones[0]])
+        self.auto_scaling_group = autoscaling.AutoScalingGroup(
+            self,
+            "Resource",
+            vpc=vpc,
+            vpc_subnets=subnets,
+            auto_scaling_group_name=autoscaling_group_name,
+            mixed_instances_policy=autoscaling.MixedInstancesPolicy(
+                launch_template=self.launch_template,
+                launch_template_overrides=[
+                    autoscaling.LaunchTemplateOverrides(instance_type=ec2.InstanceType(t))
+                    for t in instance_types
+                ],
+                instances_distribution=autoscaling.InstancesDistribution(
+                    on_demand_base_capacity=on_demand_base,
+                    on_demand_percentage_above_base_capacity=on_demand_percentage,
+                    on_demand_allocation_strategy=autoscaling.OnDemandAllocationStrategy.LOWEST_PRICE,
+                    spot_allocation_strategy=autoscaling.SpotAllocationStrategy.PRICE_CAPACITY_OPTIMIZED,
+                ),
+            ),
+            min_capacity=0,
+            max_capacity=max_capacity,
+            capacity_rebalance=True,
+            # Replace instances one at a time when the launch template
+            # changes; each goes through the termination hook, so each
+            # checkpoints first.
+            update_policy=autoscaling.UpdatePolicy.rolling_update(
+                max_batch_size=1, min_instances_in_service=0),
+            notifications=[autoscaling.NotificationConfiguration(
+                topic=notification_topic, scaling_events=autoscaling.ScalingEvents.ALL)],
+            group_metrics=[autoscaling.GroupMetrics.all()],
+        )
+        acknowledge(self.auto_scaling_group.node.default_child, "AwsSolutions::AwsSolutions-EC26",
+                    "The rule cannot follow the group's launch template reference; the root "
+                    "volume is an encrypted gp3 volume with the stage key in the launch template "
+                    "itself (asserted by tests/unit/test_training_stack.py).")
+        cdk.Tags.of(self.auto_scaling_group).add(FLEET_TAG_KEY, autoscaling_group_name,
+                                                 apply_to_launched_instances=True)
+
+        # The group launches instances and publishes notifications as its
+        # service-linked role: it must be able to use the key of the root
+        # volume and of the notification topic, or launches fail and
+        # notifications vanish.
+        for key in {id(k): k for k in (volume_key, notification_key) if k is not None}.values():
+            _allow_autoscaling_service_role(key)
+
+    def grant_complete_lifecycle_action(self, grantee: iam.IGrantable) -> iam.Grant:
+        """Allow ``autoscaling:CompleteLifecycleAction`` on this group only."""
+        return self._grant_on_group(grantee, "autoscaling:CompleteLifecycleAction")
+
+    def grant_record_lifecycle_action_heartbeat(self, grantee: iam.IGrantable) -> iam.Grant:
+        """Allow ``autoscaling:RecordLifecycleActionHeartbeat`` on this group only."""
+        return self._grant_on_group(grantee, "autoscaling:RecordLifecycleActionHeartbeat")
+
+    def _grant_on_group(self, grantee: iam.IGrantable, action: str) -> iam.Grant:
+        grant = iam.Grant.add_to_principal(grantee=grantee, actions=[action],
+                                           resource_arns=[self.auto_scaling_group_arn])
+        acknowledge_resources(
+            grantee, "AwsSolutions::AwsSolutions-IAM5", [self.auto_scaling_group_arn],
+            "The * is the group's UUID, unknown before the group exists; the ARN names this "
+            "group exactly by its autoScalingGroupName.")
+        return grant
+
+
+def _allow_autoscaling_service_role(key: kms.IKey) -> None:
+    """Key policy statements for EC2 Auto Scaling's service-linked role.
+
+    Matched on ``aws:PrincipalArn`` rather than named as the principal: a
+    key policy naming a role that does not exist yet (a new account before
+    its first Auto Scaling group) is rejected, the condition is not.
+    """
+    stack = cdk.Stack.of(key)
+    service_role = f"arn:{stack.partition}:iam::{stack.account}:{AUTOSCALING_SERVICE_LINKED_ROLE}"
+    is_service_role = {"StringEquals": {"aws:PrincipalArn": service_role,
+                                        "kms:CallerAccount": stack.account}}
+    key.add_to_resource_policy(iam.PolicyStatement(
+        sid="AllowAutoScalingServiceRoleToUseKey",
+        principals=[iam.AnyPrincipal()],
+        actions=["kms:Encrypt", "kms:Decrypt", "kms:ReEncrypt*", "kms:GenerateDataKey*",
+                 "kms:DescribeKey"],
+        resources=["*"],
+        conditions=is_service_role,
+    ))
+    key.add_to_resource_policy(iam.PolicyStatement(
+        sid="AllowAutoScalingServiceRoleToGrantKeyToEbs",
+        principals=[iam.AnyPrincipal()],
+        actions=["kms:CreateGrant"],
+        resources=["*"],
+        conditions={**is_service_role, "Bool": {"kms:GrantIsForAWSResource": "true"}},
+    ))

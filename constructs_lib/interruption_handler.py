@@ -1,0 +1,305 @@
+"""Turns spot warnings, rebalance recommendations and termination hooks into checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import aws_cdk as cdk
+from aws_cdk import aws_autoscaling as autoscaling
+from aws_cdk import aws_autoscaling_hooktargets as hooktargets
+from aws_cdk import aws_cloudwatch as cloudwatch
+from aws_cdk import aws_cloudwatch_actions as cloudwatch_actions
+from aws_cdk import aws_dynamodb as dynamodb
+from aws_cdk import aws_events as events
+from aws_cdk import aws_events_targets as targets
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_lambda_event_sources as event_sources
+from aws_cdk import aws_logs as logs
+from aws_cdk import aws_sns as sns
+from aws_cdk import aws_sqs as sqs
+from aws_cdk import aws_ssm as ssm
+from constructs import Construct
+
+from constructs_lib.acknowledge import acknowledge
+from constructs_lib.acknowledge_resolved import acknowledge_resources
+from constructs_lib.gpu_training_fleet import FLEET_TAG_KEY, GpuTrainingFleet
+from constructs_lib.node_agent import AGENT_ENV_FILE, AGENT_PROGRAM
+
+# The queue's visibility timeout is this multiple of the Lambda timeout
+# (AWS's guidance for SQS event sources: retries and batching fit in it).
+VISIBILITY_TIMEOUT_FACTOR = 6
+MAX_RECEIVE_COUNT = 5
+# SendCommand's delivery timeout: a checkpoint that cannot start within a
+# minute of a two-minute spot notice is too late anyway.
+COMMAND_DELIVERY_TIMEOUT_SECONDS = 60
+# Patterns of the document's parameters. Nothing outside them reaches the
+# shell; lambda/interruption_handler/messages.py checks the same ones.
+REASON_PATTERN = "^(spot-interruption|rebalance-recommendation|lifecycle-terminate)$"
+EVENT_ID_PATTERN = r"^[A-Za-z0-9-]{1,128}$"
+LIFECYCLE_HOOK_NAME_PATTERN = r"^[A-Za-z0-9_/-]{0,255}$"
+LIFECYCLE_ACTION_TOKEN_PATTERN = (
+    r"^([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})?$"
+)
+AUTOSCALING_GROUP_NAME_PATTERN = r"^[A-Za-z0-9_./-]{0,255}$"
+EXECUTION_TIMEOUT_PATTERN = r"^[0-9]{1,5}$"
+POWERTOOLS_LAYER_ACCOUNT = "017000801446"
+RUNTIME = lambda_.Runtime.PYTHON_3_13
+SPOT_WARNING = "EC2 Spot Instance Interruption Warning"
+REBALANCE_RECOMMENDATION = "EC2 Instance Rebalance Recommendation"
+
+
+class InterruptionHandler(Construct):
+    """Everything between "this instance is going away" and the node agent.
+
+    * A termination lifecycle hook on ``fleet`` (default result CONTINUE,
+      ``heartbeat_timeout``) and EventBridge rules for spot interruption
+      warnings and rebalance recommendations, all into one queue (KMS with
+      ``key``, TLS only, visibility 6 x the Lambda timeout, a DLQ after 5
+      receives; the rules' targets dead-letter into the same DLQ).
+    * The interruption Lambda (``lambda_code_dir``) on that queue with
+      per-record failures, deduplicating through a DynamoDB idempotency
+      table, allowed to complete lifecycle actions of this group only and
+      to run this construct's SSM document on instances tagged as this
+      fleet only.
+    * The SSM document that runs the node agent's ``checkpoint`` command,
+      with every parameter bound by an ``allowedPattern``.
+    * An alarm to ``alarm_topic`` as soon as the DLQ holds a message.
+    """
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        fleet: GpuTrainingFleet,
+        key: kms.IKey,
+        alarm_topic: sns.ITopic,
+        lambda_code_dir: Path,
+        heartbeat_timeout: cdk.Duration,
+        checkpoint_budget: cdk.Duration,
+        powertools_layer_version: int,
+        rebalance_action: str = "checkpoint",
+        lambda_timeout: cdk.Duration = cdk.Duration.seconds(60),
+        log_retention: logs.RetentionDays = logs.RetentionDays.THREE_MONTHS,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        stack = cdk.Stack.of(self)
+        self.lifecycle_hook_name = f"{fleet.auto_scaling_group_name}-terminating"
+
+        self.dead_letter_queue = sqs.Queue(
+            self,
+            "DeadLetterQueue",
+            encryption=sqs.QueueEncryption.KMS,
+            encryption_master_key=key,
+            enforce_ssl=True,
+            retention_period=cdk.Duration.days(14),
+        )
+        self.queue = sqs.Queue(
+            self,
+            "Queue",
+            encryption=sqs.QueueEncryption.KMS,
+            encryption_master_key=key,
+            enforce_ssl=True,
+            visibility_timeout=cdk.Duration.seconds(
+                VISIBILITY_TIMEOUT_FACTOR * int(lambda_timeout.to_seconds())),
+            dead_letter_queue=sqs.DeadLetterQueue(queue=self.dead_letter_queue,
+                                                  max_receive_count=MAX_RECEIVE_COUNT),
+        )
+
+        self.lifecycle_hook = fleet.auto_scaling_group.add_lifecycle_hook(
+            "TerminationHook",
+            lifecycle_hook_name=self.lifecycle_hook_name,
+            lifecycle_transition=autoscaling.LifecycleTransition.INSTANCE_TERMINATING,
+            notification_target=hooktargets.QueueHook(self.queue),
+            default_result=autoscaling.DefaultResult.CONTINUE,
+            heartbeat_timeout=heartbeat_timeout,
+        )
+        for action in ("kms:GenerateDataKey*", "kms:ReEncrypt*"):
+            acknowledge(self.lifecycle_hook.role, f"AwsSolutions::AwsSolutions-IAM5[Action::{action}]",
+                        "Sending to a KMS-encrypted queue needs a data key; the grant is scoped to "
+                        "the stage key's ARN.")
+
+        self.rules: list[events.Rule] = []
+        for rule_id, detail_type in (("SpotInterruptionRule", SPOT_WARNING),
+                                     ("RebalanceRecommendationRule", REBALANCE_RECOMMENDATION)):
+            rule = events.Rule(
+                self,
+                rule_id,
+                description=f"{detail_type} -> interruption queue of {fleet.auto_scaling_group_name}",
+                event_pattern=events.EventPattern(source=["aws.ec2"], detail_type=[detail_type]),
+            )
+            rule.add_target(targets.SqsQueue(
+                self.queue,
+                dead_letter_queue=self.dead_letter_queue,
+                # A spot warning is useless after its two minutes; a failed
+                # delivery lands in the DLQ and alarms instead of retrying
+                # for a day.
+                max_event_age=cdk.Duration.minutes(10),
+                retry_attempts=10,
+            ))
+            self.rules.append(rule)
+
+        self.document = ssm.CfnDocument(
+            self,
+            "CheckpointDocument",
+            document_type="Command",
+            content=checkpoint_document(budget_seconds=int(checkpoint_budget.to_seconds())),
+        )
+        self.document_arn = (f"arn:{stack.partition}:ssm:{stack.region}:{stack.account}:"
+                             f"document/{self.document.ref}")
+
+        self.idempotency_table = dynamodb.Table(
+            self,
+            "IdempotencyTable",
+            partition_key=dynamodb.Attribute(name="id", type=dynamodb.AttributeType.STRING),
+            billing_mode=dynamodb.BillingMode.PAY_PER_REQUEST,
+            # Event ids and decisions only: the AWS managed key is enough
+            # and needs no key policy or grants.
+            encryption=dynamodb.TableEncryption.AWS_MANAGED,
+            point_in_time_recovery_specification=dynamodb.PointInTimeRecoverySpecification(
+                point_in_time_recovery_enabled=True),
+            time_to_live_attribute="expiration",
+            removal_policy=cdk.RemovalPolicy.DESTROY,
+        )
+
+        self.log_group = logs.LogGroup(self, "LogGroup", retention=log_retention,
+                                       removal_policy=cdk.RemovalPolicy.DESTROY)
+        self.role = iam.Role(self, "Role", assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
+                             description=f"Interruption handler of {fleet.auto_scaling_group_name}")
+        self.log_group.grant_write(self.role)
+        self.function = lambda_.Function(
+            self,
+            "Resource",
+            description=f"Checkpoints {fleet.auto_scaling_group_name} instances before termination",
+            runtime=RUNTIME,
+            architecture=lambda_.Architecture.X86_64,
+            handler="handler.handler",
+            code=lambda_.Code.from_asset(str(lambda_code_dir), exclude=["__pycache__", "*.pyc"]),
+            layers=[lambda_.LayerVersion.from_layer_version_arn(
+                self, "PowertoolsLayer", powertools_layer_arn(stack, powertools_layer_version))],
+            timeout=lambda_timeout,
+            memory_size=256,
+            role=self.role,
+            log_group=self.log_group,
+            environment={
+                "AUTOSCALING_GROUP_NAME": fleet.auto_scaling_group_name,
+                "FLEET_TAG_KEY": FLEET_TAG_KEY,
+                "FLEET_TAG_VALUE": fleet.fleet_tag[1],
+                "CHECKPOINT_DOCUMENT_NAME": self.document.ref,
+                "IDEMPOTENCY_TABLE_NAME": self.idempotency_table.table_name,
+                "REBALANCE_ACTION": rebalance_action,
+                "COMMAND_DELIVERY_TIMEOUT_SECONDS": str(COMMAND_DELIVERY_TIMEOUT_SECONDS),
+                "POWERTOOLS_SERVICE_NAME": "interruption-handler",
+                "POWERTOOLS_METRICS_NAMESPACE": "MlInfra/Training",
+            },
+        )
+        self.function.add_event_source(event_sources.SqsEventSource(
+            self.queue, batch_size=10, report_batch_item_failures=True))
+
+        self.idempotency_table.grant(self.role, "dynamodb:GetItem", "dynamodb:PutItem",
+                                     "dynamodb:UpdateItem", "dynamodb:DeleteItem")
+        fleet.grant_complete_lifecycle_action(self.role)
+        self.role.add_to_principal_policy(iam.PolicyStatement(
+            sid="RunTheCheckpointDocument", actions=["ssm:SendCommand"],
+            resources=[self.document_arn]))
+        self.role.add_to_principal_policy(iam.PolicyStatement(
+            sid="OnFleetInstancesOnly", actions=["ssm:SendCommand"],
+            resources=[f"arn:{stack.partition}:ec2:{stack.region}:{stack.account}:instance/*"],
+            conditions={"StringEquals": {f"ssm:resourceTag/{FLEET_TAG_KEY}": fleet.fleet_tag[1]}}))
+        self.role.add_to_principal_policy(iam.PolicyStatement(
+            sid="LookUpInstances",
+            actions=["ec2:DescribeInstances", "ssm:DescribeInstanceInformation"],
+            resources=["*"]))
+        acknowledge(self.role, "AwsSolutions::AwsSolutions-IAM5[Resource::*]",
+                    "ec2:DescribeInstances and ssm:DescribeInstanceInformation support no "
+                    "resource-level permissions; both are read-only lookups of one instance.")
+        acknowledge_resources(
+            self.role, "AwsSolutions::AwsSolutions-IAM5",
+            [f"arn:{stack.partition}:ec2:{stack.region}:{stack.account}:instance/*"],
+            f"SendCommand is allowed only on instances tagged {FLEET_TAG_KEY}="
+            f"{fleet.fleet_tag[1]} (ssm:resourceTag condition): instance IDs of a spot fleet are "
+            "not known in advance.")
+        acknowledge(self.function.node.default_child, "AwsSolutions::AwsSolutions-L1",
+                    f"{RUNTIME.name} is the runtime whose public Powertools layer build is pinned "
+                    "(AWSLambdaPowertoolsPythonV3-python313-x86_64 at the version in "
+                    "ml_stacks/config.py POWERTOOLS_LAYER_VERSIONS); a newer runtime needs its own "
+                    "verified layer pin first.")
+
+        self.dead_letter_alarm = cloudwatch.Alarm(
+            self,
+            "DeadLetterAlarm",
+            alarm_description=(f"Interruption messages of {fleet.auto_scaling_group_name} failed "
+                               "5 times or could not be delivered: read the DLQ, fix, redrive."),
+            metric=self.dead_letter_queue.metric_approximate_number_of_messages_visible(
+                period=cdk.Duration.minutes(1), statistic="Maximum"),
+            threshold=0,
+            comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
+            evaluation_periods=1,
+            treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
+        )
+        self.dead_letter_alarm.add_alarm_action(cloudwatch_actions.SnsAction(alarm_topic))
+
+    def metric_records_failed(self, **props) -> cloudwatch.Metric:
+        """Records handed back to SQS for a retry (EMF metric of the Lambda)."""
+        return cloudwatch.Metric(namespace="MlInfra/Training", metric_name="RecordsFailed",
+                                 dimensions_map={"service": "interruption-handler"},
+                                 statistic="Sum", **props)
+
+
+def powertools_layer_arn(stack: cdk.Stack, layer_version: int) -> str:
+    runtime = RUNTIME.name.replace(".", "")  # python3.13 -> python313
+    return (f"arn:{stack.partition}:lambda:{stack.region}:{POWERTOOLS_LAYER_ACCOUNT}:layer:"
+            f"AWSLambdaPowertoolsPythonV3-{runtime}-x86_64:{layer_version}")
+
+
+def checkpoint_document(*, budget_seconds: int) -> dict:
+    """The Run Command document that runs the node agent's checkpoint (CONTRACT.md).
+
+    Parameter values are substituted into the script by SSM; the
+    ``allowedPattern``s admit no quote, space or shell metacharacter, so a
+    value cannot leave its single quotes.
+    """
+    def parameter(description: str, pattern: str, default: str | None = None) -> dict:
+        spec = {"type": "String", "description": description, "allowedPattern": pattern}
+        if default is not None:
+            spec["default"] = default
+        return spec
+
+    return {
+        "schemaVersion": "2.2",
+        "description": "Signal the trainer, wait for its checkpoint, upload it to S3 and "
+                       "complete the termination lifecycle action (ml-node-agent).",
+        "parameters": {
+            "Reason": parameter("Why the checkpoint is requested", REASON_PATTERN),
+            "EventId": parameter("EventBridge event id or lifecycle request id", EVENT_ID_PATTERN),
+            "LifecycleHookName": parameter("Termination hook, with a token", LIFECYCLE_HOOK_NAME_PATTERN, ""),
+            "LifecycleActionToken": parameter("Lifecycle action token; empty for spot and rebalance "
+                                              "notices", LIFECYCLE_ACTION_TOKEN_PATTERN, ""),
+            "AutoScalingGroupName": parameter("Group of the lifecycle action, with a token",
+                                              AUTOSCALING_GROUP_NAME_PATTERN, ""),
+            "executionTimeout": parameter("Seconds before the command is stopped: the checkpoint "
+                                          "budget plus 60 s for the upload",
+                                          EXECUTION_TIMEOUT_PATTERN, str(budget_seconds + 60)),
+        },
+        "mainSteps": [{
+            "action": "aws:runShellScript",
+            "name": "checkpoint",
+            "inputs": {
+                "timeoutSeconds": "{{ executionTimeout }}",
+                "runCommand": [
+                    "set -eu",
+                    # Run Command does not see the service's EnvironmentFile.
+                    f"set -a; . {AGENT_ENV_FILE}; set +a",
+                    "set -- checkpoint --reason '{{ Reason }}' --event-id '{{ EventId }}'",
+                    "if [ -n '{{ LifecycleActionToken }}' ]; then",
+                    "  set -- \"$@\" --lifecycle-hook-name '{{ LifecycleHookName }}'"
+                    " --lifecycle-action-token '{{ LifecycleActionToken }}'"
+                    " --autoscaling-group-name '{{ AutoScalingGroupName }}'",
+                    "fi",
+                    f"exec {AGENT_PROGRAM} \"$@\"",
+                ],
+            },
+        }],
+    }

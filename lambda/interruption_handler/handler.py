@@ -1,0 +1,88 @@
+"""Interruption handler: SQS batch in, per-record failures out.
+
+The queue carries spot interruption warnings and rebalance recommendations
+(EventBridge) and the fleet's termination lifecycle hook messages. See
+``logic.py`` for the decisions and ``batch.py`` for idempotency and errors.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import boto3
+from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools.metrics import MetricUnit
+from botocore.config import Config
+
+from batch import Processor, RecordOutcome
+from logic import Clients, Settings
+
+logger = Logger()
+metrics = Metrics()
+
+# Fail fast into a per-record retry instead of spending the invocation on
+# SDK back-off.
+_BOTO_CONFIG = Config(retries={"mode": "standard", "max_attempts": 3},
+                      connect_timeout=3, read_timeout=10)
+
+
+class _PowertoolsMetrics:
+    def count(self, name: str) -> None:
+        metrics.add_metric(name=name, unit=MetricUnit.Count, value=1)
+
+
+def log_outcome(outcome: RecordOutcome) -> None:
+    """The one structured line per decision."""
+    fields = {"message_id": outcome.message_id, "instance_id": outcome.instance_id,
+              "event_kind": outcome.kind, "outcome": outcome.outcome, "action": outcome.action,
+              "reason": outcome.reason}
+    if outcome.outcome == "failed":
+        logger.warning("interruption decision", extra=fields)
+    else:
+        logger.info("interruption decision", extra=fields)
+
+
+def build_processor(environ: dict[str, str] | None = None) -> Processor:
+    env = os.environ if environ is None else environ
+    settings = Settings(
+        autoscaling_group_name=env["AUTOSCALING_GROUP_NAME"],
+        fleet_tag_key=env["FLEET_TAG_KEY"],
+        fleet_tag_value=env["FLEET_TAG_VALUE"],
+        document_name=env["CHECKPOINT_DOCUMENT_NAME"],
+        rebalance_action=env.get("REBALANCE_ACTION", "checkpoint"),
+        command_delivery_timeout_seconds=int(env.get("COMMAND_DELIVERY_TIMEOUT_SECONDS", "60")),
+    )
+    clients = Clients(ec2=boto3.client("ec2", config=_BOTO_CONFIG),
+                      ssm=boto3.client("ssm", config=_BOTO_CONFIG),
+                      autoscaling=boto3.client("autoscaling", config=_BOTO_CONFIG))
+    return Processor(settings=settings, clients=clients,
+                     dynamodb=boto3.client("dynamodb", config=_BOTO_CONFIG),
+                     table_name=env["IDEMPOTENCY_TABLE_NAME"], metrics=_PowertoolsMetrics(),
+                     log=log_outcome)
+
+
+_processor: Processor | None = None
+
+
+def _message_ids(event: Any) -> list[str]:
+    records = event.get("Records") if isinstance(event, dict) else None
+    return [r["messageId"] for r in records or [] if isinstance(r, dict)
+            and isinstance(r.get("messageId"), str)]
+
+
+def handler(event: Any, context: Any) -> dict[str, Any]:
+    global _processor
+    try:
+        if _processor is None:
+            _processor = build_processor()
+        return _processor.process_batch(event, context).response()
+    except Exception:  # noqa: BLE001 - last line of defence: retry the batch, never raise
+        logger.exception("interruption batch failed before its records were decided")
+        return {"batchItemFailures": [{"itemIdentifier": m} for m in _message_ids(event)]}
+    finally:
+        try:
+            if metrics.metric_set:
+                metrics.flush_metrics()
+        except Exception:  # noqa: BLE001 - metrics must not fail the batch
+            logger.exception("could not flush metrics")

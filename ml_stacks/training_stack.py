@@ -1,0 +1,108 @@
+"""Training stack: the GPU fleet, its interruption handling and the node agent."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import aws_cdk as cdk
+from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_kms as kms
+from aws_cdk import aws_logs as logs
+from aws_cdk import aws_s3 as s3
+from aws_cdk import aws_sns as sns
+from constructs import Construct
+
+from constructs_lib.gpu_training_fleet import GpuTrainingFleet
+from constructs_lib.interruption_handler import InterruptionHandler
+from constructs_lib.node_agent import NodeAgent
+from ml_stacks.base_stack import StageStack
+from ml_stacks.config import LOG_RETENTION_DAYS, StageConfig
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class TrainingStack(StageStack):
+    """Exposes ``fleet`` (``GpuTrainingFleet``), ``interruption_handler`` and ``node_agent``."""
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        config: StageConfig,
+        vpc: ec2.IVpc,
+        key: kms.IKey,
+        training_data_bucket: s3.IBucket,
+        checkpoint_bucket: s3.IBucket,
+        alerts_topic: sns.ITopic,
+    ) -> None:
+        super().__init__(scope, construct_id, config=config,
+                         description=f"ml-infra {config.name}: GPU training fleet, interruption handling")
+        training = config.training
+        budget = cdk.Duration.seconds(training.checkpoint_budget_seconds)
+
+        self.fleet = GpuTrainingFleet(
+            self,
+            "Fleet",
+            vpc=vpc,
+            autoscaling_group_name=f"{config.stack_prefix}-training-gpu",
+            instance_types=training.instance_types,
+            max_capacity=training.max_capacity,
+            on_demand_base=training.on_demand_base,
+            on_demand_percentage=training.on_demand_percentage,
+            ami_ssm_parameter=training.ami_ssm_parameter,
+            root_device_name=training.root_device_name,
+            root_volume_size_gib=training.root_volume_size_gib,
+            root_volume_iops=training.root_volume_iops,
+            root_volume_throughput_mibps=training.root_volume_throughput_mibps,
+            imds_hop_limit=training.imds_hop_limit,
+            efa_enabled=training.efa_enabled,
+            volume_key=key,
+            training_data_bucket=training_data_bucket,
+            checkpoint_bucket=checkpoint_bucket,
+            notification_topic=alerts_topic,
+            # The stage's alerts topic is encrypted with the stage key.
+            notification_key=key,
+        )
+        self.interruption_handler = InterruptionHandler(
+            self,
+            "InterruptionHandler",
+            fleet=self.fleet,
+            key=key,
+            alarm_topic=alerts_topic,
+            lambda_code_dir=PROJECT_ROOT / "lambda" / "interruption_handler",
+            heartbeat_timeout=cdk.Duration.seconds(training.lifecycle_heartbeat_timeout_seconds),
+            checkpoint_budget=budget,
+            powertools_layer_version=training.powertools_layer_version,
+            rebalance_action=training.rebalance_action,
+            lambda_timeout=cdk.Duration.seconds(training.lambda_timeout_seconds),
+            log_retention=getattr(logs.RetentionDays, LOG_RETENTION_DAYS[training.log_retention_days]),
+        )
+        self.node_agent = NodeAgent(
+            self,
+            "NodeAgent",
+            source_dir=PROJECT_ROOT / "node_agent",
+            checkpoint_bucket=checkpoint_bucket,
+            checkpoint_dir=training.checkpoint_dir,
+            checkpoint_done_marker=training.checkpoint_done_marker,
+            training_unit=training.training_unit,
+            training_signal=training.training_signal,
+            checkpoint_budget=budget,
+            heartbeat_interval=cdk.Duration.seconds(training.heartbeat_interval_seconds),
+        )
+        self.node_agent.install_on(
+            user_data=self.fleet.user_data,
+            role=self.fleet.role,
+            autoscaling_group_name=self.fleet.auto_scaling_group_name,
+            lifecycle_hook_name=self.interruption_handler.lifecycle_hook_name,
+        )
+        # The agent heartbeats and completes the hook itself.
+        self.fleet.grant_complete_lifecycle_action(self.fleet.role)
+        self.fleet.grant_record_lifecycle_action_heartbeat(self.fleet.role)
+
+        cdk.CfnOutput(self, "AutoScalingGroupName", value=self.fleet.auto_scaling_group_name,
+                      description="GPU training fleet (set desired capacity to train)")
+        cdk.CfnOutput(self, "InterruptionQueueUrl", value=self.interruption_handler.queue.queue_url,
+                      description="Spot warnings, rebalance recommendations, termination hooks")
+        cdk.CfnOutput(self, "CheckpointDocumentName", value=self.interruption_handler.document.ref,
+                      description="Run Command document that checkpoints an instance")

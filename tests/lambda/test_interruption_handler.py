@@ -1,0 +1,382 @@
+"""Interruption handler decisions on real-shaped messages, with the exact AWS calls."""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+
+import pytest
+from botocore.stub import Stubber
+
+from tests.interruption_lambda import batch, fixture, handler, messages, sqs_event, sqs_record
+from tests.interruption_aws import (DOCUMENT, GROUP, HOOK, LambdaContext, short_circuit)
+from tests.interruption_aws import aws  # noqa: F401  (the fixture)
+
+TOKEN = "71514b9d-6a40-4b26-8523-05e7ee35fa4c"
+
+
+def spot(instance_id: str, event_id: str = "1e5527d7-bb36-4607-3370-4164db56a40e") -> dict:
+    event = fixture("spot_interruption_warning")
+    event["id"] = event_id
+    event["detail"]["instance-id"] = instance_id
+    event["resources"] = [f"arn:aws:ec2:us-east-1a:instance/{instance_id}"]
+    return event
+
+
+def rebalance(instance_id: str) -> dict:
+    event = fixture("rebalance_recommendation")
+    event["detail"]["instance-id"] = instance_id
+    return event
+
+
+def hook_message(instance_id: str, token: str = TOKEN, group: str = GROUP) -> dict:
+    message = fixture("lifecycle_hook_terminating")
+    message.update(EC2InstanceId=instance_id, LifecycleActionToken=token, AutoScalingGroupName=group)
+    return message
+
+
+def lifecycle_event(instance_id: str, token: str = TOKEN) -> dict:
+    event = fixture("lifecycle_action_eventbridge")
+    event["detail"].update(EC2InstanceId=instance_id, LifecycleActionToken=token)
+    return event
+
+
+def run(aws, *bodies, processor=None, message_ids=None):
+    ids = message_ids or [f"msg-{n}" for n in range(len(bodies))]
+    event = sqs_event(*(sqs_record(body, message_id=i) for body, i in zip(bodies, ids)))
+    return (processor or aws.processor()).process_batch(event, LambdaContext())
+
+
+def checkpoint_parameters(reason: str, event_id: str, *, token: str = "", hook: str = "",
+                          group: str = "") -> dict:
+    return {"Reason": [reason], "EventId": [event_id], "LifecycleHookName": [hook],
+            "LifecycleActionToken": [token], "AutoScalingGroupName": [group]}
+
+
+# --- spot interruption warning -------------------------------------------------
+
+def test_spot_warning_for_a_fleet_instance_sends_one_checkpoint_command(aws) -> None:
+    result = run(aws, spot(aws.fleet_instance))
+    [command] = aws.commands()
+    assert command["DocumentName"] == DOCUMENT
+    assert command["InstanceIds"] == [aws.fleet_instance]
+    assert command["Parameters"] == checkpoint_parameters(
+        "spot-interruption", "1e5527d7-bb36-4607-3370-4164db56a40e")
+    assert command["TimeoutSeconds"] == 60
+    assert command["Comment"] == "checkpoint: spot-interruption 1e5527d7-bb36-4607-3370-4164db56a40e"
+    [outcome] = result.outcomes
+    assert (outcome.outcome, outcome.action, outcome.instance_id, outcome.kind) == (
+        "handled", "checkpoint-requested", aws.fleet_instance, "spot-interruption")
+    assert result.response() == {"batchItemFailures": []}
+    assert aws.metrics.counts == {"CheckpointsRequested": 1}
+    aws.autoscaling_stub.assert_no_pending_responses()
+
+
+def test_spot_warning_for_an_instance_outside_the_fleet_is_skipped_without_calls(aws) -> None:
+    result = run(aws, spot(aws.other_instance))
+    assert aws.commands() == []
+    [outcome] = result.outcomes
+    assert (outcome.outcome, outcome.reason) == ("skipped", "not-a-fleet-instance")
+
+
+def test_spot_warning_for_an_instance_that_no_longer_exists_is_skipped(aws) -> None:
+    result = run(aws, spot("i-0123456789abcdef0"))
+    assert aws.commands() == []
+    assert result.outcomes[0].reason == "not-a-fleet-instance"
+
+
+def test_spot_warning_for_a_fleet_instance_ssm_cannot_reach_is_skipped(aws) -> None:
+    aws.ssm_online.clear()
+    aws.ssm_connection_lost.add(aws.fleet_instance)
+    result = run(aws, spot(aws.fleet_instance))
+    assert aws.commands() == []
+    assert (result.outcomes[0].outcome, result.outcomes[0].reason) == ("skipped", "not-reachable-by-ssm")
+
+
+# --- rebalance recommendation --------------------------------------------------
+
+def test_rebalance_recommendation_checkpoints_proactively_by_default(aws) -> None:
+    run(aws, rebalance(aws.fleet_instance))
+    [command] = aws.commands()
+    assert command["Parameters"] == checkpoint_parameters(
+        "rebalance-recommendation", "5e2fd1b4-5e1c-4c1b-9bd3-0ef1a5b8f2c9")
+
+
+def test_rebalance_recommendation_is_only_logged_when_configured_log_only(aws) -> None:
+    result = run(aws, rebalance(aws.fleet_instance),
+                 processor=aws.processor(rebalance_action="log-only"))
+    assert aws.commands() == []
+    [outcome] = result.outcomes
+    assert (outcome.outcome, outcome.reason) == ("skipped", "rebalance-log-only")
+    assert aws.log == [outcome]
+
+
+# --- termination lifecycle action ----------------------------------------------
+
+@pytest.mark.parametrize("shape", [hook_message, lifecycle_event], ids=["sqs-hook", "eventbridge"])
+def test_lifecycle_action_of_a_reachable_fleet_instance_hands_the_token_to_the_agent(aws, shape) -> None:
+    message = shape(aws.fleet_instance)
+    result = run(aws, message)
+
+    event_id = message.get("RequestId") or message["id"]
+    [command] = aws.commands()
+    assert command["InstanceIds"] == [aws.fleet_instance]
+    assert command["Parameters"] == checkpoint_parameters(
+        "lifecycle-terminate", event_id, token=TOKEN, hook=HOOK, group=GROUP)
+    # The node agent completes the action after its upload; not the Lambda.
+    aws.autoscaling_stub.assert_no_pending_responses()
+    assert result.outcomes[0].action == "checkpoint-requested"
+
+
+def test_lifecycle_action_of_an_instance_outside_the_fleet_is_completed_at_once(aws) -> None:
+    aws.expect_complete(aws.other_instance, TOKEN)
+    result = run(aws, hook_message(aws.other_instance))
+    aws.autoscaling_stub.assert_no_pending_responses()
+    assert aws.commands() == []
+    [outcome] = result.outcomes
+    assert (outcome.outcome, outcome.action, outcome.reason) == (
+        "handled", "lifecycle-action-completed", "not-a-fleet-instance")
+    assert aws.metrics.counts == {"LifecycleActionsCompleted": 1}
+
+
+@pytest.mark.parametrize("registered", [False, True], ids=["unregistered", "connection-lost"])
+def test_lifecycle_action_of_a_fleet_instance_ssm_cannot_reach_is_completed_at_once(aws, registered) -> None:
+    aws.ssm_online.clear()
+    if registered:
+        aws.ssm_connection_lost.add(aws.fleet_instance)
+    aws.expect_complete(aws.fleet_instance, TOKEN)
+    result = run(aws, hook_message(aws.fleet_instance))
+    aws.autoscaling_stub.assert_no_pending_responses()
+    assert aws.commands() == []
+    assert result.outcomes[0].reason == "not-reachable-by-ssm"
+
+
+def test_lifecycle_action_is_completed_when_send_command_says_the_instance_is_invalid(aws) -> None:
+    ssm_stub = Stubber(aws.ssm)
+    ssm_stub.add_response("describe_instance_information", {"InstanceInformationList": [
+        {"InstanceId": aws.fleet_instance, "PingStatus": "Online"}]},
+        {"Filters": [{"Key": "InstanceIds", "Values": [aws.fleet_instance]}]})
+    ssm_stub.add_client_error("send_command", "InvalidInstanceId",
+                              "Instances [[i-0b662ef9931388ba0]] not in a valid state for account")
+    aws.expect_complete(aws.fleet_instance, TOKEN)
+    with ssm_stub:
+        result = run(aws, hook_message(aws.fleet_instance))
+    ssm_stub.assert_no_pending_responses()
+    aws.autoscaling_stub.assert_no_pending_responses()
+    assert (result.outcomes[0].action, result.outcomes[0].reason) == (
+        "lifecycle-action-completed", "not-reachable-by-ssm")
+
+
+def test_expired_lifecycle_token_is_terminal_not_retried(aws) -> None:
+    aws.autoscaling_stub.add_client_error(
+        "complete_lifecycle_action", "ValidationError",
+        f"No active Lifecycle Action found with token {TOKEN}", http_status_code=400)
+    result = run(aws, hook_message(aws.other_instance))
+    aws.autoscaling_stub.assert_no_pending_responses()
+    assert result.response() == {"batchItemFailures": []}
+    assert result.outcomes[0].outcome == "handled"
+    assert "already ended" in result.outcomes[0].reason
+
+
+def test_lifecycle_action_of_another_group_is_left_alone(aws) -> None:
+    result = run(aws, hook_message(aws.fleet_instance, group="someone-elses-group"))
+    assert aws.commands() == []
+    aws.autoscaling_stub.assert_no_pending_responses()
+    assert result.outcomes[0].reason == "lifecycle-action-of-another-group"
+
+
+def test_test_notification_is_acknowledged_and_skipped(aws) -> None:
+    result = run(aws, fixture("test_notification"))
+    assert aws.commands() == []
+    [outcome] = result.outcomes
+    assert (outcome.outcome, outcome.reason) == ("skipped", "test-notification")
+    assert result.response() == {"batchItemFailures": []}
+
+
+# --- errors ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("body", [
+    "not json",
+    "[1, 2]",
+    json.dumps({"source": "aws.ec2", "detail-type": "EC2 Instance State-change Notification",
+                "id": "a", "detail": {"instance-id": "i-0b662ef9931388ba0", "state": "stopping"}}),
+    json.dumps({"source": "aws.ec2", "detail-type": "EC2 Spot Instance Interruption Warning",
+                "id": "b", "detail": {"instance-id": "i-0b662ef9931388ba0; reboot"}}),
+    json.dumps({**fixture("lifecycle_hook_terminating"),
+                "LifecycleTransition": "autoscaling:EC2_INSTANCE_LAUNCHING"}),
+    json.dumps({**fixture("lifecycle_hook_terminating"), "LifecycleHookName": "x' && curl evil"}),
+], ids=["not-json", "array", "other-detail-type", "injected-instance-id", "launching", "injected-hook"])
+def test_malformed_or_unknown_messages_are_logged_and_dropped(aws, body) -> None:
+    result = run(aws, body, message_ids=["bad-1"])
+    assert aws.commands() == []
+    [outcome] = result.outcomes
+    assert (outcome.message_id, outcome.outcome, outcome.action) == ("bad-1", "skipped", "drop")
+    assert outcome.reason.startswith("malformed: ")
+    assert result.response() == {"batchItemFailures": []}
+    assert aws.metrics.counts == {"MalformedMessages": 1}
+
+
+def test_throttling_fails_only_that_record_and_the_retry_checkpoints_once(aws) -> None:
+    ec2_stub = Stubber(aws.ec2)
+    ec2_stub.add_client_error("describe_instances", "RequestLimitExceeded", "Request limit exceeded.",
+                              http_status_code=503)
+    with ec2_stub:
+        result = run(aws, spot(aws.fleet_instance), fixture("test_notification"),
+                     message_ids=["throttled", "fine"])
+    assert result.response() == {"batchItemFailures": [{"itemIdentifier": "throttled"}]}
+    assert [o.outcome for o in result.outcomes] == ["failed", "skipped"]
+    assert "RequestLimitExceeded" in result.outcomes[0].reason
+    assert aws.commands() == []
+
+    retry = run(aws, spot(aws.fleet_instance), message_ids=["throttled"])
+    assert retry.response() == {"batchItemFailures": []}
+    assert len(aws.commands()) == 1
+
+
+def test_throttled_lifecycle_completion_is_retried_then_completed_once(aws) -> None:
+    aws.autoscaling_stub.add_client_error("complete_lifecycle_action", "Throttling", "Rate exceeded",
+                                          http_status_code=400)
+    first = run(aws, hook_message(aws.other_instance), message_ids=["m"])
+    assert first.response() == {"batchItemFailures": [{"itemIdentifier": "m"}]}
+    aws.expect_complete(aws.other_instance, TOKEN)
+    second = run(aws, hook_message(aws.other_instance), message_ids=["m"])
+    assert second.response() == {"batchItemFailures": []}
+    aws.autoscaling_stub.assert_no_pending_responses()
+
+
+def test_a_delivery_racing_an_in_progress_one_is_retried_not_doubled(aws) -> None:
+    """Two invocations with the same event at once: the second sees the
+    idempotency record in progress and hands its record back to SQS."""
+    processor = aws.processor()
+    raced: list = []
+
+    def send_while_racing(params: dict):
+        raced.append(run(aws, spot(aws.fleet_instance), processor=processor, message_ids=["dup"]))
+        return 200, {"Command": {"CommandId": "e5d2c1b0-1111-2222-3333-444455556666",
+                                 "DocumentName": params["DocumentName"]}}
+
+    short_circuit(aws.ssm, "SendCommand", send_while_racing)
+    first = run(aws, spot(aws.fleet_instance), processor=processor, message_ids=["orig"])
+
+    assert first.response() == {"batchItemFailures": []}
+    [racing] = raced
+    assert racing.response() == {"batchItemFailures": [{"itemIdentifier": "dup"}]}
+    assert "being handled right now" in racing.outcomes[0].reason
+
+
+# --- duplicates ------------------------------------------------------------------
+
+@pytest.mark.parametrize("copies", [2, 10])
+def test_duplicate_spot_warnings_give_exactly_one_checkpoint_command(aws, copies) -> None:
+    processor = aws.processor()
+    in_one_batch = run(aws, *[spot(aws.fleet_instance)] * copies, processor=processor)
+    later = run(aws, spot(aws.fleet_instance), processor=processor, message_ids=["redelivered"])
+
+    assert len(aws.commands()) == 1
+    outcomes = in_one_batch.outcomes + later.outcomes
+    assert [o.action for o in outcomes].count("checkpoint-requested") == 1
+    assert all(o.outcome in ("handled", "skipped") for o in outcomes)
+    assert sum(o.reason.startswith("duplicate of message msg-0") for o in outcomes) == copies
+    assert aws.metrics.counts == {"CheckpointsRequested": 1, "DuplicateDeliveries": copies}
+
+
+@pytest.mark.parametrize("copies", [2, 10])
+def test_duplicate_lifecycle_actions_give_exactly_one_completion(aws, copies) -> None:
+    aws.expect_complete(aws.other_instance, TOKEN)  # exactly one: a second call would fail the stub
+    processor = aws.processor()
+    bodies = [hook_message(aws.other_instance), lifecycle_event(aws.other_instance)] * (copies // 2)
+    result = run(aws, *bodies, processor=processor)
+
+    aws.autoscaling_stub.assert_no_pending_responses()
+    assert result.response() == {"batchItemFailures": []}
+    assert [o.action for o in result.outcomes].count("lifecycle-action-completed") == 1
+    assert aws.metrics.counts["LifecycleActionsCompleted"] == 1
+
+
+@pytest.mark.parametrize("copies", [2, 10])
+def test_duplicate_lifecycle_actions_of_a_fleet_instance_give_exactly_one_command(aws, copies) -> None:
+    result = run(aws, *[hook_message(aws.fleet_instance)] * copies)
+    assert len(aws.commands()) == 1
+    aws.autoscaling_stub.assert_no_pending_responses()
+    assert result.response() == {"batchItemFailures": []}
+
+
+def test_distinct_events_for_one_instance_each_get_their_command(aws) -> None:
+    """A spot warning and then the hook of the same instance: the agent gets
+    both (it does not re-signal the trainer, CONTRACT.md), and only the
+    second carries the token it must complete."""
+    run(aws, spot(aws.fleet_instance), hook_message(aws.fleet_instance))
+    reasons = sorted(c["Parameters"]["Reason"][0] for c in aws.commands())
+    assert reasons == ["lifecycle-terminate", "spot-interruption"]
+
+
+# --- the Lambda entry point ------------------------------------------------------
+
+@pytest.mark.parametrize("event", [None, [], "x", {}, {"Records": "x"}, {"Records": [None, 3]}])
+def test_handler_never_raises_on_a_nonsense_event(aws, monkeypatch, event) -> None:
+    monkeypatch.setattr(handler, "_processor", aws.processor())
+    assert handler.handler(event, LambdaContext()) == {"batchItemFailures": []}
+
+
+def test_handler_hands_every_record_back_when_it_cannot_even_start(monkeypatch) -> None:
+    monkeypatch.setattr(handler, "_processor", None)
+    for name in ("AUTOSCALING_GROUP_NAME", "IDEMPOTENCY_TABLE_NAME"):
+        monkeypatch.delenv(name, raising=False)
+    event = sqs_event(sqs_record("{}", message_id="a"), sqs_record("{}", message_id="b"))
+    assert handler.handler(event, LambdaContext()) == {
+        "batchItemFailures": [{"itemIdentifier": "a"}, {"itemIdentifier": "b"}]}
+
+
+def test_handler_logs_one_structured_line_per_decision_and_emits_metrics(aws, monkeypatch, capsys) -> None:
+    log_stream = io.StringIO()
+    monkeypatch.setattr(handler.logger.registered_handler, "stream", log_stream)
+    monkeypatch.setattr(handler, "_processor", None)
+    monkeypatch.setattr(handler, "build_processor", lambda: batch.Processor(
+        settings=aws.processor().settings, clients=aws.processor().clients, dynamodb=aws.dynamodb,
+        table_name="interruption-idempotency", metrics=handler._PowertoolsMetrics(),
+        log=handler.log_outcome))
+    event = sqs_event(sqs_record(spot(aws.fleet_instance), message_id="one"),
+                      sqs_record("garbage", message_id="two"))
+    assert handler.handler(event, LambdaContext()) == {"batchItemFailures": []}
+
+    decisions = [json.loads(line) for line in log_stream.getvalue().splitlines()]
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert [(d["message_id"], d["outcome"], d["action"]) for d in decisions] == [
+        ("one", "handled", "checkpoint-requested"), ("two", "skipped", "drop")]
+    assert decisions[0]["instance_id"] == aws.fleet_instance
+    assert decisions[0]["event_kind"] == "spot-interruption"
+    [emf] = [line for line in lines if "_aws" in line]
+    assert emf["CheckpointsRequested"] in (1.0, [1.0]) and emf["MalformedMessages"] in (1.0, [1.0])
+    assert emf["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "MlInfra/Training"
+
+
+def test_build_processor_reads_its_settings_from_the_environment(monkeypatch) -> None:
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    processor = handler.build_processor({
+        "AUTOSCALING_GROUP_NAME": GROUP, "FLEET_TAG_KEY": "ml:training-fleet", "FLEET_TAG_VALUE": GROUP,
+        "CHECKPOINT_DOCUMENT_NAME": DOCUMENT, "IDEMPOTENCY_TABLE_NAME": "t",
+        "REBALANCE_ACTION": "log-only", "COMMAND_DELIVERY_TIMEOUT_SECONDS": "45"})
+    assert processor.settings.rebalance_action == "log-only"
+    assert processor.settings.command_delivery_timeout_seconds == 45
+
+
+# --- the seam with the SSM document ----------------------------------------------
+
+def test_parsers_use_the_documents_allowed_patterns() -> None:
+    from constructs_lib import interruption_handler as construct
+    assert messages.EVENT_ID_PATTERN == construct.EVENT_ID_PATTERN
+    assert messages.LIFECYCLE_HOOK_NAME_PATTERN == construct.LIFECYCLE_HOOK_NAME_PATTERN
+    assert messages.LIFECYCLE_ACTION_TOKEN_PATTERN == construct.LIFECYCLE_ACTION_TOKEN_PATTERN
+    assert messages.AUTOSCALING_GROUP_NAME_PATTERN == construct.AUTOSCALING_GROUP_NAME_PATTERN
+    import re
+    assert all(re.match(construct.REASON_PATTERN, kind) for kind in messages.KINDS)
+
+
+def test_idempotency_key_is_the_token_for_lifecycle_actions_and_the_event_id_otherwise() -> None:
+    hook = messages.parse_body(json.dumps(hook_message("i-0b662ef9931388ba0")))
+    bridged = messages.parse_body(json.dumps(lifecycle_event("i-0b662ef9931388ba0")))
+    warning = messages.parse_body(json.dumps(spot("i-0b662ef9931388ba0")))
+    assert hook.idempotency_key == bridged.idempotency_key == f"lifecycle:{TOKEN}"
+    assert warning.idempotency_key == "event:1e5527d7-bb36-4607-3370-4164db56a40e"
+    assert messages.Interruption.from_request(copy.deepcopy(hook.as_request())) == hook

@@ -1,0 +1,128 @@
+"""Training config: every rejection names the field, the value and what is allowed."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from ml_stacks.config import (
+    DLAMI_SSM_PARAMETER,
+    POWERTOOLS_LAYER_VERSIONS,
+    ConfigError,
+    NetworkConfig,
+    StageConfig,
+    StageTags,
+    TrainingConfig,
+    default_configs,
+)
+
+TAGS = StageTags(team="t", project="p", cost_center="c", repository="r")
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def stage(**training) -> StageConfig:
+    return StageConfig(name="dev", region="eu-west-1", tags=TAGS,
+                       network=NetworkConfig(vpc_cidr="10.0.0.0/16",
+                                             availability_zones=("eu-west-1a", "eu-west-1b")),
+                       training=TrainingConfig(**training))
+
+
+def test_training_is_enabled_in_every_stage_and_small_in_dev() -> None:
+    configs = default_configs()
+    assert all(c.training.enabled for c in configs.values())
+    assert configs["dev"].training.max_capacity <= 2
+    assert configs["dev"].training.max_capacity < configs["prod"].training.max_capacity
+
+
+def test_defaults_follow_the_contract_and_the_design() -> None:
+    training = TrainingConfig()
+    assert training.ami_ssm_parameter == DLAMI_SSM_PARAMETER
+    assert DLAMI_SSM_PARAMETER.startswith("/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu")
+    assert training.training_signal == "SIGUSR1"
+    assert training.rebalance_action == "checkpoint"
+    assert training.efa_enabled is False
+    assert {t.split(".")[0] for t in training.instance_types} == {"g5", "g6"}
+    assert (training.checkpoint_budget_seconds, training.heartbeat_interval_seconds) == (90, 30)
+
+
+def test_powertools_layer_pin_matches_the_dev_requirements() -> None:
+    version = TrainingConfig().powertools_version
+    assert f"aws-lambda-powertools=={version}\n" in (ROOT / "requirements-dev.txt").read_text()
+    assert TrainingConfig().powertools_layer_version == POWERTOOLS_LAYER_VERSIONS[version]
+
+
+@pytest.mark.parametrize(
+    ("training", "field", "value", "allowed"),
+    [
+        ({"enabled": "yes"}, "enabled", "yes", "True or False"),
+        ({"instance_types": ("g5.xlarge",)}, "instance_types", ("g5.xlarge",), "2 to 20"),
+        ({"instance_types": ["g5.xlarge", "g6.xlarge"]}, "instance_types", ["g5.xlarge", "g6.xlarge"], "tuple"),
+        ({"instance_types": ("g5.xlarge", "m5.xlarge")}, "instance_types", "m5.xlarge", "NVIDIA x86_64 GPU"),
+        ({"instance_types": ("g5.xlarge", "g5g.xlarge")}, "instance_types", "g5g.xlarge", "NVIDIA x86_64 GPU"),
+        ({"instance_types": ("g5.xlarge", "banana")}, "instance_types", "banana", "e.g. 'g5.xlarge'"),
+        ({"instance_types": ("g5.xlarge", "g5.xlarge")}, "instance_types", ("g5.xlarge", "g5.xlarge"), "each instance type once"),
+        ({"instance_types": ("g5.xlarge", "g5.2xlarge")}, "instance_types", ("g5.xlarge", "g5.2xlarge"), "at least two instance families"),
+        ({"efa_enabled": True}, "instance_types", "g5.xlarge", "EFA-capable"),
+        ({"max_capacity": 0}, "max_capacity", 0, "1 to 1000"),
+        ({"max_capacity": True}, "max_capacity", True, "integer"),
+        ({"on_demand_base": 5, "max_capacity": 4}, "on_demand_base", 5, "0 to max_capacity (4)"),
+        ({"on_demand_base": -1}, "on_demand_base", -1, "0 to max_capacity"),
+        ({"on_demand_percentage": 101}, "on_demand_percentage", 101, "0 (all spot above the base) to 100"),
+        ({"root_volume_size_gib": 50}, "root_volume_size_gib", 50, "75 to 16384"),
+        ({"root_volume_iops": 2000}, "root_volume_iops", 2000, "3000 to 16000"),
+        ({"root_volume_throughput_mibps": 100}, "root_volume_throughput_mibps", 100, "125 to 1000"),
+        ({"root_volume_throughput_mibps": 1000}, "root_volume_throughput_mibps", 1000, "0.25 MiB/s per provisioned IOPS"),
+        ({"root_device_name": "/dev/nvme0n1"}, "root_device_name", "/dev/nvme0n1", "/dev/xvda"),
+        ({"ami_ssm_parameter": "ami-0123456789abcdef0"}, "ami_ssm_parameter", "ami-0123456789abcdef0", "SSM parameter name"),
+        ({"ami_ssm_parameter": "/aws/service/x; rm -rf /"}, "ami_ssm_parameter", "/aws/service/x; rm -rf /", "SSM parameter name"),
+        ({"imds_hop_limit": 0}, "imds_hop_limit", 0, "1 to 3"),
+        ({"checkpoint_budget_seconds": 5}, "checkpoint_budget_seconds", 5, "10 to 3600"),
+        ({"lifecycle_heartbeat_timeout_seconds": 20}, "lifecycle_heartbeat_timeout_seconds", 20, "30 to 7200"),
+        ({"lifecycle_heartbeat_timeout_seconds": 7201}, "lifecycle_heartbeat_timeout_seconds", 7201, "30 to 7200"),
+        ({"lifecycle_heartbeat_timeout_seconds": 120}, "lifecycle_heartbeat_timeout_seconds", 120,
+         "at least checkpoint_budget_seconds + 60 (150)"),
+        ({"checkpoint_budget_seconds": 600, "lifecycle_heartbeat_timeout_seconds": 600},
+         "lifecycle_heartbeat_timeout_seconds", 600, "at least checkpoint_budget_seconds + 60 (660)"),
+        ({"heartbeat_interval_seconds": 200}, "heartbeat_interval_seconds", 200, "half the heartbeat timeout (150 s)"),
+        ({"heartbeat_interval_seconds": 1}, "heartbeat_interval_seconds", 1, "5 to"),
+        ({"checkpoint_dir": "relative/dir"}, "checkpoint_dir", "relative/dir", "absolute path"),
+        ({"checkpoint_dir": "/opt/ml/$(reboot)"}, "checkpoint_dir", "/opt/ml/$(reboot)", "absolute path"),
+        ({"checkpoint_dir": "/opt/../etc"}, "checkpoint_dir", "/opt/../etc", "without '..'"),
+        ({"checkpoint_done_marker": "a/b"}, "checkpoint_done_marker", "a/b", "file name"),
+        ({"training_unit": "ml-training"}, "training_unit", "ml-training", "systemd service unit"),
+        ({"training_unit": "x;y.service"}, "training_unit", "x;y.service", "systemd service unit"),
+        ({"training_signal": "SIGKILL"}, "training_signal", "SIGKILL", "SIGUSR1"),
+        ({"rebalance_action": "ignore"}, "rebalance_action", "ignore", "checkpoint, log-only"),
+        ({"lambda_timeout_seconds": 5}, "lambda_timeout_seconds", 5, "10 to 900"),
+        ({"lambda_timeout_seconds": 901}, "lambda_timeout_seconds", 901, "visibility timeout is 6 times"),
+        ({"powertools_version": "3.99.0"}, "powertools_version", "3.99.0", "known public layer version"),
+        ({"log_retention_days": 42}, "log_retention_days", 42, "CloudWatch Logs retention"),
+    ],
+)
+def test_fails_when_a_training_value_is_not_allowed(training, field, value, allowed) -> None:
+    with pytest.raises(ConfigError) as caught:
+        stage(**training)
+    error = caught.value
+    assert error.field_path == f"dev.training.{field}"
+    assert error.value == value
+    assert allowed in error.allowed, error.allowed
+    assert str(error).startswith(f"dev.training.{field}: {value!r} is not allowed — ")
+
+
+def test_fails_when_training_is_not_a_training_config() -> None:
+    base = stage()
+    with pytest.raises(ConfigError, match=r"dev.training: \{\} is not allowed — a TrainingConfig"):
+        replace(base, training={})
+
+
+@pytest.mark.parametrize("training", [
+    {"lifecycle_heartbeat_timeout_seconds": 150},
+    {"lifecycle_heartbeat_timeout_seconds": 7200, "checkpoint_budget_seconds": 3600},
+    {"efa_enabled": True, "instance_types": ("g5.12xlarge", "g6.12xlarge", "p4d.24xlarge")},
+    {"on_demand_base": 4, "max_capacity": 4, "on_demand_percentage": 100},
+    {"rebalance_action": "log-only", "training_signal": "SIGTERM", "root_device_name": "/dev/sda1"},
+])
+def test_accepts_values_at_the_edges(training) -> None:
+    assert stage(**training).training is not None

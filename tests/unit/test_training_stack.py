@@ -1,0 +1,378 @@
+"""Training stack: fleet, interruption path, node agent install, IAM scope."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import replace
+
+import pytest
+from aws_cdk import aws_autoscaling as autoscaling
+from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_iam as iam
+from aws_cdk.assertions import Template
+
+from constructs_lib.interruption_handler import checkpoint_document
+from ml_stacks.app_factory import build_app
+from ml_stacks.config import DLAMI_SSM_PARAMETER, TrainingConfig, default_configs
+from tests.conftest import STAGES, resources_of_type
+
+
+def only(template: dict, resource_type: str) -> dict:
+    [resource] = resources_of_type(template, resource_type).values()
+    return resource
+
+
+def statements(template: dict) -> list[dict]:
+    return [s for p in resources_of_type(template, "AWS::IAM::Policy").values()
+            for s in p["Properties"]["PolicyDocument"]["Statement"]]
+
+
+def policy_of(template: dict, role_prefix: str) -> list[dict]:
+    [policy] = [p for p in resources_of_type(template, "AWS::IAM::Policy").values()
+                if p["Properties"]["Roles"][0]["Ref"].startswith(role_prefix)]
+    return policy["Properties"]["PolicyDocument"]["Statement"]
+
+
+def flat(value) -> str:
+    return json.dumps(value, sort_keys=True)
+
+
+@pytest.fixture(scope="module")
+def dev(synthesized) -> dict:
+    return synthesized.stack("dev", "training").template_json
+
+
+# --- launch template ---------------------------------------------------------------
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_ami_comes_from_the_public_dlami_parameter_never_an_ami_id(synthesized, stage) -> None:
+    template = synthesized.stack(stage, "training").template_json
+    [(name, parameter)] = [(k, p) for k, p in template["Parameters"].items() if k.startswith("SsmParameterValue")]
+    assert parameter == {"Type": "AWS::SSM::Parameter::Value<AWS::EC2::Image::Id>", "Default": DLAMI_SSM_PARAMETER}
+    data = only(template, "AWS::EC2::LaunchTemplate")["Properties"]["LaunchTemplateData"]
+    assert data["ImageId"] == {"Ref": name}
+    assert not re.search(r"ami-[0-9a-f]{8,17}", json.dumps(template))
+
+
+def test_launch_template_requires_imdsv2_with_an_explicit_hop_limit_and_monitoring(dev) -> None:
+    data = only(dev, "AWS::EC2::LaunchTemplate")["Properties"]["LaunchTemplateData"]
+    assert data["MetadataOptions"] == {"HttpEndpoint": "enabled", "HttpTokens": "required",
+                                       "HttpPutResponseHopLimit": 2}
+    assert data["Monitoring"] == {"Enabled": True}
+    assert "NetworkInterfaces" not in data  # EFA off by default
+    assert "Placement" not in data
+
+
+@pytest.mark.parametrize(("stage", "size", "iops", "throughput"),
+                         [("dev", 200, 3000, 250), ("prod", 500, 6000, 500)])
+def test_root_volume_is_encrypted_gp3_with_the_stage_key(synthesized, stage, size, iops, throughput) -> None:
+    template = synthesized.stack(stage, "training").template_json
+    [mapping] = only(template, "AWS::EC2::LaunchTemplate")["Properties"]["LaunchTemplateData"]["BlockDeviceMappings"]
+    assert mapping["DeviceName"] == "/dev/xvda"
+    ebs = mapping["Ebs"]
+    assert (ebs["VolumeType"], ebs["VolumeSize"], ebs["Iops"], ebs["Throughput"]) == ("gp3", size, iops, throughput)
+    assert ebs["Encrypted"] is True and ebs["DeleteOnTermination"] is True
+    assert ebs["KmsKeyId"]["Fn::GetStackOutput"]["StackName"] == f"ml-{stage}-storage"
+    assert "Key" in ebs["KmsKeyId"]["Fn::GetStackOutput"]["OutputName"]
+
+
+def test_user_data_installs_the_node_agent_as_the_contract_says(dev) -> None:
+    user_data = only(dev, "AWS::EC2::LaunchTemplate")["Properties"]["LaunchTemplateData"]["UserData"]
+    parts = user_data["Fn::Base64"]["Fn::Join"][1]
+    script = "".join(p if isinstance(p, str) else "<token>" for p in parts)
+    assert script.startswith("#!/bin/bash\nset -euo pipefail\n")
+    assert "aws s3 cp 's3://<token>/" in script and ".zip' '/tmp/ml-node-agent.zip'" in script
+    assert "python3 -m zipfile -e /tmp/ml-node-agent.zip /opt/ml-node-agent/" in script
+    install = script.splitlines()[-1]
+    assert install == (
+        "ML_CHECKPOINT_BUCKET=<token> ML_CHECKPOINT_DIR=/opt/ml/checkpoints "
+        "ML_CHECKPOINT_DONE_MARKER=CHECKPOINT_DONE ML_TRAINING_UNIT=ml-training.service "
+        "ML_TRAINING_SIGNAL=SIGUSR1 ML_CHECKPOINT_BUDGET_SECONDS=90 ML_HEARTBEAT_SECONDS=30 "
+        "ML_AUTOSCALING_GROUP_NAME=ml-dev-training-gpu "
+        "ML_LIFECYCLE_HOOK_NAME=ml-dev-training-gpu-terminating AWS_REGION=us-east-1 "
+        "bash /opt/ml-node-agent/install.sh")
+    bucket = [p for p in parts if isinstance(p, dict) and "Fn::GetStackOutput" in p]
+    assert any("Checkpoints" in p["Fn::GetStackOutput"]["OutputName"] for p in bucket)
+
+
+def test_node_agent_asset_leaves_out_caches_and_the_contract(synthesized) -> None:
+    asset = synthesized.app.node.find_child("dev").training.node_agent.asset
+    staged = synthesized.outdir / f"asset.{asset.asset_hash}"
+    assert staged.is_dir()
+    names = {p.name for p in staged.rglob("*")}
+    assert "CONTRACT.md" not in names
+    assert not any(n.endswith(".pyc") or n == "__pycache__" for n in names)
+
+
+def test_lambda_asset_is_the_handler_modules_without_caches(synthesized) -> None:
+    function = synthesized.app.node.find_child("dev").training.interruption_handler.function
+    code = function.node.default_child.code
+    key = synthesized.app.node.find_child("dev").training.resolve(code)["s3Key"]
+    staged = synthesized.outdir / f"asset.{key.removesuffix('.zip')}"
+    assert {p.name for p in staged.iterdir()} == {"handler.py", "batch.py", "logic.py", "messages.py"}
+
+
+# --- Auto Scaling group ---------------------------------------------------------------
+
+@pytest.mark.parametrize(("stage", "max_size", "base", "types"), [
+    ("dev", "2", 0, ["g5.xlarge", "g6.xlarge", "g5.2xlarge", "g6.2xlarge"]),
+    ("prod", "16", 1, ["g5.2xlarge", "g6.2xlarge", "g5.4xlarge", "g6.4xlarge", "g6e.2xlarge"]),
+])
+def test_group_is_a_diversified_spot_first_mixed_instances_policy(synthesized, stage, max_size, base, types) -> None:
+    group = only(synthesized.stack(stage, "training").template_json, "AWS::AutoScaling::AutoScalingGroup")
+    props = group["Properties"]
+    assert (props["MinSize"], props["MaxSize"]) == ("0", max_size)
+    assert "DesiredCapacity" not in props  # a deploy never resets a running fleet
+    assert props["CapacityRebalance"] is True
+    policy = props["MixedInstancesPolicy"]
+    assert policy["InstancesDistribution"] == {
+        "OnDemandAllocationStrategy": "lowest-price", "OnDemandBaseCapacity": base,
+        "OnDemandPercentageAboveBaseCapacity": 0, "SpotAllocationStrategy": "price-capacity-optimized"}
+    assert [o["InstanceType"] for o in policy["LaunchTemplate"]["Overrides"]] == types
+    azs = synthesized.configs[stage].network.availability_zones
+    subnets = props["VPCZoneIdentifier"]
+    assert len(subnets) == len(azs)
+    assert all("private" in s["Fn::GetStackOutput"]["OutputName"] for s in subnets)
+
+
+def test_group_replaces_instances_one_by_one_when_the_template_changes(dev) -> None:
+    group = only(dev, "AWS::AutoScaling::AutoScalingGroup")
+    assert group["UpdatePolicy"]["AutoScalingRollingUpdate"]["MaxBatchSize"] == 1
+    assert group["UpdatePolicy"]["AutoScalingRollingUpdate"]["MinInstancesInService"] == 0
+    spec = group["Properties"]["MixedInstancesPolicy"]["LaunchTemplate"]["LaunchTemplateSpecification"]
+    assert spec["Version"]["Fn::GetAtt"][1] == "LatestVersionNumber"
+
+
+def test_group_notifies_the_encrypted_alerts_topic_and_tags_its_instances(dev, synthesized) -> None:
+    props = only(dev, "AWS::AutoScaling::AutoScalingGroup")["Properties"]
+    [notification] = props["NotificationConfigurations"]
+    assert notification["TopicARN"]["Fn::GetStackOutput"]["StackName"] == "ml-dev-ops"
+    assert sorted(notification["NotificationTypes"]) == [
+        "autoscaling:EC2_INSTANCE_LAUNCH", "autoscaling:EC2_INSTANCE_LAUNCH_ERROR",
+        "autoscaling:EC2_INSTANCE_TERMINATE", "autoscaling:EC2_INSTANCE_TERMINATE_ERROR"]
+    assert {"Key": "ml:training-fleet", "Value": "ml-dev-training-gpu", "PropagateAtLaunch": True} in props["Tags"]
+
+
+def test_autoscaling_service_role_may_use_the_stage_key_before_it_even_exists(synthesized) -> None:
+    key = only(synthesized.stack("dev", "storage").template_json, "AWS::KMS::Key")
+    by_sid = {s.get("Sid"): s for s in key["Properties"]["KeyPolicy"]["Statement"]}
+    use = by_sid["AllowAutoScalingServiceRoleToUseKey"]
+    assert use["Principal"] == {"AWS": "*"}
+    arn = use["Condition"]["StringEquals"]["aws:PrincipalArn"]
+    assert flat(arn).endswith(
+        ':role/aws-service-role/autoscaling.amazonaws.com/AWSServiceRoleForAutoScaling"]]}')
+    assert use["Condition"]["StringEquals"]["kms:CallerAccount"] == {"Ref": "AWS::AccountId"}
+    assert set(use["Action"]) == {"kms:Encrypt", "kms:Decrypt", "kms:ReEncrypt*", "kms:GenerateDataKey*",
+                                  "kms:DescribeKey"}
+    grant = by_sid["AllowAutoScalingServiceRoleToGrantKeyToEbs"]
+    assert grant["Action"] == "kms:CreateGrant"
+    assert grant["Condition"]["Bool"] == {"kms:GrantIsForAWSResource": "true"}
+
+
+# --- instance role ---------------------------------------------------------------------
+
+def test_instance_role_reads_training_data_and_only_the_checkpoint_prefixes(dev) -> None:
+    role = only({"Resources": {k: v for k, v in dev["Resources"].items() if k.startswith("FleetRole")
+                               and v["Type"] == "AWS::IAM::Role"}}, "AWS::IAM::Role")
+    assert flat(role["Properties"]["ManagedPolicyArns"]).count("AmazonSSMManagedInstanceCore") == 1
+    fleet = policy_of(dev, "FleetRole")
+    writes = [s for s in fleet if "s3:PutObject" in s["Action"]]
+    [write] = writes
+    assert flat(write["Resource"]).endswith('"/i-*"]]}')
+    assert "Checkpoints" in flat(write["Resource"])
+    assert not any("s3:DeleteObject" in flat(s["Action"]) for s in fleet)
+    reads = [s for s in fleet if "s3:GetObject*" in s["Action"]]
+    resources = flat(reads)
+    assert "TrainingData" in resources and '"/i-*"' in resources
+    assert not re.search(r'Checkpoints[^"]*"}}, "/\*"', resources)  # no whole-bucket checkpoint read
+    lifecycle = [s for s in fleet if "autoscaling:CompleteLifecycleAction" in flat(s["Action"])]
+    assert lifecycle[0]["Action"] == ["autoscaling:CompleteLifecycleAction",
+                                      "autoscaling:RecordLifecycleActionHeartbeat"]
+    assert flat(lifecycle[0]["Resource"]).endswith(':autoScalingGroup:*:autoScalingGroupName/ml-dev-training-gpu"]]}')
+
+
+# --- interruption path -----------------------------------------------------------------
+
+def test_termination_hook_sends_to_the_queue_with_continue_and_the_configured_timeout(dev) -> None:
+    hook = only(dev, "AWS::AutoScaling::LifecycleHook")["Properties"]
+    assert hook["LifecycleTransition"] == "autoscaling:EC2_INSTANCE_TERMINATING"
+    assert hook["DefaultResult"] == "CONTINUE"
+    assert hook["HeartbeatTimeout"] == 300
+    assert hook["LifecycleHookName"] == "ml-dev-training-gpu-terminating"
+    assert hook["NotificationTargetARN"]["Fn::GetAtt"][0].startswith("InterruptionHandlerQueue")
+
+
+def test_spot_and_rebalance_rules_feed_the_queue_with_a_dead_letter_queue(dev) -> None:
+    rules = resources_of_type(dev, "AWS::Events::Rule").values()
+    patterns = sorted(r["Properties"]["EventPattern"]["detail-type"][0] for r in rules)
+    assert patterns == ["EC2 Instance Rebalance Recommendation", "EC2 Spot Instance Interruption Warning"]
+    for rule in rules:
+        assert rule["Properties"]["EventPattern"]["source"] == ["aws.ec2"]
+        [target] = rule["Properties"]["Targets"]
+        assert target["Arn"]["Fn::GetAtt"][0].startswith("InterruptionHandlerQueue")
+        assert target["DeadLetterConfig"]["Arn"]["Fn::GetAtt"][0].startswith("InterruptionHandlerDeadLetterQueue")
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_queue_is_encrypted_tls_only_with_a_dlq_and_six_times_the_lambda_timeout(synthesized, stage) -> None:
+    template = synthesized.stack(stage, "training").template_json
+    queues = resources_of_type(template, "AWS::SQS::Queue")
+    [main] = [q for k, q in queues.items() if k.startswith("InterruptionHandlerQueue")]
+    [dlq] = [q for k, q in queues.items() if k.startswith("InterruptionHandlerDeadLetterQueue")]
+    [function] = resources_of_type(template, "AWS::Lambda::Function").values()
+    timeout = function["Properties"]["Timeout"]
+    assert timeout == synthesized.configs[stage].training.lambda_timeout_seconds
+    assert main["Properties"]["VisibilityTimeout"] >= 6 * timeout
+    assert main["Properties"]["RedrivePolicy"]["maxReceiveCount"] >= 5
+    for queue in (main, dlq):
+        assert "Key" in queue["Properties"]["KmsMasterKeyId"]["Fn::GetStackOutput"]["OutputName"]
+    policies = resources_of_type(template, "AWS::SQS::QueuePolicy").values()
+    assert len(policies) == 2
+    for policy in policies:
+        denies = [s for s in policy["Properties"]["PolicyDocument"]["Statement"] if s["Effect"] == "Deny"]
+        assert denies[0]["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+        assert (denies[0]["Action"], denies[0]["Principal"]) == ("sqs:*", {"AWS": "*"})
+
+
+def test_dead_letter_queue_alarm_goes_to_the_alerts_topic(dev) -> None:
+    alarm = only(dev, "AWS::CloudWatch::Alarm")["Properties"]
+    assert (alarm["MetricName"], alarm["Namespace"], alarm["Threshold"], alarm["ComparisonOperator"]) == (
+        "ApproximateNumberOfMessagesVisible", "AWS/SQS", 0, "GreaterThanThreshold")
+    assert alarm["Dimensions"][0]["Value"]["Fn::GetAtt"][0].startswith("InterruptionHandlerDeadLetterQueue")
+    assert alarm["AlarmActions"][0]["Fn::GetStackOutput"]["StackName"] == "ml-dev-ops"
+    assert alarm["TreatMissingData"] == "notBreaching"
+
+
+def test_lambda_reports_batch_item_failures_and_runs_the_pinned_powertools_layer(dev) -> None:
+    mapping = only(dev, "AWS::Lambda::EventSourceMapping")["Properties"]
+    assert mapping["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    assert mapping["EventSourceArn"]["Fn::GetAtt"][0].startswith("InterruptionHandlerQueue")
+    function = only(dev, "AWS::Lambda::Function")["Properties"]
+    assert function["Handler"] == "handler.handler"
+    assert function["Runtime"].startswith("python3.1") and int(function["Runtime"][8:]) >= 12
+    layer = TrainingConfig().powertools_layer_version
+    assert function["Layers"] == [
+        f"arn:aws:lambda:us-east-1:017000801446:layer:AWSLambdaPowertoolsPythonV3-python313-x86_64:{layer}"]
+    env = function["Environment"]["Variables"]
+    assert env["AUTOSCALING_GROUP_NAME"] == "ml-dev-training-gpu"
+    assert env["REBALANCE_ACTION"] == "checkpoint"
+    assert env["CHECKPOINT_DOCUMENT_NAME"]["Ref"].startswith("InterruptionHandlerCheckpointDocument")
+
+
+def test_idempotency_table_is_encrypted_with_ttl_and_point_in_time_recovery(dev) -> None:
+    table = only(dev, "AWS::DynamoDB::Table")["Properties"]
+    assert table["KeySchema"] == [{"AttributeName": "id", "KeyType": "HASH"}]
+    assert table["SSESpecification"] == {"SSEEnabled": True}
+    assert table["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
+    assert table["TimeToLiveSpecification"] == {"AttributeName": "expiration", "Enabled": True}
+
+
+def test_lambda_may_complete_lifecycle_actions_of_this_group_only(dev) -> None:
+    handler = policy_of(dev, "InterruptionHandlerRole")
+    [complete] = [s for s in handler if s["Action"] == "autoscaling:CompleteLifecycleAction"]
+    assert flat(complete["Resource"]).endswith(':autoScalingGroupName/ml-dev-training-gpu"]]}')
+    assert not any("autoscaling:" in flat(s["Action"]) and s["Resource"] == "*" for s in handler)
+
+
+def test_lambda_runs_only_this_stacks_document_on_fleet_tagged_instances(dev) -> None:
+    handler = policy_of(dev, "InterruptionHandlerRole")
+    send = [s for s in handler if s["Action"] == "ssm:SendCommand"]
+    by_sid = {s["Sid"]: s for s in send}
+    assert set(by_sid) == {"RunTheCheckpointDocument", "OnFleetInstancesOnly"}
+    assert "InterruptionHandlerCheckpointDocument" in flat(by_sid["RunTheCheckpointDocument"]["Resource"])
+    assert ":document/" in flat(by_sid["RunTheCheckpointDocument"]["Resource"])
+    assert by_sid["OnFleetInstancesOnly"]["Condition"] == {
+        "StringEquals": {"ssm:resourceTag/ml:training-fleet": "ml-dev-training-gpu"}}
+    assert flat(by_sid["OnFleetInstancesOnly"]["Resource"]).endswith(':instance/*"]]}')
+    [wild] = [s for s in handler if s["Resource"] == "*"]
+    assert wild["Action"] == ["ec2:DescribeInstances", "ssm:DescribeInstanceInformation"]
+
+
+def test_checkpoint_document_runs_the_agent_and_binds_every_parameter(dev) -> None:
+    document = only(dev, "AWS::SSM::Document")["Properties"]
+    assert document["DocumentType"] == "Command"
+    content = document["Content"]
+    assert content == checkpoint_document(budget_seconds=90)
+    assert content["schemaVersion"] == "2.2"
+    params = content["parameters"]
+    assert set(params) == {"Reason", "EventId", "LifecycleHookName", "LifecycleActionToken",
+                           "AutoScalingGroupName", "executionTimeout"}
+    assert all("allowedPattern" in p for p in params.values())
+    assert [params[p].get("default") for p in ("LifecycleHookName", "LifecycleActionToken",
+                                               "AutoScalingGroupName")] == ["", "", ""]
+    assert params["executionTimeout"]["default"] == "150"  # budget + 60
+    [step] = content["mainSteps"]
+    assert step["action"] == "aws:runShellScript"
+    assert step["inputs"]["timeoutSeconds"] == "{{ executionTimeout }}"
+    script = "\n".join(step["inputs"]["runCommand"])
+    assert "exec /opt/ml-node-agent/ml_node_agent.py \"$@\"" in script
+    assert "if [ -n '{{ LifecycleActionToken }}' ]" in script
+
+
+@pytest.mark.parametrize(("parameter", "value"), [
+    ("Reason", "spot-interruption'; reboot; '"), ("EventId", "a b"), ("EventId", "$(id)"),
+    ("LifecycleHookName", "hook'"), ("LifecycleActionToken", "not-a-uuid"),
+    ("AutoScalingGroupName", "g;rm -rf /"), ("executionTimeout", "1; reboot"),
+])
+def test_document_patterns_reject_shell_injection(parameter, value) -> None:
+    pattern = checkpoint_document(budget_seconds=90)["parameters"][parameter]["allowedPattern"]
+    assert not re.match(pattern, value)
+
+
+@pytest.mark.parametrize(("parameter", "value"), [
+    ("Reason", "lifecycle-terminate"), ("EventId", "1e5527d7-bb36-4607-3370-4164db56a40e"),
+    ("LifecycleHookName", "ml-prod-training-gpu-terminating"), ("LifecycleActionToken", ""),
+    ("LifecycleActionToken", "71514b9d-6a40-4b26-8523-05e7ee35fa4c"),
+    ("AutoScalingGroupName", "ml-prod-training-gpu"), ("executionTimeout", "150"),
+])
+def test_document_patterns_accept_what_the_handler_sends(parameter, value) -> None:
+    pattern = checkpoint_document(budget_seconds=90)["parameters"][parameter]["allowedPattern"]
+    assert re.match(pattern, value)
+
+
+# --- composition and options ------------------------------------------------------------
+
+def test_fleet_exposes_what_other_constructs_build_on(synthesized) -> None:
+    fleet = synthesized.app.node.find_child("dev").training.fleet
+    assert isinstance(fleet.auto_scaling_group, autoscaling.AutoScalingGroup)
+    assert isinstance(fleet.launch_template, ec2.LaunchTemplate)
+    assert isinstance(fleet.user_data, ec2.UserData)
+    assert isinstance(fleet.role, iam.Role) and callable(fleet.role.add_to_principal_policy)
+    assert callable(fleet.auto_scaling_group.scale_on_schedule)
+
+
+def _training_template(tmp_path, **training) -> dict:
+    dev = default_configs()["dev"]
+    config = replace(dev, training=replace(dev.training, **training))
+    app = build_app([config], outdir=str(tmp_path))
+    app.synth()
+    return Template.from_stack(app.node.find_child("dev").training).to_json()
+
+
+def test_efa_option_adds_an_efa_interface_and_a_cluster_placement_group_in_one_az(tmp_path) -> None:
+    template = _training_template(tmp_path, efa_enabled=True,
+                                  instance_types=("g5.12xlarge", "g6.12xlarge"))
+    data = only(template, "AWS::EC2::LaunchTemplate")["Properties"]["LaunchTemplateData"]
+    [interface] = data["NetworkInterfaces"]
+    assert interface["InterfaceType"] == "efa" and interface["DeviceIndex"] == 0
+    assert "SecurityGroupIds" not in data
+    assert only(template, "AWS::EC2::PlacementGroup")["Properties"]["Strategy"] == "cluster"
+    assert "FleetPlacementGroup" in flat(data["Placement"]["GroupName"])
+    assert len(only(template, "AWS::AutoScaling::AutoScalingGroup")["Properties"]["VPCZoneIdentifier"]) == 1
+    ingress = resources_of_type(template, "AWS::EC2::SecurityGroupIngress").values()
+    assert any(r["Properties"]["IpProtocol"] == "-1" for r in ingress)
+
+
+def test_log_only_rebalance_reaches_the_lambda(tmp_path) -> None:
+    template = _training_template(tmp_path, rebalance_action="log-only")
+    env = only(template, "AWS::Lambda::Function")["Properties"]["Environment"]["Variables"]
+    assert env["REBALANCE_ACTION"] == "log-only"
+
+
+def test_disabled_training_creates_no_training_stack(tmp_path) -> None:
+    dev = default_configs()["dev"]
+    app = build_app([replace(dev, training=replace(dev.training, enabled=False))], outdir=str(tmp_path))
+    stage = app.node.find_child("dev")
+    assert stage.training is None
+    assert {s.node.id for s in stage.stacks} == {"network", "storage", "ops"}
