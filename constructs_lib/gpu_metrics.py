@@ -68,6 +68,7 @@ class GpuMetricsAgent(Construct):
     def __init__(self, scope: Construct, construct_id: str, *,
                  parameter_name: str | None = None) -> None:
         super().__init__(scope, construct_id)
+        self._parameter_name = parameter_name
         self.definition = metric_definition()
         self.agent_config = agent_config(self.definition)
         self.parameter = ssm.StringParameter(
@@ -91,7 +92,9 @@ class GpuMetricsAgent(Construct):
         already has the agent only fetches the config. Returns the policy
         attached to ``role``.
         """
-        name = self.parameter.parameter_name
+        # A literal name keeps the user data readable; a generated one is a
+        # (cross-stack) reference.
+        name = self._parameter_name or self.parameter.parameter_name
         user_data.add_commands(
             "# CloudWatch agent with the NVIDIA GPU config (idle shutdown reads these metrics)",
             f"if [ ! -x {AGENT_CTL} ]; then",

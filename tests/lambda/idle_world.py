@@ -7,9 +7,7 @@ through botocore's event hooks, so tests assert exactly what was called.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
@@ -18,31 +16,18 @@ from typing import Any, Iterable
 
 import boto3
 
+from tests.idle_function import handler_module, module
+
 ROOT = Path(__file__).resolve().parents[2]
-FUNCTION_DIR = ROOT / "lambda" / "idle_shutdown"
 EVENTS_DIR = Path(__file__).resolve().parent / "events"
 REGION = "us-east-1"
 OPT_IN = {"Key": "ml:idle-shutdown", "Value": "enabled"}
 TOPIC_NAME = "ml-dev-alerts"
 
 
-def load_function():
-    """The handler module, loaded the way Lambda does (its folder on sys.path)
-    under a name no other function's ``handler`` can clash with."""
-    if "idle_shutdown_handler" in sys.modules:
-        return sys.modules["idle_shutdown_handler"]
-    if str(FUNCTION_DIR) not in sys.path:
-        sys.path.insert(0, str(FUNCTION_DIR))
-    spec = importlib.util.spec_from_file_location("idle_shutdown_handler", FUNCTION_DIR / "handler.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["idle_shutdown_handler"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-handler = load_function()
-import idle_settings  # noqa: E402  (importable once the function folder is on sys.path)
-import idle_report  # noqa: E402
+handler = handler_module()
+idle_settings = module("idle_settings")
+idle_report = module("idle_report")
 
 
 def event(name: str) -> dict:
