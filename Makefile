@@ -29,12 +29,13 @@ export PYTHONDONTWRITEBYTECODE := 1
 CDK := cdk --no-notices
 STAGE_CONTEXT := $(if $(STAGES),-c stages=$(STAGES),)
 
-.PHONY: help setup synth test bench deploy destroy diff clean
+.PHONY: help setup synth test bench bench-idle deploy destroy diff clean
 
 help:
 	@echo "make synth [STAGES=dev,prod]   synthesize offline, print a summary"
 	@echo "make test                      the whole test suite"
 	@echo "make bench                     synth wall-time benchmark"
+	@echo "make bench-idle                idle-shutdown sweep over 100/1,000/5,000 instances, import time"
 	@echo "make diff STAGE=dev            cdk diff against the deployed stage (AWS credentials)"
 	@echo "make deploy STAGE=dev          cdk deploy '<stage>/*' (AWS credentials)"
 	@echo "make destroy STAGE=dev         cdk destroy '<stage>/*' (prod needs FORCE=1)"
@@ -65,6 +66,9 @@ test: setup
 bench: export AWS_EC2_METADATA_DISABLED := true
 bench: setup
 	python bench/synth.py
+
+bench-idle: setup
+	python bench/idle_shutdown.py --moto $(ARGS)
 
 define require_stage
 	@test -n "$(STAGE)" || { echo "STAGE is required, e.g. make $@ STAGE=dev" >&2; exit 2; }

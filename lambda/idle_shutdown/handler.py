@@ -16,11 +16,13 @@ raised so the invocation counts as failed (and the next schedule retries).
 from __future__ import annotations
 
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import boto3
+from botocore.config import Config
 from botocore.exceptions import ClientError
 
 import idle_decide as decide
@@ -32,12 +34,18 @@ from idle_settings import (COMPLETION_DETAIL_TYPE, COMPLETION_SOURCE, KEEP_ALIVE
 # Auto Scaling group names: 1-255 characters, no control characters.
 _GROUP_NAME_RE = re.compile(r"^[^\x00-\x1f\x7f]{1,255}$")
 
+# Stops run in parallel: each TerminateInstanceInAutoScalingGroup is a
+# round trip, and a burst of idle instances must fit well within the timeout.
+STOP_WORKERS = 10
+# Throttling on a burst of stops is retried with backoff, not surfaced.
+_CONFIG = Config(retries={"mode": "standard", "max_attempts": 6},
+                 max_pool_connections=STOP_WORKERS + 2)
 _clients: dict[str, Any] = {}
 
 
 def _client(name: str) -> Any:
     if name not in _clients:
-        _clients[name] = boto3.client(name)
+        _clients[name] = boto3.client(name, config=_CONFIG)
     return _clients[name]
 
 
@@ -102,6 +110,11 @@ def sweep(*, settings: Settings, clients: Any, now: datetime, reporter: Reporter
     to_stop, held = decide.select_stops(verdicts, by_name)
     stop_ids = {v.instance.instance_id for v in to_stop}
     held_ids = {v.instance.instance_id for v in held}
+    errors: dict[str, str | None] = {}
+    if to_stop and not settings.dry_run:
+        ids = [v.instance.instance_id for v in to_stop]
+        with ThreadPoolExecutor(max_workers=STOP_WORKERS) as pool:
+            errors = dict(zip(ids, pool.map(lambda i: _stop(autoscaling, i), ids)))
     stopped: list[decide.Verdict] = []
     failures = 0
     for verdict in verdicts:
@@ -112,16 +125,12 @@ def sweep(*, settings: Settings, clients: Any, now: datetime, reporter: Reporter
         elif instance_id in stop_ids and settings.dry_run:
             action = "would_stop"
             stopped.append(verdict)
+        elif instance_id in stop_ids and errors.get(instance_id) is None:
+            action = "stopped"
+            stopped.append(verdict)
         elif instance_id in stop_ids:
-            try:
-                fleet.stop(autoscaling, instance_id)
-                action = "stopped"
-                stopped.append(verdict)
-            except ClientError as failure:
-                # Already terminating, a scaling activity in progress, or the
-                # group reached its minimum meanwhile: the next run decides again.
-                action, error = "stop_failed", failure.response.get("Error", {}).get("Code")
-                failures += 1
+            action, error = "stop_failed", errors[instance_id]
+            failures += 1
         reporter.decision(verdict, action=action, threshold_percent=settings.threshold_percent,
                           expected_datapoints=settings.expected_datapoints, dry_run=settings.dry_run)
         if error:
@@ -142,6 +151,17 @@ def sweep(*, settings: Settings, clients: Any, now: datetime, reporter: Reporter
         notify(clients("sns"), settings.topic_arn, subject, message, reporter)
     return {"status": "ok", "evaluated": len(verdicts), "groups": len(groups),
             "stopped": [v.instance.instance_id for v in stopped], "dry_run": settings.dry_run}
+
+
+def _stop(autoscaling: Any, instance_id: str) -> str | None:
+    """Stop one instance; the error code if AWS refused."""
+    try:
+        fleet.stop(autoscaling, instance_id)
+    except ClientError as failure:
+        # Already terminating, a scaling activity in progress, or the group
+        # reached its minimum meanwhile: the next run decides again.
+        return failure.response.get("Error", {}).get("Code", "ClientError")
+    return None
 
 
 def complete(detail: Any, *, settings: Settings, clients: Any, reporter: Reporter, now: datetime,

@@ -1,6 +1,6 @@
 """A synthetic account for thousands of GPU instances, answering real boto3
 clients at botocore's ``before-call`` hook (the way moto does, minus the
-HTTP round trip and moto's per-instance tag scans, which make moto's
+HTTP round trip (optionally simulated with ``latency_seconds``) and moto's per-instance tag scans, which make moto's
 DescribeInstances quadratic: ~26 s for 600 instances).
 
 Real clients still validate every request against the service model. The
@@ -12,6 +12,8 @@ response with ``NextToken`` paging (100,800 as in AWS, lower to force pages).
 from __future__ import annotations
 
 import random
+import threading
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -51,10 +53,13 @@ class Fleet:
 class SyntheticAccount:
     def __init__(self, *, instances: int, per_group: int = 50, now: datetime, period: int = 60,
                  window_seconds: int = 900, datapoints_per_page: int = 100_800, seed: int = 7,
-                 opt_in: tuple[str, str] = ("ml:idle-shutdown", "enabled")) -> None:
+                 opt_in: tuple[str, str] = ("ml:idle-shutdown", "enabled"),
+                 latency_seconds: float = 0.0) -> None:
         rng = random.Random(seed)
         self.now, self.period, self.window = now, period, window_seconds
         self.datapoints_per_page = datapoints_per_page
+        self.latency_seconds = latency_seconds
+        self._lock = threading.Lock()
         self.opt_in = opt_in
         self.calls: Counter = Counter()
         self.queries_per_call: list[int] = []
@@ -85,9 +90,15 @@ class SyntheticAccount:
         context["api_params"] = dict(params)
 
     def _answer(self, model: Any, context: dict, **_: Any) -> tuple[Any, dict]:
-        self.calls[model.name] += 1
+        if self.latency_seconds:
+            time.sleep(self.latency_seconds)  # one network round trip
+        with self._lock:
+            self.calls[model.name] += 1
+            return self._respond(model.name, context["api_params"])
+
+    def _respond(self, operation: str, params: dict) -> tuple[Any, dict]:
         try:
-            body = getattr(self, f"_{model.name}")(context["api_params"])
+            body = getattr(self, f"_{operation}")(params)
             return SimpleNamespace(status_code=200, headers={}), body
         except Rejected as error:
             return (SimpleNamespace(status_code=400, headers={}),
