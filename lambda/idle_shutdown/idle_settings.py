@@ -56,6 +56,16 @@ class MetricDefinition:
         return tuple(self.metric_prefix + m for m in self.measurements)
 
 
+_loaded: list[MetricDefinition] = []
+
+
+def _default_metric() -> MetricDefinition:
+    # Read once per container, not once per invocation.
+    if not _loaded:
+        _loaded.append(MetricDefinition.load())
+    return _loaded[0]
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the function reads from its environment, parsed once."""
@@ -84,7 +94,7 @@ class Settings:
             opt_in_tag_value=env.get("OPT_IN_TAG_VALUE", "enabled"),
             topic_arn=env.get("TOPIC_ARN") or None,
             savings_horizon_hours=float(env.get("SAVINGS_HORIZON_HOURS", "1")),
-            metric=metric or MetricDefinition.load(),
+            metric=metric or _default_metric(),
         )
 
     @property

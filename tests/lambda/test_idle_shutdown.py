@@ -341,3 +341,15 @@ def test_unrecognized_events_are_logged_and_ignored(world, payload) -> None:
     assert world.run(payload, now=later()) == {"status": "ignored"}
     assert world.calls == []
     assert world.records("event_ignored")
+
+
+def test_notification_lists_at_most_200_instances_and_says_how_many_more() -> None:
+    from tests.idle_function import module
+    decide, report = module("idle_decide"), module("idle_report")
+    verdicts = [decide.Verdict(decide.Instance(f"i-{n:017x}", "fleet", "p4d.24xlarge", False), True,
+                               "idle", max_utilization=0.5, datapoints=15) for n in range(5000)]
+    subject, message = report.stop_summary("dev", verdicts, dry_run=False, window_minutes=15,
+                                           threshold_percent=5)
+    assert subject == "[ml-dev] idle shutdown stopped 5000 GPU instance(s)"
+    assert message.count("\n- i-") == 200 and "... and 4800 more" in message
+    assert len(message.encode()) < 256 * 1024
