@@ -32,7 +32,7 @@ STAGE_CONTEXT := $(if $(STAGES),-c stages=$(STAGES),)
 # The stage being deployed, diffed or destroyed, pinned to ACCOUNT if given.
 ONE_STAGE := -c stages=$(STAGE) $(if $(ACCOUNT),-c account=$(ACCOUNT),)
 
-.PHONY: help setup synth test bench bench-drill bootstrap deploy destroy diff clean
+.PHONY: help setup synth test bench bench-drill bench-idle bootstrap deploy destroy diff clean
 
 help:
 	@echo "make synth [STAGES=dev,prod]   synthesize offline, print a summary"
@@ -40,6 +40,7 @@ help:
 	@echo "make bench                     synth wall-time benchmark"
 	@echo "make bootstrap STAGE=dev       cdk bootstrap the stage's account/region (AWS credentials)"
 	@echo "make bench-drill [ARGS=--runs 5] node agent drill: spot notice to checkpoint uploaded"
+	@echo "make bench-idle                idle-shutdown sweep over 100/1,000/5,000 instances, import time"
 	@echo "make diff STAGE=dev            cdk diff against the deployed stage (AWS credentials)"
 	@echo "make deploy STAGE=dev          cdk deploy '<stage>/*' (AWS credentials)"
 	@echo "make destroy STAGE=dev         cdk destroy '<stage>/*' (prod needs FORCE=1)"
@@ -77,6 +78,8 @@ bench: setup
 bench-drill: export AWS_EC2_METADATA_DISABLED := true
 bench-drill: setup
 	python bench/drill.py $(ARGS)
+bench-idle: setup
+	python bench/idle_shutdown.py --moto $(ARGS)
 
 define require_stage
 	@test -n "$(STAGE)" || { echo "STAGE is required, e.g. make $@ STAGE=dev" >&2; exit 2; }

@@ -7,6 +7,7 @@ from constructs import Construct
 
 from constructs_lib.tagging import apply_tags
 from ml_stacks.config import StageConfig
+from ml_stacks.idle_stack import IdleStack
 from ml_stacks.network_stack import NetworkStack
 from ml_stacks.ops_stack import OpsStack
 from ml_stacks.storage_stack import StorageStack
@@ -29,6 +30,7 @@ class MlStage(cdk.Stage):
         self.network = NetworkStack(self, "network", config=config)
         self.storage = StorageStack(self, "storage", config=config)
         self.ops = OpsStack(self, "ops", config=config, key=self.storage.key)
+        self.idle = IdleStack(self, "idle", config=config, alerts_topic=self.ops.alerts_topic)
         self.training: TrainingStack | None = None
         if config.training.enabled:
             self.training = TrainingStack(
@@ -38,6 +40,8 @@ class MlStage(cdk.Stage):
                 training_data_bucket=self.storage.training_data_bucket,
                 checkpoint_bucket=self.storage.checkpoint_bucket,
                 alerts_topic=self.ops.alerts_topic,
+                gpu_metrics=self.idle.gpu_metrics,
+                idle_shutdown=self.idle.shutdown,
             )
 
     @property

@@ -12,9 +12,12 @@ from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_sns as sns
 from constructs import Construct
 
+from constructs_lib.gpu_metrics import GpuMetricsAgent
 from constructs_lib.gpu_training_fleet import GpuTrainingFleet
+from constructs_lib.idle_shutdown import IdleShutdown
 from constructs_lib.interruption_handler import InterruptionHandler
 from constructs_lib.node_agent import NodeAgent
+from constructs_lib.off_hours import add_off_hours_schedule
 from ml_stacks.base_stack import StageStack
 from ml_stacks.config import LOG_RETENTION_DAYS, StageConfig
 
@@ -22,7 +25,11 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 class TrainingStack(StageStack):
-    """Exposes ``fleet`` (``GpuTrainingFleet``), ``interruption_handler`` and ``node_agent``."""
+    """Exposes ``fleet`` (``GpuTrainingFleet``), ``interruption_handler`` and ``node_agent``.
+
+    The fleet is wired into idle shutdown: ``gpu_metrics`` installs the GPU
+    CloudWatch agent on its nodes and ``idle_shutdown`` enrolls its group.
+    """
 
     def __init__(
         self,
@@ -35,6 +42,8 @@ class TrainingStack(StageStack):
         training_data_bucket: s3.IBucket,
         checkpoint_bucket: s3.IBucket,
         alerts_topic: sns.ITopic,
+        gpu_metrics: GpuMetricsAgent,
+        idle_shutdown: IdleShutdown,
     ) -> None:
         super().__init__(scope, construct_id, config=config,
                          description=f"ml-infra {config.name}: GPU training fleet, interruption handling")
@@ -96,6 +105,19 @@ class TrainingStack(StageStack):
             autoscaling_group_name=self.fleet.auto_scaling_group_name,
             lifecycle_hook_name=self.interruption_handler.lifecycle_hook_name,
         )
+        # Never pay for an idle GPU: every node publishes GPU utilization the
+        # idle-shutdown function reads, the group is opted in to it, and
+        # outside prod it scales to 0 at night (config.idle_shutdown).
+        gpu_metrics.install_on(user_data=self.fleet.user_data, role=self.fleet.role)
+        idle_shutdown.enroll(self.fleet.auto_scaling_group)
+        idle = config.idle_shutdown
+        add_off_hours_schedule(
+            self.fleet.auto_scaling_group,
+            scale_in_cron=idle.off_hours_scale_in_cron,
+            scale_out_cron=idle.off_hours_scale_out_cron,
+            time_zone=idle.off_hours_time_zone,
+        )
+
         # The agent heartbeats and completes the hook itself.
         self.fleet.grant_complete_lifecycle_action(self.fleet.role)
         self.fleet.grant_record_lifecycle_action_heartbeat(self.fleet.role)

@@ -29,8 +29,10 @@ def statements(template: dict) -> list[dict]:
 
 
 def policy_of(template: dict, role_prefix: str) -> list[dict]:
-    [policy] = [p for p in resources_of_type(template, "AWS::IAM::Policy").values()
-                if p["Properties"]["Roles"][0]["Ref"].startswith(role_prefix)]
+    """The statements of the role's default policy (the one grants write)."""
+    [policy] = [p for lid, p in resources_of_type(template, "AWS::IAM::Policy").items()
+                if p["Properties"]["Roles"][0]["Ref"].startswith(role_prefix)
+                and lid.startswith(f"{role_prefix}DefaultPolicy")]
     return policy["Properties"]["PolicyDocument"]["Statement"]
 
 
@@ -84,7 +86,7 @@ def test_user_data_installs_the_node_agent_as_the_contract_says(dev) -> None:
     assert script.startswith("#!/bin/bash\nset -euo pipefail\n")
     assert "aws s3 cp 's3://<token>/" in script and ".zip' '/tmp/ml-node-agent.zip'" in script
     assert "python3 -m zipfile -e /tmp/ml-node-agent.zip /opt/ml-node-agent/" in script
-    install = script.splitlines()[-1]
+    [install] = [line for line in script.splitlines() if line.endswith("install.sh")]
     assert install == (
         "ML_CHECKPOINT_BUCKET=<token> ML_CHECKPOINT_DIR=/opt/ml/checkpoints "
         "ML_CHECKPOINT_DONE_MARKER=CHECKPOINT_DONE ML_TRAINING_UNIT=ml-training.service "
@@ -375,4 +377,34 @@ def test_disabled_training_creates_no_training_stack(tmp_path) -> None:
     app = build_app([replace(dev, training=replace(dev.training, enabled=False))], outdir=str(tmp_path))
     stage = app.node.find_child("dev")
     assert stage.training is None
-    assert {s.node.id for s in stage.stacks} == {"network", "storage", "ops"}
+    assert {s.node.id for s in stage.stacks} == {"network", "storage", "ops", "idle"}
+
+
+def test_fleet_is_enrolled_in_idle_shutdown_and_publishes_gpu_metrics(dev) -> None:
+    [group] = resources_of_type(dev, "AWS::AutoScaling::AutoScalingGroup").values()
+    tags = {t["Key"]: t for t in group["Properties"]["Tags"]}
+    assert tags["ml:idle-shutdown"]["Value"] == "enabled"
+    assert tags["ml:idle-shutdown"]["PropagateAtLaunch"] is False
+    user_data = only(dev, "AWS::EC2::LaunchTemplate")["Properties"]["LaunchTemplateData"]["UserData"]
+    script = "".join(p if isinstance(p, str) else "<token>"
+                     for p in user_data["Fn::Base64"]["Fn::Join"][1])
+    lines = script.splitlines()
+    agent_line = next(i for i, line in enumerate(lines) if line.endswith("install.sh"))
+    metrics_line = next(i for i, line in enumerate(lines)
+                        if "amazon-cloudwatch-agent-ctl -a fetch-config" in line)
+    # Checkpoint protection first: the node agent is up before the slower
+    # CloudWatch agent install starts.
+    assert agent_line < metrics_line
+    assert "-c ssm:/ml-dev/cloudwatch-agent/gpu" in lines[metrics_line]
+
+
+@pytest.mark.parametrize(("stage", "scheduled"), [("dev", 2), ("staging", 2), ("prod", 0)])
+def test_off_hours_schedule_scales_the_fleet_only_outside_prod(synthesized, stage, scheduled) -> None:
+    template = synthesized.template(stage, "training")
+    template.resource_count_is("AWS::AutoScaling::ScheduledAction", scheduled)
+    if scheduled:
+        idle = synthesized.configs[stage].idle_shutdown
+        template.has_resource_properties("AWS::AutoScaling::ScheduledAction", {
+            "MinSize": 0, "DesiredCapacity": 0, "Recurrence": idle.off_hours_scale_in_cron})
+        template.has_resource_properties("AWS::AutoScaling::ScheduledAction", {
+            "MinSize": 0, "Recurrence": idle.off_hours_scale_out_cron})

@@ -1,0 +1,195 @@
+"""IdleShutdown: the idle-GPU sweep and the job-completion scale-down.
+
+A Lambda function (``lambda/idle_shutdown``) runs on an EventBridge
+schedule and on ``ml.training`` / ``Training Job Finished`` events. It may
+terminate instances and set the desired capacity only of Auto Scaling groups
+that carry the opt-in tag: IAM enforces that with a condition on
+``autoscaling:ResourceTag/<key>``, the function checks it too.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import aws_cdk as cdk
+from aws_cdk import aws_autoscaling as autoscaling
+from aws_cdk import aws_cloudwatch as cloudwatch
+from aws_cdk import aws_cloudwatch_actions as cw_actions
+from aws_cdk import aws_events as events
+from aws_cdk import aws_events_targets as targets
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_logs as logs
+from aws_cdk import aws_sns as sns
+from constructs import Construct
+
+from constructs_lib.acknowledge import acknowledge
+
+CODE_DIR = Path(__file__).resolve().parent.parent / "lambda" / "idle_shutdown"
+COMPLETION_SOURCE = "ml.training"
+COMPLETION_DETAIL_TYPE = "Training Job Finished"
+
+
+class IdleShutdown(Construct):
+    """Stops idle GPU instances of opted-in Auto Scaling groups.
+
+    :param alerts_topic: where stops and job-completion scale-downs are
+        reported, and where the function's error alarm goes.
+    :param stage: stage name, in notifications and as the EMF dimension.
+    :param threshold_percent: idle below this GPU utilization. Default 5.
+    :param window: how long every datapoint must stay below. Default 15 min.
+    :param launch_grace: instances younger than this are never stopped.
+        Default 20 min.
+    :param schedule_rate: how often the sweep runs. Default 5 min.
+    :param dry_run: decide and report, stop nothing. Default False.
+    :param enabled: False disables both rules (the function stays). Default True.
+    :param opt_in_tag_key / opt_in_tag_value: the tag a group needs.
+        Default ``ml:idle-shutdown`` = ``enabled``.
+    :param savings_horizon_hours: idle time a stop is assumed to save (the
+        ``GpuHoursSaved`` metric only). Default 1.
+    :param log_retention: of the function's log group. Default one month.
+    :param removal_policy: of the log group. Default DESTROY.
+    """
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        alerts_topic: sns.ITopic,
+        stage: str,
+        threshold_percent: float = 5.0,
+        window: cdk.Duration = cdk.Duration.minutes(15),
+        launch_grace: cdk.Duration = cdk.Duration.minutes(20),
+        schedule_rate: cdk.Duration = cdk.Duration.minutes(5),
+        dry_run: bool = False,
+        enabled: bool = True,
+        opt_in_tag_key: str = "ml:idle-shutdown",
+        opt_in_tag_value: str = "enabled",
+        savings_horizon_hours: float = 1.0,
+        log_retention: logs.RetentionDays = logs.RetentionDays.ONE_MONTH,
+        removal_policy: cdk.RemovalPolicy = cdk.RemovalPolicy.DESTROY,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        self.opt_in_tag_key = opt_in_tag_key
+        self.opt_in_tag_value = opt_in_tag_value
+        stack = cdk.Stack.of(self)
+
+        self.log_group = logs.LogGroup(self, "Logs", retention=log_retention,
+                                       removal_policy=removal_policy)
+        self.role = iam.Role(self, "Role", assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
+                             description="idle-shutdown function: reads fleets and GPU metrics, "
+                                         "stops idle instances of opted-in groups")
+        self.log_group.grant_write(self.role)
+        read = iam.Policy(self, "ReadPolicy", roles=[self.role], statements=[iam.PolicyStatement(
+            sid="DescribeFleetsAndGpuMetrics",
+            actions=["autoscaling:DescribeAutoScalingGroups", "ec2:DescribeInstances",
+                     "ec2:DescribeInstanceTypes", "cloudwatch:GetMetricData"],
+            resources=["*"],
+        )])
+        acknowledge(read, "AwsSolutions::AwsSolutions-IAM5[Resource::*]",
+                    "Describe* and GetMetricData support no resource-level permissions; they "
+                    "only read. Every write is in ActOnOptedInGroups, conditioned on the opt-in tag.")
+        group_arn = stack.format_arn(service="autoscaling", resource="autoScalingGroup",
+                                     resource_name="*:autoScalingGroupName/*",
+                                     arn_format=cdk.ArnFormat.COLON_RESOURCE_NAME)
+        act = iam.Policy(self, "ActPolicy", roles=[self.role], statements=[iam.PolicyStatement(
+            sid="ActOnOptedInGroups",
+            actions=["autoscaling:TerminateInstanceInAutoScalingGroup",
+                     "autoscaling:SetDesiredCapacity"],
+            resources=[group_arn],
+            conditions={"StringEquals": {f"autoscaling:ResourceTag/{opt_in_tag_key}": opt_in_tag_value}},
+        )])
+        acknowledge(act, f"AwsSolutions::AwsSolutions-IAM5[Resource::{_nag_arn(group_arn, stack)}]",
+                    "Groups are found at run time by tag, not known at synth; the condition on "
+                    f"autoscaling:ResourceTag/{opt_in_tag_key} limits the writes to opted-in groups.")
+        # grant_publish would add kms:GenerateDataKey*; SNS needs exactly these.
+        notify = [iam.PolicyStatement(sid="PublishToAlerts", actions=["sns:Publish"],
+                                      resources=[alerts_topic.topic_arn])]
+        if alerts_topic.master_key is not None:
+            notify.append(iam.PolicyStatement(
+                sid="UseAlertsTopicKey", actions=["kms:GenerateDataKey", "kms:Decrypt"],
+                resources=[alerts_topic.master_key.key_arn]))
+        iam.Policy(self, "NotifyPolicy", roles=[self.role], statements=notify)
+
+        self.function = lambda_.Function(
+            self,
+            "Resource",
+            description="Stops idle GPU instances of opted-in Auto Scaling groups; scales a "
+                        "group down when its training job finishes",
+            runtime=lambda_.Runtime.PYTHON_3_14,
+            architecture=lambda_.Architecture.ARM_64,
+            handler="handler.handler",
+            code=lambda_.Code.from_asset(str(CODE_DIR), exclude=["__pycache__", "*.pyc"]),
+            role=self.role,
+            log_group=self.log_group,
+            memory_size=512,
+            timeout=cdk.Duration.minutes(5),
+            # One sweep at a time: a completion event during a sweep waits
+            # (EventBridge retries) instead of racing it on the same group.
+            reserved_concurrent_executions=1,
+            environment={
+                "STAGE": stage,
+                "THRESHOLD_PERCENT": _number(threshold_percent),
+                "WINDOW_SECONDS": str(int(window.to_seconds())),
+                "GRACE_SECONDS": str(int(launch_grace.to_seconds())),
+                "DRY_RUN": "true" if dry_run else "false",
+                "OPT_IN_TAG_KEY": opt_in_tag_key,
+                "OPT_IN_TAG_VALUE": opt_in_tag_value,
+                "TOPIC_ARN": alerts_topic.topic_arn,
+                "SAVINGS_HORIZON_HOURS": _number(savings_horizon_hours),
+            },
+        )
+        self.function.node.add_dependency(self.role)
+
+        self.schedule_rule = events.Rule(
+            self,
+            "Schedule",
+            description="Idle-GPU sweep",
+            schedule=events.Schedule.rate(schedule_rate),
+            enabled=enabled,
+            # A missed sweep is not retried: the next one comes in one rate.
+            targets=[targets.LambdaFunction(self.function, retry_attempts=0)],
+        )
+        self.completion_rule = events.Rule(
+            self,
+            "JobFinished",
+            description=f"{COMPLETION_SOURCE} / {COMPLETION_DETAIL_TYPE}: scale the job's group down",
+            event_pattern=events.EventPattern(source=[COMPLETION_SOURCE],
+                                              detail_type=[COMPLETION_DETAIL_TYPE]),
+            enabled=enabled,
+            targets=[targets.LambdaFunction(self.function, max_event_age=cdk.Duration.hours(1),
+                                            retry_attempts=20)],
+        )
+        self.errors_alarm = cloudwatch.Alarm(
+            self,
+            "Errors",
+            alarm_description="The idle-shutdown function failed: idle GPUs may be running",
+            metric=self.function.metric_errors(period=cdk.Duration.minutes(15)),
+            threshold=1,
+            evaluation_periods=1,
+            comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+            treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
+        )
+        self.errors_alarm.add_alarm_action(cw_actions.SnsAction(alerts_topic))
+
+    def enroll(self, group: autoscaling.IAutoScalingGroup) -> None:
+        """Opt ``group`` in: tag it so the function (and its IAM condition) accept it.
+
+        The tag stays on the group (not propagated to instances).
+        """
+        cdk.Tags.of(group).add(self.opt_in_tag_key, self.opt_in_tag_value,
+                               apply_to_launched_instances=False)
+
+
+def _number(value: float) -> str:
+    return f"{value:g}"
+
+
+def _nag_arn(arn: str, stack: cdk.Stack) -> str:
+    """The ARN as cdk-nag prints it in a rule id (pseudo parameters as ``<AWS::X>``)."""
+    resolved = stack.resolve(arn)
+    if isinstance(resolved, str):
+        return resolved
+    parts = resolved["Fn::Join"][1]
+    return "".join(p if isinstance(p, str) else f"<{p['Ref']}>" for p in parts)

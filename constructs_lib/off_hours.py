@@ -1,0 +1,52 @@
+"""Off-hours schedules: scale a GPU Auto Scaling group to 0 at night and back
+in the morning (scheduled actions on the group itself, no Lambda)."""
+
+from __future__ import annotations
+
+from aws_cdk import aws_autoscaling as autoscaling
+
+
+def add_off_hours_schedule(
+    group: autoscaling.AutoScalingGroup,
+    *,
+    scale_in_cron: str | None,
+    scale_out_cron: str | None,
+    time_zone: str = "UTC",
+    restore_min_capacity: int = 0,
+    restore_desired_capacity: int | None = None,
+) -> list[autoscaling.ScheduledAction]:
+    """Add the two scheduled actions to ``group``; none when the crons are None.
+
+    At ``scale_in_cron`` the group's minimum and desired capacity go to 0 (its
+    maximum is left alone). At ``scale_out_cron`` the minimum goes back to
+    ``restore_min_capacity`` and, if given, the desired capacity to
+    ``restore_desired_capacity`` (default: left at 0; jobs scale the fleet
+    up). Crons are five-field unix cron in ``time_zone`` (IANA name), e.g.
+    ``"0 20 * * MON-FRI"`` and ``"0 7 * * MON-FRI"``: off at night and over
+    the weekend.
+    """
+    if scale_in_cron is None and scale_out_cron is None:
+        return []
+    if scale_in_cron is None or scale_out_cron is None:
+        raise ValueError("off-hours schedule: scale_in_cron and scale_out_cron go together, "
+                         f"got {scale_in_cron!r} and {scale_out_cron!r}")
+    if restore_min_capacity < 0 or (restore_desired_capacity is not None
+                                    and restore_desired_capacity < restore_min_capacity):
+        raise ValueError("off-hours schedule: restore_desired_capacity must be at least "
+                         f"restore_min_capacity ({restore_min_capacity}) and both >= 0, got "
+                         f"{restore_desired_capacity!r}")
+    scale_in = group.scale_on_schedule(
+        "OffHoursScaleIn",
+        schedule=autoscaling.Schedule.expression(scale_in_cron),
+        time_zone=time_zone,
+        min_capacity=0,
+        desired_capacity=0,
+    )
+    scale_out = group.scale_on_schedule(
+        "OffHoursScaleOut",
+        schedule=autoscaling.Schedule.expression(scale_out_cron),
+        time_zone=time_zone,
+        min_capacity=restore_min_capacity,
+        desired_capacity=restore_desired_capacity,
+    )
+    return [scale_in, scale_out]
