@@ -9,6 +9,7 @@ from constructs_lib.tagging import apply_tags
 from ml_stacks.config import StageConfig
 from ml_stacks.network_stack import NetworkStack
 from ml_stacks.ops_stack import OpsStack
+from ml_stacks.serving_stack import ServingStack
 from ml_stacks.storage_stack import StorageStack
 
 
@@ -28,6 +29,15 @@ class MlStage(cdk.Stage):
         self.network = NetworkStack(self, "network", config=config)
         self.storage = StorageStack(self, "storage", config=config)
         self.ops = OpsStack(self, "ops", config=config, key=self.storage.key)
+        self.serving = ServingStack(
+            self, "serving", config=config,
+            vpc=self.network.vpc,
+            key=self.storage.key,
+            model_artifacts_bucket=self.storage.model_artifacts_bucket,
+            data_capture_bucket=self.storage.data_capture_bucket,
+            image_repository=self.storage.image_repository,
+            alerts_topic=self.ops.alerts_topic,
+        )
 
     @property
     def stacks(self) -> list[cdk.Stack]:
