@@ -371,10 +371,10 @@ class InferenceEndpoint(Construct):
                 )],
             )
         if volume_key is None:
-            acknowledge(self.endpoint_config, "AwsSolutions::AwsSolutions-SM2",
-                        f"{instance_type} stores on local NVMe instance storage, which the instance "
-                        "encrypts in hardware; SageMaker rejects a KmsKeyId for such instance types. "
-                        "Data capture is still encrypted with the stage key.")
+            cdk.Annotations.of(self).add_info(
+                f"{instance_type} keeps its volume on local NVMe instance storage, encrypted by the "
+                "instance's hardware; SageMaker rejects a KmsKeyId for it, so the endpoint "
+                "configuration has none. Data capture is still encrypted with the stage key.")
 
         # --- alarms: the endpoint's health, also the rollback trigger
         self._dimensions = ({"InferenceComponentName": self.component_name} if scale_to_zero
@@ -449,6 +449,16 @@ class InferenceEndpoint(Construct):
         self.endpoint_arn = self.endpoint.ref
 
         # --- inference component (scale to zero) and autoscaling
+        # Application Auto Scaling acts for SageMaker through its service-linked
+        # role (created on first use); without it CDK would add an empty role.
+        autoscaling_role = iam.Role.from_role_arn(
+            self, "AutoScalingRole",
+            stack.format_arn(
+                service="iam", region="", resource="role",
+                resource_name="aws-service-role/sagemaker.application-autoscaling.amazonaws.com/"
+                              "AWSServiceRoleForApplicationAutoScaling_SageMakerEndpoint"),
+            mutable=False,
+        )
         self.component: sagemaker.CfnInferenceComponent | None = None
         if scale_to_zero:
             requirements = {"NumberOfCpuCoresRequired": component_cpu_cores,
@@ -463,9 +473,12 @@ class InferenceEndpoint(Construct):
                 inference_component_name=self.component_name,
                 endpoint_name=self.endpoint.attr_endpoint_name,
                 variant_name=VARIANT_NAME,
-                specification={"Container": container, "ComputeResourceRequirements": requirements},
-                runtime_config={"CopyCount": 1},
+                specification=sagemaker.CfnInferenceComponent.InferenceComponentSpecificationProperty(),
             )
+            self.component.add_property_override("Specification", {
+                "Container": container, "ComputeResourceRequirements": requirements})
+            # One copy at deploy time; autoscaling takes it from there (to 0 when idle).
+            self.component.add_property_override("RuntimeConfig", {"CopyCount": 1})
             # A new model version rolls out one copy at a time and rolls back
             # on the alarms (the component is updated in place: no names change).
             self.component.add_property_override("DeploymentConfig", {
@@ -481,6 +494,7 @@ class InferenceEndpoint(Construct):
                 service_namespace=appscaling.ServiceNamespace.SAGEMAKER,
                 resource_id=f"inference-component/{self.component_name}",
                 scalable_dimension="sagemaker:inference-component:DesiredCopyCount",
+                role=autoscaling_role,
                 min_capacity=0,
                 max_capacity=max_instance_count,
             )
@@ -521,6 +535,7 @@ class InferenceEndpoint(Construct):
                 service_namespace=appscaling.ServiceNamespace.SAGEMAKER,
                 resource_id=f"endpoint/{endpoint_name}/variant/{VARIANT_NAME}",
                 scalable_dimension="sagemaker:variant:DesiredInstanceCount",
+                role=autoscaling_role,
                 min_capacity=min_instance_count,
                 max_capacity=max_instance_count,
             )
