@@ -449,7 +449,7 @@ def test_removing_a_model_leaves_the_others_resources_untouched(two_and_one) -> 
 
 def test_changing_a_model_keeps_the_endpoint_and_lets_cloudformation_name_the_rest(two_and_one, tmp_path) -> None:
     _, before = two_and_one
-    changed = replace(RANKER, model_data_key="ranker/v2/model.tar.gz", instance_type="ml.c5.2xlarge")
+    changed = replace(RANKER, model_data_key="ranker/v2/model.tar.gz", environment={"TOP_K": "20"})
     after = synthesize({"dev": _dev_with(changed)}, tmp_path).stack("dev", "serving").template_json
     assert set(after["Resources"]) == set(before["Resources"])
     endpoint_before, endpoint_after = (one(t, "AWS::SageMaker::Endpoint") for t in (before, after))
