@@ -240,7 +240,10 @@ class InferenceEndpoint(Construct):
             actions=["kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey"],
             resources=[key.key_arn],
         ))
-        if volume_key is not None:
+        if scale_to_zero and volume_key is not None:
+            # An endpoint configuration with an execution role (inference
+            # components) encrypts its volumes through that role's grants;
+            # otherwise the deployer's own permissions do it.
             self.role.add_to_policy(iam.PolicyStatement(
                 sid="EncryptItsVolumes",
                 actions=["kms:CreateGrant"],

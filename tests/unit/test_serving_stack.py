@@ -457,3 +457,9 @@ def test_changing_a_model_keeps_the_endpoint_and_lets_cloudformation_name_the_re
     model_after = one(after, "AWS::SageMaker::Model")["Properties"]
     assert "ModelName" not in model_after
     assert joined(model_after["PrimaryContainer"]["ModelDataUrl"])[2] == "/ranker/v2/model.tar.gz"
+
+
+def test_a_stage_without_models_still_deploys_its_dashboard(tmp_path) -> None:
+    template = synthesize({"dev": _dev_with()}, tmp_path).stack("dev", "serving").template_json
+    assert {r["Type"] for r in template["Resources"].values()} == {"AWS::CloudWatch::Dashboard"}
+    assert "No models are configured" in json.dumps(one(template, "AWS::CloudWatch::Dashboard"))
