@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from typing import Mapping, Sequence
 
@@ -55,6 +56,21 @@ def has_instance_storage(instance_type: str) -> bool:
     """Whether ``instance_type`` (``ml.<family>.<size>``) has local NVMe storage."""
     family = instance_type.split(".")[1]
     return bool(_INSTANCE_STORE_FAMILY_RE.match(family))
+
+
+# Headroom for provisioning the new fleet, pulling the image and loading the
+# model before the first traffic shift.
+PROVISIONING_HEADROOM_SECONDS = 3600
+
+
+def deployment_timeout_seconds(deployment: str, step_percent: int, wait_seconds: int,
+                               termination_wait_seconds: int) -> int:
+    """MaximumExecutionTimeoutInSeconds of a blue/green deployment: every bake
+    step, the termination wait and provisioning headroom, within SageMaker's
+    600–28800 s."""
+    steps = {"canary": 1, "linear": math.ceil(100 / step_percent), "all_at_once": 1}[deployment]
+    total = steps * wait_seconds + termination_wait_seconds + PROVISIONING_HEADROOM_SECONDS
+    return max(600, min(28_800, total))
 
 
 _ECR_URI_RE = re.compile(
@@ -433,10 +449,14 @@ class InferenceEndpoint(Construct):
                 routing["CanarySize"] = step
             elif deployment == "linear":
                 routing["LinearStepSize"] = step
+            termination_wait = int(deployment_termination_wait.to_seconds())
             deployment_config = {
                 "BlueGreenUpdatePolicy": {
                     "TrafficRoutingConfiguration": routing,
-                    "TerminationWaitInSeconds": int(deployment_termination_wait.to_seconds()),
+                    "TerminationWaitInSeconds": termination_wait,
+                    "MaximumExecutionTimeoutInSeconds": deployment_timeout_seconds(
+                        deployment, deployment_step_percent, int(deployment_wait.to_seconds()),
+                        termination_wait),
                 },
                 "AutoRollbackConfiguration": {"Alarms": rollback_alarms},
             }
@@ -447,6 +467,12 @@ class InferenceEndpoint(Construct):
         )
         if deployment_config is not None:
             self.endpoint.add_property_override("DeploymentConfig", deployment_config)
+            # A deployment keeps the instance count autoscaling has reached (a
+            # deploy at peak must not drop prod to initial_instance_count) but
+            # applies a changed data-capture configuration.
+            self.endpoint.add_property_override("RetainAllVariantProperties", True)
+            self.endpoint.add_property_override(
+                "ExcludeRetainedVariantProperties", [{"VariantPropertyType": "DataCaptureConfig"}])
         self.endpoint.node.add_dependency(self.role, self.service_policy, self.capture_policy,
                                          *log_groups)
         self.endpoint_arn = self.endpoint.ref

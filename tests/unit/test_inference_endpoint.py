@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from constructs_lib.inference_endpoint import InferenceImage, has_instance_storage
+from constructs_lib.inference_endpoint import InferenceImage, deployment_timeout_seconds, has_instance_storage
 
 
 def test_image_uri_is_pulled_from_its_own_repository_only() -> None:
@@ -35,3 +35,13 @@ def test_fails_when_the_image_is_not_in_ecr() -> None:
 ])
 def test_instance_types_with_local_nvme_get_no_volume_key(instance_type, local) -> None:
     assert has_instance_storage(instance_type) is local
+
+
+@pytest.mark.parametrize(("deployment", "step", "wait", "termination", "timeout"), [
+    ("canary", 10, 600, 600, 4800),
+    ("linear", 20, 300, 0, 5 * 300 + 3600),
+    ("all_at_once", 10, 0, 0, 3600),
+    ("linear", 1, 3600, 3600, 28_800),  # capped at SageMaker's maximum
+])
+def test_deployment_timeout_covers_every_bake_step(deployment, step, wait, termination, timeout) -> None:
+    assert deployment_timeout_seconds(deployment, step, wait, termination) == timeout

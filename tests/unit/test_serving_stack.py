@@ -362,9 +362,18 @@ def test_blue_green_deployment_rolls_back_on_the_endpoints_alarms(all_templates,
     policy = deployment["BlueGreenUpdatePolicy"]
     assert policy["TrafficRoutingConfiguration"] == routing
     assert policy["TerminationWaitInSeconds"] == {"staging": 300, "prod": 600}[stage]
+    # bake + termination wait + an hour to provision the new fleet
+    assert policy["MaximumExecutionTimeoutInSeconds"] == {"staging": 3900, "prod": 4800}[stage]
     rollback = [a["AlarmName"] for a in deployment["AutoRollbackConfiguration"]["Alarms"]]
     assert {r["Ref"] for r in rollback} == alarm_ids
     assert len(rollback) == 3
+
+
+@pytest.mark.parametrize("stage", INSTANCE_STAGES)
+def test_deployments_keep_the_autoscaled_instance_count_but_apply_new_capture_settings(all_templates, stage) -> None:
+    endpoint = one(serving(all_templates, stage), "AWS::SageMaker::Endpoint")["Properties"]
+    assert endpoint["RetainAllVariantProperties"] is True
+    assert endpoint["ExcludeRetainedVariantProperties"] == [{"VariantPropertyType": "DataCaptureConfig"}]
 
 
 def test_dev_component_updates_roll_one_copy_at_a_time_and_roll_back_on_alarms(all_templates) -> None:
