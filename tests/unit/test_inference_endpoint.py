@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import aws_cdk as cdk
 import pytest
+from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
+from aws_cdk import aws_s3 as s3
+from aws_cdk.assertions import Template
 
-from constructs_lib.inference_endpoint import InferenceImage, deployment_timeout_seconds, has_instance_storage
+from constructs_lib.inference_endpoint import (
+    InferenceEndpoint,
+    InferenceImage,
+    deployment_timeout_seconds,
+    has_instance_storage,
+)
 
 
 def test_image_uri_is_pulled_from_its_own_repository_only() -> None:
@@ -45,3 +56,46 @@ def test_instance_types_with_local_nvme_get_no_volume_key(instance_type, local) 
 ])
 def test_deployment_timeout_covers_every_bake_step(deployment, step, wait, termination, timeout) -> None:
     assert deployment_timeout_seconds(deployment, step, wait, termination) == timeout
+
+
+def test_grant_invoke_allows_invoking_this_endpoint_only() -> None:
+    stack = cdk.Stack(cdk.App(), "Test", env=cdk.Environment(account="111122223333", region="us-east-1"))
+    vpc = ec2.Vpc(stack, "Vpc", availability_zones=["us-east-1a", "us-east-1b"])
+    endpoint = InferenceEndpoint(
+        stack, "Ranker",
+        endpoint_name="ranker",
+        image=InferenceImage.from_uri("763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-inference:2.6.0"
+                                      "-cpu-py312-ubuntu22.04-sagemaker"),
+        model_data_bucket=s3.Bucket(stack, "Models"),
+        model_data_key="ranker/model.tar.gz",
+        capture_bucket=s3.Bucket(stack, "Captures"),
+        key=kms.Key(stack, "Key"),
+        vpc=vpc,
+        instance_type="ml.c5.xlarge",
+    )
+    caller = iam.Role(stack, "Caller", assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"))
+    endpoint.grant_invoke(caller)
+    template = Template.from_stack(stack).to_json()
+    [policy] = [r for lid, r in template["Resources"].items() if lid.startswith("CallerDefaultPolicy")]
+    assert policy["Properties"]["PolicyDocument"]["Statement"] == [{
+        "Action": "sagemaker:InvokeEndpoint", "Effect": "Allow",
+        # Ref of AWS::SageMaker::Endpoint is its ARN.
+        "Resource": {"Ref": stack.get_logical_id(endpoint.endpoint)}}]
+    # Defaults: capture under the endpoint's name, canary deployments.
+    [config] = [r for r in template["Resources"].values() if r["Type"] == "AWS::SageMaker::EndpointConfig"]
+    assert config["Properties"]["DataCaptureConfig"]["DestinationS3Uri"]["Fn::Join"][1][-1] == "/ranker/"
+    [sm_endpoint] = [r for r in template["Resources"].values() if r["Type"] == "AWS::SageMaker::Endpoint"]
+    routing = sm_endpoint["Properties"]["DeploymentConfig"]["BlueGreenUpdatePolicy"]["TrafficRoutingConfiguration"]
+    assert routing["Type"] == "CANARY"
+
+
+def test_fails_when_the_deployment_strategy_is_unknown() -> None:
+    stack = cdk.Stack(cdk.App(), "Test", env=cdk.Environment(account="111122223333", region="us-east-1"))
+    with pytest.raises(ValueError, match=r"deployment: 'rolling' is not allowed — one of canary, linear, all_at_once"):
+        InferenceEndpoint(
+            stack, "Ranker", endpoint_name="ranker",
+            image=InferenceImage.from_uri("111122223333.dkr.ecr.us-east-1.amazonaws.com/ranker:1"),
+            model_data_bucket=s3.Bucket(stack, "Models"), model_data_key="ranker/model.tar.gz",
+            capture_bucket=s3.Bucket(stack, "Captures"), key=kms.Key(stack, "Key"),
+            vpc=ec2.Vpc(stack, "Vpc", availability_zones=["us-east-1a"]), instance_type="ml.c5.xlarge",
+            deployment="rolling")

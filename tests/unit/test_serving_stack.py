@@ -444,6 +444,12 @@ def test_two_models_synthesize_two_independent_endpoints(two_and_one) -> None:
     assert joined(statements["ReadItsModelArtifact"]["Resource"])[1] == "/ranker/v1/model.tar.gz"
     [capture] = policy_statements(both, "rankerCapturePolicy")
     assert joined(capture["Resource"])[1] == "/ranker/*"
+    # ml.c5 has EBS volumes: the instance-based endpoint config encrypts them with the stage key.
+    configs = [c["Properties"] for c in resources_of_type(both, "AWS::SageMaker::EndpointConfig").values()
+               if "ExecutionRoleArn" not in c["Properties"]]
+    [ranker_config] = configs
+    assert key_arn(ranker_config["KmsKeyId"], "dev")
+    assert key_arn(ranker_config["DataCaptureConfig"]["KmsKeyId"], "dev")
 
 
 def test_removing_a_model_leaves_the_others_resources_untouched(two_and_one) -> None:
