@@ -14,6 +14,7 @@ from ml_stacks.config import (
     ServingConfig,
     StageConfig,
     StageTags,
+    StorageConfig,
     default_configs,
 )
 
@@ -98,6 +99,15 @@ def test_a_stage_without_models_is_valid() -> None:
          "an integer"),
         (replace(MODEL, min_instance_count=0), "dev.serving.models.ranker.min_instance_count", 0,
          "only scale_to_zero endpoints"),
+        (replace(ZERO_MODEL, initial_instance_count=1, max_instance_count=0),
+         "dev.serving.models.ranker.max_instance_count", 0, "at least 1"),
+        (replace(MODEL, environment=[("A", "b")]), "dev.serving.models.ranker.environment", [("A", "b")],
+         "a mapping"),
+        (replace(MODEL, scale_to_zero="yes"), "dev.serving.models.ranker.scale_to_zero", "yes", "True or False"),
+        (replace(ZERO_MODEL, component_accelerators=17), "dev.serving.models.ranker.component_accelerators", 17,
+         "0 to 16"),
+        (replace(ZERO_MODEL, instance_type="ml.g5.xlarge", gpu_utilization_target_percent=70),
+         "dev.serving.models.ranker.gpu_utilization_target_percent", 70, "None with scale_to_zero"),
         (replace(ZERO_MODEL, min_instance_count=1), "dev.serving.models.ranker.min_instance_count", 1,
          "0 with scale_to_zero"),
         (replace(ZERO_MODEL, component_memory_mb=64), "dev.serving.models.ranker.component_memory_mb", 64,
@@ -210,3 +220,18 @@ def test_from_dict_names_the_missing_required_fields() -> None:
 def test_from_dict_rejects_a_model_that_is_not_a_mapping() -> None:
     with pytest.raises(ConfigError, match=r"serving\.models\[0\]: 'ranker' is not allowed — a mapping"):
         ServingConfig.from_dict({"models": ["ranker"]})
+
+
+def test_fails_when_models_is_not_a_tuple_of_model_configs() -> None:
+    with pytest.raises(ConfigError, match=r"dev\.serving\.models: .* is not allowed — a tuple of ModelConfig"):
+        StageConfig(name="dev", region="us-east-1", tags=TAGS,
+                    network=NetworkConfig(vpc_cidr="10.0.0.0/16", availability_zones=("us-east-1a",)),
+                    serving=ServingConfig(models=[MODEL]))
+
+
+def test_fails_when_data_captures_would_never_expire() -> None:
+    with pytest.raises(ConfigError, match=r"dev\.storage\.data_capture_expiration_days: 0 is not allowed — an "
+                                          r"integer from 1 to 3650"):
+        StageConfig(name="dev", region="us-east-1", tags=TAGS,
+                    network=NetworkConfig(vpc_cidr="10.0.0.0/16", availability_zones=("us-east-1a",)),
+                    storage=StorageConfig(retain=False, data_capture_expiration_days=0))
