@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 
-from ml_stacks.config import ModelConfig, ServingConfig, default_configs
+from ml_stacks.config import ModelConfig, default_configs
 from tests.conftest import STAGES, resources_of_type, synthesize
 
 # What the repository's stages configure for their one model, "classifier".
