@@ -10,6 +10,7 @@ from ml_stacks.config import StageConfig
 from ml_stacks.idle_stack import IdleStack
 from ml_stacks.network_stack import NetworkStack
 from ml_stacks.ops_stack import OpsStack
+from ml_stacks.serving_stack import ServingStack
 from ml_stacks.storage_stack import StorageStack
 from ml_stacks.training_stack import TrainingStack
 
@@ -43,6 +44,15 @@ class MlStage(cdk.Stage):
                 gpu_metrics=self.idle.gpu_metrics,
                 idle_shutdown=self.idle.shutdown,
             )
+        self.serving = ServingStack(
+            self, "serving", config=config,
+            vpc=self.network.vpc,
+            key=self.storage.key,
+            model_artifacts_bucket=self.storage.model_artifacts_bucket,
+            data_capture_bucket=self.storage.data_capture_bucket,
+            image_repository=self.storage.image_repository,
+            alerts_topic=self.ops.alerts_topic,
+        )
 
     @property
     def stacks(self) -> list[cdk.Stack]:

@@ -21,8 +21,8 @@ ABORT_INCOMPLETE_UPLOADS = cdk.Duration.days(7)
 
 class StorageStack(StageStack):
     """Exposes ``key``, ``training_data_bucket``, ``checkpoint_bucket``,
-    ``model_artifacts_bucket``, ``access_log_bucket`` and ``image_repository``
-    as objects for the other stacks of the stage."""
+    ``model_artifacts_bucket``, ``data_capture_bucket``, ``access_log_bucket``
+    and ``image_repository`` as objects for the other stacks of the stage."""
 
     def __init__(self, scope: Construct, construct_id: str, *, config: StageConfig) -> None:
         storage = config.storage
@@ -116,6 +116,21 @@ class StorageStack(StageStack):
             ],
         )
 
+        # Request/response captures of the SageMaker endpoints, one prefix per
+        # model (s3://<bucket>/<model>/). Apart from the model artifacts: they
+        # may hold personal data and expire on their own schedule.
+        self.data_capture_bucket = bucket(
+            "DataCapture",
+            "data-capture",
+            lifecycle_rules=[
+                s3.LifecycleRule(
+                    id="expire-captures",
+                    expiration=cdk.Duration.days(storage.data_capture_expiration_days),
+                    abort_incomplete_multipart_upload_after=ABORT_INCOMPLETE_UPLOADS,
+                )
+            ],
+        )
+
         self.image_repository = ecr.Repository(
             self,
             "Images",
@@ -148,6 +163,8 @@ class StorageStack(StageStack):
             ("TrainingDataBucketName", self.training_data_bucket.bucket_name, "Training data"),
             ("CheckpointBucketName", self.checkpoint_bucket.bucket_name, "Training checkpoints"),
             ("ModelArtifactsBucketName", self.model_artifacts_bucket.bucket_name, "Model artifacts"),
+            ("DataCaptureBucketName", self.data_capture_bucket.bucket_name,
+             "Endpoint request/response captures"),
             ("ImageRepositoryUri", self.image_repository.repository_uri, "docker push target"),
             ("KeyArn", self.key.key_arn, "Stage KMS key"),
         ):

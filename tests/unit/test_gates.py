@@ -39,10 +39,6 @@ def test_nag_gate_fails_synth_on_an_unacknowledged_finding(tmp_path) -> None:
     assert paths == {"dev/storage/PlainBucket/Resource"}
 
 
-# Where acknowledgements are allowed, each documented where it is made:
-# hard-coded AZs on subnets (W3010, constructs_lib/ml_vpc.py) and the
-# idle-shutdown function's resource-less reads and tag-conditioned writes
-# (IAM5, constructs_lib/idle_shutdown.py).
 def test_every_acknowledgement_has_a_real_reason(synthesized) -> None:
     report = json.loads((synthesized.outdir / "validation-report.json").read_text())
     acknowledged = [v for p in report["pluginReports"] for v in p.get("suppressedViolations", [])]

@@ -18,9 +18,10 @@ STATEFUL_LOGICAL_IDS = {
     "TrainingData3FDB6D34": "AWS::S3::Bucket",
     "Checkpoints620E2F20": "AWS::S3::Bucket",
     "ModelArtifacts858A2101": "AWS::S3::Bucket",
+    "DataCapture91154E3A": "AWS::S3::Bucket",
     "Images2D38C313": "AWS::ECR::Repository",
 }
-KMS_BUCKETS = ("TrainingData", "Checkpoints", "ModelArtifacts")
+KMS_BUCKETS = ("TrainingData", "Checkpoints", "ModelArtifacts", "DataCapture")
 
 
 def bucket(template: dict, prefix: str) -> dict:
@@ -98,6 +99,12 @@ def test_checkpoints_expire_after_the_configured_days(all_templates, stage, days
     assert [r["ExpirationInDays"] for r in rules] == [days]
 
 
+@pytest.mark.parametrize(("stage", "days"), [("dev", 30), ("staging", 90), ("prod", 90)])
+def test_endpoint_data_captures_expire_after_the_configured_days(all_templates, stage, days) -> None:
+    rules = bucket(all_templates[(stage, "storage")], "DataCapture")["Properties"]["LifecycleConfiguration"]["Rules"]
+    assert [(r["Id"], r["ExpirationInDays"]) for r in rules] == [("expire-captures", days)]
+
+
 @pytest.mark.parametrize("stage", STAGES)
 def test_model_artifacts_are_versioned_and_old_versions_expire(all_templates, stage) -> None:
     props = bucket(all_templates[(stage, "storage")], "ModelArtifacts")["Properties"]
@@ -142,7 +149,7 @@ def test_dev_empties_buckets_and_repository_on_destroy(all_templates) -> None:
     auto_deleted = {r["Properties"]["BucketName"]["Ref"]
                     for r in resources_of_type(all_templates[("dev", "storage")], "Custom::S3AutoDeleteObjects").values()}
     assert auto_deleted == {"AccessLogs8B620ECA", "TrainingData3FDB6D34", "Checkpoints620E2F20",
-                            "ModelArtifacts858A2101"}
+                            "ModelArtifacts858A2101", "DataCapture91154E3A"}
     assert resources["Images2D38C313"]["Properties"]["EmptyOnDelete"] is True
     assert not resources_of_type(all_templates[("prod", "storage")], "Custom::S3AutoDeleteObjects")
 
@@ -150,7 +157,7 @@ def test_dev_empties_buckets_and_repository_on_destroy(all_templates) -> None:
 def test_storage_stack_exposes_objects_for_other_stacks(synthesized) -> None:
     storage = synthesized.app.node.find_child("dev").storage
     for attribute in ("key", "training_data_bucket", "checkpoint_bucket", "model_artifacts_bucket",
-                      "access_log_bucket", "image_repository"):
+                      "data_capture_bucket", "access_log_bucket", "image_repository"):
         assert hasattr(getattr(storage, attribute), "node"), attribute
     assert callable(storage.checkpoint_bucket.grant_read_write)
 
@@ -158,5 +165,5 @@ def test_storage_stack_exposes_objects_for_other_stacks(synthesized) -> None:
 def test_storage_outputs_name_what_users_push_to(synthesized) -> None:
     template = synthesized.template("prod", "storage")
     for output in ("TrainingDataBucketName", "CheckpointBucketName", "ModelArtifactsBucketName",
-                   "ImageRepositoryUri", "KeyArn"):
+                   "DataCaptureBucketName", "ImageRepositoryUri", "KeyArn"):
         template.has_output(output, {"Value": Match.any_value()})

@@ -377,7 +377,7 @@ def test_disabled_training_creates_no_training_stack(tmp_path) -> None:
     app = build_app([replace(dev, training=replace(dev.training, enabled=False))], outdir=str(tmp_path))
     stage = app.node.find_child("dev")
     assert stage.training is None
-    assert {s.node.id for s in stage.stacks} == {"network", "storage", "ops", "idle"}
+    assert {s.node.id for s in stage.stacks} == {"network", "storage", "ops", "idle", "serving"}
 
 
 def test_fleet_is_enrolled_in_idle_shutdown_and_publishes_gpu_metrics(dev) -> None:

@@ -1,0 +1,683 @@
+"""A SageMaker real-time endpoint that can be updated safely from code.
+
+One ``InferenceEndpoint`` serves one model: a least-privilege execution role,
+the model in the VPC with network isolation, an endpoint configuration with
+encrypted volume and data capture, the endpoint, autoscaling, alarms, and a
+blue/green deployment that rolls back on those alarms.
+
+Why updates never replace the endpoint: every property of
+``AWS::SageMaker::Model`` and ``AWS::SageMaker::EndpointConfig`` is
+create-only, so any change replaces them. Their names are therefore left to
+CloudFormation (a fresh name on every replacement; a fixed name would make the
+replacement fail). The endpoint keeps its fixed name and is *updated* to the
+new configuration, which SageMaker performs as a blue/green deployment; the
+old model and configuration are deleted in the stack's cleanup phase.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from typing import Mapping, Sequence
+
+import aws_cdk as cdk
+from aws_cdk import aws_applicationautoscaling as appscaling
+from aws_cdk import aws_cloudwatch as cloudwatch
+from aws_cdk import aws_cloudwatch_actions as cloudwatch_actions
+from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_ecr as ecr
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
+from aws_cdk import aws_logs as logs
+from aws_cdk import aws_s3 as s3
+from aws_cdk import aws_sagemaker as sagemaker
+from aws_cdk import aws_sns as sns
+from constructs import Construct
+
+from constructs_lib.acknowledge import acknowledge
+
+VARIANT_NAME = "AllTraffic"
+SAGEMAKER_NAMESPACE = "AWS/SageMaker"
+ENDPOINT_INSTANCE_NAMESPACE = "/aws/sagemaker/Endpoints"
+COMPONENT_INSTANCE_NAMESPACE = "/aws/sagemaker/InferenceComponents"
+TRAFFIC_ROUTING = {"canary": "CANARY", "linear": "LINEAR", "all_at_once": "ALL_AT_ONCE"}
+
+# Instance families whose storage is local NVMe (SageMaker "instance storage
+# volumes"). That storage is encrypted by the instance's hardware module and
+# SageMaker rejects an endpoint configuration with a KmsKeyId for them.
+_INSTANCE_STORE_FAMILY_RE = re.compile(
+    r"^([cmr][5-8][a-z]*d|g4dn|g5|g6|g6e|g7|g7e|p3dn|p4d|p4de|p5|p5e|p5en|p6-[a-z0-9]+|p6e-[a-z0-9]+"
+    r"|trn1|trn1n|trn2)$")
+
+
+def has_instance_storage(instance_type: str) -> bool:
+    """Whether ``instance_type`` (``ml.<family>.<size>``) has local NVMe storage."""
+    family = instance_type.split(".")[1]
+    return bool(_INSTANCE_STORE_FAMILY_RE.match(family))
+
+
+# Headroom for provisioning the new fleet, pulling the image and loading the
+# model before the first traffic shift.
+PROVISIONING_HEADROOM_SECONDS = 3600
+
+
+def deployment_timeout_seconds(deployment: str, step_percent: int, wait_seconds: int,
+                               termination_wait_seconds: int) -> int:
+    """MaximumExecutionTimeoutInSeconds of a blue/green deployment: every bake
+    step, the termination wait and provisioning headroom, within SageMaker's
+    600–28800 s."""
+    steps = {"canary": 1, "linear": math.ceil(100 / step_percent), "all_at_once": 1}[deployment]
+    total = steps * wait_seconds + termination_wait_seconds + PROVISIONING_HEADROOM_SECONDS
+    return max(600, min(28_800, total))
+
+
+_ECR_URI_RE = re.compile(
+    r"^(?P<account>\d{12})\.dkr\.ecr\.(?P<region>[a-z0-9-]+)\.amazonaws\.com(?P<cn>\.cn)?"
+    r"/(?P<repository>[^:@]+)[:@]")
+
+
+class InferenceImage:
+    """The container image of an endpoint and the one repository it may pull from."""
+
+    def __init__(self, image_uri: str, repository_arn: str) -> None:
+        self.image_uri = image_uri
+        self.repository_arn = repository_arn
+
+    @classmethod
+    def from_repository(cls, repository: ecr.IRepository, tag: str) -> "InferenceImage":
+        """``tag`` in ``repository`` (e.g. the stage's image repository)."""
+        return cls(repository.repository_uri_for_tag(tag), repository.repository_arn)
+
+    @classmethod
+    def from_uri(cls, image_uri: str) -> "InferenceImage":
+        """A full ECR image URI, e.g. an AWS Deep Learning Container."""
+        match = _ECR_URI_RE.match(image_uri)
+        if match is None:
+            raise ValueError(f"image_uri: {image_uri!r} is not an ECR image URI "
+                             "(<account>.dkr.ecr.<region>.amazonaws.com/<repository>:<tag>)")
+        partition = "aws-cn" if match["cn"] else "aws"
+        return cls(image_uri, f"arn:{partition}:ecr:{match['region']}:{match['account']}:"
+                              f"repository/{match['repository']}")
+
+
+class InferenceEndpoint(Construct):
+    """A SageMaker real-time endpoint named ``endpoint_name`` serving one model.
+
+    - **Role**: SageMaker assumes it; it may read ``model_data_key`` in
+      ``model_data_bucket`` only, write ``<capture_prefix>`` in
+      ``capture_bucket`` only, pull from the image's repository only, use
+      ``key``, and manage its network interfaces in ``vpc``.
+    - **Model**: network isolation on; VPC config with a dedicated security
+      group (no ingress, HTTPS egress) in ``subnet_type`` subnets (default: private).
+    - **Endpoint config**: ``KmsKeyId`` for the volume (omitted for instance
+      types with local NVMe storage, which SageMaker encrypts in hardware and
+      rejects a key for); data capture of Input and Output to
+      ``s3://<capture bucket>/<capture_prefix>`` encrypted with ``key``.
+    - **Scaling**: ``min``/``max_instance_count`` with target tracking on
+      invocations per instance and optionally GPU utilization.
+    - **Alarms**: 5XX errors, 4XX rate, ModelLatency p99, to ``alarm_topic``.
+    - **Deployment**: blue/green (``canary``/``linear``/``all_at_once``) with
+      automatic rollback on those alarms.
+
+    With ``scale_to_zero`` the model runs as an inference component on an
+    endpoint with managed instance scaling (min 0 instances): copies scale in
+    to zero when idle, and the first request that finds no copy
+    (``NoCapacityInvocationFailures``) scales one back out. That request and
+    all others until an instance is up (minutes) fail and must be retried.
+    """
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        endpoint_name: str,
+        image: InferenceImage,
+        model_data_bucket: s3.IBucket,
+        model_data_key: str,
+        capture_bucket: s3.IBucket,
+        key: kms.IKey,
+        vpc: ec2.IVpc,
+        instance_type: str,
+        subnet_type: ec2.SubnetType = ec2.SubnetType.PRIVATE_WITH_EGRESS,
+        capture_prefix: str | None = None,
+        environment: Mapping[str, str] | None = None,
+        initial_instance_count: int = 1,
+        min_instance_count: int = 1,
+        max_instance_count: int = 2,
+        target_invocations_per_instance: int = 70,
+        scale_in_cooldown: cdk.Duration | None = None,
+        scale_out_cooldown: cdk.Duration | None = None,
+        gpu_utilization_target_percent: int | None = None,
+        capture_sampling_percent: int = 20,
+        capture_json_content_types: Sequence[str] = ("application/json",),
+        capture_csv_content_types: Sequence[str] = ("text/csv",),
+        alarm_topic: sns.ITopic | None = None,
+        alarm_5xx_errors: int = 1,
+        alarm_4xx_rate_percent: float = 5.0,
+        alarm_latency_p99: cdk.Duration | None = None,
+        deployment: str = "canary",
+        deployment_step_percent: int = 10,
+        deployment_wait: cdk.Duration | None = None,
+        deployment_termination_wait: cdk.Duration | None = None,
+        scale_to_zero: bool = False,
+        component_cpu_cores: float = 1,
+        component_memory_mb: int = 1024,
+        component_accelerators: int = 0,
+        log_retention: logs.RetentionDays = logs.RetentionDays.ONE_MONTH,
+    ) -> None:
+        """Defaults: private subnets, capture prefix ``<endpoint_name>/``,
+        cooldowns 300 s in / 60 s out, p99 alarm at 1 s, canary 10% with 300 s
+        waits, one month of logs."""
+        super().__init__(scope, construct_id)
+        if deployment not in TRAFFIC_ROUTING:
+            raise ValueError(f"deployment: {deployment!r} is not allowed — one of "
+                             + ", ".join(TRAFFIC_ROUTING))
+        stack = cdk.Stack.of(self)
+        self.endpoint_name = endpoint_name
+        self.scale_to_zero = scale_to_zero
+        self.instance_type = instance_type
+        self.component_name = endpoint_name if scale_to_zero else None
+        capture_prefix = capture_prefix if capture_prefix is not None else f"{endpoint_name}/"
+        scale_in_cooldown = scale_in_cooldown or cdk.Duration.seconds(300)
+        scale_out_cooldown = scale_out_cooldown or cdk.Duration.seconds(60)
+        alarm_latency_p99 = alarm_latency_p99 or cdk.Duration.seconds(1)
+        deployment_wait = deployment_wait if deployment_wait is not None else cdk.Duration.seconds(300)
+        deployment_termination_wait = (deployment_termination_wait if deployment_termination_wait
+                                       is not None else cdk.Duration.seconds(300))
+        volume_key = None if has_instance_storage(instance_type) else key
+
+        # --- logs: created here so their retention is ours, not "never expire"
+        log_groups = [logs.LogGroup(
+            self, "Logs",
+            log_group_name=f"/aws/sagemaker/Endpoints/{endpoint_name}",
+            retention=log_retention,
+            removal_policy=cdk.RemovalPolicy.DESTROY,
+        )]
+        if scale_to_zero:
+            log_groups.append(logs.LogGroup(
+                self, "ComponentLogs",
+                log_group_name=f"/aws/sagemaker/InferenceComponents/{self.component_name}",
+                retention=log_retention,
+                removal_policy=cdk.RemovalPolicy.DESTROY,
+            ))
+
+        # --- network: a group of its own, nothing may connect in
+        self.security_group = ec2.SecurityGroup(
+            self, "SecurityGroup",
+            vpc=vpc,
+            description=f"SageMaker endpoint {endpoint_name}: no ingress, HTTPS egress",
+            allow_all_outbound=False,
+        )
+        self.security_group.add_egress_rule(
+            ec2.Peer.any_ipv4(), ec2.Port.tcp(443),
+            "HTTPS to S3 (gateway endpoint), ECR and CloudWatch via endpoints or NAT")
+        subnet_ids = vpc.select_subnets(subnet_type=subnet_type).subnet_ids
+
+        # --- execution role: every statement names its resource
+        self.role = iam.Role(
+            self, "Role",
+            assumed_by=iam.ServicePrincipal("sagemaker.amazonaws.com"),
+            description=f"SageMaker execution role of endpoint {endpoint_name}",
+        )
+        self.role.add_to_policy(iam.PolicyStatement(
+            sid="ReadItsModelArtifact",
+            actions=["s3:GetObject"],
+            resources=[model_data_bucket.arn_for_objects(model_data_key)],
+        ))
+        # Data capture writes objects whose keys SageMaker chooses, under the
+        # model's own prefix: a policy of its own carries that one wildcard.
+        self.capture_policy = iam.Policy(
+            self, "CapturePolicy",
+            roles=[self.role],
+            statements=[iam.PolicyStatement(
+                sid="WriteItsDataCapture",
+                actions=["s3:PutObject"],
+                resources=[capture_bucket.arn_for_objects(f"{capture_prefix}*")],
+            )],
+        )
+        capture_arn = _nag_reference(self, capture_bucket, capture_bucket.bucket_arn)
+        acknowledge(self.capture_policy,
+                    f"AwsSolutions::AwsSolutions-IAM5[Resource::{capture_arn}/{capture_prefix}*]",
+                    "The only statement here lets SageMaker write data-capture objects, whose keys "
+                    "it chooses, under this model's own prefix of the capture bucket.")
+        self.role.add_to_policy(iam.PolicyStatement(
+            sid="PullItsImage",
+            actions=["ecr:BatchCheckLayerAvailability", "ecr:GetDownloadUrlForLayer",
+                     "ecr:BatchGetImage"],
+            resources=[image.repository_arn],
+        ))
+        # Decrypt: the model artifact (SSE-KMS); GenerateDataKey/Encrypt: the
+        # captures SageMaker writes with KmsKeyId.
+        self.role.add_to_policy(iam.PolicyStatement(
+            sid="UseTheStageKey",
+            actions=["kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey"],
+            resources=[key.key_arn],
+        ))
+        if scale_to_zero and volume_key is not None:
+            # An endpoint configuration with an execution role (inference
+            # components) encrypts its volumes through that role's grants;
+            # otherwise the deployer's own permissions do it.
+            self.role.add_to_policy(iam.PolicyStatement(
+                sid="EncryptItsVolumes",
+                actions=["kms:CreateGrant"],
+                resources=[key.key_arn],
+                conditions={"Bool": {"kms:GrantIsForAWSResource": "true"}},
+            ))
+        self.role.add_to_policy(iam.PolicyStatement(
+            sid="WriteItsLogs",
+            actions=["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents",
+                     "logs:DescribeLogStreams"],
+            resources=[group.log_group_arn for group in log_groups],
+        ))
+
+        # Actions without resource-level permissions (or on resources that do
+        # not exist yet) live in a policy of their own, so the wildcard
+        # acknowledgement covers nothing else.
+        vpc_arn = stack.format_arn(service="ec2", resource="vpc", resource_name=vpc.vpc_id)
+        interfaces = stack.format_arn(service="ec2", resource="network-interface", resource_name="*")
+        self.service_policy = iam.Policy(
+            self, "ServicePolicy",
+            roles=[self.role],
+            statements=[
+                iam.PolicyStatement(
+                    sid="EcrAuthorizationTokenHasNoResource",
+                    actions=["ecr:GetAuthorizationToken"],
+                    resources=["*"],
+                ),
+                iam.PolicyStatement(
+                    sid="DescribeTheNetworkHasNoResource",
+                    actions=["ec2:DescribeNetworkInterfaces", "ec2:DescribeVpcs",
+                             "ec2:DescribeDhcpOptions", "ec2:DescribeSubnets",
+                             "ec2:DescribeSecurityGroups"],
+                    resources=["*"],
+                ),
+                iam.PolicyStatement(
+                    sid="NetworkInterfacesInItsSubnetsOnly",
+                    actions=["ec2:CreateNetworkInterface"],
+                    resources=[
+                        interfaces,
+                        *(stack.format_arn(service="ec2", resource="subnet", resource_name=subnet_id)
+                          for subnet_id in subnet_ids),
+                        stack.format_arn(service="ec2", resource="security-group",
+                                         resource_name=self.security_group.security_group_id),
+                    ],
+                ),
+                iam.PolicyStatement(
+                    sid="ManageNetworkInterfacesInItsVpc",
+                    actions=["ec2:CreateNetworkInterfacePermission", "ec2:DeleteNetworkInterface",
+                             "ec2:DeleteNetworkInterfacePermission"],
+                    resources=[interfaces],
+                    conditions={"ArnEquals": {"ec2:Vpc": vpc_arn}},
+                ),
+            ],
+        )
+        acknowledge(self.service_policy, "AwsSolutions::AwsSolutions-IAM5[Resource::*]",
+                    "ecr:GetAuthorizationToken and the ec2:Describe* calls SageMaker makes to place "
+                    "the endpoint in the VPC support no resource-level permissions.")
+        acknowledge(self.service_policy,
+                    f"AwsSolutions::AwsSolutions-IAM5[Resource::{_nag_resource(self, interfaces)}]",
+                    "SageMaker creates the endpoint's network interfaces at deploy time, so their IDs "
+                    "are unknown; creation is limited to the endpoint's subnets and security group "
+                    "and the other actions to interfaces in the stage VPC.")
+
+        # --- model, endpoint configuration, endpoint
+        capture = sagemaker.CfnEndpointConfig.DataCaptureConfigProperty(
+            enable_capture=True,
+            initial_sampling_percentage=capture_sampling_percent,
+            destination_s3_uri=f"s3://{capture_bucket.bucket_name}/{capture_prefix}",
+            kms_key_id=key.key_arn,
+            capture_options=[
+                sagemaker.CfnEndpointConfig.CaptureOptionProperty(capture_mode="Input"),
+                sagemaker.CfnEndpointConfig.CaptureOptionProperty(capture_mode="Output"),
+            ],
+            capture_content_type_header=sagemaker.CfnEndpointConfig.CaptureContentTypeHeaderProperty(
+                json_content_types=list(capture_json_content_types) or None,
+                csv_content_types=list(capture_csv_content_types) or None,
+            ),
+        )
+        model_data_url = f"s3://{model_data_bucket.bucket_name}/{model_data_key}"
+        environment = dict(environment or {})
+        vpc_config = sagemaker.CfnModel.VpcConfigProperty(
+            security_group_ids=[self.security_group.security_group_id], subnets=subnet_ids)
+
+        self.model: sagemaker.CfnModel | None = None
+        if scale_to_zero:
+            variant = sagemaker.CfnEndpointConfig.ProductionVariantProperty(
+                variant_name=VARIANT_NAME,
+                instance_type=instance_type,
+                initial_instance_count=initial_instance_count,
+                managed_instance_scaling=sagemaker.CfnEndpointConfig.ManagedInstanceScalingProperty(
+                    status="ENABLED", min_instance_count=0, max_instance_count=max_instance_count),
+                routing_config=sagemaker.CfnEndpointConfig.RoutingConfigProperty(
+                    routing_strategy="LEAST_OUTSTANDING_REQUESTS"),
+            )
+            self.endpoint_config = sagemaker.CfnEndpointConfig(
+                self, "Config",
+                execution_role_arn=self.role.role_arn,
+                enable_network_isolation=True,
+                vpc_config=sagemaker.CfnEndpointConfig.VpcConfigProperty(
+                    security_group_ids=[self.security_group.security_group_id], subnets=subnet_ids),
+                kms_key_id=volume_key.key_arn if volume_key else None,
+                data_capture_config=capture,
+                production_variants=[variant],
+            )
+        else:
+            self.model = sagemaker.CfnModel(
+                self, "Model",
+                execution_role_arn=self.role.role_arn,
+                enable_network_isolation=True,
+                vpc_config=vpc_config,
+                primary_container=sagemaker.CfnModel.ContainerDefinitionProperty(
+                    image=image.image_uri,
+                    model_data_url=model_data_url,
+                    environment=environment or None,
+                ),
+            )
+            self.model.node.add_dependency(self.role, self.service_policy, self.capture_policy)
+            self.endpoint_config = sagemaker.CfnEndpointConfig(
+                self, "Config",
+                kms_key_id=volume_key.key_arn if volume_key else None,
+                data_capture_config=capture,
+                production_variants=[sagemaker.CfnEndpointConfig.ProductionVariantProperty(
+                    variant_name=VARIANT_NAME,
+                    model_name=self.model.attr_model_name,
+                    instance_type=instance_type,
+                    initial_instance_count=initial_instance_count,
+                    initial_variant_weight=1,
+                )],
+            )
+        if volume_key is None:
+            cdk.Annotations.of(self).add_info(
+                f"{instance_type} keeps its volume on local NVMe instance storage, encrypted by the "
+                "instance's hardware; SageMaker rejects a KmsKeyId for it, so the endpoint "
+                "configuration has none. Data capture is still encrypted with the stage key.")
+
+        # --- alarms: the endpoint's health, also the rollback trigger
+        self._dimensions = ({"InferenceComponentName": self.component_name} if scale_to_zero
+                            else {"EndpointName": endpoint_name, "VariantName": VARIANT_NAME})
+        self.alarm_5xx = cloudwatch.Alarm(
+            self, "Invocation5xxAlarm",
+            alarm_name=f"{endpoint_name}-invocation-5xx-errors",
+            alarm_description=f"{endpoint_name}: {alarm_5xx_errors}+ server errors in 5 minutes",
+            metric=self.metric_invocation_5xx_errors(period=cdk.Duration.minutes(5)),
+            threshold=alarm_5xx_errors,
+            comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+            evaluation_periods=1,
+            treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
+        )
+        self.alarm_4xx_rate = cloudwatch.Alarm(
+            self, "Invocation4xxRateAlarm",
+            alarm_name=f"{endpoint_name}-invocation-4xx-rate",
+            alarm_description=(f"{endpoint_name}: more than {alarm_4xx_rate_percent}% of invocations "
+                               "failed with 4XX (incl. ModelError) in 5 minutes"),
+            metric=self.metric_invocation_4xx_rate_percent(period=cdk.Duration.minutes(5)),
+            threshold=alarm_4xx_rate_percent,
+            comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
+            evaluation_periods=1,
+            treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
+        )
+        latency_us = int(alarm_latency_p99.to_milliseconds()) * 1000
+        self.alarm_latency = cloudwatch.Alarm(
+            self, "ModelLatencyP99Alarm",
+            alarm_name=f"{endpoint_name}-model-latency-p99",
+            alarm_description=(f"{endpoint_name}: ModelLatency p99 above "
+                               f"{int(alarm_latency_p99.to_milliseconds())} ms in 3 of 5 minutes"),
+            # ModelLatency is published in microseconds.
+            metric=self.metric_model_latency(statistic="p99", period=cdk.Duration.minutes(1)),
+            threshold=latency_us,
+            comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
+            evaluation_periods=5,
+            datapoints_to_alarm=3,
+            treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
+        )
+        self.alarms = [self.alarm_5xx, self.alarm_4xx_rate, self.alarm_latency]
+        if alarm_topic is not None:
+            for alarm in self.alarms:
+                alarm.add_alarm_action(cloudwatch_actions.SnsAction(alarm_topic))
+                alarm.add_ok_action(cloudwatch_actions.SnsAction(alarm_topic))
+        rollback_alarms = [{"AlarmName": alarm.alarm_name} for alarm in self.alarms]
+
+        deployment_config = None
+        if not scale_to_zero:
+            routing: dict = {"Type": TRAFFIC_ROUTING[deployment],
+                             "WaitIntervalInSeconds": int(deployment_wait.to_seconds())}
+            step = {"Type": "CAPACITY_PERCENT", "Value": deployment_step_percent}
+            if deployment == "canary":
+                routing["CanarySize"] = step
+            elif deployment == "linear":
+                routing["LinearStepSize"] = step
+            termination_wait = int(deployment_termination_wait.to_seconds())
+            deployment_config = {
+                "BlueGreenUpdatePolicy": {
+                    "TrafficRoutingConfiguration": routing,
+                    "TerminationWaitInSeconds": termination_wait,
+                    "MaximumExecutionTimeoutInSeconds": deployment_timeout_seconds(
+                        deployment, deployment_step_percent, int(deployment_wait.to_seconds()),
+                        termination_wait),
+                },
+                "AutoRollbackConfiguration": {"Alarms": rollback_alarms},
+            }
+        self.endpoint = sagemaker.CfnEndpoint(
+            self, "Resource",
+            endpoint_name=endpoint_name,
+            endpoint_config_name=self.endpoint_config.attr_endpoint_config_name,
+        )
+        if deployment_config is not None:
+            self.endpoint.add_property_override("DeploymentConfig", deployment_config)
+            # A deployment keeps the instance count autoscaling has reached (a
+            # deploy at peak must not drop prod to initial_instance_count) but
+            # applies a changed data-capture configuration.
+            self.endpoint.add_property_override("RetainAllVariantProperties", True)
+            self.endpoint.add_property_override(
+                "ExcludeRetainedVariantProperties", [{"VariantPropertyType": "DataCaptureConfig"}])
+        self.endpoint.node.add_dependency(self.role, self.service_policy, self.capture_policy,
+                                         *log_groups)
+        self.endpoint_arn = self.endpoint.ref
+
+        # --- inference component (scale to zero) and autoscaling
+        # Application Auto Scaling acts for SageMaker through its service-linked
+        # role (created on first use); without it CDK would add an empty role.
+        autoscaling_role = iam.Role.from_role_arn(
+            self, "AutoScalingRole",
+            stack.format_arn(
+                service="iam", region="", resource="role",
+                resource_name="aws-service-role/sagemaker.application-autoscaling.amazonaws.com/"
+                              "AWSServiceRoleForApplicationAutoScaling_SageMakerEndpoint"),
+            mutable=False,
+        )
+        self.component: sagemaker.CfnInferenceComponent | None = None
+        if scale_to_zero:
+            requirements = {"NumberOfCpuCoresRequired": component_cpu_cores,
+                            "MinMemoryRequiredInMb": component_memory_mb}
+            if component_accelerators:
+                requirements["NumberOfAcceleratorDevicesRequired"] = component_accelerators
+            container = {"Image": image.image_uri, "ArtifactUrl": model_data_url}
+            if environment:
+                container["Environment"] = environment
+            self.component = sagemaker.CfnInferenceComponent(
+                self, "Component",
+                inference_component_name=self.component_name,
+                endpoint_name=self.endpoint.attr_endpoint_name,
+                variant_name=VARIANT_NAME,
+                specification=sagemaker.CfnInferenceComponent.InferenceComponentSpecificationProperty(),
+            )
+            self.component.add_property_override("Specification", {
+                "Container": container, "ComputeResourceRequirements": requirements})
+            # One copy at deploy time; autoscaling takes it from there (to 0 when idle).
+            self.component.add_property_override("RuntimeConfig", {"CopyCount": 1})
+            # A new model version rolls out one copy at a time and rolls back
+            # on the alarms (the component is updated in place: no names change).
+            self.component.add_property_override("DeploymentConfig", {
+                "RollingUpdatePolicy": {
+                    "MaximumBatchSize": {"Type": "COPY_COUNT", "Value": 1},
+                    "RollbackMaximumBatchSize": {"Type": "COPY_COUNT", "Value": 1},
+                    "WaitIntervalInSeconds": int(deployment_wait.to_seconds()),
+                },
+                "AutoRollbackConfiguration": {"Alarms": rollback_alarms},
+            })
+            self.scalable_target = appscaling.ScalableTarget(
+                self, "ScalableTarget",
+                service_namespace=appscaling.ServiceNamespace.SAGEMAKER,
+                resource_id=f"inference-component/{self.component_name}",
+                scalable_dimension="sagemaker:inference-component:DesiredCopyCount",
+                role=autoscaling_role,
+                min_capacity=0,
+                max_capacity=max_instance_count,
+            )
+            self.scalable_target.node.add_dependency(self.component)
+            self.scalable_target.scale_to_track_metric(
+                "InvocationsPerCopy",
+                target_value=target_invocations_per_instance,
+                predefined_metric=appscaling.PredefinedMetric.SAGEMAKER_INFERENCE_COMPONENT_INVOCATIONS_PER_COPY,
+                scale_in_cooldown=scale_in_cooldown,
+                scale_out_cooldown=scale_out_cooldown,
+            )
+            # Target tracking cannot scale out from zero copies (no copy, no
+            # invocations per copy): a request that found no capacity adds one.
+            self.scale_out_from_zero = appscaling.StepScalingAction(
+                self, "ScaleOutFromZero",
+                scaling_target=self.scalable_target,
+                adjustment_type=appscaling.AdjustmentType.CHANGE_IN_CAPACITY,
+                metric_aggregation_type=appscaling.MetricAggregationType.MAXIMUM,
+                cooldown=scale_out_cooldown,
+            )
+            self.scale_out_from_zero.add_adjustment(adjustment=1, lower_bound=0)
+            self.no_capacity_alarm = cloudwatch.Alarm(
+                self, "NoCapacityAlarm",
+                alarm_name=f"{endpoint_name}-no-capacity-scale-out",
+                alarm_description=f"{endpoint_name}: a request found no copy; scale out from zero",
+                metric=self.metric("NoCapacityInvocationFailures", statistic="Maximum",
+                                   period=cdk.Duration.minutes(1)),
+                threshold=1,
+                comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+                evaluation_periods=1,
+                treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
+            )
+            self.no_capacity_alarm.add_alarm_action(
+                cloudwatch_actions.ApplicationScalingAction(self.scale_out_from_zero))
+        else:
+            self.scalable_target = appscaling.ScalableTarget(
+                self, "ScalableTarget",
+                service_namespace=appscaling.ServiceNamespace.SAGEMAKER,
+                resource_id=f"endpoint/{endpoint_name}/variant/{VARIANT_NAME}",
+                scalable_dimension="sagemaker:variant:DesiredInstanceCount",
+                role=autoscaling_role,
+                min_capacity=min_instance_count,
+                max_capacity=max_instance_count,
+            )
+            self.scalable_target.node.add_dependency(self.endpoint)
+            self.scalable_target.scale_to_track_metric(
+                "InvocationsPerInstance",
+                target_value=target_invocations_per_instance,
+                predefined_metric=appscaling.PredefinedMetric.SAGEMAKER_VARIANT_INVOCATIONS_PER_INSTANCE,
+                scale_in_cooldown=scale_in_cooldown,
+                scale_out_cooldown=scale_out_cooldown,
+            )
+            if gpu_utilization_target_percent is not None:
+                self.scalable_target.scale_to_track_metric(
+                    "GpuUtilization",
+                    target_value=gpu_utilization_target_percent,
+                    custom_metric=self.metric_gpu_utilization(),
+                    scale_in_cooldown=scale_in_cooldown,
+                    scale_out_cooldown=scale_out_cooldown,
+                )
+
+    # --- metrics ---------------------------------------------------------
+
+    def metric(self, metric_name: str, *, statistic: str = "Sum",
+               period: cdk.Duration | None = None,
+               namespace: str = SAGEMAKER_NAMESPACE) -> cloudwatch.Metric:
+        """A metric of this endpoint (its inference component with scale-to-zero)."""
+        return cloudwatch.Metric(
+            namespace=namespace, metric_name=metric_name, dimensions_map=self._dimensions,
+            statistic=statistic, period=period or cdk.Duration.minutes(1))
+
+    def metric_invocations(self, *, period: cdk.Duration | None = None) -> cloudwatch.Metric:
+        return self.metric("Invocations", period=period)
+
+    def metric_invocation_5xx_errors(self, *, period: cdk.Duration | None = None) -> cloudwatch.Metric:
+        return self.metric("Invocation5XXErrors", period=period)
+
+    def metric_invocation_4xx_errors(self, *, period: cdk.Duration | None = None) -> cloudwatch.Metric:
+        return self.metric("Invocation4XXErrors", period=period)
+
+    def metric_invocation_4xx_rate_percent(self, *, period: cdk.Duration | None = None
+                                           ) -> cloudwatch.MathExpression:
+        """4XX errors (ModelError included) as a percentage of invocations; 0 without traffic."""
+        return cloudwatch.MathExpression(
+            expression="IF(invocations > 0, 100 * errors / invocations, 0)",
+            using_metrics={"errors": self.metric_invocation_4xx_errors(period=period),
+                           "invocations": self.metric_invocations(period=period)},
+            label="4XX rate (%)",
+            period=period or cdk.Duration.minutes(1),
+        )
+
+    def metric_model_latency(self, *, statistic: str = "p99",
+                             period: cdk.Duration | None = None) -> cloudwatch.Metric:
+        """Time the model took to answer, in microseconds."""
+        return self.metric("ModelLatency", statistic=statistic, period=period)
+
+    def metric_gpu_utilization(self, *, period: cdk.Duration | None = None) -> cloudwatch.Metric:
+        """GPU utilization per instance (summed over its GPUs: 0–100 × GPUs)."""
+        if self.scale_to_zero:
+            return self.metric("GPUUtilizationNormalized", statistic="Average", period=period,
+                               namespace=COMPONENT_INSTANCE_NAMESPACE)
+        return self.metric("GPUUtilization", statistic="Average", period=period,
+                           namespace=ENDPOINT_INSTANCE_NAMESPACE)
+
+    def metric_instance_count(self) -> cloudwatch.Metric:
+        """Instances in service: each publishes one CPU datapoint a minute."""
+        return cloudwatch.Metric(
+            namespace=ENDPOINT_INSTANCE_NAMESPACE, metric_name="CPUUtilization",
+            dimensions_map={"EndpointName": self.endpoint_name, "VariantName": VARIANT_NAME},
+            statistic="SampleCount", period=cdk.Duration.minutes(1), label="instances")
+
+    def grant_invoke(self, grantee: iam.IGrantable) -> iam.Grant:
+        """Allow ``grantee`` to call InvokeEndpoint on this endpoint only."""
+        return iam.Grant.add_to_principal(
+            grantee=grantee, actions=["sagemaker:InvokeEndpoint"], resource_arns=[self.endpoint_arn])
+
+
+def _nag_reference(scope: Construct, owner: Construct, value: str) -> str:
+    """How cdk-nag spells attribute ``value`` of ``owner`` (e.g. a bucket ARN)
+    in a finding id of a resource under ``scope``.
+
+    In the owner's own stack that is ``<LogicalId.Attribute>``. From another
+    stack it is the weak cross-stack reference CDK writes
+    (``@aws-cdk/core:defaultCrossStackReferences: weak``): ``Fn::GetStackOutput``
+    of the output CDK adds to the owner's stack under ``Publish/``, whose
+    logical ID is derived from the referenced attribute as below. If CDK ever
+    changes that naming, synth fails and prints the id to use.
+    """
+    producer = cdk.Stack.of(owner)
+    resolved = producer.resolve(value)
+    if producer is cdk.Stack.of(scope):
+        return "<" + ".".join(resolved["Fn::GetAtt"]) + ">"
+    output_id = "Output" + json.dumps(resolved, separators=(",", ":"))
+    digest = hashlib.md5(f"Publish/{output_id}".encode()).hexdigest()[:8].upper()
+    output_name = re.sub(r"[^A-Za-z0-9]", "", f"Publish{output_id}") + digest
+    return json.dumps({"Fn::GetStackOutput": {"StackName": producer.stack_name,
+                                               "Region": producer.region,
+                                               "OutputName": output_name}}, separators=(",", ":"))
+
+
+def _nag_resource(scope: Construct, value: str) -> str:
+    """``value`` (an ARN, possibly with tokens) the way cdk-nag spells it in a
+    finding id: pseudo parameters and attributes as ``<...>``, anything else
+    (e.g. a weak cross-stack reference) as compact JSON."""
+    resolved = cdk.Stack.of(scope).resolve(value)
+    parts = resolved["Fn::Join"][1] if isinstance(resolved, dict) and "Fn::Join" in resolved else [resolved]
+
+    def render(part: object) -> str:
+        if isinstance(part, str):
+            return part
+        if isinstance(part, dict) and set(part) == {"Ref"}:
+            return f"<{part['Ref']}>"
+        if isinstance(part, dict) and set(part) == {"Fn::GetAtt"}:
+            return "<" + ".".join(part["Fn::GetAtt"]) + ">"
+        return json.dumps(part, separators=(",", ":"))
+
+    return "".join(render(part) for part in parts)
