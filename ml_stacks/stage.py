@@ -7,6 +7,7 @@ from constructs import Construct
 
 from constructs_lib.tagging import apply_tags
 from ml_stacks.config import StageConfig
+from ml_stacks.eks_stack import EksStack
 from ml_stacks.network_stack import NetworkStack
 from ml_stacks.ops_stack import OpsStack
 from ml_stacks.storage_stack import StorageStack
@@ -28,6 +29,10 @@ class MlStage(cdk.Stage):
         self.network = NetworkStack(self, "network", config=config)
         self.storage = StorageStack(self, "storage", config=config)
         self.ops = OpsStack(self, "ops", config=config, key=self.storage.key)
+        self.eks: EksStack | None = None
+        if config.eks.enabled:
+            self.eks = EksStack(self, "eks", config=config, vpc=self.network.vpc,
+                                key=self.storage.key)
 
     @property
     def stacks(self) -> list[cdk.Stack]:

@@ -45,7 +45,13 @@ def test_every_acknowledgement_has_a_real_reason(synthesized) -> None:
     assert acknowledged, "expected the documented W3010 acknowledgements"
     for violation in acknowledged:
         assert len(violation["reason"]) >= 40, violation
-        assert all(c["constructPath"].endswith("/Subnet") for c in violation["violatingConstructs"])
+        for construct in violation["violatingConstructs"]:
+            path = construct["constructPath"]
+            # W3010 on explicit subnet AZs; the EKS service and node roles'
+            # documented AWS managed policies (see ml_stacks/eks_stack.py).
+            assert path.endswith("/Subnet") or (
+                violation["ruleName"].startswith("AwsSolutions-IAM4[Policy::")
+                and path.split("/")[1] == "eks" and path.endswith("Role/Resource")), violation
     assert all(not p.get("violations") for p in report["pluginReports"])
 
 
