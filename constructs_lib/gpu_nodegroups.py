@@ -5,14 +5,24 @@ of 1, so pods cannot read the node role's credentials from instance
 metadata; encrypted gp3 volumes sized from config) and carries
 cluster-autoscaler ``node-template`` tags for its labels and taints, so the
 autoscaler can scale a group up from zero nodes.
+
+EKS does not copy node group tags to the group's Auto Scaling group, and the
+cluster autoscaler reads node-template tags from the Auto Scaling group: a
+small custom resource per group looks the Auto Scaling group up
+(``eks:DescribeNodegroup``) and tags it (``autoscaling:CreateOrUpdateTags``).
+The same tags stay on the node group itself too.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import aws_cdk as cdk
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_eks_v2 as eks
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_logs as logs
+from aws_cdk import custom_resources as cr
 from constructs import Construct
 
 from constructs_lib.acknowledge import acknowledge
@@ -26,6 +36,7 @@ from ml_stacks.config import (
 WORKLOAD_LABEL = "workload"
 GPU_TAINT_KEY = "nvidia.com/gpu"
 GPU_TAINT_VALUE = "true"
+ASG_NAME_PATH = "nodegroup.resources.autoScalingGroups.0.name"
 # Label of the nodes whose AMI does not ship the NVIDIA device plugin: the
 # plugin's DaemonSet runs on these nodes only, never twice on a node.
 DEVICE_PLUGIN_LABEL = "ml-infra.io/nvidia-device-plugin"
@@ -98,6 +109,15 @@ class GpuNodegroups(Construct):
         self.cluster = cluster
         self.nodegroups: dict[str, eks.Nodegroup] = {}
         self.launch_templates: dict[str, ec2.LaunchTemplate] = {}
+        # One log group for the tagging custom resources' singleton function.
+        self._tagger_logs = logs.LogGroup(self, "AsgTaggerLogs", retention=logs.RetentionDays.ONE_MONTH,
+                                          removal_policy=cdk.RemovalPolicy.DESTROY)
+        # Its own role instead of one with the AWS managed basic execution
+        # policy: logs to that group only, plus each lookup's and tagging's call.
+        self._tagger_role = iam.Role(
+            self, "AsgTaggerRole", assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
+            description="Tags the EKS node groups' Auto Scaling groups for the cluster autoscaler")
+        self._tagger_logs.grant_write(self._tagger_role)
 
         on_demand, spot = eks.CapacityType.ON_DEMAND, eks.CapacityType.SPOT
         groups: list[tuple[str, NodegroupConfig, _Role]] = [
@@ -184,6 +204,61 @@ class GpuNodegroups(Construct):
         )
         self.nodegroups[name] = nodegroup
         self.launch_templates[name] = template
+        self._tag_autoscaling_group(role.construct_id, cfn, autoscaler_tags(labels, taints))
+
+    def _tag_autoscaling_group(self, construct_id: str, nodegroup: eks.CfnNodegroup,
+                               tags: dict[str, str]) -> None:
+        cluster_name = self.cluster.cluster_name
+        lookup_call = cr.AwsSdkCall(
+            service="EKS",
+            action="describeNodegroup",
+            parameters={"clusterName": cluster_name, "nodegroupName": nodegroup.attr_nodegroup_name},
+            physical_resource_id=cr.PhysicalResourceId.from_response(ASG_NAME_PATH),
+            output_paths=[ASG_NAME_PATH],
+        )
+        lookup = cr.AwsCustomResource(
+            self,
+            f"{construct_id}AsgLookup",
+            on_create=lookup_call,
+            on_update=lookup_call,
+            policy=cr.AwsCustomResourcePolicy.from_statements([iam.PolicyStatement(
+                actions=["eks:DescribeNodegroup"], resources=[nodegroup.attr_arn])]),
+            role=self._tagger_role,
+            log_group=self._tagger_logs,
+            install_latest_aws_sdk=False,
+        )
+        asg_name = lookup.get_response_field(ASG_NAME_PATH)
+        tag_call = cr.AwsSdkCall(
+            service="AutoScaling",
+            action="createOrUpdateTags",
+            parameters={"Tags": [
+                {"ResourceId": asg_name, "ResourceType": "auto-scaling-group", "Key": key,
+                 "Value": value, "PropagateAtLaunch": False}
+                for key, value in sorted(tags.items())]},
+            physical_resource_id=cr.PhysicalResourceId.of(asg_name),
+        )
+        tagger = cr.AwsCustomResource(
+            self,
+            f"{construct_id}AsgTags",
+            on_create=tag_call,
+            on_update=tag_call,
+            policy=cr.AwsCustomResourcePolicy.from_statements([iam.PolicyStatement(
+                actions=["autoscaling:CreateOrUpdateTags"],
+                resources=["*"],
+                # Only the Auto Scaling groups EKS made for this cluster.
+                conditions={"StringEquals": {"aws:ResourceTag/eks:cluster-name": cluster_name}},
+            )]),
+            role=self._tagger_role,
+            log_group=self._tagger_logs,
+            install_latest_aws_sdk=False,
+        )
+        tagger.node.add_dependency(lookup)
+        acknowledge(
+            tagger,
+            "AwsSolutions::AwsSolutions-IAM5[Resource::*]",
+            "The Auto Scaling group's ARN holds a UUID known only after EKS creates it; the "
+            "statement is limited to groups tagged eks:cluster-name=<this cluster> instead.",
+        )
 
     def _add_device_plugin(self, chart_version: str) -> eks.HelmChart:
         if self.cluster.kubectl_provider is None:

@@ -95,7 +95,9 @@ def test_cluster_logs_every_control_plane_log_type_to_a_group_with_retention(syn
     template.has_resource_properties("AWS::Logs::LogGroup", {
         "LogGroupName": f"/aws/eks/ml-{stage}/cluster", "RetentionInDays": retention})
     [cluster] = resources_of_type(synthesized.stack(stage, "eks").template_json, "AWS::EKS::Cluster").values()
-    [log_group_id] = resources_of_type(synthesized.stack(stage, "eks").template_json, "AWS::Logs::LogGroup")
+    [log_group_id] = [lid for lid in resources_of_type(synthesized.stack(stage, "eks").template_json,
+                                                       "AWS::Logs::LogGroup")
+                      if lid.startswith("ControlPlaneLogs")]
     assert log_group_id in cluster["DependsOn"]  # exists before EKS writes to it
 
 
@@ -230,6 +232,38 @@ def test_node_groups_carry_autoscaler_node_template_tags_for_labels_and_taints(s
 
 
 @pytest.mark.parametrize("stage", STAGES)
+def test_each_groups_auto_scaling_group_gets_the_node_template_tags(synthesized, stage) -> None:
+    """EKS does not copy node group tags to the Auto Scaling group, where the
+    cluster autoscaler reads them: a custom resource looks the group up and tags it."""
+    template_json = synthesized.stack(stage, "eks").template_json
+    custom = resources_of_type(template_json, "Custom::AWS")
+    for role in expected_groups(stage):
+        prefix = GROUPS[role][0]
+        props = nodegroup(template_json, prefix)
+        [ng_id] = [lid for lid, r in template_json["Resources"].items()
+                   if r["Type"] == "AWS::EKS::Nodegroup" and lid.startswith(prefix)]
+        [lookup_id] = [lid for lid in custom if lid.startswith(f"{prefix}AsgLookup")]
+        [tags_id] = [lid for lid in custom if lid.startswith(f"{prefix}AsgTags")]
+        lookup = json.dumps(custom[lookup_id]["Properties"]["Create"])
+        assert '\\"action\\":\\"describeNodegroup\\"' in lookup
+        assert json.dumps({"Fn::GetAtt": [ng_id, "NodegroupName"]}) in lookup
+        create = custom[tags_id]["Properties"]["Create"]["Fn::Join"][1]
+        call = "".join(p if isinstance(p, str) else "<asg>" for p in create)
+        parsed = json.loads(call)
+        assert parsed["action"] == "createOrUpdateTags" and parsed["service"] == "AutoScaling"
+        asg_tags = {t["Key"]: t["Value"] for t in parsed["parameters"]["Tags"]}
+        assert all(t["ResourceId"] == "<asg>" and t["PropagateAtLaunch"] is False
+                   for t in parsed["parameters"]["Tags"])
+        expected = {k: v for k, v in props["Tags"].items() if k.startswith("k8s.io/cluster-autoscaler/")}
+        assert asg_tags == expected, role
+        assert custom[tags_id]["Properties"]["Update"] == custom[tags_id]["Properties"]["Create"]
+    # Tagging is limited to this cluster's Auto Scaling groups.
+    synthesized.template(stage, "eks").has_resource_properties("AWS::IAM::Policy", {"PolicyDocument": {
+        "Statement": [{"Action": "autoscaling:CreateOrUpdateTags", "Effect": "Allow", "Resource": "*",
+                       "Condition": {"StringEquals": {"aws:ResourceTag/eks:cluster-name": {"Ref": Match.any_value()}}}}]}})
+
+
+@pytest.mark.parametrize("stage", STAGES)
 def test_launch_templates_require_imdsv2_with_hop_limit_1_and_encrypted_gp3(synthesized, stage) -> None:
     template_json = synthesized.stack(stage, "eks").template_json
     templates = resources_of_type(template_json, "AWS::EC2::LaunchTemplate")
@@ -250,7 +284,9 @@ def test_launch_templates_require_imdsv2_with_hop_limit_1_and_encrypted_gp3(synt
 def test_no_device_plugin_or_kubectl_lambda_with_bottlerocket_nvidia(synthesized, stage) -> None:
     template = synthesized.template(stage, "eks")
     template.resource_count_is(HELM_CHART, 0)
-    template.resource_count_is("AWS::Lambda::Function", 0)
+    template.resource_count_is("AWS::Lambda::LayerVersion", 0)
+    functions = resources_of_type(synthesized.stack(stage, "eks").template_json, "AWS::Lambda::Function")
+    assert not [lid for lid in functions if "Kubectl" in lid]
     for role in expected_groups(stage):
         labels = nodegroup(synthesized.stack(stage, "eks").template_json, GROUPS[role][0])["Labels"]
         assert DEVICE_PLUGIN_LABEL not in labels
