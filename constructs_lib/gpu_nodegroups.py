@@ -71,9 +71,8 @@ def autoscaler_tags(labels: dict[str, str], taints: list[eks.TaintSpec]) -> dict
 class GpuNodegroups(Construct):
     """The node groups of one cluster.
 
-    - ``system``: CPU, on-demand, label ``workload=system``, untainted: cluster
-      add-ons (CoreDNS, the device plugin's controller-less DaemonSet aside)
-      run here.
+    - ``system``: CPU, on-demand, label ``workload=system``, untainted:
+      cluster add-ons such as CoreDNS run here.
     - ``gpu_inference``: on-demand, label ``workload=gpu-inference``.
     - ``gpu_training``: spot, label ``workload=gpu-training``.
     - ``serving_pair`` (optional): on-demand baseline and spot burst, both

@@ -363,3 +363,34 @@ def test_stack_exposes_cluster_nodegroups_and_roles(synthesized) -> None:
     assert set(eks_stack.nodegroups.nodegroups) == set(expected_groups("prod"))
     assert eks_stack.cluster.cluster_name
     assert callable(eks_stack.admin_role.grant_assume_role)
+
+
+def test_al2023_group_without_a_kubectl_provider_is_refused() -> None:
+    import aws_cdk as cdk
+    from aws_cdk import aws_ec2 as ec2
+    from aws_cdk import aws_eks_v2 as eks
+
+    from constructs_lib.gpu_nodegroups import GpuNodegroups
+
+    eks_config = default_configs()["dev"].eks
+    stack = cdk.Stack(cdk.App(), "Bare")
+    vpc = ec2.Vpc(stack, "Vpc", availability_zones=["us-east-1a", "us-east-1b"], nat_gateways=1)
+    cluster = eks.Cluster(stack, "Cluster", version=eks.KubernetesVersion.V1_34, vpc=vpc,
+                          default_capacity_type=eks.DefaultCapacityType.NODEGROUP, default_capacity=0)
+    with pytest.raises(ValueError, match="needs the NVIDIA device plugin"):
+        GpuNodegroups(stack, "Nodegroups", cluster=cluster, system=eks_config.system,
+                      gpu_inference=replace(eks_config.gpu_inference, ami_type="AL2023_x86_64_NVIDIA"),
+                      gpu_training=eks_config.gpu_training,
+                      device_plugin_chart_version="0.17.1")
+
+
+def test_kubectl_provider_runs_in_the_private_subnets_to_reach_the_private_endpoint(tmp_path) -> None:
+    dev = default_configs()["dev"]
+    stage = build_stage(tmp_path, with_eks("dev", gpu_inference=replace(
+        dev.eks.gpu_inference, ami_type="AL2023_x86_64_NVIDIA")))
+    functions = resources_of_type(Template.from_stack(stage.eks).to_json(), "AWS::Lambda::Function")
+    kubectl = [f["Properties"] for lid, f in functions.items() if "KubectlProvider" in lid]
+    assert len(kubectl) == 2  # handler and provider framework
+    for props in kubectl:
+        subnets = props["VpcConfig"]["SubnetIds"]
+        assert all("privateSubnet" in s["Fn::GetStackOutput"]["OutputName"] for s in subnets)
