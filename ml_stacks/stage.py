@@ -7,6 +7,7 @@ from constructs import Construct
 
 from constructs_lib.tagging import apply_tags
 from ml_stacks.config import StageConfig
+from ml_stacks.eks_stack import EksStack
 from ml_stacks.idle_stack import IdleStack
 from ml_stacks.network_stack import NetworkStack
 from ml_stacks.ops_stack import OpsStack
@@ -53,6 +54,10 @@ class MlStage(cdk.Stage):
             image_repository=self.storage.image_repository,
             alerts_topic=self.ops.alerts_topic,
         )
+        self.eks: EksStack | None = None
+        if config.eks.enabled:
+            self.eks = EksStack(self, "eks", config=config, vpc=self.network.vpc,
+                                key=self.storage.key)
 
     @property
     def stacks(self) -> list[cdk.Stack]:

@@ -19,7 +19,7 @@ from ml_stacks.app_factory import build_app
 from ml_stacks.config import StageConfig, default_configs
 
 STAGES = ("dev", "staging", "prod")
-STACKS = ("network", "storage", "ops", "idle", "training", "serving")
+STACKS = ("network", "storage", "ops", "idle", "training", "serving", "eks")
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from aws_cdk.assertions import Template
 from constructs_lib.interruption_handler import checkpoint_document
 from ml_stacks.app_factory import build_app
 from ml_stacks.config import DLAMI_SSM_PARAMETER, TrainingConfig, default_configs
-from tests.conftest import STAGES, resources_of_type
+from tests.conftest import STACKS, STAGES, resources_of_type
 
 
 def only(template: dict, resource_type: str) -> dict:
@@ -377,7 +377,7 @@ def test_disabled_training_creates_no_training_stack(tmp_path) -> None:
     app = build_app([replace(dev, training=replace(dev.training, enabled=False))], outdir=str(tmp_path))
     stage = app.node.find_child("dev")
     assert stage.training is None
-    assert {s.node.id for s in stage.stacks} == {"network", "storage", "ops", "idle", "serving"}
+    assert {s.node.id for s in stage.stacks} == set(STACKS) - {"training"}
 
 
 def test_fleet_is_enrolled_in_idle_shutdown_and_publishes_gpu_metrics(dev) -> None:

@@ -1,0 +1,212 @@
+"""EKS stack: the stage's cluster (aws_eks_v2, native AWS::EKS::Cluster) and
+its GPU node groups.
+
+Access is by EKS access entries only (no aws-auth ConfigMap): the stack
+creates an admin and a read-only role that IAM principals of the account may
+assume, and config can add more principals.
+"""
+
+from __future__ import annotations
+
+import aws_cdk as cdk
+from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_eks_v2 as eks
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
+from aws_cdk import aws_logs as logs
+from aws_cdk.lambda_layer_kubectl_v34 import KubectlV34Layer
+from constructs import Construct
+
+from constructs_lib.acknowledge import acknowledge
+from constructs_lib.gpu_nodegroups import GpuNodegroups
+from ml_stacks.base_stack import StageStack
+from ml_stacks.config import LOG_RETENTION_DAYS, StageConfig
+
+ALL_CONTROL_PLANE_LOGS = [
+    eks.ClusterLoggingTypes.API,
+    eks.ClusterLoggingTypes.AUDIT,
+    eks.ClusterLoggingTypes.AUTHENTICATOR,
+    eks.ClusterLoggingTypes.CONTROLLER_MANAGER,
+    eks.ClusterLoggingTypes.SCHEDULER,
+]
+ADMIN_ACCESS_POLICY = "AmazonEKSClusterAdminPolicy"
+# View, not AdminView: read-only users do not read Secrets.
+READONLY_ACCESS_POLICY = "AmazonEKSViewPolicy"
+
+
+class EksStack(StageStack):
+    """Exposes ``cluster`` (``eks.Cluster``), ``nodegroups`` (``GpuNodegroups``),
+    ``admin_role`` and ``readonly_role``."""
+
+    def __init__(self, scope: Construct, construct_id: str, *, config: StageConfig,
+                 vpc: ec2.IVpc, key: kms.IKey) -> None:
+        super().__init__(scope, construct_id, config=config,
+                         description=f"ml-infra {config.name}: EKS cluster with GPU node groups")
+        eks_config = config.eks
+        cluster_name = config.stack_prefix
+
+        # EKS writes control-plane logs to this group; creating it first
+        # gives it a retention instead of "never expire".
+        log_group = logs.LogGroup(
+            self,
+            "ControlPlaneLogs",
+            log_group_name=f"/aws/eks/{cluster_name}/cluster",
+            retention=getattr(logs.RetentionDays,
+                              LOG_RETENTION_DAYS[eks_config.control_plane_log_retention_days]),
+            removal_policy=self.removal_policy,
+        )
+
+        if eks_config.public_access_cidrs:
+            endpoint_access = eks.EndpointAccess.PUBLIC_AND_PRIVATE.only_from(
+                *eks_config.public_access_cidrs)
+        else:
+            endpoint_access = eks.EndpointAccess.PRIVATE
+
+        kubectl_options = None
+        if eks_config.needs_device_plugin:
+            # Only an AL2023 NVIDIA group needs anything applied inside the
+            # cluster (the device plugin chart); otherwise no kubectl Lambda.
+            kubectl_options = eks.KubectlProviderOptions(
+                kubectl_layer=KubectlV34Layer(self, "KubectlLayer"))
+
+        self.cluster = eks.Cluster(
+            self,
+            "Cluster",
+            cluster_name=cluster_name,
+            version=eks.KubernetesVersion.of(eks_config.kubernetes_version),
+            vpc=vpc,
+            vpc_subnets=[ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS)],
+            endpoint_access=endpoint_access,
+            cluster_logging=ALL_CONTROL_PLANE_LOGS,
+            secrets_encryption_key=key,
+            # Managed node groups below, not EKS Auto Mode, and no default group.
+            default_capacity_type=eks.DefaultCapacityType.NODEGROUP,
+            default_capacity=0,
+            # Whoever runs CloudFormation gets no cluster access by accident:
+            # access is the access entries below.
+            bootstrap_cluster_creator_admin_permissions=False,
+            kubectl_provider_options=kubectl_options,
+            output_config_command=False,
+        )
+        self.cluster.node.add_dependency(log_group)
+
+        self._add_addons()
+        self.admin_role, self.readonly_role = self._add_access()
+
+        self.nodegroups = GpuNodegroups(
+            self,
+            "Nodegroups",
+            cluster=self.cluster,
+            system=eks_config.system,
+            gpu_inference=eks_config.gpu_inference,
+            gpu_training=eks_config.gpu_training,
+            serving_pair=eks_config.serving_pair,
+            device_plugin_chart_version=eks_config.device_plugin_chart_version,
+        )
+        if self.cluster.kubectl_provider is not None:
+            self._acknowledge_kubectl_provider()
+
+        acknowledge(
+            self.cluster.role,
+            "AwsSolutions::AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/AmazonEKSClusterPolicy]",
+            "The EKS service role's documented policy; AWS updates it as the control plane's needs change.",
+        )
+
+        cdk.CfnOutput(self, "ClusterName", value=self.cluster.cluster_name)
+        cdk.CfnOutput(
+            self,
+            "UpdateKubeconfigCommand",
+            value=cdk.Fn.join("", [
+                f"aws eks update-kubeconfig --name {cluster_name} --region {self.region} --role-arn ",
+                self.admin_role.role_arn,
+            ]),
+            description="kubeconfig for cluster admins (assume the admin role)",
+        )
+
+    def _add_addons(self) -> None:
+        versions = self.config.eks.addons.as_dict()
+        # The cluster's own Pod Identity agent add-on, pinned: the cluster
+        # wires service accounts with pod identity to this one.
+        agent = self.cluster.eks_pod_identity_agent
+        cfn_agent = agent.node.default_child
+        assert isinstance(cfn_agent, eks.CfnAddon)
+        cfn_agent.addon_version = versions.pop("eks-pod-identity-agent")
+        cfn_agent.resolve_conflicts = "OVERWRITE"
+        for name, version in versions.items():
+            addon = eks.Addon(self, "Addon" + "".join(p.title() for p in name.split("-")),
+                              cluster=self.cluster, addon_name=name, addon_version=version)
+            cfn = addon.node.default_child
+            assert isinstance(cfn, eks.CfnAddon)
+            # EKS installs self-managed vpc-cni, coredns and kube-proxy at
+            # creation: the managed add-on takes them over.
+            cfn.resolve_conflicts = "OVERWRITE"
+
+    def _add_access(self) -> tuple[iam.Role, iam.Role]:
+        eks_config = self.config.eks
+        prefix = self.config.stack_prefix
+
+        def assumable_role(construct_id: str, name: str, description: str) -> iam.Role:
+            role = iam.Role(
+                self,
+                construct_id,
+                role_name=f"{prefix}-eks-{name}",
+                # Any principal of this account whose own policy allows
+                # sts:AssumeRole on this role: access is managed in IAM.
+                assumed_by=iam.AccountRootPrincipal(),
+                description=description,
+                max_session_duration=cdk.Duration.hours(4),
+            )
+            # `aws eks update-kubeconfig` describes the cluster.
+            role.add_to_policy(iam.PolicyStatement(actions=["eks:DescribeCluster"],
+                                                   resources=[self.cluster.cluster_arn]))
+            return role
+
+        admin = assumable_role("AdminRole", "admin", "Cluster admin of the stage's EKS cluster")
+        readonly = assumable_role("ReadOnlyRole", "readonly",
+                                  "Read-only (no Secrets) access to the stage's EKS cluster")
+        cluster_scope = eks.AccessScopeType.CLUSTER
+        admin_policy = [eks.AccessPolicy.from_access_policy_name(ADMIN_ACCESS_POLICY,
+                                                                 access_scope_type=cluster_scope)]
+        view_policy = [eks.AccessPolicy.from_access_policy_name(READONLY_ACCESS_POLICY,
+                                                                access_scope_type=cluster_scope)]
+        self.cluster.grant_access("AdminRoleAccess", admin.role_arn, admin_policy)
+        self.cluster.grant_access("ReadOnlyRoleAccess", readonly.role_arn, view_policy)
+        for index, arn in enumerate(eks_config.admin_principal_arns):
+            self.cluster.grant_access(f"AdminAccess{index}", arn, admin_policy)
+        for index, arn in enumerate(eks_config.readonly_principal_arns):
+            self.cluster.grant_access(f"ReadOnlyAccess{index}", arn, view_policy)
+        return admin, readonly
+
+    def _acknowledge_kubectl_provider(self) -> None:
+        """The kubectl provider is aws-cdk-lib's own (two Lambda functions in
+        the VPC); its roles and runtime are not configurable."""
+        provider = self.cluster.kubectl_provider
+        assert isinstance(provider, Construct)
+        handler = provider.node.find_child("Handler")
+        framework = provider.node.find_child("Provider").node.find_child("framework-onEvent")
+        managed = "AwsSolutions::AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/"
+        for construct in (handler, framework):
+            acknowledge(construct, managed + "service-role/AWSLambdaBasicExecutionRole]",
+                        "aws_eks_v2's kubectl provider gives its Lambda functions the AWS managed "
+                        "basic execution policy (CloudWatch Logs) and offers no option to replace it.")
+            acknowledge(construct, managed + "service-role/AWSLambdaVPCAccessExecutionRole]",
+                        "The kubectl Lambda functions run in the VPC to reach the private API "
+                        "endpoint; aws-cdk-lib attaches the managed ENI policy for that.")
+        acknowledge(handler, managed + "AmazonEC2ContainerRegistryReadOnly]",
+                    "aws_eks_v2's kubectl handler may pull Helm charts from ECR; aws-cdk-lib "
+                    "attaches the managed read-only ECR policy.")
+        acknowledge(handler,
+                    "AwsSolutions::AwsSolutions-IAM4[Policy::{\"Fn::If\":[\""
+                    + self.get_logical_id(handler.node.find_child("HasEcrPublic")) + "\",{\"Fn::Join\":[\"\","
+                    "[\"arn:\",{\"Ref\":\"AWS::Partition\"},\":iam::aws:policy/"
+                    "AmazonElasticContainerRegistryPublicReadOnly\"]]},{\"Ref\":\"AWS::NoValue\"}]}]",
+                    "aws_eks_v2's kubectl handler may pull Helm charts from ECR Public (aws partition "
+                    "only); aws-cdk-lib attaches the managed read-only policy.")
+        acknowledge(handler, "AwsSolutions::AwsSolutions-L1",
+                    "aws-cdk-lib picks the kubectl handler's Python runtime (the newest it knows "
+                    "for the region) and exposes no runtime option.")
+        acknowledge(framework,
+                    "AwsSolutions::AwsSolutions-IAM5[Resource::<"
+                    + self.get_logical_id(handler.node.default_child) + ".Arn>:*]",
+                    "CDK's custom-resource provider framework invokes any version of its own "
+                    "kubectl handler function, and only that function.")
