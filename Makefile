@@ -11,6 +11,12 @@ STAGES ?=
 STAGE ?=
 FORCE ?=
 ARGS ?=
+# `make diff BASE=<git ref>`: offline diff of the working tree against a ref.
+BASE ?=
+# `make diff BASE=... REPORT=diff.md`: also write the Markdown report (PR comment).
+REPORT ?=
+# `make deploy STAGE=dev REQUIRE_APPROVAL=never`: CI only, after its approval gate.
+REQUIRE_APPROVAL ?=
 
 REQ_HASH := $(shell cat requirements.txt requirements-dev.txt | sha256sum | cut -c1-16)
 NPM_HASH := $(shell cat package.json package-lock.json | sha256sum | cut -c1-16)
@@ -29,13 +35,17 @@ export PYTHONDONTWRITEBYTECODE := 1
 CDK := cdk --no-notices
 STAGE_CONTEXT := $(if $(STAGES),-c stages=$(STAGES),)
 
-.PHONY: help setup synth test bench deploy destroy diff clean
+.PHONY: help setup synth test bench deploy destroy diff cost drift clean
 
 help:
 	@echo "make synth [STAGES=dev,prod]   synthesize offline, print a summary"
 	@echo "make test                      the whole test suite"
 	@echo "make bench                     synth wall-time benchmark"
+	@echo "make diff BASE=origin/main [STAGES=dev] [REPORT=diff.md]"
+	@echo "                               offline diff vs a git ref + summary, stateful guard, cost delta"
 	@echo "make diff STAGE=dev            cdk diff against the deployed stage (AWS credentials)"
+	@echo "make cost [STAGES=dev]         monthly cost: always-on and max capacity, per stage"
+	@echo "make drift STAGE=dev           CloudFormation drift detection on the stage (AWS credentials)"
 	@echo "make deploy STAGE=dev          cdk deploy '<stage>/*' (AWS credentials)"
 	@echo "make destroy STAGE=dev         cdk destroy '<stage>/*' (prod needs FORCE=1)"
 
@@ -70,13 +80,33 @@ define require_stage
 	@test -n "$(STAGE)" || { echo "STAGE is required, e.g. make $@ STAGE=dev" >&2; exit 2; }
 endef
 
+# Two diffs, chosen by variable: BASE (offline, a git ref vs the working
+# tree, no credentials: the pull-request diff and its stateful guard) or
+# STAGE (live, against the deployed stacks, needs credentials).
 diff: setup
+	@if [ -n "$(BASE)" ]; then \
+	  AWS_EC2_METADATA_DISABLED=true python -m delivery.offline_diff --base '$(BASE)' \
+	    $(if $(STAGES),--stages '$(STAGES)',) $(if $(REPORT),--report '$(REPORT)',); \
+	elif [ -n "$(STAGE)" ]; then \
+	  $(CDK) diff -c stages=$(STAGE) '$(STAGE)/*'; \
+	else \
+	  echo "make diff BASE=<git ref> (offline) or make diff STAGE=<stage> (deployed, credentials)" >&2; \
+	  exit 2; \
+	fi
+
+cost: export AWS_EC2_METADATA_DISABLED := true
+cost: setup
+	@rm -rf cdk.out
+	$(CDK) synth --quiet $(STAGE_CONTEXT) > /dev/null
+	@python -m delivery.cost cdk.out
+
+drift: setup
 	$(require_stage)
-	$(CDK) diff -c stages=$(STAGE) '$(STAGE)/*'
+	python -m delivery.drift_cli --stage $(STAGE)
 
 deploy: setup
 	$(require_stage)
-	$(CDK) deploy -c stages=$(STAGE) '$(STAGE)/*'
+	$(CDK) deploy -c stages=$(STAGE) '$(STAGE)/*' $(if $(REQUIRE_APPROVAL),--require-approval $(REQUIRE_APPROVAL),)
 
 destroy: setup
 	$(require_stage)
