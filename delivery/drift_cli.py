@@ -23,10 +23,15 @@ CLI_BUDGET_MS = 25 * 60 * 1000
 
 
 def load_checks():
-    spec = importlib.util.spec_from_file_location("drift_checks", CHECKS)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The Lambda's module, loaded from its file (lambda/ is not a package)."""
+    name = "delivery_drift_checks"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, CHECKS)
+        module = importlib.util.module_from_spec(spec)
+        # dataclasses look their module up in sys.modules while executing it.
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
 
 
 def main(argv: list[str] | None = None) -> int:
