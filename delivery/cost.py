@@ -199,12 +199,16 @@ class _TemplateEstimator:
         Application Auto Scaling targets on SageMaker variants."""
         endpoints_by_name: dict[str, str] = {}
         config_of_endpoint: dict[str, str] = {}
+        configs_by_name = {r.get("Properties", {}).get("EndpointConfigName"): lid
+                           for lid, r in self.resources.items()
+                           if r["Type"] == "AWS::SageMaker::EndpointConfig"}
         for lid, res in self.resources.items():
             if res["Type"] == "AWS::SageMaker::Endpoint":
                 props = res.get("Properties", {})
                 if isinstance(props.get("EndpointName"), str):
                     endpoints_by_name[props["EndpointName"]] = lid
-                config = _ref_target(props.get("EndpointConfigName"))
+                name = props.get("EndpointConfigName")
+                config = _ref_target(name) or (configs_by_name.get(name) if isinstance(name, str) else None)
                 if config:
                     config_of_endpoint[lid] = config
         scaling: dict[tuple[str, str], tuple[int, int]] = {}

@@ -115,12 +115,13 @@ def test_sagemaker_endpoint_uses_autoscaling_min_and_max_or_the_initial_count() 
     assert stage.maximum == pytest.approx((6 + 1) * 1027.84)
 
 
-def test_literal_endpoint_name_in_the_scalable_target_resource_id() -> None:
+def test_literal_endpoint_and_config_names_link_the_scalable_target() -> None:
     stage = estimate({
-        "Config": {"Type": "AWS::SageMaker::EndpointConfig", "Properties": {"ProductionVariants": [
-            {"VariantName": "v1", "InstanceType": "ml.g5.xlarge", "InitialInstanceCount": 3, "ModelName": "m"}]}},
+        "Config": {"Type": "AWS::SageMaker::EndpointConfig", "Properties": {
+            "EndpointConfigName": "ml-dev-llm-v1", "ProductionVariants": [
+                {"VariantName": "v1", "InstanceType": "ml.g5.xlarge", "InitialInstanceCount": 3, "ModelName": "m"}]}},
         "Endpoint": {"Type": "AWS::SageMaker::Endpoint", "Properties": {
-            "EndpointName": "ml-dev-llm", "EndpointConfigName": {"Fn::GetAtt": ["Config", "EndpointConfigName"]}}},
+            "EndpointName": "ml-dev-llm", "EndpointConfigName": "ml-dev-llm-v1"}},
         "Target": {"Type": "AWS::ApplicationAutoScaling::ScalableTarget", "Properties": {
             "ServiceNamespace": "sagemaker", "ScalableDimension": "sagemaker:variant:DesiredInstanceCount",
             "MinCapacity": 0, "MaxCapacity": 2, "ResourceId": "endpoint/ml-dev-llm/variant/v1"}},
