@@ -108,9 +108,6 @@ class StackDriftDetection(Construct):
             memory_size=256,
             role=role,
             log_group=self.log_group,
-            # One run at a time: overlapping runs would only repeat the
-            # same detections.
-            reserved_concurrent_executions=1,
             environment={
                 "STAGE": stage,
                 "STACK_PREFIX": stack_name_prefix,
