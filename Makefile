@@ -12,6 +12,12 @@ STAGE ?=
 FORCE ?=
 ARGS ?=
 ACCOUNT ?=
+# `make diff BASE=<git ref>`: offline diff of the working tree against a ref.
+BASE ?=
+# `make diff BASE=... REPORT=diff.md`: also write the Markdown report (PR comment).
+REPORT ?=
+# `make deploy STAGE=dev REQUIRE_APPROVAL=never`: CI only, after its approval gate.
+REQUIRE_APPROVAL ?=
 
 REQ_HASH := $(shell cat requirements.txt requirements-dev.txt | sha256sum | cut -c1-16)
 NPM_HASH := $(shell cat package.json package-lock.json | sha256sum | cut -c1-16)
@@ -32,7 +38,7 @@ STAGE_CONTEXT := $(if $(STAGES),-c stages=$(STAGES),)
 # The stage being deployed, diffed or destroyed, pinned to ACCOUNT if given.
 ONE_STAGE := -c stages=$(STAGE) $(if $(ACCOUNT),-c account=$(ACCOUNT),)
 
-.PHONY: help setup synth test bench bench-drill bench-idle bootstrap deploy destroy diff clean
+.PHONY: help setup synth test bench bench-drill bench-idle bootstrap deploy destroy diff cost drift clean
 
 help:
 	@echo "make synth [STAGES=dev,prod]   synthesize offline, print a summary"
@@ -41,7 +47,11 @@ help:
 	@echo "make bootstrap STAGE=dev       cdk bootstrap the stage's account/region (AWS credentials)"
 	@echo "make bench-drill [ARGS=--runs 5] node agent drill: spot notice to checkpoint uploaded"
 	@echo "make bench-idle                idle-shutdown sweep over 100/1,000/5,000 instances, import time"
+	@echo "make diff BASE=origin/main [STAGES=dev] [REPORT=diff.md]"
+	@echo "                               offline diff vs a git ref + summary, stateful guard, cost delta"
 	@echo "make diff STAGE=dev            cdk diff against the deployed stage (AWS credentials)"
+	@echo "make cost [STAGES=dev]         monthly cost: always-on and max capacity, per stage"
+	@echo "make drift STAGE=dev           CloudFormation drift detection on the stage (AWS credentials)"
 	@echo "make deploy STAGE=dev          cdk deploy '<stage>/*' (AWS credentials)"
 	@echo "make destroy STAGE=dev         cdk destroy '<stage>/*' (prod needs FORCE=1)"
 
@@ -89,13 +99,33 @@ bootstrap: setup
 	$(require_stage)
 	$(CDK) bootstrap $(ONE_STAGE)
 
+# Two diffs, chosen by variable: BASE (offline, a git ref vs the working
+# tree, no credentials: the pull-request diff and its stateful guard) or
+# STAGE (live, against the deployed stacks, needs credentials).
 diff: setup
+	@if [ -n "$(BASE)" ]; then \
+	  AWS_EC2_METADATA_DISABLED=true python -m delivery.offline_diff --base '$(BASE)' \
+	    $(if $(STAGES),--stages '$(STAGES)',) $(if $(REPORT),--report '$(REPORT)',); \
+	elif [ -n "$(STAGE)" ]; then \
+	  $(CDK) diff $(ONE_STAGE) '$(STAGE)/*'; \
+	else \
+	  echo "make diff BASE=<git ref> (offline) or make diff STAGE=<stage> (deployed, credentials)" >&2; \
+	  exit 2; \
+	fi
+
+cost: export AWS_EC2_METADATA_DISABLED := true
+cost: setup
+	@rm -rf cdk.out
+	$(CDK) synth --quiet $(STAGE_CONTEXT) > /dev/null
+	@python -m delivery.cost cdk.out
+
+drift: setup
 	$(require_stage)
-	$(CDK) diff $(ONE_STAGE) '$(STAGE)/*'
+	python -m delivery.drift_cli --stage $(STAGE)
 
 deploy: setup
 	$(require_stage)
-	$(CDK) deploy $(ONE_STAGE) '$(STAGE)/*'
+	$(CDK) deploy $(ONE_STAGE) '$(STAGE)/*' $(if $(REQUIRE_APPROVAL),--require-approval $(REQUIRE_APPROVAL),)
 
 destroy: setup
 	$(require_stage)

@@ -1123,6 +1123,68 @@ class EksConfig:
         return any(g.needs_device_plugin for g in self.nodegroups.values())
 
 
+# AWS Budgets accepts at most five notifications per budget.
+MAX_BUDGET_NOTIFICATIONS = 5
+
+
+@dataclass(frozen=True)
+class BudgetConfig:
+    """The stage's monthly AWS Budgets cost budget, alerting the alerts topic.
+
+    ``filter_by_environment_tag`` counts only costs tagged
+    ``Environment=<stage>`` (stages sharing an account); the tag must be
+    activated as a cost allocation tag in Billing once per account. False
+    counts the whole account (one account per stage).
+    """
+
+    monthly_limit_usd: int = 1000
+    actual_alert_percents: tuple[int, ...] = (80, 100)
+    forecast_alert_percents: tuple[int, ...] = (100,)
+    filter_by_environment_tag: bool = True
+
+    def validate(self, prefix: str) -> None:
+        path = f"{prefix}.monthly_limit_usd"
+        _require(isinstance(self.monthly_limit_usd, int) and not isinstance(self.monthly_limit_usd, bool)
+                 and 1 <= self.monthly_limit_usd <= 10_000_000, path, self.monthly_limit_usd,
+                 "a whole number of US dollars from 1 to 10,000,000")
+        for name in ("actual_alert_percents", "forecast_alert_percents"):
+            path = f"{prefix}.{name}"
+            values = getattr(self, name)
+            _require(isinstance(values, tuple), path, values, "a tuple of percentages, e.g. (80, 100)")
+            for value in values:
+                _require(isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 1000,
+                         path, value, "whole percentages of the limit from 1 to 1000")
+            _require(len(set(values)) == len(values), path, values, "each percentage once")
+        total = len(self.actual_alert_percents) + len(self.forecast_alert_percents)
+        _require(1 <= total <= MAX_BUDGET_NOTIFICATIONS, f"{prefix}.actual_alert_percents", total,
+                 f"1 to {MAX_BUDGET_NOTIFICATIONS} alerts in total (actual plus forecast): "
+                 "the AWS Budgets limit per budget")
+        _require(isinstance(self.filter_by_environment_tag, bool), f"{prefix}.filter_by_environment_tag",
+                 self.filter_by_environment_tag, "True or False")
+
+
+@dataclass(frozen=True)
+class DriftConfig:
+    """The stage's own scheduled CloudFormation drift detection.
+
+    Runs daily at ``schedule_hour_utc`` on every stack of the stage and
+    notifies the alerts topic when a stack drifted or could not be checked.
+    """
+
+    enabled: bool = True
+    schedule_hour_utc: int = 6
+    log_retention_days: int = 90
+
+    def validate(self, prefix: str) -> None:
+        _require(isinstance(self.enabled, bool), f"{prefix}.enabled", self.enabled, "True or False")
+        _require(isinstance(self.schedule_hour_utc, int) and not isinstance(self.schedule_hour_utc, bool)
+                 and 0 <= self.schedule_hour_utc <= 23, f"{prefix}.schedule_hour_utc",
+                 self.schedule_hour_utc, "an hour of the day, 0 to 23 (UTC)")
+        _require(self.log_retention_days in LOG_RETENTION_DAYS, f"{prefix}.log_retention_days",
+                 self.log_retention_days,
+                 "a CloudWatch Logs retention: " + ", ".join(map(str, LOG_RETENTION_DAYS)))
+
+
 @dataclass(frozen=True)
 class StageConfig:
     """Everything one stage deploys. Validated on construction."""
@@ -1133,6 +1195,8 @@ class StageConfig:
     tags: StageTags
     storage: StorageConfig = field(default_factory=StorageConfig)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+    drift: DriftConfig = field(default_factory=DriftConfig)
     eks: EksConfig = field(default_factory=EksConfig)
     serving: ServingConfig = field(default_factory=ServingConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
@@ -1148,11 +1212,13 @@ class StageConfig:
         _require(self.account is None or bool(_ACCOUNT_RE.match(str(self.account))),
                  f"{prefix}.account", self.account,
                  "None (account-agnostic) or a 12-digit AWS account ID")
-        self.eks.validate(f"{prefix}.eks", self.name)
         self.network.validate(f"{prefix}.network", self.region)
-        self.serving.validate(f"{prefix}.serving", stage=self.name, region=self.region)
         self.storage.validate(f"{prefix}.storage", self.name)
         self.alerts.validate(f"{prefix}.alerts")
+        self.budget.validate(f"{prefix}.budget")
+        self.drift.validate(f"{prefix}.drift")
+        self.eks.validate(f"{prefix}.eks", self.name)
+        self.serving.validate(f"{prefix}.serving", stage=self.name, region=self.region)
         _require(isinstance(self.training, TrainingConfig), f"{prefix}.training", self.training,
                  "a TrainingConfig")
         self.training.validate(f"{prefix}.training")
@@ -1252,6 +1318,8 @@ def default_configs(*, account: str | None = None,
                                          min_size=0, desired_size=0, max_size=2,
                                          ami_type="BOTTLEROCKET_x86_64_NVIDIA", disk_size_gib=200),
         ),
+        budget=BudgetConfig(monthly_limit_usd=1500),
+        drift=DriftConfig(log_retention_days=30),
         tags=DEFAULT_TAGS,
     )
     staging = StageConfig(
@@ -1299,6 +1367,8 @@ def default_configs(*, account: str | None = None,
                                          min_size=0, desired_size=0, max_size=4,
                                          ami_type="BOTTLEROCKET_x86_64_NVIDIA", disk_size_gib=200),
         ),
+        budget=BudgetConfig(monthly_limit_usd=5000),
+        drift=DriftConfig(log_retention_days=90),
         tags=DEFAULT_TAGS,
     )
     prod = StageConfig(
@@ -1367,6 +1437,8 @@ def default_configs(*, account: str | None = None,
                                       ami_type="BOTTLEROCKET_x86_64_NVIDIA", disk_size_gib=150),
             ),
         ),
+        budget=BudgetConfig(monthly_limit_usd=60000),
+        drift=DriftConfig(log_retention_days=365),
         tags=DEFAULT_TAGS,
     )
     return {c.name: c for c in (dev, staging, prod)}

@@ -1,29 +1,37 @@
-"""Ops stack: the stage's alerts topic, which every alarm and notification uses."""
+"""Ops stack: the stage's alerts topic, which every alarm and notification
+uses, the stage's drift detection and its monthly budget."""
 
 from __future__ import annotations
 
 import aws_cdk as cdk
+from aws_cdk import aws_events as events
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_sns as sns
+from aws_cdk import aws_logs as logs
 from aws_cdk import aws_sns_subscriptions as subscriptions
 from constructs import Construct
 
+from constructs_lib.drift_detection import StackDriftDetection
+from constructs_lib.stage_budget import StageBudget
 from ml_stacks.base_stack import StageStack
-from ml_stacks.config import StageConfig
+from ml_stacks.config import LOG_RETENTION_DAYS, StageConfig
 
 # Services that publish to the alerts topic on the stage's behalf. Each must
 # be able to use the topic's KMS key, or its messages are silently dropped.
-PUBLISHING_SERVICES = ("cloudwatch.amazonaws.com", "events.amazonaws.com")
+PUBLISHING_SERVICES = ("cloudwatch.amazonaws.com", "events.amazonaws.com",
+                       "budgets.amazonaws.com")
 
 
 class OpsStack(StageStack):
-    """Exposes ``alerts_topic`` (``sns.ITopic``), encrypted with the stage key."""
+    """Exposes ``alerts_topic`` (``sns.ITopic``), encrypted with the stage key,
+    ``drift_detection`` (``StackDriftDetection`` or None when disabled) and
+    ``budget`` (``StageBudget``)."""
 
     def __init__(self, scope: Construct, construct_id: str, *, config: StageConfig,
                  key: kms.IKey) -> None:
         super().__init__(scope, construct_id, config=config,
-                         description=f"ml-infra {config.name}: alerts topic")
+                         description=f"ml-infra {config.name}: alerts topic, drift detection, budget")
         self.alerts_topic = sns.Topic(
             self,
             "Alerts",
@@ -51,5 +59,30 @@ class OpsStack(StageStack):
         ))
         for address in config.alerts.email_subscribers:
             self.alerts_topic.add_subscription(subscriptions.EmailSubscription(address))
+
+        self.drift_detection = None
+        if config.drift.enabled:
+            self.drift_detection = StackDriftDetection(
+                self,
+                "DriftDetection",
+                stage=config.name,
+                stack_name_prefix=f"{config.stack_prefix}-",
+                alerts_topic=self.alerts_topic,
+                schedule=events.Schedule.cron(minute="0", hour=str(config.drift.schedule_hour_utc)),
+                log_retention=getattr(logs.RetentionDays,
+                                      LOG_RETENTION_DAYS[config.drift.log_retention_days]),
+                removal_policy=self.removal_policy,
+            )
+        budget = config.budget
+        self.budget = StageBudget(
+            self,
+            "Budget",
+            budget_name=f"{config.stack_prefix}-monthly",
+            monthly_limit_usd=budget.monthly_limit_usd,
+            alerts_topic=self.alerts_topic,
+            actual_alert_percents=budget.actual_alert_percents,
+            forecast_alert_percents=budget.forecast_alert_percents,
+            cost_tags={"Environment": config.name} if budget.filter_by_environment_tag else None,
+        )
         cdk.CfnOutput(self, "AlertsTopicArn", value=self.alerts_topic.topic_arn,
                       description="Subscribe here for the stage's alarms and notifications")

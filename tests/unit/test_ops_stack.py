@@ -27,7 +27,7 @@ def test_alerts_topic_is_encrypted_with_the_stage_key_and_tls_only(synthesized, 
 @pytest.mark.parametrize("stage", STAGES)
 def test_only_this_accounts_alarms_and_rules_may_publish(synthesized, stage) -> None:
     same_account = {"StringEquals": {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}}
-    services = ["cloudwatch.amazonaws.com", "events.amazonaws.com"]
+    services = ["budgets.amazonaws.com", "cloudwatch.amazonaws.com", "events.amazonaws.com"]
     synthesized.template(stage, "ops").has_resource_properties("AWS::SNS::TopicPolicy", {
         "PolicyDocument": {"Statement": Match.array_with([Match.object_like({
             "Effect": "Allow", "Action": "sns:Publish", "Principal": {"Service": services},

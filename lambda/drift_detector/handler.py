@@ -1,0 +1,38 @@
+"""Scheduled drift detection on every stack of this stage.
+
+Environment: ``STAGE`` (dev), ``STACK_PREFIX`` (``ml-dev-``: every stack
+of the stage, including ones added later), ``TOPIC_ARN`` (the stage's
+alerts topic).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import boto3
+
+import drift_checks as drift
+
+logger = logging.getLogger()
+logger.setLevel(logging.INFO)
+
+
+def handler(event, context):
+    stage = os.environ["STAGE"]
+    report = drift.detect(boto3.client("cloudformation"), stage, os.environ["STACK_PREFIX"],
+                          remaining_ms=context.get_remaining_time_in_millis)
+    for stack in report.stacks:
+        logger.info(json.dumps({"stage": stage, "stack": stack.stack_name, "status": stack.status,
+                                "detail": stack.detail,
+                                "drifted_resources": [r["LogicalResourceId"]
+                                                      for r in stack.drifted_resources]}))
+    message_id = drift.notify(boto3.client("sns"), os.environ["TOPIC_ARN"], report)
+    return {
+        "stage": stage,
+        "checked": len(report.stacks),
+        "drifted": [s.stack_name for s in report.drifted],
+        "unchecked": [s.stack_name for s in report.unchecked],
+        "notified": message_id is not None,
+    }
