@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import aws_cdk as cdk
+from aws_cdk import aws_logs as logs
 from constructs import Construct
 
-from ml_stacks.config import StageConfig
+from ml_stacks.config import LOG_RETENTION_DAYS, StageConfig
+
+
+def log_retention(days: int) -> logs.RetentionDays:
+    """The ``aws_logs.RetentionDays`` member for a validated retention in days."""
+    return getattr(logs.RetentionDays, LOG_RETENTION_DAYS[days])
 
 
 class StageStack(cdk.Stack):
@@ -13,7 +19,7 @@ class StageStack(cdk.Stack):
 
     The AZs come from the stage config instead of a lookup, so synth is
     offline and deterministic with or without an account (without this
-    override a stack with an account reports placeholder AZs).
+    override a stack with an account reports AZ names that do not exist).
     """
 
     def __init__(

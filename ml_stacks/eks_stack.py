@@ -19,8 +19,8 @@ from constructs import Construct
 
 from constructs_lib.acknowledge import acknowledge
 from constructs_lib.gpu_nodegroups import GpuNodegroups
-from ml_stacks.base_stack import StageStack
-from ml_stacks.config import LOG_RETENTION_DAYS, StageConfig
+from ml_stacks.base_stack import StageStack, log_retention
+from ml_stacks.config import StageConfig
 
 ALL_CONTROL_PLANE_LOGS = [
     eks.ClusterLoggingTypes.API,
@@ -51,8 +51,7 @@ class EksStack(StageStack):
             self,
             "ControlPlaneLogs",
             log_group_name=f"/aws/eks/{cluster_name}/cluster",
-            retention=getattr(logs.RetentionDays,
-                              LOG_RETENTION_DAYS[eks_config.control_plane_log_retention_days]),
+            retention=log_retention(eks_config.control_plane_log_retention_days),
             removal_policy=self.removal_policy,
         )
 

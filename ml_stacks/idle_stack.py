@@ -11,14 +11,13 @@ its schedule and job-completion rule. Fleets plug in from their own stack:
 from __future__ import annotations
 
 import aws_cdk as cdk
-from aws_cdk import aws_logs as logs
 from aws_cdk import aws_sns as sns
 from constructs import Construct
 
 from constructs_lib.gpu_metrics import GpuMetricsAgent
 from constructs_lib.idle_shutdown import IdleShutdown
-from ml_stacks.base_stack import StageStack
-from ml_stacks.config import LOG_RETENTION_DAYS, StageConfig
+from ml_stacks.base_stack import StageStack, log_retention
+from ml_stacks.config import StageConfig
 
 
 class IdleStack(StageStack):
@@ -45,8 +44,7 @@ class IdleStack(StageStack):
             opt_in_tag_key=idle.opt_in_tag_key,
             opt_in_tag_value=idle.opt_in_tag_value,
             savings_horizon_hours=idle.savings_horizon_hours,
-            log_retention=getattr(logs.RetentionDays,
-                                  LOG_RETENTION_DAYS[config.network.flow_log_retention_days]),
+            log_retention=log_retention(config.network.flow_log_retention_days),
             removal_policy=self.removal_policy,
         )
         cdk.CfnOutput(self, "GpuAgentConfigParameter",

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import aws_cdk as cdk
 from aws_cdk import aws_ec2 as ec2
-from aws_cdk import aws_logs as logs
 from constructs import Construct
 
 from constructs_lib.ml_vpc import MlVpc
-from ml_stacks.base_stack import StageStack
-from ml_stacks.config import INTERFACE_ENDPOINTS, LOG_RETENTION_DAYS, StageConfig
+from ml_stacks.base_stack import StageStack, log_retention
+from ml_stacks.config import INTERFACE_ENDPOINTS, StageConfig
 
 
 class NetworkStack(StageStack):
@@ -29,12 +28,8 @@ class NetworkStack(StageStack):
                 name: getattr(ec2.InterfaceVpcEndpointAwsService, INTERFACE_ENDPOINTS[name])
                 for name in net.interface_endpoints
             },
-            flow_log_retention=_retention(net.flow_log_retention_days),
+            flow_log_retention=log_retention(net.flow_log_retention_days),
             removal_policy=self.removal_policy,
         )
         self.vpc: ec2.IVpc = self.network.vpc
         cdk.CfnOutput(self, "VpcId", value=self.vpc.vpc_id, description="The stage VPC")
-
-
-def _retention(days: int) -> logs.RetentionDays:
-    return getattr(logs.RetentionDays, LOG_RETENTION_DAYS[days])

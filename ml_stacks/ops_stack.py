@@ -8,14 +8,13 @@ from aws_cdk import aws_events as events
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_sns as sns
-from aws_cdk import aws_logs as logs
 from aws_cdk import aws_sns_subscriptions as subscriptions
 from constructs import Construct
 
 from constructs_lib.drift_detection import StackDriftDetection
 from constructs_lib.stage_budget import StageBudget
-from ml_stacks.base_stack import StageStack
-from ml_stacks.config import LOG_RETENTION_DAYS, StageConfig
+from ml_stacks.base_stack import StageStack, log_retention
+from ml_stacks.config import StageConfig
 
 # Services that publish to the alerts topic on the stage's behalf. Each must
 # be able to use the topic's KMS key, or its messages are silently dropped.
@@ -69,8 +68,7 @@ class OpsStack(StageStack):
                 stack_name_prefix=f"{config.stack_prefix}-",
                 alerts_topic=self.alerts_topic,
                 schedule=events.Schedule.cron(minute="0", hour=str(config.drift.schedule_hour_utc)),
-                log_retention=getattr(logs.RetentionDays,
-                                      LOG_RETENTION_DAYS[config.drift.log_retention_days]),
+                log_retention=log_retention(config.drift.log_retention_days),
                 removal_policy=self.removal_policy,
             )
         budget = config.budget

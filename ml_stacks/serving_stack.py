@@ -12,14 +12,13 @@ from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_ecr as ecr
 from aws_cdk import aws_kms as kms
-from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_sns as sns
 from constructs import Construct
 
 from constructs_lib.inference_endpoint import InferenceEndpoint, InferenceImage
-from ml_stacks.base_stack import StageStack
-from ml_stacks.config import LOG_RETENTION_DAYS, ModelConfig, StageConfig
+from ml_stacks.base_stack import StageStack, log_retention
+from ml_stacks.config import ModelConfig, StageConfig
 
 
 class ServingStack(StageStack):
@@ -41,7 +40,7 @@ class ServingStack(StageStack):
         super().__init__(scope, construct_id, config=config,
                          description=f"ml-infra {config.name}: SageMaker real-time endpoints")
         serving = config.serving
-        retention = getattr(logs.RetentionDays, LOG_RETENTION_DAYS[serving.log_retention_days])
+        retention = log_retention(serving.log_retention_days)
         self.endpoints: dict[str, InferenceEndpoint] = {}
         for model in serving.models:
             endpoint = InferenceEndpoint(

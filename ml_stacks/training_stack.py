@@ -7,7 +7,6 @@ from pathlib import Path
 import aws_cdk as cdk
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_kms as kms
-from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_sns as sns
 from constructs import Construct
@@ -18,8 +17,8 @@ from constructs_lib.idle_shutdown import IdleShutdown
 from constructs_lib.interruption_handler import InterruptionHandler
 from constructs_lib.node_agent import NodeAgent
 from constructs_lib.off_hours import add_off_hours_schedule
-from ml_stacks.base_stack import StageStack
-from ml_stacks.config import LOG_RETENTION_DAYS, StageConfig
+from ml_stacks.base_stack import StageStack, log_retention
+from ml_stacks.config import StageConfig
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -85,7 +84,7 @@ class TrainingStack(StageStack):
             powertools_layer_version=training.powertools_layer_version,
             rebalance_action=training.rebalance_action,
             lambda_timeout=cdk.Duration.seconds(training.lambda_timeout_seconds),
-            log_retention=getattr(logs.RetentionDays, LOG_RETENTION_DAYS[training.log_retention_days]),
+            log_retention=log_retention(training.log_retention_days),
         )
         self.node_agent = NodeAgent(
             self,
