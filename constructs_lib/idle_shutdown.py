@@ -24,6 +24,7 @@ from aws_cdk import aws_sns as sns
 from constructs import Construct
 
 from constructs_lib.acknowledge import acknowledge
+from constructs_lib.acknowledge_resolved import acknowledge_resources
 
 CODE_DIR = Path(__file__).resolve().parent.parent / "lambda" / "idle_shutdown"
 COMPLETION_SOURCE = "ml.training"
@@ -100,7 +101,7 @@ class IdleShutdown(Construct):
             resources=[group_arn],
             conditions={"StringEquals": {f"autoscaling:ResourceTag/{opt_in_tag_key}": opt_in_tag_value}},
         )])
-        acknowledge(act, f"AwsSolutions::AwsSolutions-IAM5[Resource::{_nag_arn(group_arn, stack)}]",
+        acknowledge_resources(act, "AwsSolutions::AwsSolutions-IAM5", [group_arn],
                     "Groups are found at run time by tag, not known at synth; the condition on "
                     f"autoscaling:ResourceTag/{opt_in_tag_key} limits the writes to opted-in groups.")
         # grant_publish would add kms:GenerateDataKey*; SNS needs exactly these.
@@ -184,12 +185,3 @@ class IdleShutdown(Construct):
 
 def _number(value: float) -> str:
     return f"{value:g}"
-
-
-def _nag_arn(arn: str, stack: cdk.Stack) -> str:
-    """The ARN as cdk-nag prints it in a rule id (pseudo parameters as ``<AWS::X>``)."""
-    resolved = stack.resolve(arn)
-    if isinstance(resolved, str):
-        return resolved
-    parts = resolved["Fn::Join"][1]
-    return "".join(p if isinstance(p, str) else f"<{p['Ref']}>" for p in parts)

@@ -16,8 +16,6 @@ old model and configuration are deleted in the stack's cleanup phase.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import re
 from typing import Mapping, Sequence
@@ -37,6 +35,7 @@ from aws_cdk import aws_sns as sns
 from constructs import Construct
 
 from constructs_lib.acknowledge import acknowledge
+from constructs_lib.acknowledge_resolved import acknowledge_resources
 
 VARIANT_NAME = "AllTraffic"
 SAGEMAKER_NAMESPACE = "AWS/SageMaker"
@@ -238,9 +237,9 @@ class InferenceEndpoint(Construct):
                 resources=[capture_bucket.arn_for_objects(f"{capture_prefix}*")],
             )],
         )
-        capture_arn = _nag_reference(self, capture_bucket, capture_bucket.bucket_arn)
-        acknowledge(self.capture_policy,
-                    f"AwsSolutions::AwsSolutions-IAM5[Resource::{capture_arn}/{capture_prefix}*]",
+        acknowledge_resources(
+                    self.capture_policy, "AwsSolutions::AwsSolutions-IAM5",
+                    [capture_bucket.arn_for_objects(f"{capture_prefix}*")],
                     "The only statement here lets SageMaker write data-capture objects, whose keys "
                     "it chooses, under this model's own prefix of the capture bucket.")
         self.role.add_to_policy(iam.PolicyStatement(
@@ -317,8 +316,8 @@ class InferenceEndpoint(Construct):
         acknowledge(self.service_policy, "AwsSolutions::AwsSolutions-IAM5[Resource::*]",
                     "ecr:GetAuthorizationToken and the ec2:Describe* calls SageMaker makes to place "
                     "the endpoint in the VPC support no resource-level permissions.")
-        acknowledge(self.service_policy,
-                    f"AwsSolutions::AwsSolutions-IAM5[Resource::{_nag_resource(self, interfaces)}]",
+        acknowledge_resources(
+                    self.service_policy, "AwsSolutions::AwsSolutions-IAM5", [interfaces],
                     "SageMaker creates the endpoint's network interfaces at deploy time, so their IDs "
                     "are unknown; creation is limited to the endpoint's subnets and security group "
                     "and the other actions to interfaces in the stage VPC.")
@@ -639,45 +638,3 @@ class InferenceEndpoint(Construct):
         """Allow ``grantee`` to call InvokeEndpoint on this endpoint only."""
         return iam.Grant.add_to_principal(
             grantee=grantee, actions=["sagemaker:InvokeEndpoint"], resource_arns=[self.endpoint_arn])
-
-
-def _nag_reference(scope: Construct, owner: Construct, value: str) -> str:
-    """How cdk-nag spells attribute ``value`` of ``owner`` (e.g. a bucket ARN)
-    in a finding id of a resource under ``scope``.
-
-    In the owner's own stack that is ``<LogicalId.Attribute>``. From another
-    stack it is the weak cross-stack reference CDK writes
-    (``@aws-cdk/core:defaultCrossStackReferences: weak``): ``Fn::GetStackOutput``
-    of the output CDK adds to the owner's stack under ``Publish/``, whose
-    logical ID is derived from the referenced attribute as below. If CDK ever
-    changes that naming, synth fails and prints the id to use.
-    """
-    producer = cdk.Stack.of(owner)
-    resolved = producer.resolve(value)
-    if producer is cdk.Stack.of(scope):
-        return "<" + ".".join(resolved["Fn::GetAtt"]) + ">"
-    output_id = "Output" + json.dumps(resolved, separators=(",", ":"))
-    digest = hashlib.md5(f"Publish/{output_id}".encode()).hexdigest()[:8].upper()
-    output_name = re.sub(r"[^A-Za-z0-9]", "", f"Publish{output_id}") + digest
-    return json.dumps({"Fn::GetStackOutput": {"StackName": producer.stack_name,
-                                               "Region": producer.region,
-                                               "OutputName": output_name}}, separators=(",", ":"))
-
-
-def _nag_resource(scope: Construct, value: str) -> str:
-    """``value`` (an ARN, possibly with tokens) the way cdk-nag spells it in a
-    finding id: pseudo parameters and attributes as ``<...>``, anything else
-    (e.g. a weak cross-stack reference) as compact JSON."""
-    resolved = cdk.Stack.of(scope).resolve(value)
-    parts = resolved["Fn::Join"][1] if isinstance(resolved, dict) and "Fn::Join" in resolved else [resolved]
-
-    def render(part: object) -> str:
-        if isinstance(part, str):
-            return part
-        if isinstance(part, dict) and set(part) == {"Ref"}:
-            return f"<{part['Ref']}>"
-        if isinstance(part, dict) and set(part) == {"Fn::GetAtt"}:
-            return "<" + ".".join(part["Fn::GetAtt"]) + ">"
-        return json.dumps(part, separators=(",", ":"))
-
-    return "".join(render(part) for part in parts)
