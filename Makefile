@@ -70,6 +70,7 @@ $(NODE_STAMP): package.json package-lock.json
 # metadata probe instead of waiting for it to time out.
 synth: export AWS_EC2_METADATA_DISABLED := true
 synth: setup
+	@$(CHECK_STAGES)
 	@rm -rf cdk.out
 	@# --quiet still prints two lines of chatter on stderr; keep real warnings.
 	@echo "cdk synth $(STAGE_CONTEXT)"
@@ -94,9 +95,14 @@ bench-idle: setup
 define require_stage
 	@test -n "$(STAGE)" || { echo "STAGE is required, e.g. make $@ STAGE=dev" >&2; exit 2; }
 endef
+# A bad stage name, or missing, expired or wrong-account credentials, end in
+# one line before the CDK CLI or AWS is called (delivery/stage_check.py).
+CHECK_STAGES = python -m delivery.stage_check --stages '$(STAGES)'
+CHECK_CREDENTIALS = python -m delivery.stage_check --stage '$(STAGE)' --account '$(ACCOUNT)' --credentials
 
 bootstrap: setup
 	$(require_stage)
+	@$(CHECK_CREDENTIALS)
 	$(CDK) bootstrap $(ONE_STAGE)
 
 # Two diffs, chosen by variable: BASE (offline, a git ref vs the working
@@ -104,9 +110,11 @@ bootstrap: setup
 # STAGE (live, against the deployed stacks, needs credentials).
 diff: setup
 	@if [ -n "$(BASE)" ]; then \
+	  $(CHECK_STAGES) && \
 	  AWS_EC2_METADATA_DISABLED=true python -m delivery.offline_diff --base '$(BASE)' \
 	    $(if $(STAGES),--stages '$(STAGES)',) $(if $(REPORT),--report '$(REPORT)',); \
 	elif [ -n "$(STAGE)" ]; then \
+	  $(CHECK_CREDENTIALS) && \
 	  $(CDK) diff $(ONE_STAGE) '$(STAGE)/*'; \
 	else \
 	  echo "make diff BASE=<git ref> (offline) or make diff STAGE=<stage> (deployed, credentials)" >&2; \
@@ -115,22 +123,25 @@ diff: setup
 
 cost: export AWS_EC2_METADATA_DISABLED := true
 cost: setup
+	@$(CHECK_STAGES)
 	@rm -rf cdk.out
 	$(CDK) synth --quiet $(STAGE_CONTEXT) > /dev/null
 	@python -m delivery.cost cdk.out
 
 drift: setup
 	$(require_stage)
-	python -m delivery.drift_cli --stage $(STAGE)
+	@python -m delivery.drift_cli --stage '$(STAGE)'
 
 deploy: setup
 	$(require_stage)
+	@$(CHECK_CREDENTIALS)
 	$(CDK) deploy $(ONE_STAGE) '$(STAGE)/*' $(if $(REQUIRE_APPROVAL),--require-approval $(REQUIRE_APPROVAL),)
 
 destroy: setup
 	$(require_stage)
 	@if [ "$(STAGE)" = prod ] && [ "$(FORCE)" != 1 ]; then \
 	  echo "Refusing to destroy prod. Re-run with FORCE=1 if you really mean it." >&2; exit 2; fi
+	@$(CHECK_CREDENTIALS)
 	$(CDK) destroy $(ONE_STAGE) '$(STAGE)/*'
 
 clean:
