@@ -38,7 +38,7 @@ STAGE_CONTEXT := $(if $(STAGES),-c stages=$(STAGES),)
 # The stage being deployed, diffed or destroyed, pinned to ACCOUNT if given.
 ONE_STAGE := -c stages=$(STAGE) $(if $(ACCOUNT),-c account=$(ACCOUNT),)
 
-.PHONY: help setup synth test bench bench-drill bench-idle bootstrap deploy destroy diff cost drift clean
+.PHONY: help setup synth test bench bench-drill bench-idle bootstrap deploy destroy diff cost drift smoke clean
 
 help:
 	@echo "make synth [STAGES=dev,prod]   synthesize offline, print a summary"
@@ -53,6 +53,8 @@ help:
 	@echo "make cost [STAGES=dev]         monthly cost: always-on and max capacity, per stage"
 	@echo "make drift STAGE=dev           CloudFormation drift detection on the stage (AWS credentials)"
 	@echo "make deploy STAGE=dev          cdk deploy '<stage>/*' (AWS credentials)"
+	@echo "make smoke STAGE=dev [ARGS=--wait-seconds 1800]"
+	@echo "                               invoke every model of the deployed stage once (AWS credentials)"
 	@echo "make destroy STAGE=dev         cdk destroy '<stage>/*' (prod needs FORCE=1)"
 
 setup: $(PY_STAMP) $(NODE_STAMP)
@@ -136,6 +138,11 @@ deploy: setup
 	$(require_stage)
 	@$(CHECK_CREDENTIALS)
 	$(CDK) deploy $(ONE_STAGE) '$(STAGE)/*' $(if $(REQUIRE_APPROVAL),--require-approval $(REQUIRE_APPROVAL),)
+
+# One request per model of the deployed stage; waits out a scale-to-zero cold start.
+smoke: setup
+	$(require_stage)
+	python -m delivery.smoke --stage $(STAGE) $(ARGS)
 
 destroy: setup
 	$(require_stage)
