@@ -71,7 +71,8 @@ class World:
             AutoScalingGroupName=o["AutoScalingGroupName"], LaunchTemplate={"LaunchTemplateName": "fleet"},
             MinSize=0, MaxSize=self.config.training.max_capacity, DesiredCapacity=0,
             VPCZoneIdentifier=subnet["Subnet"]["SubnetId"],
-            Tags=[{"Key": "ml:idle-shutdown", "Value": "enabled", "PropagateAtLaunch": False,
+            Tags=[{"Key": self.config.idle_shutdown.opt_in_tag_key,
+                   "Value": self.config.idle_shutdown.opt_in_tag_value, "PropagateAtLaunch": False,
                    "ResourceId": o["AutoScalingGroupName"], "ResourceType": "auto-scaling-group"}])
         c["logs"].create_log_group(logGroupName=o["RunsLogGroupName"])
         # The outputs are what the CLI reads; a template needs one resource.
@@ -144,6 +145,14 @@ class World:
         events.put_rule(Name="job-finished", EventPattern=json.dumps(pattern), EventBusName="default")
         events.put_targets(Rule="job-finished", EventBusName="default", Targets=[{"Id": "q", "Arn": arn}])
         return url
+
+    def clients_for_lambda(self) -> Callable[[str], Any]:
+        """Clients as the idle function gets them (its own region)."""
+        def client(name: str) -> Any:
+            if name not in self.clients:
+                self.clients[name] = boto3.client(name, region_name=self.config.region)
+            return self.clients[name]
+        return client
 
     def received(self, url: str) -> list[dict[str, Any]]:
         messages = self.clients["sqs"].receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", [])
