@@ -268,3 +268,19 @@ def test_lease_poll_and_log_retention_follow_the_config(tmp_path) -> None:
     environment = install_environment(template.to_json())
     assert (environment["ML_LEASE_SECONDS"], environment["ML_LEASE_RENEW_SECONDS"],
             environment["ML_CLAIM_POLL_SECONDS"]) == ("120", "40", "5")
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_stage_key_delegates_to_iam_so_the_instance_grants_take_effect(synthesized, stage) -> None:
+    """The role's KMS statements (S3, DynamoDB, the encrypted alerts topic for
+    the FAILED alert) work only because the key policy lets the account's IAM
+    policies grant the key."""
+    synthesized.template(stage, "storage").has_resource_properties("AWS::KMS::Key", {
+        "KeyPolicy": {"Statement": Match.array_with([{
+            "Action": "kms:*", "Effect": "Allow", "Resource": "*",
+            "Principal": {"AWS": {"Fn::Join": ["", ["arn:aws:iam::", {"Ref": "AWS::AccountId"}, ":root"]]}},
+        }])},
+    })
+    ops = synthesized.template(stage, "ops").to_json()
+    [topic] = resources_of_type(ops, "AWS::SNS::Topic").values()
+    assert "Key" in topic["Properties"]["KmsMasterKeyId"]["Fn::GetStackOutput"]["OutputName"]
