@@ -15,6 +15,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Sequence, TextIO
 
+from botocore.exceptions import ClientError
+
+from delivery.cli_errors import UserError, describe
 from ml_runs import render
 from ml_runs.logs import DEFAULT_FOLLOW_MINUTES, DEFAULT_POLL_SECONDS, FollowOptions, print_logs
 from ml_runs.runs import (STATES, StageRuns, active_run_ids, cancel, get_run, list_runs, put_run,
@@ -59,9 +62,15 @@ def cmd_submit(ctx: Context, args: argparse.Namespace) -> int:
     spec = validate(load(Path(args.spec)), limits(ctx.config))
     runs, dynamodb = ctx.runs, ctx.clients("dynamodb")
     item = put_run(dynamodb, runs, spec, now=ctx.now())
-    active = len(active_run_ids(dynamodb, runs) | {item["run_id"]})
-    capacity = raise_capacity(ctx.clients("autoscaling"), runs, active)
     ctx.out.write(f"{item['run_id']}\n")
+    try:
+        active = len(active_run_ids(dynamodb, runs) | {item["run_id"]})
+        capacity = raise_capacity(ctx.clients("autoscaling"), runs, active)
+    except (ClientError, UserError) as error:
+        # The run exists: say so, or the user submits it twice.
+        raise UserError(f"run {item['run_id']} is submitted (PENDING), but the fleet's desired "
+                        f"capacity was not raised ({_reason(error)}): raise {runs.group}'s desired "
+                        "capacity by hand or submit again later") from None
     change = (f"{capacity.before} -> {capacity.after}" if capacity.after != capacity.before
               else f"stays {capacity.after}")
     ctx.err.write(f"submitted run {item['run_id']} (PENDING); {runs.group} desired capacity {change} "
@@ -159,7 +168,21 @@ def main(argv: Sequence[str] | None = None, *, clients: Callable[[str], Any] | N
     ctx = Context(config=config, clients=clients or _boto3_clients(config.region),
                   now=now or (lambda: datetime.now(timezone.utc)), out=out or sys.stdout,
                   err=err or sys.stderr, sleep=sleep, monotonic=monotonic)
-    return args.handler(ctx, args)
+    try:
+        return args.handler(ctx, args)
+    except ClientError as error:
+        raise UserError(_reason(error)) from None
+
+
+def _reason(error: Exception) -> str:
+    """One line for an AWS rejection: credentials, throttling and access as
+    delivery.cli_errors words them; anything else with its code and message."""
+    known = describe(error)
+    if known is not None or not isinstance(error, ClientError):
+        return known or str(error)
+    details = error.response.get("Error", {})
+    return (f"AWS rejected {error.operation_name} ({details.get('Code', 'ClientError')}: "
+            f"{details.get('Message', '')})")
 
 
 def _boto3_clients(region: str) -> Callable[[str], Any]:

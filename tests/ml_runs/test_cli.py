@@ -238,3 +238,23 @@ def test_a_stage_that_is_not_deployed_is_one_line(world) -> None:
     result = world.cli("list")
     assert (result.status, result.err) == (
         1, "error: stack ml-dev-training is not deployed in us-east-1 (make deploy STAGE=dev)\n")
+
+
+def test_an_aws_rejection_is_one_line(world, tmp_path) -> None:
+    run_id = submit(world, tmp_path)
+    world.clients["logs"].delete_log_group(logGroupName=world.outputs["RunsLogGroupName"])
+    result = world.cli("logs", run_id)
+    assert result.status == 1
+    assert result.err.startswith("error: AWS rejected FilterLogEvents (ResourceNotFoundException: ")
+    assert result.err.count("\n") == 1
+
+
+def test_a_submitted_run_is_named_when_the_fleet_cannot_be_raised(world, tmp_path) -> None:
+    world.clients["autoscaling"].delete_auto_scaling_group(
+        AutoScalingGroupName=world.outputs["AutoScalingGroupName"], ForceDelete=True)
+    result = world.cli("submit", str(spec_file(tmp_path)))
+    run_id = result.out.strip()
+    assert result.status == 1
+    assert result.err.startswith(f"error: run {run_id} is submitted (PENDING), but the fleet's desired "
+                                 "capacity was not raised (Auto Scaling group ")
+    assert world.item(run_id)["state"] == "PENDING"
