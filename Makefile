@@ -38,7 +38,7 @@ STAGE_CONTEXT := $(if $(STAGES),-c stages=$(STAGES),)
 # The stage being deployed, diffed or destroyed, pinned to ACCOUNT if given.
 ONE_STAGE := -c stages=$(STAGE) $(if $(ACCOUNT),-c account=$(ACCOUNT),)
 
-.PHONY: help setup synth test bench bench-drill bench-idle bootstrap deploy destroy diff cost drift smoke clean
+.PHONY: help setup synth test bench bench-drill bench-idle bootstrap deploy destroy diff cost drift smoke run clean
 
 help:
 	@echo "make synth [STAGES=dev,prod]   synthesize offline, print a summary"
@@ -52,6 +52,8 @@ help:
 	@echo "make diff STAGE=dev            cdk diff against the deployed stage (AWS credentials)"
 	@echo "make cost [STAGES=dev]         monthly cost: always-on and max capacity, per stage"
 	@echo "make drift STAGE=dev           CloudFormation drift detection on the stage (AWS credentials)"
+	@echo "make run STAGE=dev ARGS=\"submit examples/runs/example-trainer.json\""
+	@echo "                               training runs: submit SPEC | list | show ID | cancel ID | logs ID [--follow]"
 	@echo "make deploy STAGE=dev          cdk deploy '<stage>/*' (AWS credentials)"
 	@echo "make smoke STAGE=dev [ARGS=--wait-seconds 1800]"
 	@echo "                               invoke every model of the deployed stage once (AWS credentials)"
@@ -133,6 +135,12 @@ cost: setup
 drift: setup
 	$(require_stage)
 	@python -m delivery.drift_cli --stage '$(STAGE)'
+
+# Training runs of a deployed stage (AWS credentials): python -m ml_runs.
+run: setup
+	$(require_stage)
+	@test -n "$(ARGS)" || { echo 'ARGS is required, e.g. make run STAGE=$(STAGE) ARGS="list"' >&2; exit 2; }
+	python -m ml_runs --stage $(STAGE) $(ARGS)
 
 deploy: setup
 	$(require_stage)
