@@ -256,6 +256,10 @@ class GpuTrainingFleet(Construct):
         """Allow ``autoscaling:RecordLifecycleActionHeartbeat`` on this group only."""
         return self._grant_on_group(grantee, "autoscaling:RecordLifecycleActionHeartbeat")
 
+    def grant_set_desired_capacity(self, grantee: iam.IGrantable) -> iam.Grant:
+        """Allow ``autoscaling:SetDesiredCapacity`` on this group only."""
+        return self._grant_on_group(grantee, "autoscaling:SetDesiredCapacity")
+
     def _grant_on_group(self, grantee: iam.IGrantable, action: str) -> iam.Grant:
         grant = iam.Grant.add_to_principal(grantee=grantee, actions=[action],
                                            resource_arns=[self.auto_scaling_group_arn])

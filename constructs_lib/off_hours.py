@@ -1,5 +1,6 @@
-"""Off-hours schedules: scale a GPU Auto Scaling group to 0 at night and back
-in the morning (scheduled actions on the group itself, no Lambda)."""
+"""Off-hours schedules: close a GPU Auto Scaling group at night (minimum,
+desired and maximum 0) and reopen it in the morning (scheduled actions on the
+group itself, no Lambda)."""
 
 from __future__ import annotations
 
@@ -11,16 +12,20 @@ def add_off_hours_schedule(
     *,
     scale_in_cron: str | None,
     scale_out_cron: str | None,
+    restore_max_capacity: int,
     time_zone: str = "UTC",
     restore_min_capacity: int = 0,
     restore_desired_capacity: int | None = None,
 ) -> list[autoscaling.ScheduledAction]:
     """Add the two scheduled actions to ``group``; none when the crons are None.
 
-    At ``scale_in_cron`` the group's minimum and desired capacity go to 0 (its
-    maximum is left alone). At ``scale_out_cron`` the minimum goes back to
+    At ``scale_in_cron`` the group's minimum, desired capacity and maximum go
+    to 0: the fleet is closed, and nothing that raises the desired capacity
+    (``ml_runs submit``, the runs capacity reconciler) can bring an instance
+    until the morning. At ``scale_out_cron`` the maximum goes back to
+    ``restore_max_capacity`` (the group's configured maximum), the minimum to
     ``restore_min_capacity`` and, if given, the desired capacity to
-    ``restore_desired_capacity`` (default: left at 0; jobs scale the fleet
+    ``restore_desired_capacity`` (default: left at 0; runs scale the fleet
     up). Crons are five-field unix cron in ``time_zone`` (IANA name), e.g.
     ``"0 20 * * MON-FRI"`` and ``"0 7 * * MON-FRI"``: off at night and over
     the weekend.
@@ -35,18 +40,25 @@ def add_off_hours_schedule(
         raise ValueError("off-hours schedule: restore_desired_capacity must be at least "
                          f"restore_min_capacity ({restore_min_capacity}) and both >= 0, got "
                          f"{restore_desired_capacity!r}")
+    highest = max(1, restore_min_capacity, restore_desired_capacity or 0)
+    if restore_max_capacity < highest:
+        raise ValueError("off-hours schedule: restore_max_capacity must be at least 1, "
+                         "restore_min_capacity and restore_desired_capacity "
+                         f"({highest}), got {restore_max_capacity!r}")
     scale_in = group.scale_on_schedule(
         "OffHoursScaleIn",
         schedule=autoscaling.Schedule.expression(scale_in_cron),
         time_zone=time_zone,
         min_capacity=0,
         desired_capacity=0,
+        max_capacity=0,
     )
     scale_out = group.scale_on_schedule(
         "OffHoursScaleOut",
         schedule=autoscaling.Schedule.expression(scale_out_cron),
         time_zone=time_zone,
         min_capacity=restore_min_capacity,
+        max_capacity=restore_max_capacity,
         desired_capacity=restore_desired_capacity,
     )
     return [scale_in, scale_out]

@@ -102,6 +102,18 @@ class TrainingRuns(Construct):
             "The trailing * of a log group ARN covers its log streams: the agent creates one "
             "stream per attempt (<run-id>/<attempt>-<instance-id>) in the runs log group only.")
 
+    def grant_count_active(self, grantee: iam.IGrantable) -> None:
+        """What the runs capacity reconciler needs: ``Query`` on ``by-state`` only.
+
+        Not the table (no ``GetItem``, no write, no ``Scan``); ``kms:Decrypt``
+        and ``kms:DescribeKey`` on the table's key, as CDK's own read grant
+        for a customer managed key gives.
+        """
+        iam.Grant.add_to_principal(grantee=grantee, actions=["dynamodb:Query"],
+                                   resource_arns=[self.state_index_arn])
+        iam.Grant.add_to_principal(grantee=grantee, actions=["kms:Decrypt", "kms:DescribeKey"],
+                                   resource_arns=[self.key.key_arn])
+
 
 def _allow_logs_service(key: kms.IKey) -> None:
     """Let CloudWatch Logs use ``key`` for the log groups of this account and region.

@@ -338,7 +338,10 @@ class TrainingConfig:
     instance looks for a run every ``claim_poll_seconds``. A run spec without
     ``max_failures`` / ``max_duration_minutes`` gets
     ``run_default_max_failures`` / ``run_default_max_duration_minutes``.
-    Trainer output is kept ``runs_log_retention_days``.
+    Trainer output is kept ``runs_log_retention_days``. Every
+    ``runs_capacity_rate_minutes`` the runs capacity reconciler raises the
+    fleet's desired capacity to the PENDING + RUNNING runs (capped by its
+    maximum; it never lowers it).
     """
 
     enabled: bool = True
@@ -369,6 +372,7 @@ class TrainingConfig:
     run_default_max_failures: int = 3
     run_default_max_duration_minutes: int = 72 * 60
     runs_log_retention_days: int = 90
+    runs_capacity_rate_minutes: int = 5
 
     def validate(self, prefix: str) -> None:
         _require(isinstance(self.enabled, bool), f"{prefix}.enabled", self.enabled, "True or False")
@@ -499,6 +503,9 @@ class TrainingConfig:
         _require(self.runs_log_retention_days in LOG_RETENTION_DAYS, f"{prefix}.runs_log_retention_days",
                  self.runs_log_retention_days,
                  "a CloudWatch Logs retention: " + ", ".join(map(str, LOG_RETENTION_DAYS)))
+        rate = self.runs_capacity_rate_minutes
+        _require(_is_int(rate) and 1 <= rate <= 60, f"{prefix}.runs_capacity_rate_minutes", rate,
+                 "1 to 60 minutes (the longest a PENDING run waits for the fleet to be raised)")
 
     @property
     def powertools_layer_version(self) -> int:

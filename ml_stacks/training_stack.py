@@ -19,6 +19,7 @@ from constructs_lib.idle_shutdown import IdleShutdown
 from constructs_lib.interruption_handler import InterruptionHandler
 from constructs_lib.node_agent import NodeAgent
 from constructs_lib.off_hours import add_off_hours_schedule
+from constructs_lib.runs_capacity import RunsCapacity
 from constructs_lib.training_runs import TrainingRuns
 from ml_stacks.base_stack import StageStack, log_retention
 from ml_stacks.config import StageConfig
@@ -28,7 +29,8 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 class TrainingStack(StageStack):
     """Exposes ``fleet`` (``GpuTrainingFleet``), ``interruption_handler``,
-    ``runs`` (``TrainingRuns``) and ``node_agent``.
+    ``runs`` (``TrainingRuns``), ``runs_capacity`` (``RunsCapacity``) and
+    ``node_agent``.
 
     The fleet is wired into idle shutdown: ``gpu_metrics`` installs the GPU
     CloudWatch agent on its nodes and ``idle_shutdown`` enrolls its group;
@@ -135,11 +137,24 @@ class TrainingStack(StageStack):
         gpu_metrics.install_on(user_data=self.fleet.user_data, role=self.fleet.role)
         idle_shutdown.enroll(self.fleet.auto_scaling_group)
         idle = config.idle_shutdown
+        # At night the fleet is closed (maximum 0): runs wait, checkpointed,
+        # and the reconciler below brings instances for them in the morning.
         add_off_hours_schedule(
             self.fleet.auto_scaling_group,
             scale_in_cron=idle.off_hours_scale_in_cron,
             scale_out_cron=idle.off_hours_scale_out_cron,
+            restore_max_capacity=training.max_capacity,
             time_zone=idle.off_hours_time_zone,
+        )
+        self.runs_capacity = RunsCapacity(
+            self,
+            "RunsCapacity",
+            runs=self.runs,
+            fleet=self.fleet,
+            alerts_topic=alerts_topic,
+            max_gpus_per_instance=training.max_gpus_per_instance,
+            schedule_rate=cdk.Duration.minutes(training.runs_capacity_rate_minutes),
+            log_retention=log_retention(training.log_retention_days),
         )
 
         # The agent heartbeats and completes the hook itself.

@@ -188,7 +188,7 @@ def _fleet_app(idle: IdleShutdownConfig) -> tuple[cdk.Stack, cdk.Stack, GpuMetri
     shutdown.enroll(group)
     add_off_hours_schedule(group, scale_in_cron=idle.off_hours_scale_in_cron,
                            scale_out_cron=idle.off_hours_scale_out_cron,
-                           time_zone=idle.off_hours_time_zone)
+                           restore_max_capacity=4, time_zone=idle.off_hours_time_zone)
     return idle_stack, fleet_stack, agent, template
 
 
