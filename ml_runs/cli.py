@@ -71,6 +71,11 @@ def cmd_submit(ctx: Context, args: argparse.Namespace) -> int:
         raise UserError(f"run {item['run_id']} is submitted (PENDING), but the fleet's desired "
                         f"capacity was not raised ({_reason(error)}): raise {runs.group}'s desired "
                         "capacity by hand or submit again later") from None
+    if capacity.max_size == 0:
+        ctx.err.write(f"submitted run {item['run_id']} (PENDING); {runs.group} is closed "
+                      f"(MaxSize 0{_off_hours(ctx.config)}): the run is queued and starts by "
+                      "itself when the fleet reopens\n")
+        return 0
     change = (f"{capacity.before} -> {capacity.after}" if capacity.after != capacity.before
               else f"stays {capacity.after}")
     ctx.err.write(f"submitted run {item['run_id']} (PENDING); {runs.group} desired capacity {change} "
@@ -79,6 +84,14 @@ def cmd_submit(ctx: Context, args: argparse.Namespace) -> int:
         ctx.err.write(f"{active - capacity.max_size} run(s) wait for an instance: the fleet's "
                       f"maximum is {capacity.max_size}\n")
     return 0
+
+
+def _off_hours(config: StageConfig) -> str:
+    idle = config.idle_shutdown
+    if not idle.off_hours:
+        return ""
+    return (f", off hours: it reopens at '{idle.off_hours_scale_out_cron}' "
+            f"{idle.off_hours_time_zone}")
 
 
 def cmd_list(ctx: Context, args: argparse.Namespace) -> int:

@@ -66,6 +66,23 @@ def test_submit_never_lowers_a_larger_desired_capacity(world, tmp_path) -> None:
     assert world.desired_capacity() == 2
 
 
+def test_submit_to_a_closed_fleet_queues_the_run_and_says_when_it_reopens(world, tmp_path) -> None:
+    # Off hours: the evening scheduled action set minimum, desired and maximum to 0.
+    world.clients["autoscaling"].update_auto_scaling_group(
+        AutoScalingGroupName=world.outputs["AutoScalingGroupName"], MinSize=0, MaxSize=0,
+        DesiredCapacity=0)
+    result = world.cli("submit", str(spec_file(tmp_path)))
+    assert result.status == 0, result.err
+    run_id = result.out.strip()
+    assert world.item(run_id)["state"] == "PENDING"
+    assert world.desired_capacity() == 0
+    idle = world.config.idle_shutdown
+    assert result.err == (f"submitted run {run_id} (PENDING); {world.outputs['AutoScalingGroupName']} "
+                          f"is closed (MaxSize 0, off hours: it reopens at "
+                          f"'{idle.off_hours_scale_out_cron}' {idle.off_hours_time_zone}): the run is "
+                          "queued and starts by itself when the fleet reopens\n")
+
+
 def test_the_example_spec_is_valid_for_every_stage(world) -> None:
     result = world.cli("submit", str(EXAMPLE))
     assert result.status == 0, result.err
