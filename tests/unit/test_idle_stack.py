@@ -243,9 +243,9 @@ def test_off_hours_scheduled_actions_exist_where_configured() -> None:
     fleet.resource_count_is("AWS::AutoScaling::ScheduledAction", 2)
     fleet.has_resource_properties("AWS::AutoScaling::ScheduledAction", {
         "Recurrence": "0 20 * * MON-FRI", "TimeZone": "UTC", "MinSize": 0, "DesiredCapacity": 0,
-        "MaxSize": Match.absent()})
+        "MaxSize": 0})
     fleet.has_resource_properties("AWS::AutoScaling::ScheduledAction", {
-        "Recurrence": "0 7 * * MON-FRI", "TimeZone": "UTC", "MinSize": 0,
+        "Recurrence": "0 7 * * MON-FRI", "TimeZone": "UTC", "MinSize": 0, "MaxSize": 4,
         "DesiredCapacity": Match.absent()})
 
 
@@ -260,15 +260,21 @@ def test_off_hours_restores_the_given_capacity_in_the_morning() -> None:
     group = autoscaling.AutoScalingGroup(stack, "G", vpc=vpc, instance_type=ec2.InstanceType("g5.xlarge"),
                                          machine_image=ec2.MachineImage.latest_amazon_linux2023())
     add_off_hours_schedule(group, scale_in_cron="0 19 * * *", scale_out_cron="30 6 * * MON-FRI",
-                           time_zone="Europe/Berlin", restore_min_capacity=1, restore_desired_capacity=2)
+                           restore_max_capacity=3, time_zone="Europe/Berlin", restore_min_capacity=1,
+                           restore_desired_capacity=2)
     Template.from_stack(stack).has_resource_properties("AWS::AutoScaling::ScheduledAction", {
-        "Recurrence": "30 6 * * MON-FRI", "TimeZone": "Europe/Berlin", "MinSize": 1, "DesiredCapacity": 2})
+        "Recurrence": "30 6 * * MON-FRI", "TimeZone": "Europe/Berlin", "MinSize": 1, "DesiredCapacity": 2,
+        "MaxSize": 3})
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
-    ({"scale_in_cron": "0 20 * * *", "scale_out_cron": None}, "go together"),
+    ({"scale_in_cron": "0 20 * * *", "scale_out_cron": None, "restore_max_capacity": 4}, "go together"),
     ({"scale_in_cron": "0 20 * * *", "scale_out_cron": "0 7 * * *", "restore_min_capacity": 2,
-      "restore_desired_capacity": 1}, "at least restore_min_capacity"),
+      "restore_desired_capacity": 1, "restore_max_capacity": 4}, "at least restore_min_capacity"),
+    ({"scale_in_cron": "0 20 * * *", "scale_out_cron": "0 7 * * *", "restore_max_capacity": 0},
+     "restore_max_capacity must be at least 1"),
+    ({"scale_in_cron": "0 20 * * *", "scale_out_cron": "0 7 * * *", "restore_min_capacity": 1,
+      "restore_desired_capacity": 3, "restore_max_capacity": 2}, r"restore_desired_capacity \(3\), got 2"),
 ])
 def test_off_hours_fails_on_inconsistent_arguments(kwargs, message) -> None:
     stack = cdk.Stack(cdk.App(), "s", env=cdk.Environment(region="us-east-1"))

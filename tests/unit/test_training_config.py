@@ -44,6 +44,7 @@ def test_defaults_follow_the_contract_and_the_design() -> None:
     assert not hasattr(training, "training_unit")  # the agent starts the trainer (RUNS_CONTRACT.md)
     assert (training.lease_seconds, training.lease_renew_seconds, training.claim_poll_seconds) == (90, 30, 15)
     assert (training.run_default_max_failures, training.run_default_max_duration_minutes) == (3, 72 * 60)
+    assert training.runs_capacity_rate_minutes == 5
     assert training.rebalance_action == "checkpoint"
     assert training.efa_enabled is False
     assert {t.split(".")[0] for t in training.instance_types} == {"g5", "g6"}
@@ -102,6 +103,9 @@ def test_powertools_layer_pin_matches_the_dev_requirements() -> None:
         ({"run_default_max_failures": 0}, "run_default_max_failures", 0, "1 to 100"),
         ({"run_default_max_duration_minutes": 0}, "run_default_max_duration_minutes", 0, "1 to 43200"),
         ({"runs_log_retention_days": 2}, "runs_log_retention_days", 2, "CloudWatch Logs retention"),
+        ({"runs_capacity_rate_minutes": 0}, "runs_capacity_rate_minutes", 0, "1 to 60 minutes"),
+        ({"runs_capacity_rate_minutes": 61}, "runs_capacity_rate_minutes", 61, "1 to 60 minutes"),
+        ({"runs_capacity_rate_minutes": 2.5}, "runs_capacity_rate_minutes", 2.5, "1 to 60 minutes"),
         ({"instance_types": ("g5.xlarge", "g6.3xlarge")}, "instance_types", "g6.3xlarge",
          "GPUS_PER_INSTANCE_TYPE"),
         ({"training_signal": "SIGKILL"}, "training_signal", "SIGKILL", "SIGUSR1"),

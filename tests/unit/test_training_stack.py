@@ -10,7 +10,7 @@ import pytest
 from aws_cdk import aws_autoscaling as autoscaling
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_iam as iam
-from aws_cdk.assertions import Template
+from aws_cdk.assertions import Match, Template
 
 from constructs_lib.interruption_handler import checkpoint_document
 from ml_stacks.app_factory import build_app
@@ -18,8 +18,10 @@ from ml_stacks.config import DLAMI_SSM_PARAMETER, TrainingConfig, default_config
 from tests.conftest import STACKS, STAGES, resources_of_type
 
 
-def only(template: dict, resource_type: str) -> dict:
-    [resource] = resources_of_type(template, resource_type).values()
+def only(template: dict, resource_type: str, prefix: str = "") -> dict:
+    """The one resource of ``resource_type`` whose logical ID starts with ``prefix``."""
+    [resource] = [r for lid, r in resources_of_type(template, resource_type).items()
+                  if lid.startswith(prefix)]
     return resource
 
 
@@ -203,7 +205,8 @@ def test_termination_hook_sends_to_the_queue_with_continue_and_the_configured_ti
 
 
 def test_spot_and_rebalance_rules_feed_the_queue_with_a_dead_letter_queue(dev) -> None:
-    rules = resources_of_type(dev, "AWS::Events::Rule").values()
+    rules = [r for r in resources_of_type(dev, "AWS::Events::Rule").values()
+             if "EventPattern" in r["Properties"]]  # the runs capacity schedule has none
     patterns = sorted(r["Properties"]["EventPattern"]["detail-type"][0] for r in rules)
     assert patterns == ["EC2 Instance Rebalance Recommendation", "EC2 Spot Instance Interruption Warning"]
     for rule in rules:
@@ -219,7 +222,7 @@ def test_queue_is_encrypted_tls_only_with_a_dlq_and_six_times_the_lambda_timeout
     queues = resources_of_type(template, "AWS::SQS::Queue")
     [main] = [q for k, q in queues.items() if k.startswith("InterruptionHandlerQueue")]
     [dlq] = [q for k, q in queues.items() if k.startswith("InterruptionHandlerDeadLetterQueue")]
-    [function] = resources_of_type(template, "AWS::Lambda::Function").values()
+    function = only(template, "AWS::Lambda::Function", "InterruptionHandler")
     timeout = function["Properties"]["Timeout"]
     assert timeout == synthesized.configs[stage].training.lambda_timeout_seconds
     assert main["Properties"]["VisibilityTimeout"] >= 6 * timeout
@@ -235,7 +238,7 @@ def test_queue_is_encrypted_tls_only_with_a_dlq_and_six_times_the_lambda_timeout
 
 
 def test_dead_letter_queue_alarm_goes_to_the_alerts_topic(dev) -> None:
-    alarm = only(dev, "AWS::CloudWatch::Alarm")["Properties"]
+    alarm = only(dev, "AWS::CloudWatch::Alarm", "InterruptionHandler")["Properties"]
     assert (alarm["MetricName"], alarm["Namespace"], alarm["Threshold"], alarm["ComparisonOperator"]) == (
         "ApproximateNumberOfMessagesVisible", "AWS/SQS", 0, "GreaterThanThreshold")
     assert alarm["Dimensions"][0]["Value"]["Fn::GetAtt"][0].startswith("InterruptionHandlerDeadLetterQueue")
@@ -247,7 +250,7 @@ def test_lambda_reports_batch_item_failures_and_runs_the_pinned_powertools_layer
     mapping = only(dev, "AWS::Lambda::EventSourceMapping")["Properties"]
     assert mapping["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
     assert mapping["EventSourceArn"]["Fn::GetAtt"][0].startswith("InterruptionHandlerQueue")
-    function = only(dev, "AWS::Lambda::Function")["Properties"]
+    function = only(dev, "AWS::Lambda::Function", "InterruptionHandler")["Properties"]
     assert function["Handler"] == "handler.handler"
     assert function["Runtime"].startswith("python3.1") and int(function["Runtime"][8:]) >= 12
     layer = TrainingConfig().powertools_layer_version
@@ -366,7 +369,7 @@ def test_efa_option_adds_an_efa_interface_and_a_cluster_placement_group_in_one_a
 
 def test_log_only_rebalance_reaches_the_lambda(tmp_path) -> None:
     template = _training_template(tmp_path, rebalance_action="log-only")
-    env = only(template, "AWS::Lambda::Function")["Properties"]["Environment"]["Variables"]
+    env = only(template, "AWS::Lambda::Function", "InterruptionHandler")["Properties"]["Environment"]["Variables"]
     assert env["REBALANCE_ACTION"] == "log-only"
 
 
@@ -402,7 +405,12 @@ def test_off_hours_schedule_scales_the_fleet_only_outside_prod(synthesized, stag
     template.resource_count_is("AWS::AutoScaling::ScheduledAction", scheduled)
     if scheduled:
         idle = synthesized.configs[stage].idle_shutdown
+        training = synthesized.configs[stage].training
+        # Night: the fleet is closed (maximum 0), so nothing can raise it
+        # until the morning action reopens it at its configured maximum.
         template.has_resource_properties("AWS::AutoScaling::ScheduledAction", {
-            "MinSize": 0, "DesiredCapacity": 0, "Recurrence": idle.off_hours_scale_in_cron})
+            "MinSize": 0, "DesiredCapacity": 0, "MaxSize": 0, "Recurrence": idle.off_hours_scale_in_cron,
+            "TimeZone": idle.off_hours_time_zone})
         template.has_resource_properties("AWS::AutoScaling::ScheduledAction", {
-            "MinSize": 0, "Recurrence": idle.off_hours_scale_out_cron})
+            "MinSize": 0, "MaxSize": training.max_capacity, "DesiredCapacity": Match.absent(),
+            "Recurrence": idle.off_hours_scale_out_cron, "TimeZone": idle.off_hours_time_zone})
