@@ -69,8 +69,9 @@ def cmd_submit(ctx: Context, args: argparse.Namespace) -> int:
     except (ClientError, UserError) as error:
         # The run exists: say so, or the user submits it twice.
         raise UserError(f"run {item['run_id']} is submitted (PENDING), but the fleet's desired "
-                        f"capacity was not raised ({_reason(error)}): raise {runs.group}'s desired "
-                        "capacity by hand or submit again later") from None
+                        f"capacity was not raised ({_reason(error)}): the runs capacity function "
+                        f"raises it within {ctx.config.training.runs_capacity_rate_minutes} minutes "
+                        "once the group is reachable; do not submit it again") from None
     if capacity.max_size == 0:
         ctx.err.write(f"submitted run {item['run_id']} (PENDING); {runs.group} is closed "
                       f"(MaxSize 0{_off_hours(ctx.config)}): the run is queued and starts by "

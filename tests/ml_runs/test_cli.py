@@ -275,3 +275,6 @@ def test_a_submitted_run_is_named_when_the_fleet_cannot_be_raised(world, tmp_pat
     assert result.err.startswith(f"error: run {run_id} is submitted (PENDING), but the fleet's desired "
                                  "capacity was not raised (Auto Scaling group ")
     assert world.item(run_id)["state"] == "PENDING"
+    rate = world.config.training.runs_capacity_rate_minutes
+    assert result.err.endswith(f"the runs capacity function raises it within {rate} minutes once the "
+                               "group is reachable; do not submit it again\n")
