@@ -15,16 +15,18 @@ from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from botocore.config import Config
 
-from batch import Processor, RecordOutcome
+from batch import MAX_WORKERS, Processor, RecordOutcome
 from logic import Clients, Settings
+from quarantine import Quarantine
 
 logger = Logger()
 metrics = Metrics()
 
-# Fail fast into a per-record retry instead of spending the invocation on
-# SDK back-off.
-_BOTO_CONFIG = Config(retries={"mode": "standard", "max_attempts": 3},
-                      connect_timeout=3, read_timeout=10)
+# One attempt per SDK call: calls.py retries inside the record's deadline
+# and knows when a repeat of SendCommand must look before it sends. Short
+# timeouts: the whole invocation has a few seconds (README, time budget).
+_BOTO_CONFIG = Config(retries={"mode": "standard", "max_attempts": 1},
+                      connect_timeout=2, read_timeout=4, max_pool_connections=MAX_WORKERS + 4)
 
 
 class _PowertoolsMetrics:
@@ -59,7 +61,9 @@ def build_processor(environ: dict[str, str] | None = None) -> Processor:
     return Processor(settings=settings, clients=clients,
                      dynamodb=boto3.client("dynamodb", config=_BOTO_CONFIG),
                      table_name=env["IDEMPOTENCY_TABLE_NAME"], metrics=_PowertoolsMetrics(),
-                     log=log_outcome)
+                     log=log_outcome,
+                     quarantine=Quarantine(boto3.client("sqs", config=_BOTO_CONFIG),
+                                           env["DEAD_LETTER_QUEUE_URL"]))
 
 
 _processor: Processor | None = None
@@ -67,8 +71,10 @@ _processor: Processor | None = None
 
 def _message_ids(event: Any) -> list[str]:
     records = event.get("Records") if isinstance(event, dict) else None
-    return [r["messageId"] for r in records or [] if isinstance(r, dict)
-            and isinstance(r.get("messageId"), str)]
+    if not isinstance(records, list):
+        return []
+    return [r["messageId"] for r in records if isinstance(r, dict)
+            and isinstance(r.get("messageId"), str) and r["messageId"]]
 
 
 def handler(event: Any, context: Any) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from botocore.stub import Stubber
 
 from tests.interruption_lambda import batch, fixture, handler, messages, sqs_event, sqs_record
 from tests.interruption_aws import (DOCUMENT, GROUP, HOOK, LambdaContext, short_circuit)
+from tests.interruption_lambda import batch  # noqa: F811
 from tests.interruption_aws import aws  # noqa: F401  (the fixture)
 
 TOKEN = "71514b9d-6a40-4b26-8523-05e7ee35fa4c"
@@ -156,7 +157,7 @@ def test_lifecycle_action_is_completed_when_send_command_says_the_instance_is_in
     ssm_stub = Stubber(aws.ssm)
     ssm_stub.add_response("describe_instance_information", {"InstanceInformationList": [
         {"InstanceId": aws.fleet_instance, "PingStatus": "Online"}]},
-        {"Filters": [{"Key": "InstanceIds", "Values": [aws.fleet_instance]}]})
+        {"Filters": [{"Key": "InstanceIds", "Values": [aws.fleet_instance]}], "MaxResults": 50})
     ssm_stub.add_client_error("send_command", "InvalidInstanceId",
                               "Instances [[i-0b662ef9931388ba0]] not in a valid state for account")
     aws.expect_complete(aws.fleet_instance, TOKEN)
@@ -207,38 +208,89 @@ def test_test_notification_is_acknowledged_and_skipped(aws) -> None:
                 "LifecycleTransition": "autoscaling:EC2_INSTANCE_LAUNCHING"}),
     json.dumps({**fixture("lifecycle_hook_terminating"), "LifecycleHookName": "x' && curl evil"}),
 ], ids=["not-json", "array", "other-detail-type", "injected-instance-id", "launching", "injected-hook"])
-def test_malformed_or_unknown_messages_are_logged_and_dropped(aws, body) -> None:
+def test_malformed_or_unknown_messages_are_quarantined_in_the_dead_letter_queue(aws, body) -> None:
     result = run(aws, body, message_ids=["bad-1"])
     assert aws.commands() == []
     [outcome] = result.outcomes
-    assert (outcome.message_id, outcome.outcome, outcome.action) == ("bad-1", "skipped", "drop")
+    assert (outcome.message_id, outcome.outcome, outcome.action) == ("bad-1", "skipped", "quarantined")
     assert outcome.reason.startswith("malformed: ")
     assert result.response() == {"batchItemFailures": []}
     assert aws.metrics.counts == {"MalformedMessages": 1}
+    [dead] = aws.dead_letters()
+    assert dead["Body"] == body
+    assert dead["MessageAttributes"]["source_message_id"]["StringValue"] == "bad-1"
+    assert dead["MessageAttributes"]["reason"]["StringValue"].startswith("malformed: ")
 
 
-def test_throttling_fails_only_that_record_and_the_retry_checkpoints_once(aws) -> None:
+def test_a_malformed_message_the_dead_letter_queue_refuses_is_failed_back_to_sqs(aws) -> None:
+    """Never nowhere: if the copy fails, SQS's redrive policy moves it later."""
+    sqs_stub = Stubber(aws.sqs)
+    sqs_stub.add_client_error("send_message", "AccessDenied", "not authorized", http_status_code=403)
+    with sqs_stub:
+        result = run(aws, "not json", message_ids=["bad-1"])
+    assert result.response() == {"batchItemFailures": [{"itemIdentifier": "bad-1"}]}
+    assert "sqs:SendMessage" in result.outcomes[0].reason
+
+
+def test_a_single_throttle_is_retried_within_the_invocation(aws) -> None:
     ec2_stub = Stubber(aws.ec2)
     ec2_stub.add_client_error("describe_instances", "RequestLimitExceeded", "Request limit exceeded.",
                               http_status_code=503)
-    with ec2_stub:
-        result = run(aws, spot(aws.fleet_instance), fixture("test_notification"),
+    real = aws.ec2.describe_instances
+    ec2_stub.activate()
+    calls: list[dict] = []
+
+    def first_throttled_then_real(**params):
+        calls.append(params)
+        if len(calls) == 1:
+            return real(**params)  # the stub answers the first call with the throttle
+        ec2_stub.deactivate()
+        return real(**params)
+
+    aws.ec2.describe_instances = first_throttled_then_real
+    result = run(aws, spot(aws.fleet_instance), fixture("test_notification"),
+                 message_ids=["throttled", "fine"])
+    assert result.response() == {"batchItemFailures": []}
+    assert [o.action for o in result.outcomes] == ["checkpoint-requested", "none"]
+    assert len(aws.commands()) == 1
+    assert len(aws.clock.slept) == 1 and 0 <= aws.clock.slept[0] <= 0.1
+    assert result.stats.throttles == 1
+
+
+def test_persistent_throttling_fails_only_that_record_before_the_deadline(aws) -> None:
+    aws.autoscaling_stub.deactivate()
+    autoscaling_stub = Stubber(aws.autoscaling)
+    for _ in range(200):
+        autoscaling_stub.add_client_error("complete_lifecycle_action", "Throttling", "Rate exceeded",
+                                          http_status_code=400)
+    with autoscaling_stub:
+        result = run(aws, hook_message(aws.other_instance), spot(aws.fleet_instance),
                      message_ids=["throttled", "fine"])
     assert result.response() == {"batchItemFailures": [{"itemIdentifier": "throttled"}]}
-    assert [o.outcome for o in result.outcomes] == ["failed", "skipped"]
-    assert "RequestLimitExceeded" in result.outcomes[0].reason
-    assert aws.commands() == []
-
-    retry = run(aws, spot(aws.fleet_instance), message_ids=["throttled"])
-    assert retry.response() == {"batchItemFailures": []}
-    assert len(aws.commands()) == 1
+    assert "Throttling" in result.outcomes[0].reason
+    assert result.outcomes[1].action == "checkpoint-requested"
+    # Retried until the deadline (the context's remaining time less the margin), not beyond.
+    budget = LambdaContext().get_remaining_time_in_millis() / 1000 - batch.SAFETY_MARGIN_SECONDS
+    assert budget - 2.0 <= sum(aws.clock.slept) <= budget
+    aws.autoscaling_stub.activate()
 
 
 def test_throttled_lifecycle_completion_is_retried_then_completed_once(aws) -> None:
     aws.autoscaling_stub.add_client_error("complete_lifecycle_action", "Throttling", "Rate exceeded",
                                           http_status_code=400)
+    aws.expect_complete(aws.other_instance, TOKEN)
     first = run(aws, hook_message(aws.other_instance), message_ids=["m"])
+    assert first.response() == {"batchItemFailures": []}
+    assert first.outcomes[0].action == "lifecycle-action-completed"
+    aws.autoscaling_stub.assert_no_pending_responses()
+
+
+def test_a_record_failed_at_its_deadline_is_acted_on_by_the_redelivery(aws) -> None:
+    aws.autoscaling_stub.add_client_error("complete_lifecycle_action", "Throttling", "Rate exceeded",
+                                          http_status_code=400)
+    first = run(aws, hook_message(aws.other_instance), message_ids=["m"])  # stub runs dry: fails
     assert first.response() == {"batchItemFailures": [{"itemIdentifier": "m"}]}
+    aws.clock.now += 60  # the queue's visibility timeout: the first attempt's lease is over
     aws.expect_complete(aws.other_instance, TOKEN)
     second = run(aws, hook_message(aws.other_instance), message_ids=["m"])
     assert second.response() == {"batchItemFailures": []}
@@ -335,7 +387,7 @@ def test_handler_logs_one_structured_line_per_decision_and_emits_metrics(aws, mo
     monkeypatch.setattr(handler, "build_processor", lambda: batch.Processor(
         settings=aws.processor().settings, clients=aws.processor().clients, dynamodb=aws.dynamodb,
         table_name="interruption-idempotency", metrics=handler._PowertoolsMetrics(),
-        log=handler.log_outcome))
+        log=handler.log_outcome, quarantine=aws.processor().quarantine))
     event = sqs_event(sqs_record(spot(aws.fleet_instance), message_id="one"),
                       sqs_record("garbage", message_id="two"))
     assert handler.handler(event, LambdaContext()) == {"batchItemFailures": []}
@@ -343,7 +395,7 @@ def test_handler_logs_one_structured_line_per_decision_and_emits_metrics(aws, mo
     decisions = [json.loads(line) for line in log_stream.getvalue().splitlines()]
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert [(d["message_id"], d["outcome"], d["action"]) for d in decisions] == [
-        ("one", "handled", "checkpoint-requested"), ("two", "skipped", "drop")]
+        ("one", "handled", "checkpoint-requested"), ("two", "skipped", "quarantined")]
     assert decisions[0]["instance_id"] == aws.fleet_instance
     assert decisions[0]["event_kind"] == "spot-interruption"
     [emf] = [line for line in lines if "_aws" in line]
@@ -356,7 +408,8 @@ def test_build_processor_reads_its_settings_from_the_environment(monkeypatch) ->
     processor = handler.build_processor({
         "AUTOSCALING_GROUP_NAME": GROUP, "FLEET_TAG_KEY": "ml:training-fleet", "FLEET_TAG_VALUE": GROUP,
         "CHECKPOINT_DOCUMENT_NAME": DOCUMENT, "IDEMPOTENCY_TABLE_NAME": "t",
-        "REBALANCE_ACTION": "log-only", "COMMAND_DELIVERY_TIMEOUT_SECONDS": "45"})
+        "REBALANCE_ACTION": "log-only", "COMMAND_DELIVERY_TIMEOUT_SECONDS": "45",
+        "DEAD_LETTER_QUEUE_URL": "https://sqs.us-east-1.amazonaws.com/123456789012/dlq"})
     assert processor.settings.rebalance_action == "log-only"
     assert processor.settings.command_delivery_timeout_seconds == 45
 
