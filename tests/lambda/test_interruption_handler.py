@@ -433,3 +433,120 @@ def test_idempotency_key_is_the_token_for_lifecycle_actions_and_the_event_id_oth
     assert hook.idempotency_key == bridged.idempotency_key == f"lifecycle:{TOKEN}"
     assert warning.idempotency_key == "event:1e5527d7-bb36-4607-3370-4164db56a40e"
     assert messages.Interruption.from_request(copy.deepcopy(hook.as_request())) == hook
+
+
+# --- defects of issue 12 ----------------------------------------------------------
+
+@pytest.mark.parametrize("token", ["not-a-uuid", "71514B9D6A404B26852305E7EE35FA4C", "",
+                                   TOKEN + "\n", 12345], ids=["word", "no-dashes", "empty", "newline", "number"])
+def test_lifecycle_message_with_an_unusable_token_is_acted_on_and_quarantined(aws, token) -> None:
+    message = hook_message(aws.fleet_instance)
+    message["LifecycleActionToken"] = token
+    result = run(aws, message, message_ids=["odd-token"])
+
+    [command] = aws.commands()
+    assert command["InstanceIds"] == [aws.fleet_instance]
+    # Checkpointed like a spot notice: the agent cannot complete without a token.
+    assert command["Parameters"] == checkpoint_parameters("lifecycle-terminate", message["RequestId"])
+    assert result.response() == {"batchItemFailures": []}
+    assert result.outcomes[0].action == "checkpoint-requested"
+    [dead] = aws.dead_letters()
+    assert json.loads(dead["Body"]) == message
+    assert "without its token" in dead["MessageAttributes"]["reason"]["StringValue"]
+    assert aws.metrics.counts["MalformedMessages"] == 1
+
+
+def test_unreachable_instance_with_an_unusable_token_is_completed_by_instance_id(aws) -> None:
+    message = hook_message(aws.other_instance)
+    message["LifecycleActionToken"] = "not-a-uuid"
+    aws.autoscaling_stub.add_response("complete_lifecycle_action", {}, {
+        "LifecycleHookName": HOOK, "AutoScalingGroupName": GROUP,
+        "LifecycleActionResult": "CONTINUE", "InstanceId": aws.other_instance})
+    result = run(aws, message)
+    aws.autoscaling_stub.assert_no_pending_responses()
+    assert result.outcomes[0].action == "lifecycle-action-completed"
+    assert len(aws.dead_letters()) == 1
+
+
+@pytest.mark.parametrize("field,value", [
+    ("EC2InstanceId", "{instance}\n"), ("RequestId", "a1b2c3d4-0000-1111-2222-333344445555\n"),
+    ("LifecycleHookName", HOOK + "\n"), ("AutoScalingGroupName", GROUP + "\n"),
+    ("EC2InstanceId", " {instance}"), ("EC2InstanceId", "{instance}\r\n"),
+])
+def test_no_string_with_a_trailing_newline_or_space_reaches_aws(aws, field, value) -> None:
+    message = hook_message(aws.fleet_instance)
+    message[field] = value.format(instance=aws.fleet_instance)
+    result = run(aws, message)
+    for command in aws.commands():
+        values = [command["DocumentName"], *command["InstanceIds"], command["Comment"],
+                  *(v for vs in command["Parameters"].values() for v in vs)]
+        assert not any(v != v.strip() for v in values), command
+    aws.autoscaling_stub.assert_no_pending_responses()  # no CompleteLifecycleAction either
+    assert result.response() == {"batchItemFailures": []}
+
+
+def test_spot_warning_with_a_trailing_newline_in_the_instance_id_is_quarantined(aws) -> None:
+    result = run(aws, spot(aws.fleet_instance + "\n"))
+    assert aws.commands() == []
+    assert result.outcomes[0].action == "quarantined"
+
+
+def test_a_failed_save_after_send_command_does_not_send_a_second_command(aws) -> None:
+    """SendCommand has no client token: the redelivery finds the first command in
+    ListCommands (the ledger says the first attempt never finished) and sends none."""
+    from botocore.exceptions import ClientError
+    real_put = aws.dynamodb.put_item
+
+    def put_item(**params):
+        if params["Item"]["status"]["S"] == "COMPLETED":
+            raise ClientError({"Error": {"Code": "InternalServerError", "Message": "boom"},
+                               "ResponseMetadata": {"HTTPStatusCode": 500}}, "PutItem")
+        return real_put(**params)
+
+    first = run(aws, spot(aws.fleet_instance), message_ids=["m"],
+                processor=_with_put(aws, put_item))
+    assert first.response() == {"batchItemFailures": [{"itemIdentifier": "m"}]}
+    assert "dynamodb:PutItem" in first.outcomes[0].reason
+    assert len(aws.commands()) == 1
+
+    aws.clock.now += 60  # redelivered after the visibility timeout
+    second = run(aws, spot(aws.fleet_instance), message_ids=["m"])
+    assert second.response() == {"batchItemFailures": []}
+    assert len(aws.commands()) == 1
+    assert second.outcomes[0].action == "checkpoint-requested"
+    assert "earlier attempt" in second.outcomes[0].reason
+
+
+def test_a_read_timeout_on_send_command_looks_before_sending_again(aws) -> None:
+    from botocore.exceptions import ReadTimeoutError
+    real_send = aws.ssm.send_command
+    attempts: list[int] = []
+
+    def send_then_lose_the_answer(**params):
+        attempts.append(1)
+        real_send(**params)
+        if len(attempts) == 1:
+            raise ReadTimeoutError(endpoint_url="https://ssm.us-east-1.amazonaws.com")
+        return {"Command": {"CommandId": "never"}}
+
+    aws.ssm.send_command = send_then_lose_the_answer
+    result = run(aws, spot(aws.fleet_instance))
+    assert len(aws.commands()) == 1 and len(attempts) == 1
+    assert result.outcomes[0].action == "checkpoint-requested"
+
+
+def _with_put(aws, put_item):
+    class Dynamo:
+        def __getattr__(self, name):
+            return put_item if name == "put_item" else getattr(aws.dynamodb, name)
+
+    processor = aws.processor()
+    processor.dynamodb = Dynamo()
+    return processor
+
+
+@pytest.mark.parametrize("records", [5, "x", None, {"a": 1}, 3.5, True])
+def test_a_cold_start_failure_meeting_records_that_are_not_a_list_does_not_raise(monkeypatch, records) -> None:
+    monkeypatch.setattr(handler, "_processor", None)
+    monkeypatch.delenv("AUTOSCALING_GROUP_NAME", raising=False)
+    assert handler.handler({"Records": records}, LambdaContext()) == {"batchItemFailures": []}
