@@ -78,16 +78,36 @@ def is_ambiguous(error: Exception) -> bool:
 
 @dataclass
 class CallStats:
-    """What a batch cost: calls per operation and throttles met (bench, logs)."""
+    """Shared by a batch's threads: what it cost (calls per operation, throttles
+    met) and when an operation may be called again after a throttle, so one
+    record's throttle slows every record of the batch instead of each of
+    them spending its own attempts on an exhausted quota."""
 
     calls: dict[str, int] = field(default_factory=dict)
     throttles: int = 0
+    not_before: dict[str, float] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add(self, operation: str, throttled: bool) -> None:
         with self._lock:
             self.calls[operation] = self.calls.get(operation, 0) + 1
             self.throttles += int(throttled)
+
+    def hold(self, operation: str, until: float) -> None:
+        with self._lock:
+            self.not_before[operation] = max(self.not_before.get(operation, 0.0), until)
+
+    def wait_for(self, operation: str, deadline: "Deadline") -> bool:
+        """Sleep until ``operation`` may be called; False if that is past the deadline."""
+        with self._lock:
+            until = self.not_before.get(operation, 0.0)
+        wait = until - deadline.clock()
+        if wait <= 0:
+            return True
+        if deadline.remaining() - wait <= 0:
+            return False
+        deadline.sleep(wait)
+        return True
 
 
 @dataclass
@@ -120,16 +140,24 @@ def call(operation: str, function: Callable[[], T], deadline: Deadline, stats: C
     rng = rng or random
     attempt = 0
     while True:
+        if stats is not None and attempt and not stats.wait_for(operation, deadline):
+            raise TransientError(operation, "throttled until past the record's deadline")
         try:
             result = function()
         except (ClientError, BotoCoreError) as error:
+            throttled = is_throttling(error)
             if stats is not None:
-                stats.add(operation, is_throttling(error))
+                stats.add(operation, throttled)
             if not is_retryable(error):
                 raise
-            delay = rng.uniform(0, min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2 ** attempt))
+            ceiling = min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2 ** attempt)
+            # Equal jitter for throttles (at least half the ceiling: the
+            # quota is shared), full jitter for the rest.
+            delay = rng.uniform(ceiling / 2 if throttled else 0, ceiling)
             if deadline.remaining() - delay <= 0:
                 raise TransientError(operation, error) from error
+            if throttled and stats is not None:
+                stats.hold(operation, deadline.clock() + delay)
             deadline.sleep(delay)
             attempt += 1
             if before_retry is not None and is_ambiguous(error):
