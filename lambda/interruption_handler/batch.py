@@ -171,7 +171,9 @@ class Processor:
             ledger.finish(parsed.idempotency_key, message_id, decision.as_dict(), deadline)
             outcome = RecordOutcome(message_id, decision.outcome, decision.action, decision.reason,
                                     parsed.instance_id, parsed.kind)
-        if parsed.salvaged:
+        duplicate = claim.state == DONE and claim.first_message_id != message_id
+        if parsed.salvaged and not duplicate:
+            # Once per event: the message that decided it (or its redelivery).
             self._quarantine(entry, f"acted on without its token: {parsed.salvaged}", deadline)
         return outcome
 
