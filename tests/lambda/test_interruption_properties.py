@@ -332,3 +332,27 @@ def test_a_batch_with_duplicates_causes_each_action_once_whatever_fails(batch_re
 def test_events_that_are_not_sqs_batches_change_nothing(event) -> None:
     aws, _ = deliver(event, {}, "checkpoint")
     assert not aws.commands and not aws.completed and not aws.dead_letters
+
+
+@st.composite
+def valid_records(draw) -> dict:
+    """An unmutated real event for a reachable fleet instance: it must cause one command."""
+    message = fixture(draw(st.sampled_from(BASES[:4])))
+    fresh, token = str(draw(st.uuids())), str(draw(st.uuids()))
+    for target in (message, message.get("detail", {})):
+        for name, value in (("instance-id", INSTANCES["fleet-online"]), ("id", fresh), ("RequestId", fresh),
+                            ("EC2InstanceId", INSTANCES["fleet-online"]), ("LifecycleActionToken", token)):
+            if name in target:
+                target[name] = value
+    return {"messageId": str(draw(st.uuids())), "body": json.dumps(message),
+            "attributes": {"ApproximateReceiveCount": "1"}, "eventSource": "aws:sqs"}
+
+
+@settings(**{**SETTINGS, "max_examples": 300})
+@given(batch_records=st.lists(valid_records(), min_size=1, max_size=4),
+       fault=st.tuples(st.sampled_from(["PutItem", "SendCommand", "ListCommands", "GetItem"]),
+                       st.sampled_from(FAULTS)).map(lambda pair: {pair[0]: pair[1]}))
+def test_a_fault_around_send_command_never_sends_a_second_command(batch_records, fault) -> None:
+    aws, raw = deliver({"Records": batch_records}, fault, "checkpoint")
+    check(aws, raw, "checkpoint")
+    assert len(aws.commands) == len({oracle(r, "checkpoint").key for r in raw})
