@@ -36,8 +36,9 @@ from idle_report import Reporter, notify, stop_summary
 from idle_settings import (COMPLETION_DETAIL_TYPE, COMPLETION_SOURCE, KEEP_ALIVE_TAG,
                            SCHEDULE_DETAIL_TYPE, SCHEDULE_SOURCE, Settings)
 
-# Auto Scaling group names: 1-255 characters, no control characters.
-_GROUP_NAME_RE = re.compile(r"^[^\x00-\x1f\x7f]{1,255}$")
+# Auto Scaling group names: 1-255 characters, no control characters
+# (full match: ``match`` with ``$`` would let a trailing newline through).
+_GROUP_NAME_RE = re.compile(r"[^\x00-\x1f\x7f]{1,255}")
 
 # Stops run in parallel: each TerminateInstanceInAutoScalingGroup is a
 # round trip, and a burst of idle instances must fit well within the timeout.
@@ -201,7 +202,7 @@ def complete(detail: Any, *, settings: Settings, clients: Any, reporter: Reporte
              event_id: Any = None) -> dict:
     """Scale a finished job's group to its minimum, if it is opted in."""
     name = detail.get("autoScalingGroupName") if isinstance(detail, dict) else None
-    if not isinstance(name, str) or not _GROUP_NAME_RE.match(name):
+    if not isinstance(name, str) or not _GROUP_NAME_RE.fullmatch(name):
         reporter.log("completion_ignored", reason="malformed_event", event_id=event_id,
                      auto_scaling_group_name=name if isinstance(name, str) else repr(name))
         return {"status": "ignored", "reason": "malformed_event"}

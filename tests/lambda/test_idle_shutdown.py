@@ -323,7 +323,7 @@ def test_job_completion_respects_a_group_keep_alive(world) -> None:
 @pytest.mark.parametrize("detail", [
     None, "fleet", [], {}, {"autoScalingGroupName": None}, {"autoScalingGroupName": 42},
     {"autoScalingGroupName": ""}, {"autoScalingGroupName": "x" * 256},
-    {"autoScalingGroupName": "fleet\nrm -rf"}, {"asgName": "fleet"},
+    {"autoScalingGroupName": "fleet\nrm -rf"}, {"asgName": "fleet"}, {"autoScalingGroupName": "fleet\n"},
 ])
 def test_malformed_completion_events_are_logged_and_ignored_without_aws_calls(world, detail) -> None:
     payload = event("training_job_finished")
