@@ -7,8 +7,10 @@ too) land in the queue together. The real ``batch.Processor`` handles them
 the way the event source mapping delivers them: ``MAX_CONCURRENCY`` batches
 of ``BATCH_SIZE`` at once (constructs_lib/interruption_handler.py), each
 invocation with the function timeout as its budget. A record handed back
-through ``batchItemFailures`` is redelivered after the visibility timeout
-(scaled by ``--time-scale`` so the bench does not wait 48 s).
+through ``batchItemFailures`` is redelivered when the handler made it
+visible again (``requeue.py``: 2 s, doubling per receive) or, if that call
+failed, after the visibility timeout (scaled by ``--time-scale``; 1 is real
+time). ``--no-requeue`` shows the visibility timeout alone.
 
 AWS is stubbed in-process: every call sleeps a per-call latency (with
 jitter) and draws from a token bucket per API; an empty bucket answers with
@@ -53,7 +55,7 @@ sys.path.insert(0, str(ROOT))
 from botocore.exceptions import ClientError  # noqa: E402
 
 from constructs_lib import interruption_handler as construct  # noqa: E402
-from tests.interruption_lambda import batch, fixture, logic, sqs_record  # noqa: E402
+from tests.interruption_lambda import batch, fixture, logic, requeue, sqs_record  # noqa: E402
 
 GROUP, HOOK, DOCUMENT, FLEET_TAG = "ml-dev-training-gpu", "ml-dev-training-gpu-terminating", "doc", "ml:training-fleet"
 
@@ -89,6 +91,7 @@ class StubbedAws:
     sent: dict[str, float] = field(default_factory=dict)  # instance -> time of its command
     commands: list[dict] = field(default_factory=list)
     items: dict[str, dict] = field(default_factory=dict)
+    visibility: dict[str, int] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def _call(self, operation: str) -> None:
@@ -134,6 +137,14 @@ class StubbedAws:
         self._call("CompleteLifecycleAction")
         return {}
 
+    # SQS: the handler's visibility change of failed records
+    def change_message_visibility_batch(self, QueueUrl, Entries):  # noqa: N803
+        self._call("ChangeMessageVisibilityBatch")
+        with self.lock:
+            for entry in Entries:
+                self.visibility[entry["ReceiptHandle"]] = entry["VisibilityTimeout"]
+        return {"Successful": [{"Id": e["Id"]} for e in Entries], "Failed": []}
+
     # DynamoDB (the ledger's conditional write, evaluated here)
     def put_item(self, TableName, Item, ConditionExpression=None, ExpressionAttributeValues=None, **_):  # noqa: N803
         self._call("PutItem")
@@ -178,7 +189,8 @@ def notices(count: int, hooks: bool, rng: random.Random) -> tuple[list[dict], se
                         LifecycleActionToken=str(uuid.UUID(int=rng.getrandbits(128))),
                         RequestId=str(uuid.UUID(int=rng.getrandbits(128))))
             bodies.append(hook)
-    records = [sqs_record(b, message_id=str(uuid.UUID(int=rng.getrandbits(128)))) for b in bodies]
+    records = [{**sqs_record(b, message_id=str(uuid.UUID(int=rng.getrandbits(128)))),
+                "receiptHandle": f"AQEB{n}"} for n, b in enumerate(bodies)]
     return records, set(instances)
 
 
@@ -201,7 +213,8 @@ def storm(args: argparse.Namespace) -> dict[str, Any]:
                               document_name=DOCUMENT)
     clients = logic.Clients(ec2=aws, ssm=aws, autoscaling=aws)
     timeout = construct.DEFAULT_LAMBDA_TIMEOUT_SECONDS
-    visibility = construct.visibility_timeout_seconds(timeout) * args.time_scale
+    visibility = construct.visibility_timeout_seconds(timeout)
+    sooner = None if args.no_requeue else requeue.Requeue(aws, "queue", visibility)
     queue: list[tuple[float, dict]] = [(0.0, r) for r in records]
     queue_lock = threading.Lock()
     redelivered: Counter = Counter()
@@ -222,16 +235,20 @@ def storm(args: argparse.Namespace) -> dict[str, Any]:
                 time.sleep(0.01)
                 continue
             processor = batch.Processor(settings=settings, clients=clients, dynamodb=aws,
-                                        table_name="ledger", metrics=_NoMetrics(), log=lambda _: None)
+                                        table_name="ledger", metrics=_NoMetrics(), log=lambda _: None,
+                                        requeue=sooner)
             result = processor.process_batch({"Records": [r for _, r in ready]}, Context(timeout))
             invocations.append(len(ready))
             failed = {f["itemIdentifier"] for f in result.response()["batchItemFailures"]}
             with queue_lock:
-                again = time.monotonic() - start + visibility
                 for _, record in ready:
                     if record["messageId"] in failed:
                         redelivered[record["messageId"]] += 1
-                        queue.append((again, record))
+                        count = int(record["attributes"]["ApproximateReceiveCount"])
+                        wait = aws.visibility.pop(record["receiptHandle"], visibility) * args.time_scale
+                        record = {**record, "attributes": {**record["attributes"],
+                                                           "ApproximateReceiveCount": str(count + 1)}}
+                        queue.append((time.monotonic() - start + wait, record))
 
     threads = [threading.Thread(target=poller) for _ in range(construct.MAX_CONCURRENCY)]
     for thread in threads:
@@ -248,6 +265,7 @@ def storm(args: argparse.Namespace) -> dict[str, Any]:
         "throttles": dict(sorted(aws.throttles.items())), "throttles_total": sum(aws.throttles.values()),
         "settings": {"batch_size": construct.BATCH_SIZE, "max_concurrency": construct.MAX_CONCURRENCY,
                      "function_timeout_s": timeout, "ssm_bucket": [args.ssm_burst, args.ssm_rate],
+                     "requeue_sooner": not args.no_requeue,
                      "ec2_describe_bucket": [100, 20], "seed": args.seed},
     }
 
@@ -263,8 +281,10 @@ def main() -> None:
     parser.add_argument("--hooks", action="store_true", help="also each instance's lifecycle hook message")
     parser.add_argument("--ssm-burst", type=float, default=10.0)
     parser.add_argument("--ssm-rate", type=float, default=5.0)
-    parser.add_argument("--time-scale", type=float, default=0.05,
-                        help="visibility timeout multiplier for redeliveries (1 = real 48 s)")
+    parser.add_argument("--time-scale", type=float, default=1.0,
+                        help="multiplier of redelivery delays (1 = real time)")
+    parser.add_argument("--no-requeue", action="store_true",
+                        help="failed records wait for the visibility timeout")
     parser.add_argument("--seed", type=int, default=7)
     print(json.dumps(storm(parser.parse_args()), indent=2))
 

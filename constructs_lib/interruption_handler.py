@@ -213,6 +213,9 @@ class InterruptionHandler(Construct):
                 "REBALANCE_ACTION": rebalance_action,
                 "COMMAND_DELIVERY_TIMEOUT_SECONDS": str(COMMAND_DELIVERY_TIMEOUT_SECONDS),
                 "DEAD_LETTER_QUEUE_URL": self.dead_letter_queue.queue_url,
+                # Failed records are made visible again sooner (lambda requeue.py).
+                "QUEUE_URL": self.queue.queue_url,
+                "QUEUE_VISIBILITY_TIMEOUT_SECONDS": str(visibility_timeout_seconds(timeout_seconds)),
                 "POWERTOOLS_SERVICE_NAME": "interruption-handler",
                 "POWERTOOLS_METRICS_NAMESPACE": "MlInfra/Training",
             },

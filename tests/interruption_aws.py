@@ -26,7 +26,7 @@ from botocore.stub import Stubber  # noqa: E402
 from moto import mock_aws  # noqa: E402
 
 from constructs_lib.interruption_handler import checkpoint_document  # noqa: E402
-from tests.interruption_lambda import batch, logic, quarantine  # noqa: E402
+from tests.interruption_lambda import batch, logic, quarantine, requeue  # noqa: E402
 
 REGION = "us-east-1"
 GROUP = "ml-dev-training-gpu"
@@ -80,6 +80,7 @@ class Aws:
     dynamodb: Any
     sqs: Any
     dead_letter_queue_url: str
+    queue_url: str
     autoscaling_stub: Stubber
     fleet_instance: str
     other_instance: str
@@ -101,6 +102,7 @@ class Aws:
             clients=logic.Clients(ec2=self.ec2, ssm=self.ssm, autoscaling=self.autoscaling),
             dynamodb=self.dynamodb, table_name=TABLE, metrics=self.metrics, log=self.log.append,
             quarantine=quarantine.Quarantine(self.sqs, self.dead_letter_queue_url),
+            requeue=requeue.Requeue(self.sqs, self.queue_url, 48),
             clock=self.clock, sleep=self.clock.sleep, wall_clock=self.clock.wall)
 
     def dead_letters(self) -> list[dict]:
@@ -151,6 +153,7 @@ def aws(monkeypatch) -> Aws:
         autoscaling = boto3.client("autoscaling", region_name=REGION)
         sqs = boto3.client("sqs", region_name=REGION)
         dead_letter_queue_url = sqs.create_queue(QueueName="interruption-dlq")["QueueUrl"]
+        queue_url = sqs.create_queue(QueueName="interruption", Attributes={"VisibilityTimeout": "48"})["QueueUrl"]
         dynamodb.create_table(TableName=TABLE, BillingMode="PAY_PER_REQUEST",
                               AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
                               KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}])
@@ -163,7 +166,7 @@ def aws(monkeypatch) -> Aws:
                                      TagSpecifications=spec)["Instances"][0]["InstanceId"]
 
         state = Aws(ec2=ec2, ssm=ssm, autoscaling=autoscaling, dynamodb=dynamodb, sqs=sqs,
-                    dead_letter_queue_url=dead_letter_queue_url,
+                    dead_letter_queue_url=dead_letter_queue_url, queue_url=queue_url,
                     autoscaling_stub=Stubber(autoscaling),
                     fleet_instance=launch([{"Key": FLEET_TAG, "Value": GROUP},
                                            {"Key": "aws:autoscaling:groupName", "Value": GROUP}]),

@@ -26,12 +26,15 @@ from logic import (FAILED, HANDLED, SKIPPED, Clients, Decision, Facts, MetricSin
                    decide, look_up, needs_lookup)
 from messages import Interruption, MalformedMessage, TestNotification, parse_body
 from quarantine import Quarantine
+from requeue import Requeue
 
 # Answer this long before the invocation's end: the per-record failures must
 # reach Lambda before its timeout does.
 SAFETY_MARGIN_SECONDS = 1.5
 # Without a Lambda context (tests, bench): the budget of one record.
 DEFAULT_BUDGET_SECONDS = 5.0
+# Failed records' visibility is cut within this (it fits in the safety margin).
+REQUEUE_BUDGET_SECONDS = 1.0
 MAX_WORKERS = 16
 
 
@@ -59,6 +62,7 @@ class BatchResult:
 class _Entry:
     message_id: str | None
     body: Any = None
+    record: Any = None
     parsed: Interruption | None = None
     outcome: RecordOutcome | None = None
     malformed: str | None = None
@@ -82,6 +86,7 @@ class Processor:
 
     def __init__(self, *, settings: Settings, clients: Clients, dynamodb: Any, table_name: str,
                  metrics: MetricSink, log: Callable[..., None], quarantine: Quarantine | None = None,
+                 requeue: Requeue | None = None,
                  clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep,
                  wall_clock: Callable[[], float] = time.time) -> None:
@@ -92,6 +97,7 @@ class Processor:
         self.metrics = metrics
         self.log = log
         self.quarantine = quarantine
+        self.requeue = requeue
         self.clock = clock
         self.sleep = sleep
         self.wall_clock = wall_clock
@@ -122,8 +128,18 @@ class Processor:
         for entry in entries:
             if entry.duplicate_of is not None:
                 entry.outcome = self._duplicate(entry, entry.duplicate_of.outcome, counts)
+        self._retry_sooner(entries, counts, result.stats)
         self._emit(result, [e.outcome for e in entries], counts)
         return result
+
+    def _retry_sooner(self, entries: list[_Entry], counts: _Counts, stats: CallStats) -> None:
+        failed = [e for e in entries if e.outcome.outcome == FAILED and e.record is not None]
+        if self.requeue is None or not failed:
+            return
+        # Its own short budget: the batch's deadline may be spent already.
+        deadline = Deadline.after(REQUEUE_BUDGET_SECONDS, self.clock, self.sleep)
+        for _ in range(self.requeue.sooner([e.record for e in failed], deadline)):
+            counts.count("RecordsRequeuedSooner")
 
     def _budget(self, context: Any) -> float:
         try:
@@ -141,12 +157,12 @@ class Processor:
             parsed = parse_body(body)
         except MalformedMessage as error:
             counts.count("MalformedMessages")
-            return _Entry(message_id, body, malformed=str(error))
+            return _Entry(message_id, body, record, malformed=str(error))
         if isinstance(parsed, TestNotification):
             return _Entry(message_id, outcome=RecordOutcome(message_id, SKIPPED, "none", "test-notification"))
         if parsed.salvaged:
             counts.count("MalformedMessages")
-        return _Entry(message_id, body, parsed=parsed)
+        return _Entry(message_id, body, record, parsed=parsed)
 
     def _look_up(self, primaries: Any, deadline: Deadline, stats: CallStats) -> dict[str, Facts]:
         ids = [e.parsed.instance_id for e in primaries if needs_lookup(e.parsed, self.settings)]

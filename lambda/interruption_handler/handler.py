@@ -18,6 +18,7 @@ from botocore.config import Config
 from batch import MAX_WORKERS, Processor, RecordOutcome
 from logic import Clients, Settings
 from quarantine import Quarantine
+from requeue import Requeue
 
 logger = Logger()
 metrics = Metrics()
@@ -55,6 +56,7 @@ def build_processor(environ: dict[str, str] | None = None) -> Processor:
         rebalance_action=env.get("REBALANCE_ACTION", "checkpoint"),
         command_delivery_timeout_seconds=int(env.get("COMMAND_DELIVERY_TIMEOUT_SECONDS", "60")),
     )
+    sqs = boto3.client("sqs", config=_BOTO_CONFIG)
     clients = Clients(ec2=boto3.client("ec2", config=_BOTO_CONFIG),
                       ssm=boto3.client("ssm", config=_BOTO_CONFIG),
                       autoscaling=boto3.client("autoscaling", config=_BOTO_CONFIG))
@@ -62,8 +64,8 @@ def build_processor(environ: dict[str, str] | None = None) -> Processor:
                      dynamodb=boto3.client("dynamodb", config=_BOTO_CONFIG),
                      table_name=env["IDEMPOTENCY_TABLE_NAME"], metrics=_PowertoolsMetrics(),
                      log=log_outcome,
-                     quarantine=Quarantine(boto3.client("sqs", config=_BOTO_CONFIG),
-                                           env["DEAD_LETTER_QUEUE_URL"]))
+                     quarantine=Quarantine(sqs, env["DEAD_LETTER_QUEUE_URL"]),
+                     requeue=Requeue(sqs, env["QUEUE_URL"], int(env["QUEUE_VISIBILITY_TIMEOUT_SECONDS"])))
 
 
 _processor: Processor | None = None

@@ -49,6 +49,7 @@ class FakeAws:
     commands: list[dict] = field(default_factory=list)
     completed: list[dict] = field(default_factory=list)
     dead_letters: list[dict] = field(default_factory=list)
+    visibility: dict[str, int] = field(default_factory=dict)  # receipt handle -> seconds
     items: dict[str, dict] = field(default_factory=dict)
     _seen: dict[str, int] = field(default_factory=dict)
 
@@ -143,7 +144,14 @@ class FakeAws:
         self._leave(fault)
         return {"Item": item} if item else {}
 
-    # SQS (the dead-letter queue)
+    # SQS (the dead-letter queue; the visibility of failed records)
+    def change_message_visibility_batch(self, QueueUrl, Entries):  # noqa: N803
+        fault = self._enter("ChangeMessageVisibilityBatch")
+        for entry in Entries:
+            self.visibility[entry["ReceiptHandle"]] = entry["VisibilityTimeout"]
+        self._leave(fault)
+        return {"Successful": [{"Id": e["Id"]} for e in Entries], "Failed": []}
+
     def send_message(self, QueueUrl, MessageBody, MessageAttributes, **_):  # noqa: N803
         fault = self._enter("SendMessage")
         self.dead_letters.append({"QueueUrl": QueueUrl, "Body": MessageBody,
@@ -154,7 +162,7 @@ class FakeAws:
 
 def operations() -> tuple[str, ...]:
     return ("DescribeInstances", "DescribeInstanceInformation", "SendCommand", "ListCommands",
-            "CompleteLifecycleAction", "PutItem", "GetItem", "SendMessage")
+            "CompleteLifecycleAction", "PutItem", "GetItem", "SendMessage", "ChangeMessageVisibilityBatch")
 
 
 def as_clients(aws: FakeAws) -> dict[str, Any]:

@@ -387,7 +387,7 @@ def test_handler_logs_one_structured_line_per_decision_and_emits_metrics(aws, mo
     monkeypatch.setattr(handler, "build_processor", lambda: batch.Processor(
         settings=aws.processor().settings, clients=aws.processor().clients, dynamodb=aws.dynamodb,
         table_name="interruption-idempotency", metrics=handler._PowertoolsMetrics(),
-        log=handler.log_outcome, quarantine=aws.processor().quarantine))
+        log=handler.log_outcome, quarantine=aws.processor().quarantine, requeue=aws.processor().requeue))
     event = sqs_event(sqs_record(spot(aws.fleet_instance), message_id="one"),
                       sqs_record("garbage", message_id="two"))
     assert handler.handler(event, LambdaContext()) == {"batchItemFailures": []}
@@ -409,7 +409,9 @@ def test_build_processor_reads_its_settings_from_the_environment(monkeypatch) ->
         "AUTOSCALING_GROUP_NAME": GROUP, "FLEET_TAG_KEY": "ml:training-fleet", "FLEET_TAG_VALUE": GROUP,
         "CHECKPOINT_DOCUMENT_NAME": DOCUMENT, "IDEMPOTENCY_TABLE_NAME": "t",
         "REBALANCE_ACTION": "log-only", "COMMAND_DELIVERY_TIMEOUT_SECONDS": "45",
-        "DEAD_LETTER_QUEUE_URL": "https://sqs.us-east-1.amazonaws.com/123456789012/dlq"})
+        "DEAD_LETTER_QUEUE_URL": "https://sqs.us-east-1.amazonaws.com/123456789012/dlq",
+        "QUEUE_URL": "https://sqs.us-east-1.amazonaws.com/123456789012/q",
+        "QUEUE_VISIBILITY_TIMEOUT_SECONDS": "48"})
     assert processor.settings.rebalance_action == "log-only"
     assert processor.settings.command_delivery_timeout_seconds == 45
 
@@ -550,3 +552,46 @@ def test_a_cold_start_failure_meeting_records_that_are_not_a_list_does_not_raise
     monkeypatch.setattr(handler, "_processor", None)
     monkeypatch.delenv("AUTOSCALING_GROUP_NAME", raising=False)
     assert handler.handler({"Records": records}, LambdaContext()) == {"batchItemFailures": []}
+
+
+def test_a_failed_record_comes_back_in_seconds_not_after_the_visibility_timeout(aws) -> None:
+    """Its visibility is cut to 2 s (4 s after a second receive, ...); a record
+    that succeeded is left to the event source mapping to delete."""
+    for body in ("throttled", "fine"):
+        aws.sqs.send_message(QueueUrl=aws.queue_url, MessageBody=body)
+    received = aws.sqs.receive_message(QueueUrl=aws.queue_url, MaxNumberOfMessages=10,
+                                       AttributeNames=["All"])["Messages"]
+    records = []
+    for message in received:
+        body = hook_message(aws.other_instance) if message["Body"] == "throttled" else fixture("test_notification")
+        record = sqs_record(body, message_id=message["Body"], receive_count=2)
+        records.append({**record, "receiptHandle": message["ReceiptHandle"]})
+    seen: list[dict] = []
+    aws.sqs.meta.events.register("before-parameter-build.sqs.ChangeMessageVisibilityBatch",
+                                 lambda params, **_: seen.append(dict(params)))
+    aws.autoscaling_stub.add_client_error("complete_lifecycle_action", "AccessDenied", "no", http_status_code=403)
+    result = aws.processor().process_batch(sqs_event(*records), LambdaContext())
+
+    assert result.response() == {"batchItemFailures": [{"itemIdentifier": "throttled"}]}
+    [throttled] = [r for r in records if r["messageId"] == "throttled"]
+    assert seen == [{"QueueUrl": aws.queue_url, "Entries": [
+        {"Id": "0", "ReceiptHandle": throttled["receiptHandle"], "VisibilityTimeout": 4}]}]
+    assert aws.metrics.counts["RecordsRequeuedSooner"] == 1
+
+
+@pytest.mark.parametrize("count,expected", [("1", 2), ("2", 4), ("3", 8), ("5", 32), ("9", 48), (None, 2),
+                                            ("x", 2)])
+def test_the_retry_visibility_doubles_per_receive_up_to_the_queues_timeout(count, expected) -> None:
+    from tests.interruption_lambda import requeue
+    assert requeue.retry_after_seconds(count, 48) == expected
+
+
+def test_a_failed_visibility_change_leaves_the_record_to_the_visibility_timeout(aws) -> None:
+    sqs_stub = Stubber(aws.sqs)
+    sqs_stub.add_client_error("change_message_visibility_batch", "AccessDenied", "no", http_status_code=403)
+    aws.autoscaling_stub.add_client_error("complete_lifecycle_action", "AccessDenied", "no", http_status_code=403)
+    record = {**sqs_record(hook_message(aws.other_instance), message_id="m"), "receiptHandle": "AQEB..."}
+    with sqs_stub:
+        result = aws.processor().process_batch(sqs_event(record), LambdaContext())
+    assert result.response() == {"batchItemFailures": [{"itemIdentifier": "m"}]}
+    assert "RecordsRequeuedSooner" not in aws.metrics.counts

@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 
 from constructs_lib import interruption_handler as spec
 from tests.interruption_aws import FakeClock
-from tests.interruption_lambda import batch, fixture, handler, logic, quarantine
+from tests.interruption_lambda import batch, fixture, handler, logic, quarantine, requeue
 
 from .interruption_fake import DLQ_URL, DOCUMENT, FAULTS, GROUP, FakeAws, operations
 
@@ -228,8 +228,9 @@ def records(draw) -> object:
         return draw(nasty)  # not a record at all
     message_id = draw(st.sampled_from([None, "", 7, 7.0])) if draw(st.integers(0, 19)) == 0 \
         else str(draw(st.uuids()))
-    record = {"messageId": message_id, "body": draw(bodies()),
-              "attributes": {"ApproximateReceiveCount": "1"}, "eventSource": "aws:sqs"}
+    record = {"messageId": message_id, "body": draw(bodies()), "receiptHandle": f"AQEB{draw(st.uuids())}",
+              "attributes": {"ApproximateReceiveCount": draw(st.sampled_from(["1", "2", "5", "x"]))},
+              "eventSource": "aws:sqs"}
     if draw(st.integers(0, 19)) == 0:
         record.pop("body")
     return record
@@ -261,6 +262,7 @@ def deliver(event: object, fault: dict, rebalance: str) -> tuple[FakeAws, list[d
                                 fleet_tag_value=GROUP, document_name=DOCUMENT, rebalance_action=rebalance),
         clients=logic.Clients(ec2=aws, ssm=aws, autoscaling=aws), dynamodb=aws, table_name="ledger",
         metrics=_Metrics(), log=lambda _: None, quarantine=quarantine.Quarantine(aws, DLQ_URL),
+        requeue=requeue.Requeue(aws, "https://sqs.us-east-1.amazonaws.com/123456789012/q", 48),
         clock=clock, sleep=clock.sleep, wall_clock=clock.wall)
     saved, handler._processor = handler._processor, processor
     try:
@@ -274,6 +276,10 @@ def deliver(event: object, fault: dict, rebalance: str) -> tuple[FakeAws, list[d
         clock.now += spec.visibility_timeout_seconds(spec.DEFAULT_LAMBDA_TIMEOUT_SECONDS)
         second = handler.handler({"Records": sent}, Context()) if sent else {"batchItemFailures": []}
         assert second == {"batchItemFailures": []}, (fault, second)
+        # Every failed record with a receipt handle was made visible again sooner.
+        if fault.get("ChangeMessageVisibilityBatch") is None:
+            assert {r["receiptHandle"] for r in sent if isinstance(r.get("receiptHandle"), str)
+                    and r["receiptHandle"]} <= set(aws.visibility)
     finally:
         handler._processor = saved
     return aws, raw if isinstance(raw, list) else []

@@ -113,7 +113,7 @@ def test_lambda_asset_is_the_handler_modules_without_caches(synthesized) -> None
     key = synthesized.app.node.find_child("dev").training.resolve(code)["s3Key"]
     staged = synthesized.outdir / f"asset.{key.removesuffix('.zip')}"
     assert {p.name for p in staged.iterdir()} == {"handler.py", "batch.py", "calls.py", "ledger.py",
-                                                  "logic.py", "messages.py", "quarantine.py"}
+                                                  "logic.py", "messages.py", "quarantine.py", "requeue.py"}
 
 
 # --- Auto Scaling group ---------------------------------------------------------------
@@ -296,7 +296,7 @@ def test_a_record_failed_once_is_acted_on_within_60_seconds_of_first_delivery(sy
     assert mapping["ScalingConfig"] == {"MaximumConcurrency": 5}
 
 
-def test_malformed_messages_alarm_and_the_dead_letter_queue_takes_their_copies(dev) -> None:
+def test_malformed_messages_alarm_the_dlq_takes_their_copies_and_failed_records_requeue(dev) -> None:
     alarm = alarms_by_metric(dev)["MalformedMessages"]
     assert (alarm["Namespace"], alarm["Statistic"], alarm["Period"], alarm["Threshold"]) == (
         "MlInfra/Training", "Sum", 60, 1)
@@ -304,11 +304,18 @@ def test_malformed_messages_alarm_and_the_dead_letter_queue_takes_their_copies(d
     assert alarm["Dimensions"] == [{"Name": "service", "Value": "interruption-handler"}]
     assert alarm["AlarmActions"][0]["Fn::GetStackOutput"]["StackName"] == "ml-dev-ops"
     function = only(dev, "AWS::Lambda::Function")["Properties"]
-    dlq_url = function["Environment"]["Variables"]["DEAD_LETTER_QUEUE_URL"]
-    assert dlq_url["Ref"].startswith("InterruptionHandlerDeadLetterQueue")
+    env = function["Environment"]["Variables"]
+    assert env["DEAD_LETTER_QUEUE_URL"]["Ref"].startswith("InterruptionHandlerDeadLetterQueue")
+    assert env["QUEUE_URL"]["Ref"].startswith("InterruptionHandlerQueue")
+    queues = resources_of_type(dev, "AWS::SQS::Queue")
+    [main] = [q for k, q in queues.items() if k.startswith("InterruptionHandlerQueue")]
+    assert env["QUEUE_VISIBILITY_TIMEOUT_SECONDS"] == str(main["Properties"]["VisibilityTimeout"])
     handler = policy_of(dev, "InterruptionHandlerRole")
     [send] = [s for s in handler if "sqs:SendMessage" in flat(s["Action"])]
     assert send["Resource"]["Fn::GetAtt"][0].startswith("InterruptionHandlerDeadLetterQueue")
+    # ChangeMessageVisibility(Batch) on its own queue comes with the event source mapping's grant.
+    [consume] = [s for s in handler if "sqs:ChangeMessageVisibility" in flat(s["Action"])]
+    assert consume["Resource"]["Fn::GetAtt"][0].startswith("InterruptionHandlerQueue")
 
 
 def test_idempotency_table_is_encrypted_with_ttl_and_point_in_time_recovery(dev) -> None:
