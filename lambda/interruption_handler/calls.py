@@ -15,7 +15,7 @@ import random
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, TypeVar
+from typing import Callable, TypeVar
 
 from botocore.exceptions import (BotoCoreError, ClientError, ConnectionClosedError,
                                  ReadTimeoutError)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 SPOT_INTERRUPTION = "spot-interruption"
@@ -76,22 +76,6 @@ class Interruption:
             # No usable token: an instance terminates once per hook.
             return f"lifecycle-instance:{self.lifecycle.hook_name}:{self.instance_id}"
         return f"event:{self.event_id}"
-
-    def as_request(self) -> dict[str, Any]:
-        request = asdict(self)
-        request["idempotency_key"] = self.idempotency_key
-        return request
-
-    @classmethod
-    def from_request(cls, request: Mapping[str, Any]) -> "Interruption":
-        lifecycle = request.get("lifecycle")
-        return cls(
-            kind=request["kind"],
-            instance_id=request["instance_id"],
-            event_id=request["event_id"],
-            lifecycle=LifecycleAction(**lifecycle) if lifecycle else None,
-            salvaged=request.get("salvaged"),
-        )
 
 
 @dataclass(frozen=True)
