@@ -161,6 +161,17 @@ class StubbedAws:
             self.items[key] = Item
             return {"Attributes": old} if old else {}
 
+    def delete_item(self, TableName, Key, ExpressionAttributeValues, **_):  # noqa: N803
+        self._call("DeleteItem")
+        with self.lock:
+            old = self.items.get(Key["id"]["S"])
+            if old is None or old["first_message_id"]["S"] != ExpressionAttributeValues[":me"]["S"] \
+                    or old["status"]["S"] != "IN_PROGRESS":
+                raise ClientError({"Error": {"Code": "ConditionalCheckFailedException", "Message": "no"}},
+                                  "DeleteItem")
+            del self.items[Key["id"]["S"]]
+        return {}
+
     def get_item(self, TableName, Key, **_):  # noqa: N803
         self._call("GetItem")
         with self.lock:
@@ -201,7 +212,8 @@ def storm(args: argparse.Namespace) -> dict[str, Any]:
     aws = StubbedAws(
         fleet=fleet, rng=rng,
         latency_ms={"DescribeInstances": 150, "DescribeInstanceInformation": 80, "SendCommand": 120,
-                    "ListCommands": 90, "CompleteLifecycleAction": 60, "PutItem": 8, "GetItem": 6},
+                    "ListCommands": 90, "CompleteLifecycleAction": 60, "PutItem": 8, "GetItem": 6,
+                    "DeleteItem": 8},
         buckets={"DescribeInstances": TokenBucket(100, 20),
                  "SendCommand": TokenBucket(args.ssm_burst, args.ssm_rate),
                  "DescribeInstanceInformation": TokenBucket(args.ssm_burst, args.ssm_rate),

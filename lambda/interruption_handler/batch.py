@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 from calls import CallStats, Deadline, TransientError
 from ledger import BUSY, DONE, Claim, Ledger
-from logic import (FAILED, HANDLED, SKIPPED, Clients, Decision, Facts, MetricSink, Settings,
+from logic import (FAILED, HANDLED, SKIPPED, Clients, Decision, Facts, MetricSink, Settings, Trace,
                    decide, look_up, needs_lookup)
 from messages import Interruption, MalformedMessage, TestNotification, parse_body
 from quarantine import Quarantine
@@ -33,7 +33,9 @@ from requeue import Requeue
 SAFETY_MARGIN_SECONDS = 1.5
 # Without a Lambda context (tests, bench): the budget of one record.
 DEFAULT_BUDGET_SECONDS = 5.0
-# Failed records' visibility is cut within this (it fits in the safety margin).
+# After the deadline, within the safety margin: releasing a failed record's
+# claim, then cutting the failed records' visibility.
+RELEASE_BUDGET_SECONDS = 0.3
 REQUEUE_BUDGET_SECONDS = 1.0
 MAX_WORKERS = 16
 
@@ -181,17 +183,28 @@ class Processor:
         if claim.state == DONE:
             outcome = self._stored(entry, claim, counts)
         else:
-            facts = lookup.result().get(parsed.instance_id) if needs_lookup(parsed, self.settings) else None
-            decision = decide(parsed, facts, self.settings, self.clients, counts, deadline,
-                              stats=stats, maybe_sent=claim.taken_over)
-            ledger.finish(parsed.idempotency_key, message_id, decision.as_dict(), deadline)
-            outcome = RecordOutcome(message_id, decision.outcome, decision.action, decision.reason,
-                                    parsed.instance_id, parsed.kind)
+            outcome = self._decide(entry, claim, lookup, ledger, deadline, counts, stats)
         duplicate = claim.state == DONE and claim.first_message_id != message_id
         if parsed.salvaged and not duplicate:
             # Once per event: the message that decided it (or its redelivery).
             self._quarantine(entry, f"acted on without its token: {parsed.salvaged}", deadline)
         return outcome
+
+    def _decide(self, entry: _Entry, claim: Claim, lookup: Future, ledger: Ledger, deadline: Deadline,
+                counts: _Counts, stats: CallStats) -> RecordOutcome:
+        parsed, trace = entry.parsed, Trace()
+        try:
+            facts = lookup.result().get(parsed.instance_id) if needs_lookup(parsed, self.settings) else None
+            decision = decide(parsed, facts, self.settings, self.clients, counts, deadline,
+                              stats=stats, maybe_sent=claim.taken_over, trace=trace)
+            ledger.finish(parsed.idempotency_key, entry.message_id, decision.as_dict(), deadline)
+        except Exception:
+            if not claim.taken_over and not trace.maybe_sent:
+                ledger.release(parsed.idempotency_key, entry.message_id,
+                               Deadline.after(RELEASE_BUDGET_SECONDS, self.clock, self.sleep))
+            raise
+        return RecordOutcome(entry.message_id, decision.outcome, decision.action, decision.reason,
+                             parsed.instance_id, parsed.kind)
 
     def _quarantine(self, entry: _Entry, reason: str, deadline: Deadline) -> None:
         if self.quarantine is None:

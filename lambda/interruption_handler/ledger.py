@@ -82,6 +82,20 @@ class Ledger:
             return Claim(DONE, first, json.loads(item.get("decision", {}).get("S", "{}")))
         return Claim(BUSY, first)
 
+    def release(self, key: str, message_id: str, deadline: Deadline) -> bool:
+        """Drop our IN_PROGRESS record when nothing was sent, so the retry
+        claims afresh instead of taking over (and asking SSM first)."""
+        try:
+            self._call("dynamodb:DeleteItem", lambda: self.dynamodb.delete_item(
+                TableName=self.table_name, Key={"id": {"S": key}},
+                ConditionExpression="#s = :in_progress AND first_message_id = :me",
+                ExpressionAttributeNames={"#s": "status"},
+                ExpressionAttributeValues={":in_progress": {"S": IN_PROGRESS}, ":me": {"S": message_id}}),
+                deadline)
+        except Exception:  # noqa: BLE001 - kept: the retry takes it over and looks first
+            return False
+        return True
+
     def finish(self, key: str, first_message_id: str, decision: dict[str, Any],
                deadline: Deadline) -> None:
         now = int(self.clock())

@@ -31,9 +31,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable, Protocol
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
-from calls import CallStats, Deadline, TransientError, call, error_code, error_message
+from calls import CallStats, Deadline, TransientError, call, error_code, error_message, is_ambiguous
 from messages import LIFECYCLE_TERMINATE, REBALANCE_RECOMMENDATION, Interruption
 
 HANDLED, SKIPPED, FAILED = "handled", "skipped", "failed"
@@ -153,11 +153,20 @@ def _read(operation: str, function: Any, deadline: Deadline, stats: CallStats | 
         raise TransientError(operation, error) from error
 
 
+@dataclass
+class Trace:
+    """Whether this attempt may have sent the command (it succeeded, or an
+    answer was lost): then its idempotency record must not be released."""
+
+    maybe_sent: bool = False
+
+
 def decide(interruption: Interruption, facts: Facts | None, settings: Settings, clients: Clients,
            metrics: MetricSink, deadline: Deadline, *, stats: CallStats | None = None,
-           maybe_sent: bool = False) -> Decision:
+           maybe_sent: bool = False, trace: Trace | None = None) -> Decision:
     """``facts`` is ``None`` exactly when ``needs_lookup`` is false;
     ``maybe_sent``: an earlier attempt of this event may have sent the command."""
+    trace = trace if trace is not None else Trace()
     base = {"instance_id": interruption.instance_id, "kind": interruption.kind}
     if interruption.kind == REBALANCE_RECOMMENDATION and settings.rebalance_action == "log-only":
         return Decision(SKIPPED, "none", "rebalance-log-only", **base)
@@ -174,10 +183,18 @@ def decide(interruption: Interruption, facts: Facts | None, settings: Settings, 
     if earlier is not None:
         return Decision(HANDLED, "checkpoint-requested", "fleet-instance-online; command sent by "
                         "an earlier attempt", **base, details={"command_id": earlier})
+    def attempt() -> str:
+        try:
+            command_id = _send_checkpoint(interruption, settings, clients)
+        except (ClientError, BotoCoreError) as error:
+            trace.maybe_sent = trace.maybe_sent or is_ambiguous(error)
+            raise
+        trace.maybe_sent = True
+        return command_id
+
     try:
-        command_id = call("ssm:SendCommand", lambda: _send_checkpoint(interruption, settings, clients),
-                          deadline, stats, before_retry=lambda _: _earlier_command(
-                              interruption, settings, clients, deadline, stats))
+        command_id = call("ssm:SendCommand", attempt, deadline, stats, before_retry=lambda _: _earlier_command(
+            interruption, settings, clients, deadline, stats))
     except ClientError as error:
         if error_code(error) in UNREACHABLE_CODES:
             return _release(interruption, "not-reachable-by-ssm", clients, metrics, deadline, stats)

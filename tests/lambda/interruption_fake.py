@@ -138,6 +138,16 @@ class FakeAws:
         self._leave(fault)
         return {"Attributes": old} if old else {}
 
+    def delete_item(self, TableName, Key, ConditionExpression, ExpressionAttributeValues, **_):  # noqa: N803
+        fault = self._enter("DeleteItem")
+        old = self.items.get(Key["id"]["S"])
+        if old is None or old["status"]["S"] != "IN_PROGRESS" \
+                or old["first_message_id"]["S"] != ExpressionAttributeValues[":me"]["S"]:
+            raise _client_error("ConditionalCheckFailedException", 400, "DeleteItem")
+        del self.items[Key["id"]["S"]]
+        self._leave(fault)
+        return {}
+
     def get_item(self, TableName, Key, **_):  # noqa: N803
         fault = self._enter("GetItem")
         item = self.items.get(Key["id"]["S"])
@@ -162,7 +172,8 @@ class FakeAws:
 
 def operations() -> tuple[str, ...]:
     return ("DescribeInstances", "DescribeInstanceInformation", "SendCommand", "ListCommands",
-            "CompleteLifecycleAction", "PutItem", "GetItem", "SendMessage", "ChangeMessageVisibilityBatch")
+            "CompleteLifecycleAction", "PutItem", "GetItem", "DeleteItem", "SendMessage",
+            "ChangeMessageVisibilityBatch")
 
 
 def as_clients(aws: FakeAws) -> dict[str, Any]:

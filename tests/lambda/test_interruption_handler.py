@@ -593,3 +593,33 @@ def test_a_failed_visibility_change_leaves_the_record_to_the_visibility_timeout(
         result = aws.processor().process_batch(sqs_event(record), LambdaContext())
     assert result.response() == {"batchItemFailures": [{"itemIdentifier": "m"}]}
     assert "RecordsRequeuedSooner" not in aws.metrics.counts
+
+
+def test_a_record_failed_before_anything_was_sent_releases_its_claim(aws) -> None:
+    """Throttled SendCommand (nothing sent): the retry claims afresh and needs
+    no ListCommands; after a lost answer the claim is kept and the retry looks."""
+    from botocore.exceptions import ClientError, ReadTimeoutError
+    real_send = aws.ssm.send_command
+    listed: list[dict] = []
+    aws.ssm.meta.events.register("before-parameter-build.ssm.ListCommands",
+                                 lambda params, **_: listed.append(dict(params)))
+
+    def throttled(**_):
+        raise ClientError({"Error": {"Code": "ThrottlingException", "Message": "Rate exceeded"},
+                           "ResponseMetadata": {"HTTPStatusCode": 400}}, "SendCommand")
+
+    aws.ssm.send_command = throttled
+    first = run(aws, spot(aws.fleet_instance), message_ids=["m"])
+    assert first.response() == {"batchItemFailures": [{"itemIdentifier": "m"}]}
+    assert aws.dynamodb.scan(TableName="interruption-idempotency")["Items"] == []
+
+    def lost(**params):
+        real_send(**params)
+        raise ReadTimeoutError(endpoint_url="https://ssm.us-east-1.amazonaws.com")
+
+    aws.ssm.send_command = lost
+    aws.clock.now += 2
+    run(aws, spot(aws.fleet_instance), message_ids=["m"])
+    [item] = aws.dynamodb.scan(TableName="interruption-idempotency")["Items"]
+    assert item["status"]["S"] in ("IN_PROGRESS", "COMPLETED")
+    assert len(aws.commands()) == 1 and len(listed) >= 1
