@@ -130,11 +130,11 @@ class Processor:
         for entry in entries:
             if entry.duplicate_of is not None:
                 entry.outcome = self._duplicate(entry, entry.duplicate_of.outcome, counts)
-        self._retry_sooner(entries, counts, result.stats)
+        self._retry_sooner(entries, counts)
         self._emit(result, [e.outcome for e in entries], counts)
         return result
 
-    def _retry_sooner(self, entries: list[_Entry], counts: _Counts, stats: CallStats) -> None:
+    def _retry_sooner(self, entries: list[_Entry], counts: _Counts) -> None:
         failed = [e for e in entries if e.outcome.outcome == FAILED and e.record is not None]
         if self.requeue is None or not failed:
             return

@@ -2,7 +2,9 @@
 
 The queue carries spot interruption warnings and rebalance recommendations
 (EventBridge) and the fleet's termination lifecycle hook messages. See
-``logic.py`` for the decisions and ``batch.py`` for idempotency and errors.
+``batch.py`` for how a batch runs, ``logic.py`` for the decisions,
+``ledger.py`` for idempotency, ``calls.py`` for retries, ``quarantine.py``
+and ``requeue.py`` for what happens to malformed and failed records.
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import re
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 from botocore.exceptions import BotoCoreError, ClientError
 from hypothesis import HealthCheck, given, settings
@@ -37,7 +38,7 @@ handler = handler_module()
 idle_settings = module("idle_settings")
 idle_report = module("idle_report")
 
-EVENTS = {name: json.loads(open(f"tests/lambda/events/{name}.json").read())
+EVENTS = {name: json.loads((Path(__file__).resolve().parent / "events" / f"{name}.json").read_text())
           for name in ("scheduled_event", "training_job_finished")}
 NOW = datetime(2026, 11, 23, 9, 30, 30, tzinfo=timezone.utc)
 FLEET, OTHER = "ml-dev-training-fleet", "someone-elses"
