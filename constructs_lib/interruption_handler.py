@@ -265,7 +265,8 @@ class InterruptionHandler(Construct):
             self,
             "DeadLetterAlarm",
             alarm_description=(f"Interruption messages of {fleet.auto_scaling_group_name} failed "
-                               "5 times or could not be delivered: read the DLQ, fix, redrive."),
+                               "5 times, could not be delivered, or could not be parsed (copied "
+                               "by the handler): read the DLQ, fix, redrive."),
             metric=self.dead_letter_queue.metric_approximate_number_of_messages_visible(
                 period=cdk.Duration.minutes(1), statistic="Maximum"),
             threshold=0,
