@@ -231,6 +231,7 @@ def storm(args: argparse.Namespace) -> dict[str, Any]:
     queue: list[tuple[float, dict]] = [(0.0, r) for r in records]
     queue_lock = threading.Lock()
     redelivered: Counter = Counter()
+    dead_lettered: list[str] = []
     invocations: list[int] = []
     start = time.monotonic()
 
@@ -258,6 +259,9 @@ def storm(args: argparse.Namespace) -> dict[str, Any]:
                     if record["messageId"] in failed:
                         redelivered[record["messageId"]] += 1
                         count = int(record["attributes"]["ApproximateReceiveCount"])
+                        if count >= construct.MAX_RECEIVE_COUNT:
+                            dead_lettered.append(record["messageId"])  # SQS's redrive would take it
+                            continue
                         wait = aws.visibility.pop(record["receiptHandle"], visibility) * args.time_scale
                         record = {**record, "attributes": {**record["attributes"],
                                                            "ApproximateReceiveCount": str(count + 1)}}
@@ -276,6 +280,7 @@ def storm(args: argparse.Namespace) -> dict[str, Any]:
         "last_command_after_s": round(last, 3),
         "every_instance_commanded_after_s": round(first_per_instance, 3),
         "invocations": len(invocations), "records_redelivered": sum(redelivered.values()),
+        "most_receives": max(redelivered.values(), default=0) + 1, "dead_lettered": len(dead_lettered),
         "aws_calls": dict(sorted(aws.calls.items())), "aws_calls_total": sum(aws.calls.values()),
         "throttles": dict(sorted(aws.throttles.items())), "throttles_total": sum(aws.throttles.values()),
         "settings": {"batch_size": construct.BATCH_SIZE, "max_concurrency": construct.MAX_CONCURRENCY,
