@@ -4,8 +4,9 @@
 EC2, SSM and Auto Scaling answer from botocore Stubbers (no network, parameter
 validation on), the idempotency table is moto's in-process DynamoDB. So the
 numbers are the handler's own cost per record (parsing, decisions, boto3
-request building and validation, Powertools idempotency and logging), not
-AWS latency, which adds ~10-30 ms per call in a region.
+request building and validation, the idempotency ledger, threads and
+logging), not AWS latency, which adds ~10-30 ms per call in a region (see
+``bench/interruption_storm.py`` for latency and throttling).
 
     .venv/bin/python bench/interruption_handler.py [--records 400]
 """
@@ -32,7 +33,7 @@ import boto3  # noqa: E402
 from botocore.stub import Stubber  # noqa: E402
 from moto import mock_aws  # noqa: E402
 
-from tests.interruption_lambda import batch, fixture, handler, logic, sqs_record  # noqa: E402
+from tests.interruption_lambda import batch, fixture, handler, logic, quarantine, sqs_record  # noqa: E402
 
 GROUP, TABLE, INSTANCE = "ml-dev-training-gpu", "bench-idempotency", "i-0b662ef9931388ba0"
 BATCH = 10
@@ -47,29 +48,36 @@ def uuid(n: int) -> str:
     return f"{n:08x}-0000-4000-8000-{n:012x}"
 
 
-def scenario(kind: str, n: int, ec2: Stubber, ssm: Stubber, autoscaling: Stubber) -> dict:
-    tags = [{"Key": "ml:training-fleet", "Value": GROUP}]
+def per_batch(kind: str, ec2: Stubber, ssm: Stubber, autoscaling: Stubber, sqs: Stubber) -> None:
+    """The batch's one lookup of its instances (all records name INSTANCE)."""
+    fleet = kind != "lifecycle, not ours -> CompleteLifecycleAction"
+    if kind == "malformed message (quarantined)":
+        return
+    tags = [{"Key": "ml:training-fleet", "Value": GROUP}] if fleet else []
+    ec2.add_response("describe_instances", {"Reservations": [{"Instances": [
+        {"InstanceId": INSTANCE, "Tags": tags}]}]})
+    if fleet:
+        ssm.add_response("describe_instance_information", {"InstanceInformationList": [
+            {"InstanceId": INSTANCE, "PingStatus": "Online"}]})
+
+
+def scenario(kind: str, n: int, ec2: Stubber, ssm: Stubber, autoscaling: Stubber, sqs: Stubber) -> dict:
     if kind == "spot warning, fleet instance -> SendCommand":
         body = fixture("spot_interruption_warning")
         body["id"] = uuid(n)
-        ec2.add_response("describe_instances", {"Reservations": [{"Instances": [
-            {"InstanceId": INSTANCE, "Tags": tags}]}]})
-        ssm.add_response("describe_instance_information", {"InstanceInformationList": [
-            {"InstanceId": INSTANCE, "PingStatus": "Online"}]})
         ssm.add_response("send_command", {"Command": {"CommandId": uuid(n)}})
         return body
     if kind == "lifecycle, not ours -> CompleteLifecycleAction":
         body = fixture("lifecycle_hook_terminating")
         body["LifecycleActionToken"] = uuid(n)
-        ec2.add_response("describe_instances", {"Reservations": [{"Instances": [
-            {"InstanceId": INSTANCE, "Tags": []}]}]})
         autoscaling.add_response("complete_lifecycle_action", {})
         return body
     if kind == "duplicate delivery (idempotency hit)":
         body = fixture("spot_interruption_warning")
         body["id"] = uuid(0)  # recorded by the warm-up below
         return body
-    if kind == "malformed message (dropped)":
+    if kind == "malformed message (quarantined)":
+        sqs.add_response("send_message", {"MessageId": uuid(n), "MD5OfMessageBody": "0" * 32})
         return {"source": "aws.ec2", "detail-type": "EC2 Spot Instance Interruption Warning", "id": uuid(n),
                 "detail": {"instance-id": "not-an-instance"}}
     raise ValueError(kind)
@@ -84,7 +92,7 @@ def main() -> int:
     logging.getLogger("botocore").setLevel(logging.WARNING)
 
     kinds = ["spot warning, fleet instance -> SendCommand", "lifecycle, not ours -> CompleteLifecycleAction",
-             "duplicate delivery (idempotency hit)", "malformed message (dropped)"]
+             "duplicate delivery (idempotency hit)", "malformed message (quarantined)"]
     print(f"{os.cpu_count()} CPUs, {args.records} records per scenario in batches of {BATCH}, "
           "microseconds per record: median (p95) of per-batch means")
     with mock_aws():
@@ -94,14 +102,17 @@ def main() -> int:
                               KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}])
         clients = logic.Clients(ec2=boto3.client("ec2"), ssm=boto3.client("ssm"),
                                 autoscaling=boto3.client("autoscaling"))
-        stubs = [Stubber(clients.ec2), Stubber(clients.ssm), Stubber(clients.autoscaling)]
+        sqs = boto3.client("sqs")
+        stubs = [Stubber(clients.ec2), Stubber(clients.ssm), Stubber(clients.autoscaling), Stubber(sqs)]
         for stub in stubs:
             stub.activate()
         processor = batch.Processor(
             settings=logic.Settings(autoscaling_group_name=GROUP, fleet_tag_key="ml:training-fleet",
                                     fleet_tag_value=GROUP, document_name="ml-dev-training-Checkpoint"),
             clients=clients, dynamodb=dynamodb, table_name=TABLE,
-            metrics=handler._PowertoolsMetrics(), log=handler.log_outcome)
+            metrics=handler._PowertoolsMetrics(), log=handler.log_outcome,
+            quarantine=quarantine.Quarantine(sqs, "https://sqs.us-east-1.amazonaws.com/123456789012/dlq"))
+        per_batch(kinds[0], *stubs)
         warm = scenario(kinds[0], 0, *stubs)
         processor.process_batch({"Records": [sqs_record(warm, message_id="warm")]}, Context())
 
@@ -110,6 +121,7 @@ def main() -> int:
             per_record = []
             for start in range(0, args.records, BATCH):
                 records = []
+                per_batch(kind, *stubs)
                 for _ in range(BATCH):
                     records.append(sqs_record(json.dumps(scenario(kind, serial, *stubs)), message_id=str(serial)))
                     serial += 1

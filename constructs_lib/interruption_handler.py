@@ -27,9 +27,24 @@ from constructs_lib.acknowledge_resolved import acknowledge_resources
 from constructs_lib.gpu_training_fleet import FLEET_TAG_KEY, GpuTrainingFleet
 from constructs_lib.node_agent import AGENT_ENV_FILE, AGENT_PROGRAM
 
-# The queue's visibility timeout is this multiple of the Lambda timeout
-# (AWS's guidance for SQS event sources: retries and batching fit in it).
+# Time budget (README "Interruption time budget"): a record that fails
+# transiently is retried and acted on within RETRY_BUDGET_SECONDS of its
+# first delivery. Worst case = visibility timeout (the failed record is
+# invisible that long) + batching window + one more function timeout.
+RETRY_BUDGET_SECONDS = 60
+# AWS's guidance for SQS event sources: visibility >= 6 x function timeout
+# + batching window (Lambda itself rejects visibility < function timeout).
 VISIBILITY_TIMEOUT_FACTOR = 6
+DEFAULT_LAMBDA_TIMEOUT_SECONDS = 8
+# No batching window: a notice is worth most in its first seconds.
+MAX_BATCHING_WINDOW_SECONDS = 0
+BATCH_SIZE = 10
+# At most this many batches at once: 5 x 10 records bounds the burst of
+# SendCommand/DescribeInstances calls in a storm (README "Storms").
+MAX_CONCURRENCY = 5
+# >= 5 (AWS's guidance against throttled invocations dead-lettering
+# healthy messages); 5 x 48 s puts a poisoned record in the DLQ (and the
+# alarm) before a 300 s hook heartbeat runs out.
 MAX_RECEIVE_COUNT = 5
 # SendCommand's delivery timeout: a checkpoint that cannot start within a
 # minute of a two-minute spot notice is too late anyway.
@@ -81,11 +96,18 @@ class InterruptionHandler(Construct):
         checkpoint_budget: cdk.Duration,
         powertools_layer_version: int,
         rebalance_action: str = "checkpoint",
-        lambda_timeout: cdk.Duration = cdk.Duration.seconds(60),
+        lambda_timeout: cdk.Duration = cdk.Duration.seconds(DEFAULT_LAMBDA_TIMEOUT_SECONDS),
         log_retention: logs.RetentionDays = logs.RetentionDays.THREE_MONTHS,
     ) -> None:
         super().__init__(scope, construct_id)
         stack = cdk.Stack.of(self)
+        timeout_seconds = int(lambda_timeout.to_seconds())
+        if worst_case_retry_seconds(timeout_seconds) > RETRY_BUDGET_SECONDS:
+            raise ValueError(
+                f"lambda_timeout {timeout_seconds} s gives a worst-case retry of "
+                f"{worst_case_retry_seconds(timeout_seconds)} s (visibility {VISIBILITY_TIMEOUT_FACTOR}x "
+                f"timeout + batching window + timeout); at most {RETRY_BUDGET_SECONDS} s is allowed: "
+                f"use at most {max_lambda_timeout_seconds()} s")
         self.lifecycle_hook_name = f"{fleet.auto_scaling_group_name}-terminating"
 
         self.dead_letter_queue = sqs.Queue(
@@ -102,8 +124,7 @@ class InterruptionHandler(Construct):
             encryption=sqs.QueueEncryption.KMS,
             encryption_master_key=key,
             enforce_ssl=True,
-            visibility_timeout=cdk.Duration.seconds(
-                VISIBILITY_TIMEOUT_FACTOR * int(lambda_timeout.to_seconds())),
+            visibility_timeout=cdk.Duration.seconds(visibility_timeout_seconds(timeout_seconds)),
             dead_letter_queue=sqs.DeadLetterQueue(queue=self.dead_letter_queue,
                                                   max_receive_count=MAX_RECEIVE_COUNT),
         )
@@ -191,12 +212,20 @@ class InterruptionHandler(Construct):
                 "IDEMPOTENCY_TABLE_NAME": self.idempotency_table.table_name,
                 "REBALANCE_ACTION": rebalance_action,
                 "COMMAND_DELIVERY_TIMEOUT_SECONDS": str(COMMAND_DELIVERY_TIMEOUT_SECONDS),
+                "DEAD_LETTER_QUEUE_URL": self.dead_letter_queue.queue_url,
+                # Failed records are made visible again sooner (lambda requeue.py).
+                "QUEUE_URL": self.queue.queue_url,
+                "QUEUE_VISIBILITY_TIMEOUT_SECONDS": str(visibility_timeout_seconds(timeout_seconds)),
                 "POWERTOOLS_SERVICE_NAME": "interruption-handler",
                 "POWERTOOLS_METRICS_NAMESPACE": "MlInfra/Training",
             },
         )
         self.function.add_event_source(event_sources.SqsEventSource(
-            self.queue, batch_size=10, report_batch_item_failures=True))
+            self.queue, batch_size=BATCH_SIZE, report_batch_item_failures=True,
+            max_batching_window=cdk.Duration.seconds(MAX_BATCHING_WINDOW_SECONDS),
+            max_concurrency=MAX_CONCURRENCY))
+        # Malformed messages are copied here at once (lambda quarantine.py).
+        self.dead_letter_queue.grant_send_messages(self.role)
 
         self.idempotency_table.grant(self.role, "dynamodb:GetItem", "dynamodb:PutItem",
                                      "dynamodb:UpdateItem", "dynamodb:DeleteItem")
@@ -210,11 +239,16 @@ class InterruptionHandler(Construct):
             conditions={"StringEquals": {f"ssm:resourceTag/{FLEET_TAG_KEY}": fleet.fleet_tag[1]}}))
         self.role.add_to_principal_policy(iam.PolicyStatement(
             sid="LookUpInstances",
-            actions=["ec2:DescribeInstances", "ssm:DescribeInstanceInformation"],
+            actions=["ec2:DescribeInstances", "ssm:DescribeInstanceInformation", "ssm:ListCommands"],
             resources=["*"]))
         acknowledge(self.role, "AwsSolutions::AwsSolutions-IAM5[Resource::*]",
-                    "ec2:DescribeInstances and ssm:DescribeInstanceInformation support no "
-                    "resource-level permissions; both are read-only lookups of one instance.")
+                    "ec2:DescribeInstances, ssm:DescribeInstanceInformation and ssm:ListCommands "
+                    "support no resource-level permissions; all are read-only lookups of the "
+                    "batch's instances and of commands already sent to them.")
+        for action in ("kms:GenerateDataKey*", "kms:ReEncrypt*"):
+            acknowledge(self.role, f"AwsSolutions::AwsSolutions-IAM5[Action::{action}]",
+                        "Copying a malformed message to the KMS-encrypted dead-letter queue needs "
+                        "a data key; the grant is scoped to the stage key's ARN.")
         acknowledge_resources(
             self.role, "AwsSolutions::AwsSolutions-IAM5",
             [f"arn:{stack.partition}:ec2:{stack.region}:{stack.account}:instance/*"],
@@ -231,7 +265,8 @@ class InterruptionHandler(Construct):
             self,
             "DeadLetterAlarm",
             alarm_description=(f"Interruption messages of {fleet.auto_scaling_group_name} failed "
-                               "5 times or could not be delivered: read the DLQ, fix, redrive."),
+                               "5 times, could not be delivered, or could not be parsed (copied "
+                               "by the handler): read the DLQ, fix, redrive."),
             metric=self.dead_letter_queue.metric_approximate_number_of_messages_visible(
                 period=cdk.Duration.minutes(1), statistic="Maximum"),
             threshold=0,
@@ -241,11 +276,48 @@ class InterruptionHandler(Construct):
         )
         self.dead_letter_alarm.add_alarm_action(cloudwatch_actions.SnsAction(alarm_topic))
 
+        self.malformed_alarm = cloudwatch.Alarm(
+            self,
+            "MalformedMessagesAlarm",
+            alarm_description=(f"The interruption handler of {fleet.auto_scaling_group_name} met a "
+                               "message it could not fully parse (changed AWS format or a bug); "
+                               "it acted on what it could and copied the message to the DLQ."),
+            metric=self.metric_malformed_messages(period=cdk.Duration.minutes(1)),
+            threshold=1,
+            comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+            evaluation_periods=1,
+            treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
+        )
+        self.malformed_alarm.add_alarm_action(cloudwatch_actions.SnsAction(alarm_topic))
+
     def metric_records_failed(self, **props) -> cloudwatch.Metric:
         """Records handed back to SQS for a retry (EMF metric of the Lambda)."""
-        return cloudwatch.Metric(namespace="MlInfra/Training", metric_name="RecordsFailed",
+        return self._metric("RecordsFailed", **props)
+
+    def metric_malformed_messages(self, **props) -> cloudwatch.Metric:
+        """Messages quarantined, or acted on in part, because they did not parse."""
+        return self._metric("MalformedMessages", **props)
+
+    @staticmethod
+    def _metric(name: str, **props) -> cloudwatch.Metric:
+        return cloudwatch.Metric(namespace="MlInfra/Training", metric_name=name,
                                  dimensions_map={"service": "interruption-handler"},
                                  statistic="Sum", **props)
+
+
+def visibility_timeout_seconds(lambda_timeout_seconds: int) -> int:
+    return VISIBILITY_TIMEOUT_FACTOR * lambda_timeout_seconds + MAX_BATCHING_WINDOW_SECONDS
+
+
+def worst_case_retry_seconds(lambda_timeout_seconds: int) -> int:
+    """First delivery to the end of the retry's invocation, for a record failed once."""
+    return (visibility_timeout_seconds(lambda_timeout_seconds) + MAX_BATCHING_WINDOW_SECONDS
+            + lambda_timeout_seconds)
+
+
+def max_lambda_timeout_seconds() -> int:
+    return max(t for t in range(1, RETRY_BUDGET_SECONDS)
+               if worst_case_retry_seconds(t) <= RETRY_BUDGET_SECONDS)
 
 
 def powertools_layer_arn(stack: cdk.Stack, layer_version: int) -> str:

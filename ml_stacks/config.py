@@ -363,7 +363,7 @@ class TrainingConfig:
     checkpoint_done_marker: str = "CHECKPOINT_DONE"
     training_signal: str = "SIGUSR1"
     rebalance_action: str = "checkpoint"
-    lambda_timeout_seconds: int = 60
+    lambda_timeout_seconds: int = 8
     powertools_version: str = "3.23.0"
     log_retention_days: int = 90
     lease_seconds: int = 90
@@ -391,9 +391,10 @@ class TrainingConfig:
                  "1 to 3 (2 lets a container on the instance reach IMDSv2)")
         _require(self.rebalance_action in REBALANCE_ACTIONS, f"{prefix}.rebalance_action",
                  self.rebalance_action, "one of " + ", ".join(REBALANCE_ACTIONS))
-        _require(_is_int(self.lambda_timeout_seconds) and 10 <= self.lambda_timeout_seconds <= 900,
+        _require(_is_int(self.lambda_timeout_seconds) and 3 <= self.lambda_timeout_seconds <= 8,
                  f"{prefix}.lambda_timeout_seconds", self.lambda_timeout_seconds,
-                 "10 to 900 seconds (the queue's visibility timeout is 6 times this)")
+                 "3 to 8 seconds (the queue's visibility timeout is 6 times this, and a retried "
+                 "record must be acted on within 60 s: README, interruption time budget)")
         _require(self.powertools_version in POWERTOOLS_LAYER_VERSIONS,
                  f"{prefix}.powertools_version", self.powertools_version,
                  "a Powertools release with a known public layer version: "

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -25,7 +26,7 @@ from botocore.stub import Stubber  # noqa: E402
 from moto import mock_aws  # noqa: E402
 
 from constructs_lib.interruption_handler import checkpoint_document  # noqa: E402
-from tests.interruption_lambda import batch, logic  # noqa: E402
+from tests.interruption_lambda import batch, logic, quarantine, requeue  # noqa: E402
 
 REGION = "us-east-1"
 GROUP = "ml-dev-training-gpu"
@@ -43,6 +44,26 @@ class RecordingMetrics:
         self.counts[name] = self.counts.get(name, 0) + 1
 
 
+class FakeClock:
+    """Monotonic time that only moves when the code under test sleeps."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.epoch = time.time() - self.now
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def wall(self) -> float:
+        """Epoch seconds that move with the fake clock (leases, TTLs)."""
+        return self.epoch + self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
 class LambdaContext:
     function_name = "ml-dev-training-InterruptionHandler"
     aws_request_id = "6f7b3c2e-9d0a-4c55-8a4e-0f2b1d3c4e5f"
@@ -57,6 +78,9 @@ class Aws:
     ssm: Any
     autoscaling: Any
     dynamodb: Any
+    sqs: Any
+    dead_letter_queue_url: str
+    queue_url: str
     autoscaling_stub: Stubber
     fleet_instance: str
     other_instance: str
@@ -66,6 +90,8 @@ class Aws:
     log: list = field(default_factory=list)
     metrics: RecordingMetrics = field(default_factory=RecordingMetrics)
     rebalance_action: str = "checkpoint"
+    clock: FakeClock = field(default_factory=FakeClock)
+    quarantined: list[dict] = field(default_factory=list)
 
     def processor(self, **settings: Any) -> "batch.Processor":
         values = dict(autoscaling_group_name=GROUP, fleet_tag_key=FLEET_TAG, fleet_tag_value=GROUP,
@@ -74,7 +100,16 @@ class Aws:
         return batch.Processor(
             settings=logic.Settings(**values),
             clients=logic.Clients(ec2=self.ec2, ssm=self.ssm, autoscaling=self.autoscaling),
-            dynamodb=self.dynamodb, table_name=TABLE, metrics=self.metrics, log=self.log.append)
+            dynamodb=self.dynamodb, table_name=TABLE, metrics=self.metrics, log=self.log.append,
+            quarantine=quarantine.Quarantine(self.sqs, self.dead_letter_queue_url),
+            requeue=requeue.Requeue(self.sqs, self.queue_url, 48),
+            clock=self.clock, sleep=self.clock.sleep, wall_clock=self.clock.wall)
+
+    def dead_letters(self) -> list[dict]:
+        """Messages in the dead-letter queue, with their attributes."""
+        found = self.sqs.receive_message(QueueUrl=self.dead_letter_queue_url, MaxNumberOfMessages=10,
+                                         MessageAttributeNames=["All"])
+        return found.get("Messages", [])
 
     def commands(self) -> list[dict]:
         """SendCommand requests as the client sent them (moto's own record
@@ -116,6 +151,9 @@ def aws(monkeypatch) -> Aws:
         ssm = boto3.client("ssm", region_name=REGION)
         dynamodb = boto3.client("dynamodb", region_name=REGION)
         autoscaling = boto3.client("autoscaling", region_name=REGION)
+        sqs = boto3.client("sqs", region_name=REGION)
+        dead_letter_queue_url = sqs.create_queue(QueueName="interruption-dlq")["QueueUrl"]
+        queue_url = sqs.create_queue(QueueName="interruption", Attributes={"VisibilityTimeout": "48"})["QueueUrl"]
         dynamodb.create_table(TableName=TABLE, BillingMode="PAY_PER_REQUEST",
                               AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
                               KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}])
@@ -127,7 +165,8 @@ def aws(monkeypatch) -> Aws:
             return ec2.run_instances(ImageId=AMI_ID, MinCount=1, MaxCount=1, InstanceType="g5.xlarge",
                                      TagSpecifications=spec)["Instances"][0]["InstanceId"]
 
-        state = Aws(ec2=ec2, ssm=ssm, autoscaling=autoscaling, dynamodb=dynamodb,
+        state = Aws(ec2=ec2, ssm=ssm, autoscaling=autoscaling, dynamodb=dynamodb, sqs=sqs,
+                    dead_letter_queue_url=dead_letter_queue_url, queue_url=queue_url,
                     autoscaling_stub=Stubber(autoscaling),
                     fleet_instance=launch([{"Key": FLEET_TAG, "Value": GROUP},
                                            {"Key": "aws:autoscaling:groupName", "Value": GROUP}]),

@@ -18,7 +18,7 @@ from types import ModuleType
 ROOT = Path(__file__).resolve().parent.parent
 LAMBDA_DIR = ROOT / "lambda" / "interruption_handler"
 FIXTURES = Path(__file__).resolve().parent / "lambda" / "fixtures" / "interruption_handler"
-_NAMES = ("messages", "logic", "batch", "handler")
+_NAMES = ("calls", "messages", "logic", "ledger", "quarantine", "requeue", "batch", "handler")
 
 
 def _load() -> dict[str, ModuleType]:
@@ -36,6 +36,10 @@ def _load() -> dict[str, ModuleType]:
 
 
 _modules = _load()
+calls = _modules["calls"]
+ledger = _modules["ledger"]
+quarantine = _modules["quarantine"]
+requeue = _modules["requeue"]
 messages = _modules["messages"]
 logic = _modules["logic"]
 batch = _modules["batch"]

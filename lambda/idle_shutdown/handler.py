@@ -9,8 +9,13 @@ Two events, one function (dispatched on ``(source, detail-type)``):
   ``detail.autoScalingGroupName``: scale that group (if opted in) to its
   minimum, normally 0.
 
-Malformed input is logged and ignored; an AWS error on the read path is
-raised so the invocation counts as failed (and the next schedule retries).
+Malformed input is logged and ignored; an AWS error on the read path,
+before anything was changed, is raised so the invocation counts as failed
+(and the next schedule retries). Once a stop has been attempted, nothing
+raises: every stop's result, failed ones included (any ``ClientError`` or
+``BotoCoreError`` such as a read timeout), is logged, counted and in the
+SNS summary, and a failed GPU-count lookup only leaves ``GpuHoursSaved``
+at 0 with a log line saying why.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from typing import Any
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 import idle_decide as decide
 import idle_fleet as fleet
@@ -31,8 +36,9 @@ from idle_report import Reporter, notify, stop_summary
 from idle_settings import (COMPLETION_DETAIL_TYPE, COMPLETION_SOURCE, KEEP_ALIVE_TAG,
                            SCHEDULE_DETAIL_TYPE, SCHEDULE_SOURCE, Settings)
 
-# Auto Scaling group names: 1-255 characters, no control characters.
-_GROUP_NAME_RE = re.compile(r"^[^\x00-\x1f\x7f]{1,255}$")
+# Auto Scaling group names: 1-255 characters, no control characters
+# (full match: ``match`` with ``$`` would let a trailing newline through).
+_GROUP_NAME_RE = re.compile(r"[^\x00-\x1f\x7f]{1,255}")
 
 # Stops run in parallel: each TerminateInstanceInAutoScalingGroup is a
 # round trip, and a burst of idle instances must fit well within the timeout.
@@ -136,11 +142,7 @@ def sweep(*, settings: Settings, clients: Any, now: datetime, reporter: Reporter
         if error:
             reporter.log("stop_failed", instance_id=instance_id, error=error)
 
-    gpu_hours = 0.0
-    if stopped and not settings.dry_run:
-        gpus = fleet.gpus_per_type(ec2, {v.instance.instance_type for v in stopped})
-        gpu_hours = sum(gpus.get(v.instance.instance_type, 0) for v in stopped) \
-            * settings.savings_horizon_hours
+    gpu_hours = _gpu_hours(ec2, stopped, settings, reporter) if stopped and not settings.dry_run else 0.0
     reporter.metrics(stage=settings.stage, evaluated=len(verdicts), idle=len(to_stop) + len(held),
                      stopped=0 if settings.dry_run else len(stopped), gpu_hours_saved=gpu_hours,
                      failed=failures)
@@ -153,14 +155,46 @@ def sweep(*, settings: Settings, clients: Any, now: datetime, reporter: Reporter
             "stopped": [v.instance.instance_id for v in stopped], "dry_run": settings.dry_run}
 
 
+def _gpu_hours(ec2: Any, stopped: list[decide.Verdict], settings: Settings,
+               reporter: Reporter) -> float:
+    """GPU hours saved, for the metric only: its failure must not lose the report."""
+    try:
+        gpus = fleet.gpus_per_type(ec2, {v.instance.instance_type for v in stopped})
+    except (ClientError, BotoCoreError) as failure:
+        reporter.log("gpu_count_unavailable", error=_error_code(failure),
+                     instance_types=sorted({v.instance.instance_type for v in stopped}))
+        return 0.0
+    return sum(gpus.get(v.instance.instance_type, 0) for v in stopped) * settings.savings_horizon_hours
+
+
+def _error_code(failure: Exception) -> str:
+    if isinstance(failure, ClientError):
+        return str(failure.response.get("Error", {}).get("Code", "ClientError"))
+    return type(failure).__name__
+
+
 def _stop(autoscaling: Any, instance_id: str) -> str | None:
-    """Stop one instance; the error code if AWS refused."""
+    """Stop one instance; the error code if it may not have happened."""
     try:
         fleet.stop(autoscaling, instance_id)
-    except ClientError as failure:
-        # Already terminating, a scaling activity in progress, or the group
-        # reached its minimum meanwhile: the next run decides again.
-        return failure.response.get("Error", {}).get("Code", "ClientError")
+    except (ClientError, BotoCoreError) as failure:
+        # Already terminating, a scaling activity in progress, the group
+        # reached its minimum meanwhile, or the network failed (a read
+        # timeout may even have stopped it): the next run decides again.
+        return _error_code(failure)
+    except Exception as failure:  # noqa: BLE001 - the other stops must still be reported
+        return type(failure).__name__
+    return None
+
+
+def _kept_instance(ec2: Any, group_name: str, now: datetime) -> tuple[str, str, str] | None:
+    """The first running instance of the group a keep-alive tag protects, if any."""
+    for instance_id, (_, tags) in sorted(fleet.launch_details(ec2, [group_name]).items()):
+        until, malformed = decide.parse_keep_alive(tags.get(KEEP_ALIVE_TAG))
+        if malformed:
+            return instance_id, decide.KEEP_ALIVE_MALFORMED, tags.get(KEEP_ALIVE_TAG, "")
+        if until is not None and until > now:
+            return instance_id, decide.KEEP_ALIVE, tags[KEEP_ALIVE_TAG]
     return None
 
 
@@ -168,7 +202,7 @@ def complete(detail: Any, *, settings: Settings, clients: Any, reporter: Reporte
              event_id: Any = None) -> dict:
     """Scale a finished job's group to its minimum, if it is opted in."""
     name = detail.get("autoScalingGroupName") if isinstance(detail, dict) else None
-    if not isinstance(name, str) or not _GROUP_NAME_RE.match(name):
+    if not isinstance(name, str) or not _GROUP_NAME_RE.fullmatch(name):
         reporter.log("completion_ignored", reason="malformed_event", event_id=event_id,
                      auto_scaling_group_name=name if isinstance(name, str) else repr(name))
         return {"status": "ignored", "reason": "malformed_event"}
@@ -198,6 +232,14 @@ def complete(detail: Any, *, settings: Settings, clients: Any, reporter: Reporte
                      reason="already_at_minimum", desired_capacity=group.desired_capacity,
                      min_size=group.min_size, event_id=event_id, dry_run=settings.dry_run)
         return {"status": "ok", "action": "none"}
+    kept = _kept_instance(clients("ec2"), name, now)
+    if kept is not None:
+        # Scaling in picks instances by the group's termination policy: it
+        # could pick the kept one. The schedule's sweep stops the others.
+        instance_id, reason, value = kept
+        reporter.log("completion_ignored", reason=reason, group=name, event_id=event_id,
+                     instance_id=instance_id, keep_alive_until=value)
+        return {"status": "ignored", "reason": reason, "instance_id": instance_id}
     action = "would_scale_down" if settings.dry_run else "scaled_down"
     if not settings.dry_run:
         fleet.scale_to(autoscaling, name, target)

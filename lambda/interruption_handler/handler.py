@@ -2,7 +2,9 @@
 
 The queue carries spot interruption warnings and rebalance recommendations
 (EventBridge) and the fleet's termination lifecycle hook messages. See
-``logic.py`` for the decisions and ``batch.py`` for idempotency and errors.
+``batch.py`` for how a batch runs, ``logic.py`` for the decisions,
+``ledger.py`` for idempotency, ``calls.py`` for retries, ``quarantine.py``
+and ``requeue.py`` for what happens to malformed and failed records.
 """
 
 from __future__ import annotations
@@ -15,16 +17,19 @@ from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from botocore.config import Config
 
-from batch import Processor, RecordOutcome
+from batch import MAX_WORKERS, Processor, RecordOutcome
 from logic import Clients, Settings
+from quarantine import Quarantine
+from requeue import Requeue
 
 logger = Logger()
 metrics = Metrics()
 
-# Fail fast into a per-record retry instead of spending the invocation on
-# SDK back-off.
-_BOTO_CONFIG = Config(retries={"mode": "standard", "max_attempts": 3},
-                      connect_timeout=3, read_timeout=10)
+# One attempt per SDK call: calls.py retries inside the record's deadline
+# and knows when a repeat of SendCommand must look before it sends. Short
+# timeouts: the whole invocation has a few seconds (README, time budget).
+_BOTO_CONFIG = Config(retries={"mode": "standard", "max_attempts": 1},
+                      connect_timeout=2, read_timeout=4, max_pool_connections=MAX_WORKERS + 4)
 
 
 class _PowertoolsMetrics:
@@ -53,13 +58,16 @@ def build_processor(environ: dict[str, str] | None = None) -> Processor:
         rebalance_action=env.get("REBALANCE_ACTION", "checkpoint"),
         command_delivery_timeout_seconds=int(env.get("COMMAND_DELIVERY_TIMEOUT_SECONDS", "60")),
     )
+    sqs = boto3.client("sqs", config=_BOTO_CONFIG)
     clients = Clients(ec2=boto3.client("ec2", config=_BOTO_CONFIG),
                       ssm=boto3.client("ssm", config=_BOTO_CONFIG),
                       autoscaling=boto3.client("autoscaling", config=_BOTO_CONFIG))
     return Processor(settings=settings, clients=clients,
                      dynamodb=boto3.client("dynamodb", config=_BOTO_CONFIG),
                      table_name=env["IDEMPOTENCY_TABLE_NAME"], metrics=_PowertoolsMetrics(),
-                     log=log_outcome)
+                     log=log_outcome,
+                     quarantine=Quarantine(sqs, env["DEAD_LETTER_QUEUE_URL"]),
+                     requeue=Requeue(sqs, env["QUEUE_URL"], int(env["QUEUE_VISIBILITY_TIMEOUT_SECONDS"])))
 
 
 _processor: Processor | None = None
@@ -67,8 +75,10 @@ _processor: Processor | None = None
 
 def _message_ids(event: Any) -> list[str]:
     records = event.get("Records") if isinstance(event, dict) else None
-    return [r["messageId"] for r in records or [] if isinstance(r, dict)
-            and isinstance(r.get("messageId"), str)]
+    if not isinstance(records, list):
+        return []
+    return [r["messageId"] for r in records if isinstance(r, dict)
+            and isinstance(r.get("messageId"), str) and r["messageId"]]
 
 
 def handler(event: Any, context: Any) -> dict[str, Any]:

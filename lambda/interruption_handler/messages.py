@@ -2,16 +2,23 @@
 
 One parser per shape, dispatched on EventBridge ``(source, detail-type)`` or,
 for messages the lifecycle hook sends straight to SQS, on their own fields.
-Every field that later becomes a Run Command parameter is checked against
-the same pattern the SSM document's ``allowedPattern`` enforces, so a
-message that could not be sent is rejected here, with its reason.
+Every field that later becomes a Run Command or Auto Scaling parameter is
+checked against the same pattern the SSM document's ``allowedPattern``
+enforces, with a *full* match (``re.match`` with ``$`` would accept a
+trailing newline), so a message that could not be sent is rejected here,
+with its reason.
+
+A termination lifecycle message whose token is unusable but whose instance,
+hook and group are valid is still an interruption: it is parsed without the
+token (``salvaged`` says why), so the instance is checkpointed and the
+message is also quarantined for a human (``batch.py``).
 """
 
 from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 SPOT_INTERRUPTION = "spot-interruption"
@@ -38,7 +45,7 @@ TEST_NOTIFICATION = "autoscaling:TEST_NOTIFICATION"
 
 
 class MalformedMessage(ValueError):
-    """No retry can make this message processable: log it and drop it."""
+    """No retry can make this message processable: quarantine it (DLQ) and alarm."""
 
 
 @dataclass(frozen=True)
@@ -56,29 +63,19 @@ class Interruption:
     instance_id: str
     event_id: str
     lifecycle: LifecycleAction | None = None
+    # Why part of the message was unusable (the token): acted on, and quarantined.
+    salvaged: str | None = None
 
     @property
     def idempotency_key(self) -> str:
         # The same lifecycle action can arrive in two shapes (hook message,
         # EventBridge event) with different ids but one token.
-        if self.lifecycle is not None:
+        if self.lifecycle is not None and self.lifecycle.token:
             return f"lifecycle:{self.lifecycle.token}"
+        if self.lifecycle is not None:
+            # No usable token: an instance terminates once per hook.
+            return f"lifecycle-instance:{self.lifecycle.hook_name}:{self.instance_id}"
         return f"event:{self.event_id}"
-
-    def as_request(self) -> dict[str, Any]:
-        request = asdict(self)
-        request["idempotency_key"] = self.idempotency_key
-        return request
-
-    @classmethod
-    def from_request(cls, request: Mapping[str, Any]) -> "Interruption":
-        lifecycle = request.get("lifecycle")
-        return cls(
-            kind=request["kind"],
-            instance_id=request["instance_id"],
-            event_id=request["event_id"],
-            lifecycle=LifecycleAction(**lifecycle) if lifecycle else None,
-        )
 
 
 @dataclass(frozen=True)
@@ -94,7 +91,7 @@ Parsed = Interruption | TestNotification
 
 def _field(data: Mapping[str, Any], name: str, pattern: re.Pattern[str], what: str) -> str:
     value = data.get(name)
-    if not isinstance(value, str) or not pattern.match(value):
+    if not isinstance(value, str) or not pattern.fullmatch(value):
         raise MalformedMessage(f"{what} {name!r} is missing or not valid: {str(value)[:80]!r}")
     return value
 
@@ -126,19 +123,27 @@ def _lifecycle(data: Mapping[str, Any], *, event_id: str, what: str) -> Interrup
     transition = data.get("LifecycleTransition")
     if transition != TERMINATING:
         raise MalformedMessage(f"{what} for transition {str(transition)[:80]!r}, not {TERMINATING}")
-    token = _field(data, "LifecycleActionToken", _TOKEN, what)
-    if not token:
-        raise MalformedMessage(f"{what} with an empty 'LifecycleActionToken'")
     hook_name = _field(data, "LifecycleHookName", _HOOK_NAME, what)
     group_name = _field(data, "AutoScalingGroupName", _ASG_NAME, what)
     if not hook_name or not group_name:
         raise MalformedMessage(f"{what} without a hook or group name")
+    instance_id = _field(data, "EC2InstanceId", _INSTANCE_ID, what)
+    try:
+        token = _field(data, "LifecycleActionToken", _TOKEN, what)
+        if not token:
+            raise MalformedMessage(f"{what} with an empty 'LifecycleActionToken'")
+        salvaged = None
+    except MalformedMessage as error:
+        # Still an interruption of a known instance: checkpoint it without
+        # the token (Auto Scaling accepts the instance id instead).
+        token, salvaged = "", str(error)
     return Interruption(
         kind=LIFECYCLE_TERMINATE,
-        instance_id=_field(data, "EC2InstanceId", _INSTANCE_ID, what),
+        instance_id=instance_id,
         event_id=event_id,
         lifecycle=LifecycleAction(hook_name=hook_name, token=token,
                                   autoscaling_group_name=group_name),
+        salvaged=salvaged,
     )
 
 

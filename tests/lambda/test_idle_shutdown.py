@@ -268,7 +268,8 @@ def test_job_completion_scales_the_group_to_zero(world) -> None:
     world.group("fleet", size=3)
     result = world.run(finished(), now=later())
     assert result["desired_capacity"] == 0
-    assert world.operations() == {"DescribeAutoScalingGroups": 1, "SetDesiredCapacity": 1, "Publish": 1}
+    assert world.operations() == {"DescribeAutoScalingGroups": 1, "DescribeInstances": 1,
+                                  "SetDesiredCapacity": 1, "Publish": 1}
     [scale] = world.calls_to("SetDesiredCapacity")
     assert scale.params == {"AutoScalingGroupName": "fleet", "DesiredCapacity": 0, "HonorCooldown": False}
     assert world.group_state("fleet")["DesiredCapacity"] == 0
@@ -293,7 +294,7 @@ def test_job_completion_twice_changes_nothing_the_second_time(world) -> None:
 def test_job_completion_in_dry_run_changes_nothing(world) -> None:
     world.group("fleet", size=2)
     world.run(finished(), now=later(), dry_run=True)
-    assert world.operations() == {"DescribeAutoScalingGroups": 1, "Publish": 1}
+    assert world.operations() == {"DescribeAutoScalingGroups": 1, "DescribeInstances": 1, "Publish": 1}
     assert world.group_state("fleet")["DesiredCapacity"] == 2
 
 
@@ -322,7 +323,7 @@ def test_job_completion_respects_a_group_keep_alive(world) -> None:
 @pytest.mark.parametrize("detail", [
     None, "fleet", [], {}, {"autoScalingGroupName": None}, {"autoScalingGroupName": 42},
     {"autoScalingGroupName": ""}, {"autoScalingGroupName": "x" * 256},
-    {"autoScalingGroupName": "fleet\nrm -rf"}, {"asgName": "fleet"},
+    {"autoScalingGroupName": "fleet\nrm -rf"}, {"asgName": "fleet"}, {"autoScalingGroupName": "fleet\n"},
 ])
 def test_malformed_completion_events_are_logged_and_ignored_without_aws_calls(world, detail) -> None:
     payload = event("training_job_finished")
@@ -353,3 +354,89 @@ def test_notification_lists_at_most_200_instances_and_says_how_many_more() -> No
     assert subject == "[ml-dev] idle shutdown stopped 5000 GPU instance(s)"
     assert message.count("\n- i-") == 200 and "... and 4800 more" in message
     assert len(message.encode()) < 256 * 1024
+
+
+# -- issue 12: faults after the first stop, keep-alive on job completion ----------
+
+@pytest.mark.parametrize("failure", [
+    lambda: __import__("botocore.exceptions", fromlist=["x"]).ReadTimeoutError(
+        endpoint_url="https://autoscaling.us-east-1.amazonaws.com"),
+    lambda: __import__("botocore.exceptions", fromlist=["x"]).EndpointConnectionError(
+        endpoint_url="https://autoscaling.us-east-1.amazonaws.com"),
+    lambda: __import__("botocore.exceptions", fromlist=["x"]).ConnectionClosedError(
+        endpoint_url="https://autoscaling.us-east-1.amazonaws.com"),
+    lambda: ClientError({"Error": {"Code": "Throttling", "Message": "Rate exceeded"}},
+                        "TerminateInstanceInAutoScalingGroup"),
+], ids=["read-timeout", "connection", "connection-closed", "throttling"])
+def test_a_network_failure_on_some_stops_still_logs_counts_and_reports_the_others(
+        world, monkeypatch, failure) -> None:
+    ids = world.group("fleet", size=5)
+    now = later()
+    world.utilization(ids, IDLE, now=now, settings=world.settings())
+    autoscaling = world.clients["autoscaling"]
+    real = autoscaling.terminate_instance_in_auto_scaling_group
+    failing = set(sorted(ids)[:2])
+
+    def terminate(**params):
+        if params["InstanceId"] in failing:
+            raise failure()
+        return real(**params)
+
+    monkeypatch.setattr(autoscaling, "terminate_instance_in_auto_scaling_group", terminate)
+    result = sweep(world, now)
+    stopped = sorted(i for i in ids if i not in failing)
+    assert sorted(result["stopped"]) == stopped
+    decisions = world.decisions()
+    assert {i: decisions[i]["action"] for i in ids} == {
+        i: "stop_failed" if i in failing else "stopped" for i in ids}
+    assert sorted(r["instance_id"] for r in world.records("stop_failed")) == sorted(failing)
+    metrics = world.emf()
+    assert (metrics["InstancesStopped"], metrics["StopFailures"]) == (3, 2)
+    [publish] = world.calls_to("Publish")
+    assert all(i in publish.params["Message"] for i in stopped)
+
+
+@pytest.mark.parametrize("failure", [
+    lambda: ClientError({"Error": {"Code": "UnauthorizedOperation", "Message": "no"}},
+                        "DescribeInstanceTypes"),
+    lambda: __import__("botocore.exceptions", fromlist=["x"]).ReadTimeoutError(
+        endpoint_url="https://ec2.us-east-1.amazonaws.com"),
+], ids=["access-denied", "read-timeout"])
+def test_a_failed_gpu_count_after_the_stops_does_not_lose_the_report(world, monkeypatch, failure) -> None:
+    ids = world.group("fleet", size=2)
+    now = later()
+    world.utilization(ids, IDLE, now=now, settings=world.settings())
+
+    def describe_instance_types(**_):
+        raise failure()
+
+    monkeypatch.setattr(world.clients["ec2"], "describe_instance_types", describe_instance_types)
+    result = sweep(world, now)
+    assert sorted(result["stopped"]) == sorted(ids)
+    assert world.emf()["InstancesStopped"] == 2 and world.emf()["GpuHoursSaved"] == 0
+    [unavailable] = world.records("gpu_count_unavailable")
+    assert unavailable["instance_types"] == ["g5.xlarge"]
+    assert len(world.calls_to("Publish")) == 1
+
+
+@pytest.mark.parametrize("tag", ["future", "malformed"])
+def test_job_completion_honours_an_instance_keep_alive_tag(world, tag) -> None:
+    now = later()
+    ids = world.group("fleet", size=3)
+    kept = sorted(ids)[1]
+    value = (now + timedelta(hours=2)).isoformat() if tag == "future" else "next tuesday"
+    world.tag_instance(kept, "ml:keep-alive-until", value)
+    result = world.run(finished(), now=now)
+    expected = "keep_alive_until_future" if tag == "future" else "keep_alive_tag_malformed"
+    assert result == {"status": "ignored", "reason": expected, "instance_id": kept}
+    assert world.operations() == {"DescribeAutoScalingGroups": 1, "DescribeInstances": 1}
+    assert world.group_state("fleet")["DesiredCapacity"] == 3
+    [record] = world.records("completion_ignored")
+    assert (record["instance_id"], record["keep_alive_until"]) == (kept, value)
+
+
+def test_job_completion_ignores_an_instance_keep_alive_in_the_past(world) -> None:
+    now = later()
+    ids = world.group("fleet", size=2)
+    world.tag_instance(ids[0], "ml:keep-alive-until", (now - timedelta(hours=1)).isoformat())
+    assert world.run(finished(), now=now)["action"] == "scaled_down"

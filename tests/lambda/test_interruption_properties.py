@@ -1,135 +1,251 @@
-"""Property tests: whatever arrives and whatever AWS answers, nothing escapes
-and every record ends handled, skipped or failed (failed ones, and only
-those, are handed back to SQS)."""
+"""Robustness of the interruption handler: mutated real events, every AWS call
+failing the ways the SDK fails (issue 12).
+
+Each example is delivered through ``handler.handler`` with faults injected
+into one AWS operation, then the records it handed back are redelivered
+after the visibility timeout with AWS healthy again. The expected effects
+come from an oracle written from the specification (the event shapes and
+the SSM document's allowed patterns, full match), not from the parser:
+
+* nothing ever escapes the handler, and the redelivery fails nothing;
+* each checkpoint the oracle expects is sent exactly once, with exactly its
+  parameters, and no other command is sent;
+* each lifecycle action the oracle expects is completed exactly once, and
+  no other;
+* each malformed record is copied to the dead-letter queue; no valid one is.
+
+1,000 single-record payloads and 200 batches per run, derandomized.
+"""
 
 from __future__ import annotations
 
 import json
-import os
+import re
+import uuid
+from dataclasses import dataclass
 
-import boto3
-import pytest
-from botocore.exceptions import ClientError, EndpointConnectionError
 from hypothesis import HealthCheck, given, settings
-from hypothesis import event as note_event
+from hypothesis import event as note
 from hypothesis import strategies as st
-from moto import mock_aws
 
-from tests.interruption_aws import GROUP, HOOK, TABLE, LambdaContext
-from tests.interruption_lambda import batch, fixture, logic
+from constructs_lib import interruption_handler as spec
+from tests.interruption_aws import FakeClock
+from tests.interruption_lambda import batch, fixture, handler, logic, quarantine, requeue
 
-EXAMPLES = 250
-INSTANCES = ["i-0b662ef9931388ba0", "i-0a1b2c3d4e5f60718", "i-12345678"]
-AWS_FAILURES = [
-    ("Throttling", "Rate exceeded"),
-    ("RequestLimitExceeded", "Request limit exceeded."),
-    ("InvalidInstanceId", "Instances not in a valid state"),
-    ("ValidationError", "No active Lifecycle Action found with token"),
-    ("AccessDeniedException", "not authorized"),
-    ("InternalError", "We encountered an internal error"),
-]
+from .interruption_fake import DLQ_URL, DOCUMENT, FAULTS, GROUP, FakeAws, operations
 
+HOOK = "ml-dev-training-gpu-terminating"
+TERMINATING = "autoscaling:EC2_INSTANCE_TERMINATING"
+INSTANCES = {"fleet-online": "i-0aaaaaaaaaaaaaaa1", "fleet-offline": "i-0aaaaaaaaaaaaaaa2",
+             "not-fleet": "i-0bbbbbbbbbbbbbbb3", "no-such-instance": "i-1ccccccccccccccc4"}
+FLEET = {INSTANCES["fleet-online"], INSTANCES["fleet-offline"]}
+ONLINE = {INSTANCES["fleet-online"]}
+FUNCTION_TIMEOUT_MS = spec.DEFAULT_LAMBDA_TIMEOUT_SECONDS * 1000
+SETTINGS = dict(max_examples=1000, deadline=None, derandomize=True, database=None,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
-class ScriptedAws:
-    """EC2, SSM and Auto Scaling that answer from a hypothesis-drawn script."""
+# --- the specification ---------------------------------------------------------
 
-    def __init__(self, data: st.DataObject) -> None:
-        self.data = data
-        self.calls: list[str] = []
-
-    def _maybe_fail(self, operation: str) -> None:
-        self.calls.append(operation)
-        outcome = self.data.draw(st.sampled_from(["ok", "ok", "ok", "client-error", "network"]),
-                                 label=f"{operation} outcome")
-        if outcome == "client-error":
-            code, message = self.data.draw(st.sampled_from(AWS_FAILURES), label=f"{operation} error")
-            raise ClientError({"Error": {"Code": code, "Message": message}}, operation)
-        if outcome == "network":
-            raise EndpointConnectionError(endpoint_url="https://ssm.us-east-1.amazonaws.com")
-
-    def describe_instances(self, InstanceIds):  # noqa: N803 - boto3 names
-        self._maybe_fail("DescribeInstances")
-        tagged = self.data.draw(st.booleans(), label="fleet tag")
-        tags = [{"Key": "ml:training-fleet", "Value": GROUP}] if tagged else []
-        return {"Reservations": [{"Instances": [{"InstanceId": InstanceIds[0], "Tags": tags}]}]}
-
-    def describe_instance_information(self, Filters):  # noqa: N803
-        self._maybe_fail("DescribeInstanceInformation")
-        status = self.data.draw(st.sampled_from(["Online", "ConnectionLost", None]), label="ping")
-        return {"InstanceInformationList": [] if status is None else [
-            {"InstanceId": Filters[0]["Values"][0], "PingStatus": status}]}
-
-    def send_command(self, **params):
-        self._maybe_fail("SendCommand")
-        return {"Command": {"CommandId": "0b9a1f2e-3c4d-5e6f-7a8b-9c0d1e2f3a4b"}}
-
-    def complete_lifecycle_action(self, **params):
-        self._maybe_fail("CompleteLifecycleAction")
-        return {}
+INSTANCE_ID = re.compile(r"i-[0-9a-f]{8,17}")  # EC2 instance id format
+EVENT_ID, HOOK_NAME, GROUP_NAME, TOKEN = (re.compile(p) for p in (
+    spec.EVENT_ID_PATTERN, spec.LIFECYCLE_HOOK_NAME_PATTERN, spec.AUTOSCALING_GROUP_NAME_PATTERN,
+    spec.LIFECYCLE_ACTION_TOKEN_PATTERN))
+DETAIL_TYPES = {("aws.ec2", "EC2 Spot Instance Interruption Warning"): "spot-interruption",
+                ("aws.ec2", "EC2 Instance Rebalance Recommendation"): "rebalance-recommendation",
+                ("aws.autoscaling", "EC2 Instance-terminate Lifecycle Action"): "lifecycle-terminate"}
 
 
-def _json_values():
-    leaves = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=20)
-    return st.recursive(leaves, lambda children: st.lists(children, max_size=4)
-                        | st.dictionaries(st.text(max_size=12), children, max_size=4), max_leaves=12)
+def _ok(value, pattern, nonempty=True) -> bool:
+    return isinstance(value, str) and bool(pattern.fullmatch(value)) and (bool(value) or not nonempty)
 
 
-def _mutated(base: dict) -> st.SearchStrategy:
-    """A real-shaped message with some fields replaced, removed or nested wrong."""
-    def mutate(draw_data):
-        message, changes = draw_data
-        message = json.loads(json.dumps(message))
-        for path, value in changes:
-            target = message
-            for key in path[:-1]:
-                target = target.get(key) if isinstance(target, dict) else None
-            if isinstance(target, dict):
-                if value == "<delete>":
-                    target.pop(path[-1], None)
-                else:
-                    target[path[-1]] = value
-        return message
+@dataclass(frozen=True)
+class Expected:
+    """What one record must cause."""
 
-    paths = [(k,) for k in base] + [("detail", k) for k in base.get("detail", {})]
-    change = st.tuples(st.sampled_from(paths),
-                       st.just("<delete>") | _json_values() | st.sampled_from(INSTANCES)
-                       | st.sampled_from(["", "x' ; reboot", GROUP, HOOK, "71514b9d-6a40-4b26-8523-05e7ee35fa4c"]))
-    return st.tuples(st.just(base), st.lists(change, max_size=3)).map(mutate)
+    action: str  # "checkpoint", "complete", "none", "quarantine", "skip"
+    key: str | None = None
+    instance: str | None = None
+    parameters: tuple | None = None
+    token: str | None = None
+    quarantine: bool = False
 
 
-_BASES = [fixture(name) for name in ("spot_interruption_warning", "rebalance_recommendation",
-                                     "lifecycle_hook_terminating", "lifecycle_action_eventbridge",
-                                     "test_notification")]
-bodies = (
-    st.sampled_from(_BASES).flatmap(_mutated).map(json.dumps)
-    | st.sampled_from(_BASES).map(json.dumps)
-    | _json_values().map(json.dumps)
-    | st.text(max_size=60)
+def _lifecycle(data: dict, event_id: str, rebalance: str) -> Expected:
+    if data.get("LifecycleTransition") != TERMINATING:
+        return Expected("quarantine", quarantine=True)
+    hook, group, instance = (data.get(k) for k in ("LifecycleHookName", "AutoScalingGroupName",
+                                                    "EC2InstanceId"))
+    if not (_ok(hook, HOOK_NAME) and _ok(group, GROUP_NAME) and _ok(instance, INSTANCE_ID)):
+        return Expected("quarantine", quarantine=True)
+    token = data.get("LifecycleActionToken")
+    token = token if _ok(token, TOKEN) else None  # unusable: acted on without it, quarantined
+    key = f"lifecycle:{token}" if token else f"lifecycle-instance:{hook}:{instance}"
+    if group != GROUP:
+        return Expected("none", key, instance, quarantine=token is None)
+    return _act("lifecycle-terminate", instance, event_id, key, rebalance,
+                (hook, token, group) if token else None, quarantine=token is None)
+
+
+def _act(kind: str, instance: str, event_id: str, key: str, rebalance: str, lifecycle: tuple | None,
+         quarantine: bool = False) -> Expected:
+    if kind == "rebalance-recommendation" and rebalance == "log-only":
+        return Expected("none", key, instance, quarantine=quarantine)
+    if instance in FLEET and instance in ONLINE:
+        hook, token, group = lifecycle or ("", "", "")
+        parameters = (kind, event_id, hook, token, group)
+        return Expected("checkpoint", key, instance, parameters, quarantine=quarantine)
+    if kind == "lifecycle-terminate":
+        return Expected("complete", key, instance, token=lifecycle[1] if lifecycle else None,
+                        quarantine=quarantine)
+    return Expected("none", key, instance, quarantine=quarantine)
+
+
+def oracle(record, rebalance: str) -> Expected:
+    if not isinstance(record, dict) or not isinstance(record.get("messageId"), str) \
+            or not record["messageId"]:
+        return Expected("skip")
+    body = record.get("body")
+    try:
+        data = json.loads(body) if isinstance(body, str) else None
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
+        return Expected("quarantine", quarantine=True)
+    if "detail-type" in data or "source" in data:
+        kind = DETAIL_TYPES.get((data.get("source"), data.get("detail-type"))) \
+            if all(isinstance(data.get(k), str) for k in ("source", "detail-type")) else None
+        detail, event_id = data.get("detail"), data.get("id")
+        if kind is None or not isinstance(detail, dict) or not _ok(event_id, EVENT_ID):
+            return Expected("quarantine", quarantine=True)
+        if kind == "lifecycle-terminate":
+            return _lifecycle(detail, event_id, rebalance)
+        instance = detail.get("instance-id")
+        if not _ok(instance, INSTANCE_ID):
+            return Expected("quarantine", quarantine=True)
+        return _act(kind, instance, event_id, f"event:{event_id}", rebalance, None)
+    if data.get("Event") == "autoscaling:TEST_NOTIFICATION":
+        return Expected("none")
+    if "LifecycleActionToken" in data or "LifecycleTransition" in data:
+        if not _ok(data.get("RequestId"), EVENT_ID):
+            return Expected("quarantine", quarantine=True)
+        return _lifecycle(data, data["RequestId"], rebalance)
+    return Expected("quarantine", quarantine=True)
+
+
+# --- payloads: real events, mutated ----------------------------------------------
+
+BASES = ("spot_interruption_warning", "rebalance_recommendation", "lifecycle_hook_terminating",
+         "lifecycle_action_eventbridge", "test_notification")
+HUGE = ["x" * 100_000, "é" * 70_000, "i-0aaaaaaaaaaaaaaa1" * 5000]
+
+
+def _variants(value: str) -> list[str]:
+    return [value, value + "\n", value + " ", " " + value, value + "\r\n", value + "\x00", value.upper(),
+            value + "\u2028"]
+
+
+CRITICAL = {"id", "RequestId", "instance-id", "EC2InstanceId", "LifecycleActionToken", "LifecycleHookName",
+            "AutoScalingGroupName", "LifecycleTransition", "source", "detail-type", "detail", "Event"}
+
+
+@dataclass(frozen=True)
+class NearMiss:
+    """The field's own (valid) value, slightly wrong: what a lax check lets through."""
+
+    how: str
+
+    def apply(self, value: object) -> object:
+        text = value if isinstance(value, str) else json.dumps(value)
+        return {"newline": text + "\n", "crlf": text + "\r\n", "space": text + " ",
+                "leading-space": " " + text, "tab": text + "\t", "upper": text.upper(),
+                "nul": text + "\x00", "as-number": 12345 if text else 0,
+                "as-list": [value], "doubled": text + text, "truncated": text[:-1],
+                "unicode": text + "\u00e9"}[self.how]
+
+
+NEAR_MISSES = [NearMiss(h) for h in ("newline", "crlf", "space", "leading-space", "tab", "upper", "nul",
+                                     "as-number", "as-list", "doubled", "truncated", "unicode")]
+
+NON_STRINGS = st.one_of(
+    st.none(), st.booleans(), st.integers(-10**6, 10**15), st.floats(allow_nan=False),
+    st.lists(st.integers(), max_size=3), st.dictionaries(st.text(max_size=4), st.integers(), max_size=2))
+nasty = st.one_of(
+    NON_STRINGS,
+    st.just(""), st.text(max_size=24), st.sampled_from(HUGE),
+    st.sampled_from(list(INSTANCES.values()) + [GROUP, HOOK, str(uuid.UUID(int=7))]).flatmap(
+        lambda v: st.sampled_from(_variants(v))),
+    st.sampled_from(["12345", "1e5", "0", "-1", "true", "null", "ïñstånce-𝔘", "i-0aaaaaaaaaaaaaaa1; reboot",
+                     "x' && curl evil", TERMINATING, "autoscaling:EC2_INSTANCE_LAUNCHING", "aws.ec2",
+                     "EC2 Spot Instance Interruption Warning", "other-group"]),
 )
-records = st.fixed_dictionaries(
-    {"messageId": st.uuids().map(str), "body": bodies},
-    optional={"attributes": st.just({"ApproximateReceiveCount": "1"})},
-) | _json_values()
-events = st.lists(records, max_size=6).map(lambda rs: {"Records": rs}) | _json_values()
 
 
-@pytest.fixture(scope="module")
-def dynamodb():
-    previous = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-                                               "AWS_DEFAULT_REGION")}
-    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
-                      AWS_DEFAULT_REGION="us-east-1")
-    with mock_aws():
-        client = boto3.client("dynamodb", region_name="us-east-1")
-        client.create_table(TableName=TABLE, BillingMode="PAY_PER_REQUEST",
-                            AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
-                            KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}])
-        yield client
-    for key, value in previous.items():
-        if value is None:
-            os.environ.pop(key, None)
+@st.composite
+def bodies(draw) -> object:
+    shape = draw(st.sampled_from(["real"] * 8 + ["json-non-object", "not-json", "not-a-string"]))
+    if shape == "json-non-object":
+        return json.dumps(draw(st.lists(st.integers(), max_size=3) | st.integers() | st.none()))
+    if shape == "not-json":
+        return draw(st.text(max_size=40) | st.sampled_from(["{", "NaN", "{\"a\": }", "\ud800"]))
+    if shape == "not-a-string":
+        return draw(NON_STRINGS)
+    message = fixture(draw(st.sampled_from(BASES)))
+    instance = INSTANCES[draw(st.sampled_from(["fleet-online"] * 4 + sorted(INSTANCES)))]
+    fresh = str(draw(st.uuids()))
+    for target in (message, message.get("detail", {})):
+        if isinstance(target, dict):
+            for name, value in (("instance-id", instance), ("EC2InstanceId", instance),
+                                ("LifecycleActionToken", str(draw(st.uuids()))), ("id", fresh),
+                                ("RequestId", fresh)):
+                if name in target:
+                    target[name] = value
+    paths = [(k,) for k in message] + [("detail", k) for k in message.get("detail", {})] + [("extra",)]
+    critical = [p for p in paths if p[-1] in CRITICAL]
+    # Near misses of the critical fields most: the defects a lax check lets through.
+    changes = st.tuples(st.sampled_from(critical) | st.sampled_from(paths),
+                        st.sampled_from(["near-miss"] * 3 + ["delete", "nasty"]).flatmap(
+                            lambda how: st.sampled_from(NEAR_MISSES) if how == "near-miss"
+                            else st.just("<delete>") if how == "delete" else nasty))
+    for path, change in [draw(changes) for _ in range(draw(st.sampled_from([0, 0, 0, 1, 1, 2, 3])))]:
+        target = message
+        for key in path[:-1]:
+            target = target.get(key) if isinstance(target, dict) else None
+        if not isinstance(target, dict):
+            continue
+        if change == "<delete>":
+            target.pop(path[-1], None)
+        elif isinstance(change, NearMiss):
+            target[path[-1]] = change.apply(target.get(path[-1]))
         else:
-            os.environ[key] = value
+            target[path[-1]] = change
+    return json.dumps(message, ensure_ascii=draw(st.booleans()))
+
+
+@st.composite
+def records(draw) -> object:
+    if draw(st.integers(0, 19)) == 0:
+        return draw(nasty)  # not a record at all
+    message_id = draw(st.sampled_from([None, "", 7, 7.0])) if draw(st.integers(0, 19)) == 0 \
+        else str(draw(st.uuids()))
+    record = {"messageId": message_id, "body": draw(bodies()), "receiptHandle": f"AQEB{draw(st.uuids())}",
+              "attributes": {"ApproximateReceiveCount": draw(st.sampled_from(["1", "2", "5", "x"]))},
+              "eventSource": "aws:sqs"}
+    if draw(st.integers(0, 19)) == 0:
+        record.pop("body")
+    return record
+
+
+faults = st.one_of(st.just({}), st.tuples(st.sampled_from(operations()), st.sampled_from(FAULTS)).map(
+    lambda pair: {pair[0]: pair[1]}))
+faults = st.sampled_from([True, False]).flatmap(lambda healthy: st.just({}) if healthy else faults)
+
+
+# --- running and checking -------------------------------------------------------
+
+class Context:
+    def get_remaining_time_in_millis(self) -> int:
+        return FUNCTION_TIMEOUT_MS
 
 
 class _Metrics:
@@ -137,53 +253,112 @@ class _Metrics:
         pass
 
 
-@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                       HealthCheck.too_slow])
-@given(event=events, data=st.data(), rebalance=st.sampled_from(["checkpoint", "log-only"]))
-def test_every_record_is_handled_skipped_or_failed_and_nothing_escapes(dynamodb, event, data, rebalance) -> None:
-    # Each example starts from an empty idempotency table: hypothesis replays
-    # examples, and a remembered decision would change what gets drawn.
-    for item in dynamodb.scan(TableName=TABLE, ProjectionExpression="id")["Items"]:
-        dynamodb.delete_item(TableName=TABLE, Key={"id": item["id"]})
-    scripted = ScriptedAws(data)
-    log: list = []
+def deliver(event: object, fault: dict, rebalance: str) -> tuple[FakeAws, list[dict]]:
+    """Run 1 with the fault, run 2 (the redelivery of what failed) healthy."""
+    aws = FakeAws(fleet=set(FLEET), online=set(ONLINE), faults=dict(fault))
+    clock = FakeClock()
     processor = batch.Processor(
         settings=logic.Settings(autoscaling_group_name=GROUP, fleet_tag_key="ml:training-fleet",
-                                fleet_tag_value=GROUP, document_name="doc", rebalance_action=rebalance),
-        clients=logic.Clients(ec2=scripted, ssm=scripted, autoscaling=scripted),
-        dynamodb=dynamodb, table_name=TABLE, metrics=_Metrics(), log=log.append)
-
-    result = processor.process_batch(event, LambdaContext())  # must not raise
-
-    raw = event.get("Records") if isinstance(event, dict) else None
-    expected = len(raw) if isinstance(raw, list) else 1
-    assert len(result.outcomes) == expected
-    assert log == result.outcomes  # one log line per decision
-    assert {o.outcome for o in result.outcomes} <= {"handled", "skipped", "failed"}
-    failed_ids = [o.message_id for o in result.outcomes if o.outcome == "failed"]
-    assert result.response() == {"batchItemFailures": [{"itemIdentifier": i} for i in failed_ids]}
-    for outcome in result.outcomes:
-        note_event(f"record {outcome.outcome}")  # shown by --hypothesis-show-statistics
-        if outcome.outcome == "failed":
-            # Only parsed interruptions are retried; nonsense never is.
-            assert outcome.kind in ("spot-interruption", "rebalance-recommendation", "lifecycle-terminate")
-        if outcome.message_id is None:
-            assert outcome.outcome == "skipped"
-
-
-@settings(max_examples=EXAMPLES, deadline=None)
-@given(body=bodies)
-def test_parser_either_parses_or_rejects_with_a_reason(body) -> None:
-    from tests.interruption_lambda import messages
+                                fleet_tag_value=GROUP, document_name=DOCUMENT, rebalance_action=rebalance),
+        clients=logic.Clients(ec2=aws, ssm=aws, autoscaling=aws), dynamodb=aws, table_name="ledger",
+        metrics=_Metrics(), log=lambda _: None, quarantine=quarantine.Quarantine(aws, DLQ_URL),
+        requeue=requeue.Requeue(aws, "https://sqs.us-east-1.amazonaws.com/123456789012/q", 48),
+        clock=clock, sleep=clock.sleep, wall_clock=clock.wall)
+    saved, handler._processor = handler._processor, processor
     try:
-        parsed = messages.parse_body(body)
-    except messages.MalformedMessage as error:
-        assert str(error)
-        return
-    if isinstance(parsed, messages.Interruption):
-        request = parsed.as_request()
-        assert messages.Interruption.from_request(request) == parsed
-        # Everything that reaches the SSM document matches its allowed patterns.
-        import re
-        assert re.match(messages.INSTANCE_ID_PATTERN, parsed.instance_id)
-        assert re.match(messages.EVENT_ID_PATTERN, parsed.event_id)
+        first = handler.handler(event, Context())
+        failed = {f["itemIdentifier"] for f in first["batchItemFailures"]}
+        raw = event.get("Records") if isinstance(event, dict) else None
+        sent = [r for r in raw if isinstance(r, dict) and r.get("messageId") in failed] \
+            if isinstance(raw, list) else []
+        assert len(failed) == len(first["batchItemFailures"]) and all(isinstance(i, str) for i in failed)
+        aws.heal()
+        clock.now += spec.visibility_timeout_seconds(spec.DEFAULT_LAMBDA_TIMEOUT_SECONDS)
+        second = handler.handler({"Records": sent}, Context()) if sent else {"batchItemFailures": []}
+        assert second == {"batchItemFailures": []}, (fault, second)
+        # Every failed record with a receipt handle was made visible again sooner.
+        if fault.get("ChangeMessageVisibilityBatch") is None:
+            assert {r["receiptHandle"] for r in sent if isinstance(r.get("receiptHandle"), str)
+                    and r["receiptHandle"]} <= set(aws.visibility)
+    finally:
+        handler._processor = saved
+    return aws, raw if isinstance(raw, list) else []
+
+
+def check(aws: FakeAws, raw: list, rebalance: str) -> None:
+    expected = [(r, oracle(r, rebalance)) for r in raw]
+    first_of: dict[str, Expected] = {}
+    for _, e in expected:
+        if e.key is not None:
+            first_of.setdefault(e.key, e)  # one action per event: the first delivery's
+    want_commands = sorted((e.instance, e.parameters) for e in first_of.values() if e.action == "checkpoint")
+    got_commands = sorted((c["InstanceIds"][0], tuple(c["Parameters"][k][0] for k in (
+        "Reason", "EventId", "LifecycleHookName", "LifecycleActionToken", "AutoScalingGroupName")))
+        for c in aws.commands)
+    assert got_commands == want_commands
+    for command in aws.commands:
+        assert command["DocumentName"] == DOCUMENT and len(command["InstanceIds"]) == 1
+    want_completed = sorted((e.instance, e.token or "") for e in first_of.values() if e.action == "complete")
+    got_completed = sorted((c["InstanceId"], c.get("LifecycleActionToken", "")) for c in aws.completed)
+    assert got_completed == want_completed
+    # Unparseable records each; a salvaged event once (its first delivery).
+    want_dead = {r["messageId"] for r, e in expected
+                 if e.quarantine and (e.key is None or first_of[e.key] is e)}
+    got_dead = [d["Attributes"]["source_message_id"]["StringValue"] for d in aws.dead_letters]
+    assert set(got_dead) == {ascii(m)[1:-1] for m in want_dead}
+    assert all(d["QueueUrl"] == DLQ_URL for d in aws.dead_letters)
+
+
+@settings(**SETTINGS)
+@given(record=records(), fault=faults, rebalance=st.sampled_from(["checkpoint", "log-only"]))
+def test_one_record_causes_exactly_its_action_whatever_fails(record, fault, rebalance) -> None:
+    event = {"Records": [record]}
+    aws, raw = deliver(event, fault, rebalance)
+    expected = oracle(record, rebalance)
+    note(f"expected {expected.action}{' + quarantine' if expected.quarantine and expected.action != 'quarantine' else ''}")
+    note(f"fault {'none' if not fault else next(iter(fault.values()))}")
+    check(aws, raw, rebalance)
+
+
+@settings(**{**SETTINGS, "max_examples": 200})
+@given(batch_records=st.lists(records(), min_size=2, max_size=6), copies=st.lists(st.integers(0, 5), max_size=3),
+       fault=faults, rebalance=st.sampled_from(["checkpoint", "log-only"]))
+def test_a_batch_with_duplicates_causes_each_action_once_whatever_fails(batch_records, copies, fault,
+                                                                        rebalance) -> None:
+    for index in copies:  # redeliveries of a record in the same batch, as SQS may do
+        original = batch_records[index % len(batch_records)]
+        if isinstance(original, dict):
+            batch_records.append({**original, "messageId": str(uuid.UUID(int=len(batch_records)))})
+    aws, raw = deliver({"Records": batch_records}, fault, rebalance)
+    check(aws, raw, rebalance)
+
+
+@settings(**{**SETTINGS, "max_examples": 200})
+@given(event=nasty | st.fixed_dictionaries({"Records": nasty}) | st.lists(records(), max_size=2))
+def test_events_that_are_not_sqs_batches_change_nothing(event) -> None:
+    aws, _ = deliver(event, {}, "checkpoint")
+    assert not aws.commands and not aws.completed and not aws.dead_letters
+
+
+@st.composite
+def valid_records(draw) -> dict:
+    """An unmutated real event for a reachable fleet instance: it must cause one command."""
+    message = fixture(draw(st.sampled_from(BASES[:4])))
+    fresh, token = str(draw(st.uuids())), str(draw(st.uuids()))
+    for target in (message, message.get("detail", {})):
+        for name, value in (("instance-id", INSTANCES["fleet-online"]), ("id", fresh), ("RequestId", fresh),
+                            ("EC2InstanceId", INSTANCES["fleet-online"]), ("LifecycleActionToken", token)):
+            if name in target:
+                target[name] = value
+    return {"messageId": str(draw(st.uuids())), "body": json.dumps(message),
+            "attributes": {"ApproximateReceiveCount": "1"}, "eventSource": "aws:sqs"}
+
+
+@settings(**{**SETTINGS, "max_examples": 300})
+@given(batch_records=st.lists(valid_records(), min_size=1, max_size=4),
+       fault=st.tuples(st.sampled_from(["PutItem", "SendCommand", "ListCommands", "GetItem"]),
+                       st.sampled_from(FAULTS)).map(lambda pair: {pair[0]: pair[1]}))
+def test_a_fault_around_send_command_never_sends_a_second_command(batch_records, fault) -> None:
+    aws, raw = deliver({"Records": batch_records}, fault, "checkpoint")
+    check(aws, raw, "checkpoint")
+    assert len(aws.commands) == len({oracle(r, "checkpoint").key for r in raw})

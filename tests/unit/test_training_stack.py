@@ -111,7 +111,8 @@ def test_lambda_asset_is_the_handler_modules_without_caches(synthesized) -> None
     code = function.node.default_child.code
     key = synthesized.app.node.find_child("dev").training.resolve(code)["s3Key"]
     staged = synthesized.outdir / f"asset.{key.removesuffix('.zip')}"
-    assert {p.name for p in staged.iterdir()} == {"handler.py", "batch.py", "logic.py", "messages.py"}
+    assert {p.name for p in staged.iterdir()} == {"handler.py", "batch.py", "calls.py", "ledger.py",
+                                                  "logic.py", "messages.py", "quarantine.py", "requeue.py"}
 
 
 # --- Auto Scaling group ---------------------------------------------------------------
@@ -237,8 +238,13 @@ def test_queue_is_encrypted_tls_only_with_a_dlq_and_six_times_the_lambda_timeout
         assert (denies[0]["Action"], denies[0]["Principal"]) == ("sqs:*", {"AWS": "*"})
 
 
+def alarms_by_metric(template: dict) -> dict[str, dict]:
+    return {a["Properties"]["MetricName"]: a["Properties"]
+            for a in resources_of_type(template, "AWS::CloudWatch::Alarm").values()}
+
+
 def test_dead_letter_queue_alarm_goes_to_the_alerts_topic(dev) -> None:
-    alarm = only(dev, "AWS::CloudWatch::Alarm", "InterruptionHandler")["Properties"]
+    alarm = alarms_by_metric(dev)["ApproximateNumberOfMessagesVisible"]
     assert (alarm["MetricName"], alarm["Namespace"], alarm["Threshold"], alarm["ComparisonOperator"]) == (
         "ApproximateNumberOfMessagesVisible", "AWS/SQS", 0, "GreaterThanThreshold")
     assert alarm["Dimensions"][0]["Value"]["Fn::GetAtt"][0].startswith("InterruptionHandlerDeadLetterQueue")
@@ -260,6 +266,56 @@ def test_lambda_reports_batch_item_failures_and_runs_the_pinned_powertools_layer
     assert env["AUTOSCALING_GROUP_NAME"] == "ml-dev-training-gpu"
     assert env["REBALANCE_ACTION"] == "checkpoint"
     assert env["CHECKPOINT_DOCUMENT_NAME"]["Ref"].startswith("InterruptionHandlerCheckpointDocument")
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_a_record_failed_once_is_acted_on_within_60_seconds_of_first_delivery(synthesized, stage) -> None:
+    """The time budget, from the synthesized settings (README, interruption time budget).
+
+    A record handed back through batchItemFailures stays invisible for the
+    queue's visibility timeout from its receive, then waits at most the
+    batching window before the next invocation, which runs at most the
+    function timeout (its in-call retries stop before that)."""
+    template = synthesized.stack(stage, "training").template_json
+    queues = resources_of_type(template, "AWS::SQS::Queue")
+    [main] = [q["Properties"] for k, q in queues.items() if k.startswith("InterruptionHandlerQueue")]
+    mapping = only(template, "AWS::Lambda::EventSourceMapping")["Properties"]
+    function = only(template, "AWS::Lambda::Function")["Properties"]
+    hook = only(template, "AWS::AutoScaling::LifecycleHook")["Properties"]
+    visibility, timeout = main["VisibilityTimeout"], function["Timeout"]
+    window = mapping.get("MaximumBatchingWindowInSeconds", 0)  # absent: 0 for standard queues
+
+    worst_case = visibility + window + timeout
+    assert worst_case <= 60
+    assert visibility >= timeout  # CreateEventSourceMapping rejects less
+    assert visibility >= 6 * timeout + window  # AWS's guidance for SQS event sources
+    # A record failing every time reaches the DLQ (and its alarm) before the hook times out.
+    assert main["RedrivePolicy"]["maxReceiveCount"] >= 5
+    assert main["RedrivePolicy"]["maxReceiveCount"] * visibility < hook["HeartbeatTimeout"]
+    assert mapping["BatchSize"] == 10
+    assert mapping["ScalingConfig"] == {"MaximumConcurrency": 5}
+
+
+def test_malformed_messages_alarm_the_dlq_takes_their_copies_and_failed_records_requeue(dev) -> None:
+    alarm = alarms_by_metric(dev)["MalformedMessages"]
+    assert (alarm["Namespace"], alarm["Statistic"], alarm["Period"], alarm["Threshold"]) == (
+        "MlInfra/Training", "Sum", 60, 1)
+    assert alarm["ComparisonOperator"] == "GreaterThanOrEqualToThreshold"
+    assert alarm["Dimensions"] == [{"Name": "service", "Value": "interruption-handler"}]
+    assert alarm["AlarmActions"][0]["Fn::GetStackOutput"]["StackName"] == "ml-dev-ops"
+    function = only(dev, "AWS::Lambda::Function")["Properties"]
+    env = function["Environment"]["Variables"]
+    assert env["DEAD_LETTER_QUEUE_URL"]["Ref"].startswith("InterruptionHandlerDeadLetterQueue")
+    assert env["QUEUE_URL"]["Ref"].startswith("InterruptionHandlerQueue")
+    queues = resources_of_type(dev, "AWS::SQS::Queue")
+    [main] = [q for k, q in queues.items() if k.startswith("InterruptionHandlerQueue")]
+    assert env["QUEUE_VISIBILITY_TIMEOUT_SECONDS"] == str(main["Properties"]["VisibilityTimeout"])
+    handler = policy_of(dev, "InterruptionHandlerRole")
+    [send] = [s for s in handler if "sqs:SendMessage" in flat(s["Action"])]
+    assert send["Resource"]["Fn::GetAtt"][0].startswith("InterruptionHandlerDeadLetterQueue")
+    # ChangeMessageVisibility(Batch) on its own queue comes with the event source mapping's grant.
+    [consume] = [s for s in handler if "sqs:ChangeMessageVisibility" in flat(s["Action"])]
+    assert consume["Resource"]["Fn::GetAtt"][0].startswith("InterruptionHandlerQueue")
 
 
 def test_idempotency_table_is_encrypted_with_ttl_and_point_in_time_recovery(dev) -> None:
@@ -289,7 +345,8 @@ def test_lambda_runs_only_this_stacks_document_on_fleet_tagged_instances(dev) ->
         "StringEquals": {"ssm:resourceTag/ml:training-fleet": "ml-dev-training-gpu"}}
     assert flat(by_sid["OnFleetInstancesOnly"]["Resource"]).endswith(':instance/*"]]}')
     [wild] = [s for s in handler if s["Resource"] == "*"]
-    assert wild["Action"] == ["ec2:DescribeInstances", "ssm:DescribeInstanceInformation"]
+    assert wild["Action"] == ["ec2:DescribeInstances", "ssm:DescribeInstanceInformation",
+                              "ssm:ListCommands"]
 
 
 def test_checkpoint_document_runs_the_agent_and_binds_every_parameter(dev) -> None:
