@@ -280,7 +280,7 @@ def test_a_record_failed_once_is_acted_on_within_60_seconds_of_first_delivery(sy
     queues = resources_of_type(template, "AWS::SQS::Queue")
     [main] = [q["Properties"] for k, q in queues.items() if k.startswith("InterruptionHandlerQueue")]
     mapping = only(template, "AWS::Lambda::EventSourceMapping")["Properties"]
-    function = only(template, "AWS::Lambda::Function")["Properties"]
+    function = only(template, "AWS::Lambda::Function", "InterruptionHandler")["Properties"]
     hook = only(template, "AWS::AutoScaling::LifecycleHook")["Properties"]
     visibility, timeout = main["VisibilityTimeout"], function["Timeout"]
     window = mapping.get("MaximumBatchingWindowInSeconds", 0)  # absent: 0 for standard queues
@@ -303,7 +303,7 @@ def test_malformed_messages_alarm_the_dlq_takes_their_copies_and_failed_records_
     assert alarm["ComparisonOperator"] == "GreaterThanOrEqualToThreshold"
     assert alarm["Dimensions"] == [{"Name": "service", "Value": "interruption-handler"}]
     assert alarm["AlarmActions"][0]["Fn::GetStackOutput"]["StackName"] == "ml-dev-ops"
-    function = only(dev, "AWS::Lambda::Function")["Properties"]
+    function = only(dev, "AWS::Lambda::Function", "InterruptionHandler")["Properties"]
     env = function["Environment"]["Variables"]
     assert env["DEAD_LETTER_QUEUE_URL"]["Ref"].startswith("InterruptionHandlerDeadLetterQueue")
     assert env["QUEUE_URL"]["Ref"].startswith("InterruptionHandlerQueue")
