@@ -909,6 +909,10 @@ ROOT_DEVICE = "/dev/xvda"
 KUBERNETES_VERSIONS: tuple[str, ...] = ("1.33", "1.34", "1.35")
 ADDON_NAMES: tuple[str, ...] = ("vpc-cni", "coredns", "kube-proxy", "eks-pod-identity-agent")
 CLOUDWATCH_ADDON = "amazon-cloudwatch-observability"
+# Add-ons that run a Deployment: EKS reports them DEGRADED (and CloudFormation
+# fails) until a node can run their pods, so they wait for the system group.
+# The others are DaemonSets, ACTIVE with no node at all.
+ADDONS_NEEDING_NODES: frozenset[str] = frozenset({"coredns", CLOUDWATCH_ADDON})
 _ADDON_VERSION_RE = re.compile(r"^v\d+\.\d+\.\d+-eksbuild\.\d+$")
 _CHART_VERSION_RE = re.compile(r"^\d+\.\d+\.\d+$")
 _EKS_INSTANCE_TYPE_RE = re.compile(r"^(?P<family>[a-z][a-z0-9-]*?)\.(?P<size>[0-9]*[a-z]+[0-9]*[a-z]*)$")
@@ -1021,12 +1025,14 @@ class ServingPairConfig:
 @dataclass(frozen=True)
 class AddonVersions:
     """EKS managed add-on versions, pinned (``aws eks describe-addon-versions
-    --kubernetes-version <v> --addon-name <name>`` lists the valid ones)."""
+    --kubernetes-version <v> --addon-name <name>`` lists the valid ones;
+    ``ml_stacks/addon_versions.py`` records where each pin was checked, and
+    preflight verifies them against that API before every deploy)."""
 
     vpc_cni: str = "v1.20.4-eksbuild.1"
     coredns: str = "v1.12.4-eksbuild.1"
-    kube_proxy: str = "v1.34.0-eksbuild.5"
-    eks_pod_identity_agent: str = "v1.3.8-eksbuild.2"
+    kube_proxy: str = "v1.34.1-eksbuild.2"
+    eks_pod_identity_agent: str = "v1.3.10-eksbuild.1"
     # Container Insights and application signals; None leaves it out.
     cloudwatch_observability: str | None = None
 
@@ -1129,6 +1135,9 @@ class EksConfig:
 
         self.addons.validate(f"{prefix}.addons", self.kubernetes_version)
         self.system.validate(f"{prefix}.system", gpu=False)
+        _require(self.system.min_size >= 1, f"{prefix}.system.min_size", self.system.min_size,
+                 "at least 1: CoreDNS (and every add-on that runs a Deployment) stays DEGRADED "
+                 "until a system node runs it")
         self.gpu_inference.validate(f"{prefix}.gpu_inference", gpu=True)
         self.gpu_training.validate(f"{prefix}.gpu_training", gpu=True)
         _require(len(self.gpu_training.instance_types) >= 2, f"{prefix}.gpu_training.instance_types",
