@@ -11,6 +11,12 @@ Two events, one function (dispatched on ``(source, detail-type)``):
 
 Malformed input is logged and ignored; an AWS error on the read path is
 raised so the invocation counts as failed (and the next schedule retries).
+
+Invocations may overlap (no reserved concurrency: a new account's Lambda
+limit cannot spare it, and nothing here needs it). Auto Scaling keeps that
+safe: a decrementing terminate is refused once the desired capacity equals
+the minimum, and a stop another invocation already made is refused as
+"not found". Both refusals are reported for what they are, not as failures.
 """
 
 from __future__ import annotations
@@ -37,6 +43,11 @@ _GROUP_NAME_RE = re.compile(r"^[^\x00-\x1f\x7f]{1,255}$")
 # Stops run in parallel: each TerminateInstanceInAutoScalingGroup is a
 # round trip, and a burst of idle instances must fit well within the timeout.
 STOP_WORKERS = 10
+# Auto Scaling's refusals when another invocation (an overlapping sweep, a
+# job-completion scale-down) got there first: ValidationError messages.
+_AT_MINIMUM_MESSAGE = "desiredSize equals minSize"
+_GONE_MESSAGE = "No managed instance found for instance ID"
+AT_MINIMUM, ALREADY_STOPPED = "at_minimum", "already_stopped"
 # Throttling on a burst of stops is retried with backoff, not surfaced.
 _CONFIG = Config(retries={"mode": "standard", "max_attempts": 6},
                  max_pool_connections=STOP_WORKERS + 2)
@@ -120,8 +131,10 @@ def sweep(*, settings: Settings, clients: Any, now: datetime, reporter: Reporter
     for verdict in verdicts:
         instance_id = verdict.instance.instance_id
         action, error = "keep", None
-        if instance_id in held_ids:
+        if instance_id in held_ids or errors.get(instance_id) == AT_MINIMUM:
             verdict = replace(verdict, reason=decide.AT_MINIMUM)
+        elif instance_id in stop_ids and errors.get(instance_id) == ALREADY_STOPPED:
+            action = ALREADY_STOPPED
         elif instance_id in stop_ids and settings.dry_run:
             action = "would_stop"
             stopped.append(verdict)
@@ -154,13 +167,20 @@ def sweep(*, settings: Settings, clients: Any, now: datetime, reporter: Reporter
 
 
 def _stop(autoscaling: Any, instance_id: str) -> str | None:
-    """Stop one instance; the error code if AWS refused."""
+    """Stop one instance; AT_MINIMUM or ALREADY_STOPPED when another invocation
+    got there first, the error code if AWS refused for another reason."""
     try:
         fleet.stop(autoscaling, instance_id)
     except ClientError as failure:
-        # Already terminating, a scaling activity in progress, or the group
-        # reached its minimum meanwhile: the next run decides again.
-        return failure.response.get("Error", {}).get("Code", "ClientError")
+        error = failure.response.get("Error", {})
+        message = error.get("Message", "")
+        if error.get("Code") == "ValidationError" and _AT_MINIMUM_MESSAGE in message:
+            return AT_MINIMUM
+        if error.get("Code") == "ValidationError" and _GONE_MESSAGE in message:
+            return ALREADY_STOPPED
+        # A scaling activity in progress or throttling after retries: the
+        # next run decides again.
+        return error.get("Code", "ClientError")
     return None
 
 
