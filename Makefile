@@ -38,7 +38,7 @@ STAGE_CONTEXT := $(if $(STAGES),-c stages=$(STAGES),)
 # The stage being deployed, diffed or destroyed, pinned to ACCOUNT if given.
 ONE_STAGE := -c stages=$(STAGE) $(if $(ACCOUNT),-c account=$(ACCOUNT),)
 
-.PHONY: help setup synth test bench bench-drill bench-idle bootstrap deploy destroy diff cost drift clean
+.PHONY: help setup synth test bench bench-drill bench-idle bootstrap deploy destroy diff cost drift refresh-amis clean
 
 help:
 	@echo "make synth [STAGES=dev,prod]   synthesize offline, print a summary"
@@ -52,6 +52,8 @@ help:
 	@echo "make diff STAGE=dev            cdk diff against the deployed stage (AWS credentials)"
 	@echo "make cost [STAGES=dev]         monthly cost: always-on and max capacity, per stage"
 	@echo "make drift STAGE=dev           CloudFormation drift detection on the stage (AWS credentials)"
+	@echo "make refresh-amis [STAGE=dev]  re-pin the AMIs in ml_stacks/ami_pins.json from the public"
+	@echo "                               parameters, print old -> new (AWS credentials; commit the diff)"
 	@echo "make deploy STAGE=dev          cdk deploy '<stage>/*' (AWS credentials)"
 	@echo "make destroy STAGE=dev         cdk destroy '<stage>/*' (prod needs FORCE=1)"
 
@@ -122,6 +124,10 @@ cost: setup
 drift: setup
 	$(require_stage)
 	python -m delivery.drift_cli --stage $(STAGE)
+
+# The only way the AMI pins change: a reviewed diff of ml_stacks/ami_pins.json.
+refresh-amis: setup
+	python -m delivery.refresh_amis $(if $(STAGE),--stage '$(STAGE)',)
 
 deploy: setup
 	$(require_stage)

@@ -81,17 +81,19 @@ def release_version_parameter(kubernetes_version: str, ami_type: str) -> str:
 
 def load_pins(pin_file: Path = PIN_FILE) -> dict[str, Any]:
     """The pin file as a dict, validated (a malformed pin fails here, at synth)."""
-    return _load(Path(pin_file).resolve())
+    path = Path(pin_file)
+    return json.loads(_parse(path.read_text(), path.name))
 
 
 @lru_cache(maxsize=8)
-def _load(pin_file: Path) -> dict[str, Any]:
+def _parse(text: str, where: str) -> str:
+    """``text`` validated, normalized; cached on the content, so a rewritten file is re-read."""
     try:
-        pins = json.loads(pin_file.read_text())
+        pins = json.loads(text)
     except json.JSONDecodeError as error:
-        raise ConfigError(str(pin_file), error.msg, "valid JSON (see ml_stacks/pins.py)") from None
-    validate_pins(pins, str(pin_file))
-    return pins
+        raise ConfigError(where, error.msg, "valid JSON (see ml_stacks/pins.py)") from None
+    validate_pins(pins, where)
+    return json.dumps(pins)
 
 
 def validate_pins(pins: Mapping[str, Any], where: str) -> None:
