@@ -38,7 +38,7 @@ STAGE_CONTEXT := $(if $(STAGES),-c stages=$(STAGES),)
 # The stage being deployed, diffed or destroyed, pinned to ACCOUNT if given.
 ONE_STAGE := -c stages=$(STAGE) $(if $(ACCOUNT),-c account=$(ACCOUNT),)
 
-.PHONY: help setup synth test bench bench-drill bench-idle bootstrap deploy destroy diff cost drift smoke run clean
+.PHONY: help setup synth test bench bench-drill bench-idle bootstrap deploy destroy diff cost drift smoke run refresh-amis clean
 
 help:
 	@echo "make synth [STAGES=dev,prod]   synthesize offline, print a summary"
@@ -54,6 +54,8 @@ help:
 	@echo "make drift STAGE=dev           CloudFormation drift detection on the stage (AWS credentials)"
 	@echo "make run STAGE=dev ARGS=\"submit examples/runs/example-trainer.json\""
 	@echo "                               training runs: submit SPEC | list | show ID | cancel ID | logs ID [--follow]"
+	@echo "make refresh-amis [STAGE=dev]  re-pin the AMIs in ml_stacks/ami_pins.json from the public"
+	@echo "                               parameters, print old -> new (AWS credentials; commit the diff)"
 	@echo "make deploy STAGE=dev          cdk deploy '<stage>/*' (AWS credentials)"
 	@echo "make smoke STAGE=dev [ARGS=--wait-seconds 1800]"
 	@echo "                               invoke every model of the deployed stage once (AWS credentials)"
@@ -141,6 +143,10 @@ run: setup
 	$(require_stage)
 	@test -n "$(ARGS)" || { echo 'ARGS is required, e.g. make run STAGE=$(STAGE) ARGS="list"' >&2; exit 2; }
 	python -m ml_runs --stage $(STAGE) $(ARGS)
+
+# The only way the AMI pins change: a reviewed diff of ml_stacks/ami_pins.json.
+refresh-amis: setup
+	python -m delivery.refresh_amis $(if $(STAGE),--stage '$(STAGE)',)
 
 deploy: setup
 	$(require_stage)

@@ -126,9 +126,10 @@ class IdleShutdown(Construct):
             log_group=self.log_group,
             memory_size=512,
             timeout=cdk.Duration.minutes(5),
-            # One sweep at a time: a completion event during a sweep waits
-            # (EventBridge retries) instead of racing it on the same group.
-            reserved_concurrent_executions=1,
+            # No reserved concurrency: a new account's limit cannot spare it.
+            # Overlapping invocations are harmless: Auto Scaling refuses a
+            # decrementing terminate at the group's minimum and a stop already
+            # made (tests/lambda/test_idle_overlap.py).
             environment={
                 "STAGE": stage,
                 "THRESHOLD_PERCENT": _number(threshold_percent),

@@ -20,6 +20,12 @@ from ml_stacks.config import StageConfig
 # be able to use the topic's KMS key, or its messages are silently dropped.
 PUBLISHING_SERVICES = ("cloudwatch.amazonaws.com", "events.amazonaws.com",
                        "budgets.amazonaws.com")
+# EventBridge publishing to a KMS-encrypted SNS topic does not support an
+# aws:SourceAccount condition in the key policy (its messages would be
+# dropped): its key statement is the service principal alone, as AWS
+# documents it (re:Post knowledge center "sns-not-getting-eventbridge-
+# notification"). The topic policy still admits only this account's rules.
+EVENTBRIDGE = "events.amazonaws.com"
 
 
 class OpsStack(StageStack):
@@ -49,12 +55,19 @@ class OpsStack(StageStack):
             resources=[self.alerts_topic.topic_arn],
             conditions=same_account,
         ))
+        key_actions = ["kms:Decrypt", "kms:GenerateDataKey*"]
         key.add_to_resource_policy(iam.PolicyStatement(
             sid="AllowStageServicesToUseAlertsTopicKey",
-            principals=principals,
-            actions=["kms:Decrypt", "kms:GenerateDataKey*"],
+            principals=[iam.ServicePrincipal(s) for s in PUBLISHING_SERVICES if s != EVENTBRIDGE],
+            actions=key_actions,
             resources=["*"],
             conditions=same_account,
+        ))
+        key.add_to_resource_policy(iam.PolicyStatement(
+            sid="AllowEventBridgeToUseAlertsTopicKey",
+            principals=[iam.ServicePrincipal(EVENTBRIDGE)],
+            actions=key_actions,
+            resources=["*"],
         ))
         for address in config.alerts.email_subscribers:
             self.alerts_topic.add_subscription(subscriptions.EmailSubscription(address))

@@ -16,6 +16,12 @@ raises: every stop's result, failed ones included (any ``ClientError`` or
 ``BotoCoreError`` such as a read timeout), is logged, counted and in the
 SNS summary, and a failed GPU-count lookup only leaves ``GpuHoursSaved``
 at 0 with a log line saying why.
+
+Invocations may overlap (no reserved concurrency: a new account's Lambda
+limit cannot spare it, and nothing here needs it). Auto Scaling keeps that
+safe: a decrementing terminate is refused once the desired capacity equals
+the minimum, and a stop another invocation already made is refused as
+"not found". Both refusals are reported for what they are, not as failures.
 """
 
 from __future__ import annotations
@@ -43,6 +49,11 @@ _GROUP_NAME_RE = re.compile(r"[^\x00-\x1f\x7f]{1,255}")
 # Stops run in parallel: each TerminateInstanceInAutoScalingGroup is a
 # round trip, and a burst of idle instances must fit well within the timeout.
 STOP_WORKERS = 10
+# Auto Scaling's refusals when another invocation (an overlapping sweep, a
+# job-completion scale-down) got there first: ValidationError messages.
+_AT_MINIMUM_MESSAGE = "desiredSize equals minSize"
+_GONE_MESSAGE = "No managed instance found for instance ID"
+AT_MINIMUM, ALREADY_STOPPED = "at_minimum", "already_stopped"
 # Throttling on a burst of stops is retried with backoff, not surfaced.
 _CONFIG = Config(retries={"mode": "standard", "max_attempts": 6},
                  max_pool_connections=STOP_WORKERS + 2)
@@ -126,8 +137,10 @@ def sweep(*, settings: Settings, clients: Any, now: datetime, reporter: Reporter
     for verdict in verdicts:
         instance_id = verdict.instance.instance_id
         action, error = "keep", None
-        if instance_id in held_ids:
+        if instance_id in held_ids or errors.get(instance_id) == AT_MINIMUM:
             verdict = replace(verdict, reason=decide.AT_MINIMUM)
+        elif instance_id in stop_ids and errors.get(instance_id) == ALREADY_STOPPED:
+            action = ALREADY_STOPPED
         elif instance_id in stop_ids and settings.dry_run:
             action = "would_stop"
             stopped.append(verdict)
@@ -174,13 +187,23 @@ def _error_code(failure: Exception) -> str:
 
 
 def _stop(autoscaling: Any, instance_id: str) -> str | None:
-    """Stop one instance; the error code if it may not have happened."""
+    """Stop one instance; AT_MINIMUM or ALREADY_STOPPED when another invocation
+    got there first, the error code if it may not have happened."""
     try:
         fleet.stop(autoscaling, instance_id)
-    except (ClientError, BotoCoreError) as failure:
-        # Already terminating, a scaling activity in progress, the group
-        # reached its minimum meanwhile, or the network failed (a read
-        # timeout may even have stopped it): the next run decides again.
+    except ClientError as failure:
+        error = failure.response.get("Error", {})
+        message = error.get("Message", "")
+        if error.get("Code") == "ValidationError" and _AT_MINIMUM_MESSAGE in message:
+            return AT_MINIMUM
+        if error.get("Code") == "ValidationError" and _GONE_MESSAGE in message:
+            return ALREADY_STOPPED
+        # A scaling activity in progress or throttling after retries: the
+        # next run decides again.
+        return _error_code(failure)
+    except BotoCoreError as failure:
+        # The network failed (a read timeout may even have stopped it): the
+        # next run decides again.
         return _error_code(failure)
     except Exception as failure:  # noqa: BLE001 - the other stops must still be reported
         return type(failure).__name__

@@ -52,8 +52,8 @@ def test_sweep_runs_on_the_configured_rate_and_completion_events_reach_the_funct
         "State": "ENABLED", "Targets": [function]})
     template.resource_count_is("AWS::Lambda::Function", 1)
     template.has_resource_properties("AWS::Lambda::Function", {
-        "Handler": "handler.handler", "Runtime": "python3.14", "ReservedConcurrentExecutions": 1,
-        "Timeout": 300})
+        "Handler": "handler.handler", "Runtime": "python3.14", "Timeout": 300,
+        "ReservedConcurrentExecutions": Match.absent()})
 
 
 @pytest.mark.parametrize("stage", STAGES)

@@ -25,7 +25,7 @@ def test_alerts_topic_is_encrypted_with_the_stage_key_and_tls_only(synthesized, 
 
 
 @pytest.mark.parametrize("stage", STAGES)
-def test_only_this_accounts_alarms_and_rules_may_publish(synthesized, stage) -> None:
+def test_only_this_accounts_alarms_and_rules_may_publish_and_alarms_use_the_key(synthesized, stage) -> None:
     same_account = {"StringEquals": {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}}
     services = ["budgets.amazonaws.com", "cloudwatch.amazonaws.com", "events.amazonaws.com"]
     synthesized.template(stage, "ops").has_resource_properties("AWS::SNS::TopicPolicy", {
@@ -35,7 +35,34 @@ def test_only_this_accounts_alarms_and_rules_may_publish(synthesized, stage) -> 
     synthesized.template(stage, "storage").has_resource_properties("AWS::KMS::Key", {
         "KeyPolicy": {"Statement": Match.array_with([Match.object_like({
             "Effect": "Allow", "Action": ["kms:Decrypt", "kms:GenerateDataKey*"],
-            "Principal": {"Service": services}, "Condition": same_account})])}})
+            "Principal": {"Service": ["budgets.amazonaws.com", "cloudwatch.amazonaws.com"]},
+            "Condition": same_account})])}})
+
+
+def key_statements_for(template_json: dict, service: str) -> list[dict]:
+    [key] = [r for r in template_json["Resources"].values() if r["Type"] == "AWS::KMS::Key"]
+    statements = []
+    for statement in key["Properties"]["KeyPolicy"]["Statement"]:
+        principals = statement.get("Principal", {}).get("Service", [])
+        if service in ([principals] if isinstance(principals, str) else principals):
+            statements.append(statement)
+    return statements
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_eventbridge_may_use_the_alerts_key_without_a_source_account_condition(synthesized, stage) -> None:
+    # EventBridge publishing to a KMS-encrypted SNS topic does not support
+    # aws:SourceAccount in the key policy: with it, its messages are dropped.
+    # (aws-cdk-lib's own grant for the encrypted SQS interruption queue keeps its
+    # condition: encrypted SQS supports it.) KMS allows what any statement allows.
+    statements = key_statements_for(synthesized.stack(stage, "storage").template_json,
+                                    "events.amazonaws.com")
+    usable = [s for s in statements
+              if s["Effect"] == "Allow" and {"kms:Decrypt", "kms:GenerateDataKey*"} <= set(s["Action"])
+              and "aws:SourceAccount" not in str(s.get("Condition", {}))]
+    assert usable, "EventBridge cannot use the alerts topic's key to publish"
+    assert [s.get("Sid") for s in usable] == ["AllowEventBridgeToUseAlertsTopicKey"]
+    assert "Condition" not in usable[0]
 
 
 def test_no_subscriptions_unless_configured(synthesized) -> None:
