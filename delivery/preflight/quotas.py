@@ -185,37 +185,51 @@ def instance_vcpus(ec2, instance_types: Iterable[str], known: Mapping[str, int] 
     return result
 
 
-def quota_value(quotas, service: str, code: str) -> float:
+def quota_value(quotas, service: str, code: str) -> float | None:
     """The applied value of a quota, else its AWS default (Service Quotas
-    lists an applied value only once the account has one)."""
-    try:
-        return float(quotas.get_service_quota(ServiceCode=service, QuotaCode=code)["Quota"]["Value"])
-    except Exception as error:  # noqa: BLE001 - only "no applied value" falls back
-        if error_code(error) != "NoSuchResourceException":
-            raise
-    return float(quotas.get_aws_default_service_quota(ServiceCode=service, QuotaCode=code)["Quota"]["Value"])
+    has an applied value only once the account has one); None when the
+    region has no such quota."""
+    for operation in (quotas.get_service_quota, quotas.get_aws_default_service_quota):
+        try:
+            return float(operation(ServiceCode=service, QuotaCode=code)["Quota"]["Value"])
+        except Exception as error:  # noqa: BLE001 - only "no such quota" falls through
+            if error_code(error) != "NoSuchResourceException":
+                raise
+    return None
 
 
-def quotas_by_name(quotas, service: str) -> dict[str, float]:
-    """Quota name -> value for a service: defaults overlaid with applied values."""
-    values: dict[str, float] = {}
+def _label(need: QuotaNeed) -> str:
+    return f"quota {need.service} {need.code or need.name.split(' ')[0]}"
+
+
+def _unknown_quota(need: QuotaNeed, region: str) -> Result:
+    what = need.code or repr(need.name)
+    return warned(_label(need), f"no quota {what} in {region}",
+                  f"list them: aws service-quotas list-aws-default-service-quotas --service-code "
+                  f"{need.service} --region {region}; if the instance type is not offered here, "
+                  "pick another")
+
+
+def quotas_by_name(quotas, service: str) -> dict[str, tuple[float, str]]:
+    """Quota name -> (value, code) for a service: defaults overlaid with
+    applied values."""
+    values: dict[str, tuple[float, str]] = {}
     for operation in ("list_aws_default_service_quotas", "list_service_quotas"):
         for page in quotas.get_paginator(operation).paginate(ServiceCode=service):
             for quota in page["Quotas"]:
-                values[quota["QuotaName"]] = float(quota["Value"])
+                values[quota["QuotaName"]] = (float(quota["Value"]), quota["QuotaCode"])
     return values
 
 
-def judge(need: QuotaNeed, value: float, *, region: str) -> Result:
+def judge(need: QuotaNeed, value: float, *, region: str, code: str | None = None) -> Result:
     """PASS when the quota holds max capacity, WARN when it holds the deploy
     but not max capacity (or not a blue/green update at max), FAIL when the
     deploy itself would exceed it."""
-    label = f"quota {need.service} {need.code or ''} {need.name}".replace("  ", " ")
-    shown = f"{value:g}"
-    figure = (f"need {need.deploy} {need.unit} at deploy, {need.maximum} at max"
-              f" ({'; '.join(need.parts)}); quota {shown}")
+    label = _label(need)
+    figure = (f"{need.name}: need {need.deploy} {need.unit} at deploy, {need.maximum} at max"
+              f" ({'; '.join(need.parts)}); quota {value:g}")
     ask = (f"aws service-quotas request-service-quota-increase --region {region} "
-           f"--service-code {need.service} --quota-code {need.code or '<code of ' + repr(need.name) + '>'} "
+           f"--service-code {need.service} --quota-code {need.code or code} "
            f"--desired-value {need.update_peak}")
     if value < need.deploy:
         return failed(label, figure, f"the deploy would fail: {ask}")
@@ -230,21 +244,17 @@ def judge(need: QuotaNeed, value: float, *, region: str) -> Result:
 def check_quotas(quotas, needs: Iterable[QuotaNeed], *, region: str) -> list[Result]:
     """One row per quota the stage needs."""
     rows: list[Result] = []
-    by_name: dict[str, dict[str, float]] = {}
+    by_name: dict[str, dict[str, tuple[float, str]]] = {}
     for need in needs:
-        if need.code is not None:
-            rows.append(judge(need, quota_value(quotas, need.service, need.code), region=region))
-            continue
-        if need.service not in by_name:
-            by_name[need.service] = quotas_by_name(quotas, need.service)
-        names = by_name[need.service]
-        if need.name not in names:
-            rows.append(warned(f"quota {need.service} {need.name}",
-                               f"no quota named {need.name!r} in {region}",
-                               "SageMaker may not offer this instance type here: check the "
-                               "SageMaker pricing page for the region, or pick another type"))
-            continue
-        rows.append(judge(need, names[need.name], region=region))
+        code = need.code
+        if code is not None:
+            value = quota_value(quotas, need.service, code)
+        else:
+            if need.service not in by_name:
+                by_name[need.service] = quotas_by_name(quotas, need.service)
+            value, code = by_name[need.service].get(need.name, (None, None))
+        rows.append(_unknown_quota(need, region) if value is None
+                    else judge(need, value, region=region, code=code))
     return rows
 
 
@@ -255,8 +265,8 @@ def check_eks_cluster_headroom(eks, quotas, *, cluster_name: str, region: str) -
         clusters += page["clusters"]
     limit = quota_value(quotas, "eks", EKS_CLUSTERS[0])
     name = f"quota eks {EKS_CLUSTERS[0]} cluster headroom"
-    figure = f"{len(clusters)} clusters in {region}, quota {limit:g}"
-    if cluster_name in clusters or len(clusters) + 1 <= limit:
+    figure = f"{len(clusters)} clusters in {region}, quota {'unknown' if limit is None else f'{limit:g}'}"
+    if cluster_name in clusters or limit is None or len(clusters) + 1 <= limit:
         return passed(name, figure)
     return failed(name, figure, f"delete an unused cluster or raise {EKS_CLUSTERS[0]}")
 

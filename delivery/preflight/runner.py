@@ -41,7 +41,8 @@ def _guarded(label: str, check: Callable[[], list[Result] | Result]) -> list[Res
         result = check()
     except ClientError as error:
         return [failed(label, f"could not check: {describe(error) or error}",
-                       "run preflight with credentials allowed to read this (README: preflight)")]
+                       "give the credentials the read-only access the README's preflight section "
+                       "lists, or retry if AWS throttled")]
     return [result] if isinstance(result, Result) else list(result)
 
 

@@ -1,0 +1,144 @@
+"""A freshly created AWS account for preflight: moto for the APIs it
+implements, answers validated against the botocore models (like ``Stubber``,
+but keyed by operation instead of call order) for the ones it does not:
+Service Quotas, EKS ``DescribeAddonVersions``/``ListClusters``, Lambda
+``GetAccountSettings``, Cost Explorer, SageMaker ``DescribeInferenceComponent``.
+
+Used by tests/delivery/test_preflight_cli.py and bench/preflight.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Mapping
+
+import boto3
+from botocore.awsrequest import AWSResponse
+from botocore.validate import validate_parameters
+
+REGION = "us-east-1"
+CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+# Services with operations moto 5.2 does not implement that preflight calls.
+ANSWERED = ("service-quotas", "eks", "lambda", "ce", "sagemaker")
+
+
+class Missing(Exception):
+    """Raised by an answer to reply with an AWS error code."""
+
+    def __init__(self, code: str, status: int = 400) -> None:
+        super().__init__(code)
+        self.code, self.status = code, status
+
+
+def answer(client, answers: Mapping[str, Callable[[dict], dict]], calls: list[str]) -> None:
+    """Make ``client`` reply to each operation from ``answers`` (by operation
+    name); parameters and replies are validated against the service model.
+    Every call is appended to ``calls`` as ``service:Operation``."""
+    service = client.meta.service_model
+    pending: list[dict] = []
+
+    def remember(model=None, params=None, **_):
+        # The caller's parameters, before serialization (as Stubber checks them).
+        if model.input_shape is not None:
+            validate_parameters(params, model.input_shape)
+        pending.append(dict(params))
+
+    def respond(model=None, **_):
+        params = pending.pop()
+        if model.name not in answers:
+            return None  # moto answers it
+        calls.append(f"{service.service_name}:{model.name}")
+        try:
+            reply = answers[model.name](params)
+        except Missing as error:
+            return (AWSResponse(None, error.status, {}, None),
+                    {"Error": {"Code": error.code, "Message": error.code},
+                     "ResponseMetadata": {"HTTPStatusCode": error.status}})
+        validate_parameters(reply, model.output_shape)
+        return AWSResponse(None, 200, {}, None), {**reply, "ResponseMetadata": {"HTTPStatusCode": 200}}
+
+    event = service.service_id.hyphenize()
+    client.meta.events.register_first(f"before-parameter-build.{event}.*", remember)
+    # First, so the reply short-circuits the request (and moto) entirely.
+    client.meta.events.register_first(f"before-call.{event}.*", respond)
+
+
+@dataclass
+class FreshAccount:
+    """What a new account answers. Quota values by code (EC2/EKS/Lambda) and
+    by name (SageMaker endpoint usage); the defaults are documented in
+    bench/preflight.py."""
+
+    quotas: dict[str, float] = field(default_factory=dict)
+    sagemaker_quotas: dict[str, float] = field(default_factory=dict)
+    lambda_limit: int = 10
+    lambda_unreserved: int = 10
+    addon_versions: dict[str, list[str]] = field(default_factory=dict)
+    clusters: list[str] = field(default_factory=list)
+    tag_status: str | None = None  # None: the tag was never seen by Cost Explorer
+
+
+def _quota(code: str, name: str, value: float, service: str) -> dict:
+    return {"ServiceCode": service, "QuotaCode": code, "QuotaName": name, "Value": value}
+
+
+def _answers(account: FreshAccount, service: str) -> dict[str, Callable[[dict], dict]]:
+    if service == "service-quotas":
+        def get(params):
+            if params["QuotaCode"] not in account.quotas:
+                raise Missing("NoSuchResourceException")
+            return {"Quota": _quota(params["QuotaCode"], "", account.quotas[params["QuotaCode"]],
+                                    params["ServiceCode"])}
+
+        def listing(params):
+            values = account.sagemaker_quotas if params["ServiceCode"] == "sagemaker" else {}
+            return {"Quotas": [_quota(f"L-{i:08X}", n, v, params["ServiceCode"])
+                               for i, (n, v) in enumerate(values.items())]}
+        return {"GetServiceQuota": get, "GetAWSDefaultServiceQuota": get,
+                "ListServiceQuotas": lambda p: {"Quotas": []},
+                "ListAWSDefaultServiceQuotas": listing}
+    if service == "eks":
+        return {
+            "ListClusters": lambda p: {"clusters": list(account.clusters)},
+            "DescribeAddonVersions": lambda p: {"addons": [{
+                "addonName": p["addonName"],
+                "addonVersions": [{"addonVersion": v, "compatibilities": [
+                    {"clusterVersion": p["kubernetesVersion"]}]}
+                    for v in account.addon_versions.get(p["addonName"], [])]}]},
+        }
+    if service == "lambda":
+        return {"GetAccountSettings": lambda p: {"AccountLimit": {
+            "ConcurrentExecutions": account.lambda_limit,
+            "UnreservedConcurrentExecutions": account.lambda_unreserved}}}
+    if service == "ce":
+        return {"ListCostAllocationTags": lambda p: {"CostAllocationTags": [
+            {"TagKey": k, "Type": "UserDefined", "Status": account.tag_status}
+            for k in p.get("TagKeys", []) if account.tag_status is not None]}}
+    if service == "sagemaker":
+        # An inference component that does not exist: SageMaker's ValidationException.
+        def no_component(params):
+            raise Missing("ValidationException")
+        return {"DescribeInferenceComponent": no_component}
+    raise KeyError(service)
+
+
+@contextlib.contextmanager
+def fresh_account(account: FreshAccount, *, region: str = REGION) -> Iterator[tuple[Callable, list[str]]]:
+    """(client factory, every operation called) inside ``moto.mock_aws``."""
+    from moto import mock_aws
+
+    calls: list[str] = []
+    with mock_aws():
+        session = boto3.Session(region_name=region, **CREDENTIALS)
+        session.events.register("before-call.*.*", lambda model=None, **_: calls.append(
+            f"{model.service_model.service_name}:{model.name}"))
+        clients: dict[str, object] = {}
+
+        def client(service: str):
+            if service not in clients:
+                clients[service] = session.client(service, region_name=region)
+                if service in ANSWERED:
+                    answer(clients[service], _answers(account, service), calls)
+            return clients[service]
+        yield client, calls
