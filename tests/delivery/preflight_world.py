@@ -79,6 +79,33 @@ class FreshAccount:
     tag_status: str | None = None  # None: the tag was never seen by Cost Explorer
 
 
+def new_account() -> FreshAccount:
+    """What a new account answers where moto has nothing. AWS sets these per
+    account and region, so a real new account may differ:
+
+    - EC2 vCPUs: G and VT / P, on-demand and spot, 0 (the GPU quotas of
+      accounts created in 2026); Standard 32.
+    - SageMaker endpoint usage: 0 for GPU instance types, 2 for ml.m5.large.
+    - EKS: 100 clusters, 30 managed node groups per cluster, 450 nodes per
+      group (the EKS defaults), no cluster yet.
+    - Lambda: concurrency limit 10, all unreserved (new accounts: 10 to 50).
+    - Add-on versions: kube-proxy for 1.34 from v1.34.1-eksbuild.2 (the EKS
+      add-on table); the repository's other three pins listed.
+    - Cost Explorer has never seen the Environment tag.
+    """
+    return FreshAccount(
+        quotas={"L-DB2E81BA": 0, "L-3819A6DF": 0, "L-417A185B": 0, "L-7212CCBC": 0,
+                "L-1216C47A": 32, "L-34B43A08": 32,
+                "L-1194D53C": 100, "L-6D54EA21": 30, "L-BD136A63": 450},
+        sagemaker_quotas={"ml.m5.large for endpoint usage": 2, "ml.g5.xlarge for endpoint usage": 0,
+                          "ml.g6.xlarge for endpoint usage": 0},
+        lambda_limit=10, lambda_unreserved=10,
+        addon_versions={"vpc-cni": ["v1.20.4-eksbuild.1"], "coredns": ["v1.12.4-eksbuild.1"],
+                        "kube-proxy": ["v1.34.1-eksbuild.2", "v1.34.2-eksbuild.1"],
+                        "eks-pod-identity-agent": ["v1.3.8-eksbuild.2"]},
+    )
+
+
 def _quota(code: str, name: str, value: float, service: str) -> dict:
     return {"ServiceCode": service, "QuotaCode": code, "QuotaName": name, "Value": value}
 
