@@ -16,6 +16,7 @@ The same tags stay on the node group itself too.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Mapping
 
 import aws_cdk as cdk
 from aws_cdk import aws_ec2 as ec2
@@ -87,6 +88,11 @@ class GpuNodegroups(Construct):
     on that group's nodes. Bottlerocket NVIDIA nodes use the plugin their AMI
     ships.
 
+    ``release_versions`` maps an AMI type to the node group release version
+    its groups run (Bottlerocket ``1.52.0-b7ac6e1a``); a group whose AMI type
+    is not in it gets the latest release EKS has when the group is created
+    and keeps it. Default: none pinned.
+
     Attributes: ``nodegroups`` (role -> ``eks.Nodegroup``),
     ``launch_templates`` (role -> ``ec2.LaunchTemplate``), ``device_plugin``
     (``eks.HelmChart`` or None).
@@ -103,9 +109,11 @@ class GpuNodegroups(Construct):
         gpu_training: NodegroupConfig,
         serving_pair: ServingPairConfig | None = None,
         device_plugin_chart_version: str,
+        release_versions: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
         self.cluster = cluster
+        self._release_versions = dict(release_versions or {})
         self.nodegroups: dict[str, eks.Nodegroup] = {}
         self.launch_templates: dict[str, ec2.LaunchTemplate] = {}
         # One log group for the tagging custom resources' singleton function.
@@ -165,6 +173,7 @@ class GpuNodegroups(Construct):
             role.construct_id,
             cluster=self.cluster,
             ami_type=eks.NodegroupAmiType[config.ami_type.upper()],
+            release_version=self._release_versions.get(config.ami_type),
             capacity_type=role.capacity_type,
             min_size=config.min_size,
             desired_size=config.desired_size,

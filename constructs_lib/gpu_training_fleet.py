@@ -30,8 +30,8 @@ AUTOSCALING_SERVICE_LINKED_ROLE = (
 class GpuTrainingFleet(Construct):
     """GPU instances for training, spot first, that can be told to checkpoint.
 
-    * Launch template: the AMI behind the public SSM parameter
-      ``ami_ssm_parameter`` (resolved at deploy time, never an AMI ID),
+    * Launch template: ``machine_image`` (a pinned AMI: a public SSM
+      parameter here would re-resolve at every deploy and roll the fleet),
       IMDSv2 required with hop limit ``imds_hop_limit``, an encrypted gp3
       root volume (``volume_key``), detailed monitoring, and ``role``: read
       ``training_data_bucket``, read and write the ``i-*`` checkpoint
@@ -67,7 +67,7 @@ class GpuTrainingFleet(Construct):
         notification_key: kms.IKey | None = None,
         on_demand_base: int = 0,
         on_demand_percentage: int = 0,
-        ami_ssm_parameter: str,
+        machine_image: ec2.IMachineImage,
         root_device_name: str = "/dev/xvda",
         root_volume_size_gib: int = 200,
         root_volume_iops: int = 3000,
@@ -143,8 +143,7 @@ class GpuTrainingFleet(Construct):
         self.launch_template = ec2.LaunchTemplate(
             self,
             "LaunchTemplate",
-            machine_image=ec2.MachineImage.from_ssm_parameter(
-                ami_ssm_parameter, os=ec2.OperatingSystemType.LINUX),
+            machine_image=machine_image,
             user_data=self.user_data,
             role=self.role,
             security_group=self.security_group,

@@ -25,6 +25,14 @@ class MlVpc(Construct):
     endpoints are always created (free). ``interface_endpoints`` maps a name
     to an ``ec2.InterfaceVpcEndpointAwsService``; all of them share one
     security group that admits HTTPS from the VPC CIDR only.
+
+    ``zone_ids`` (default False): ``availability_zones`` are AZ IDs
+    (``use1-az1``), the same physical zone in every account, instead of
+    names (``us-east-1a``), which each account maps differently. The subnets
+    are then placed with ``AvailabilityZoneId``; everything that takes the
+    VPC or its subnets (endpoints, Auto Scaling groups, EKS, SageMaker)
+    addresses subnets by ID and works the same. Synth stays offline: the IDs
+    are literal, nothing is looked up.
     """
 
     def __init__(
@@ -38,6 +46,7 @@ class MlVpc(Construct):
         interface_endpoints: dict[str, ec2.InterfaceVpcEndpointAwsService],
         flow_log_retention: logs.RetentionDays,
         removal_policy: cdk.RemovalPolicy,
+        zone_ids: bool = False,
     ) -> None:
         super().__init__(scope, construct_id)
         prefix = int(cidr.split("/")[1])
@@ -63,14 +72,7 @@ class MlVpc(Construct):
             },
         )
 
-        # AZ names are explicit in the stage config on purpose (no lookup:
-        # offline, deterministic synth); both linters flag hard-coded AZs.
-        for subnet in [*self.vpc.public_subnets, *self.vpc.private_subnets, *self.vpc.isolated_subnets]:
-            cfn_subnet = subnet.node.default_child
-            acknowledge(cfn_subnet, "CloudFormation-Validate::W3010",
-                        "AZ names are explicit in the stage config on purpose: synth makes "
-                        "no AZ lookup, so it runs offline and is deterministic.")
-            cfn_subnet.add_metadata("cfn-lint", {"config": {"ignore_checks": ["W3010"]}})
+        self._place_subnets(zone_ids)
 
         self.flow_log_group = logs.LogGroup(
             self,
@@ -111,6 +113,24 @@ class MlVpc(Construct):
                     security_groups=[self.endpoint_security_group],
                     subnets=ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS),
                 )
+
+
+    def _place_subnets(self, zone_ids: bool) -> None:
+        for subnet in [*self.vpc.public_subnets, *self.vpc.private_subnets, *self.vpc.isolated_subnets]:
+            cfn_subnet = subnet.node.default_child
+            assert isinstance(cfn_subnet, ec2.CfnSubnet)
+            if zone_ids:
+                # ec2.Vpc takes the IDs as opaque zone labels (they only name
+                # and group the subnets); CloudFormation gets them as IDs.
+                cfn_subnet.availability_zone_id = subnet.availability_zone
+                cfn_subnet.availability_zone = None
+                continue
+            # AZ names are explicit in the stage config on purpose (no lookup:
+            # offline, deterministic synth); both linters flag hard-coded AZs.
+            acknowledge(cfn_subnet, "CloudFormation-Validate::W3010",
+                        "AZ names are explicit in the stage config on purpose: synth makes "
+                        "no AZ lookup, so it runs offline and is deterministic.")
+            cfn_subnet.add_metadata("cfn-lint", {"config": {"ignore_checks": ["W3010"]}})
 
 
 def _endpoint_id(name: str) -> str:

@@ -127,9 +127,14 @@ class StageTags:
 class NetworkConfig:
     """The stage's VPC.
 
-    ``availability_zones`` are named explicitly so synth never looks them up
-    (offline, deterministic). ``nat_gateways`` defaults to 1: one per AZ is
-    the production choice, one is the cheap one.
+    ``availability_zones`` are given explicitly so synth never looks them up
+    (offline, deterministic): either zone names (``us-east-1a``) or zone IDs
+    (``use1-az1``), all of one kind. A zone name maps to a different
+    physical zone in each account; a zone ID is the same zone everywhere, so
+    IDs are the way to say "the zone where g6 is offered" once for every
+    account (preflight resolves them and checks the instance types).
+    ``nat_gateways`` defaults to 1: one per AZ is the production choice, one
+    is the cheap one.
     """
 
     vpc_cidr: str
@@ -154,12 +159,17 @@ class NetworkConfig:
         path = f"{prefix}.availability_zones"
         azs = self.availability_zones
         _require(isinstance(azs, tuple) and 1 <= len(azs) <= MAX_AZS, path, azs,
-                 f"a tuple of 1 to {MAX_AZS} AZ names")
+                 f"a tuple of 1 to {MAX_AZS} AZ names or AZ IDs")
         _require(len(set(azs)) == len(azs), path, azs, "each AZ once")
-        az_re = re.compile(rf"^{re.escape(region)}[a-z]$")
+        name_re = re.compile(rf"^{re.escape(region)}[a-z]$")
+        id_re = re.compile(rf"^{re.escape(zone_id_prefix(region))}-az[1-9][0-9]?$")
+        example = f"'{region}a' (name) or '{zone_id_prefix(region)}-az1' (ID)"
         for az in azs:
-            _require(isinstance(az, str) and bool(az_re.match(az)), path, az,
-                     f"an AZ of region {region!r}, e.g. '{region}a'")
+            _require(isinstance(az, str) and bool(name_re.match(az) or id_re.match(az)), path, az,
+                     f"an AZ name or AZ ID of region {region!r}, e.g. {example}")
+        kinds = {bool(id_re.match(az)) for az in azs}
+        _require(len(kinds) == 1, path, azs,
+                 f"AZ names only or AZ IDs only, not both, e.g. {example}")
 
         path = f"{prefix}.nat_gateways"
         _require(isinstance(self.nat_gateways, int) and 1 <= self.nat_gateways <= len(azs),
@@ -180,6 +190,28 @@ class NetworkConfig:
                  self.flow_log_retention_days,
                  "a CloudWatch Logs retention: " + ", ".join(map(str, LOG_RETENTION_DAYS)))
 
+    @property
+    def uses_zone_ids(self) -> bool:
+        """True when ``availability_zones`` are AZ IDs (``use1-az1``), not names."""
+        return bool(_ZONE_ID_RE.match(self.availability_zones[0]))
+
+
+_ZONE_ID_RE = re.compile(r"^[a-z]+[0-9]-az[0-9]+$")
+_DIRECTION_ABBREVIATIONS = {
+    "north": "n", "south": "s", "east": "e", "west": "w", "central": "c",
+    "northeast": "ne", "southeast": "se", "northwest": "nw", "southwest": "sw",
+}
+
+
+def zone_id_prefix(region: str) -> str:
+    """The prefix of ``region``'s AZ IDs: 'use1' for us-east-1, 'apse2' for
+    ap-southeast-2, 'usgw1' for us-gov-west-1."""
+    parts = region.split("-")
+    area, number = parts[0], parts[-1]
+    gov = "g" if "gov" in parts else ""
+    direction = _DIRECTION_ABBREVIATIONS.get(parts[-2], parts[-2])
+    return f"{area}{gov}{direction}{number}"
+
 
 # The retention periods CloudWatch Logs accepts, in days, with the
 # aws_logs.RetentionDays member for each.
@@ -193,6 +225,9 @@ LOG_RETENTION_DAYS: Mapping[int, str] = {
 }
 
 
+_ECR_REPOSITORY_NAME_RE = re.compile(r"^(?:[a-z0-9]+(?:[._-][a-z0-9]+)*/)*[a-z0-9]+(?:[._-][a-z0-9]+)*$")
+
+
 @dataclass(frozen=True)
 class StorageConfig:
     """Stateful storage: key, buckets, image repository.
@@ -202,6 +237,11 @@ class StorageConfig:
     (and then ``cdk destroy`` empties and removes them).
     ``data_capture_expiration_days``: how long endpoint request/response
     captures (which may hold personal data) are kept.
+    ``image_repository_name``: None (the default) lets CloudFormation name
+    the ECR repository, so a stage rebuilt after ``destroy`` never collides
+    with the repository its predecessor retained. A stage deployed before
+    names were generated sets its old ``ml-<stage>/images`` here to keep that
+    repository (a new name replaces it); preflight then checks for a leftover.
     """
 
     retain: bool = True
@@ -211,8 +251,14 @@ class StorageConfig:
     ecr_immutable_tags: bool = True
     access_log_expiration_days: int = 365
     data_capture_expiration_days: int = 90
+    image_repository_name: str | None = None
 
     def validate(self, prefix: str, stage: str) -> None:
+        name = self.image_repository_name
+        _require(name is None or (isinstance(name, str) and 2 <= len(name) <= 256
+                                  and bool(_ECR_REPOSITORY_NAME_RE.match(name))),
+                 f"{prefix}.image_repository_name", name,
+                 f"None (CloudFormation names it) or an ECR repository name such as 'ml-{stage}/images'")
         _require(self.retain or stage == "dev", f"{prefix}.retain", self.retain,
                  "True outside dev: staging and prod never delete stateful data with their stack")
         for name, low, high in (
@@ -263,12 +309,6 @@ EFA_INSTANCE_TYPES: frozenset[str] = frozenset({
     "p4d.24xlarge", "p4de.24xlarge", "p5.48xlarge", "p5e.48xlarge", "p5en.48xlarge",
 })
 _INSTANCE_TYPE_RE = re.compile(r"^([a-z][a-z0-9]*)\.(metal|[0-9]*x?large)$")
-# The public parameter of the AWS Deep Learning Base OSS Nvidia Driver GPU
-# AMI (Amazon Linux 2023, x86_64): resolved at deploy time, never an AMI ID.
-DLAMI_SSM_PARAMETER = (
-    "/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-amazon-linux-2023/latest/ami-id"
-)
-_SSM_PARAMETER_NAME_RE = re.compile(r"^/[A-Za-z0-9_.\-/]{1,2047}$")
 # Powertools for AWS Lambda (Python) releases and the public layer version
 # that ships each (AWSLambdaPowertoolsPythonV3-<python>-x86_64:<layer>). The
 # same release is pinned in requirements-dev.txt, so tests run what deploys.
@@ -312,7 +352,8 @@ class TrainingConfig:
     GPU instances, ``min_capacity`` 0 and at most ``max_capacity``; its
     termination lifecycle hook waits ``lifecycle_heartbeat_timeout_seconds``
     (renewed by the node agent's heartbeats) for a checkpoint that must fit
-    in ``checkpoint_budget_seconds``.
+    in ``checkpoint_budget_seconds``. The fleet's AMI is the stage region's
+    pin in ``ml_stacks/ami_pins.json`` (``make refresh-amis`` changes it).
     """
 
     enabled: bool = True
@@ -324,7 +365,6 @@ class TrainingConfig:
     root_volume_iops: int = 3000
     root_volume_throughput_mibps: int = 250
     root_device_name: str = "/dev/xvda"
-    ami_ssm_parameter: str = DLAMI_SSM_PARAMETER
     imds_hop_limit: int = 2
     efa_enabled: bool = False
     checkpoint_budget_seconds: int = 90
@@ -345,11 +385,6 @@ class TrainingConfig:
         self._validate_volume(prefix)
         self._validate_checkpointing(prefix)
 
-        path = f"{prefix}.ami_ssm_parameter"
-        _require(isinstance(self.ami_ssm_parameter, str)
-                 and bool(_SSM_PARAMETER_NAME_RE.match(self.ami_ssm_parameter)),
-                 path, self.ami_ssm_parameter,
-                 f"an SSM parameter name holding an AMI ID, e.g. {DLAMI_SSM_PARAMETER!r}")
         _require(_is_int(self.imds_hop_limit) and 1 <= self.imds_hop_limit <= 3,
                  f"{prefix}.imds_hop_limit", self.imds_hop_limit,
                  "1 to 3 (2 lets a container on the instance reach IMDSv2)")
@@ -596,7 +631,7 @@ class ModelConfig:
     """One model served by its own SageMaker real-time endpoint ``ml-<stage>-<name>``.
 
     The container image is either ``image_tag`` in the stage's ECR repository
-    (``ml-<stage>/images``) or a full ECR ``image_uri`` in the stage's region
+    (the storage stack's ``ImageRepositoryUri`` output) or a full ECR ``image_uri`` in the stage's region
     (e.g. an AWS Deep Learning Container); exactly one of the two.
     ``model_data_key`` is the ``model.tar.gz`` object in the stage's
     model-artifacts bucket; the endpoint's role may read that object only.
@@ -874,6 +909,10 @@ ROOT_DEVICE = "/dev/xvda"
 KUBERNETES_VERSIONS: tuple[str, ...] = ("1.33", "1.34", "1.35")
 ADDON_NAMES: tuple[str, ...] = ("vpc-cni", "coredns", "kube-proxy", "eks-pod-identity-agent")
 CLOUDWATCH_ADDON = "amazon-cloudwatch-observability"
+# Add-ons that run a Deployment: EKS reports them DEGRADED (and CloudFormation
+# fails) until a node can run their pods, so they wait for the system group.
+# The others are DaemonSets, ACTIVE with no node at all.
+ADDONS_NEEDING_NODES: frozenset[str] = frozenset({"coredns", CLOUDWATCH_ADDON})
 _ADDON_VERSION_RE = re.compile(r"^v\d+\.\d+\.\d+-eksbuild\.\d+$")
 _CHART_VERSION_RE = re.compile(r"^\d+\.\d+\.\d+$")
 _EKS_INSTANCE_TYPE_RE = re.compile(r"^(?P<family>[a-z][a-z0-9-]*?)\.(?P<size>[0-9]*[a-z]+[0-9]*[a-z]*)$")
@@ -986,12 +1025,14 @@ class ServingPairConfig:
 @dataclass(frozen=True)
 class AddonVersions:
     """EKS managed add-on versions, pinned (``aws eks describe-addon-versions
-    --kubernetes-version <v> --addon-name <name>`` lists the valid ones)."""
+    --kubernetes-version <v> --addon-name <name>`` lists the valid ones;
+    ``ml_stacks/addon_versions.py`` records where each pin was checked, and
+    preflight verifies them against that API before every deploy)."""
 
     vpc_cni: str = "v1.20.4-eksbuild.1"
     coredns: str = "v1.12.4-eksbuild.1"
-    kube_proxy: str = "v1.34.0-eksbuild.5"
-    eks_pod_identity_agent: str = "v1.3.8-eksbuild.2"
+    kube_proxy: str = "v1.34.1-eksbuild.2"
+    eks_pod_identity_agent: str = "v1.3.10-eksbuild.1"
     # Container Insights and application signals; None leaves it out.
     cloudwatch_observability: str | None = None
 
@@ -1094,6 +1135,9 @@ class EksConfig:
 
         self.addons.validate(f"{prefix}.addons", self.kubernetes_version)
         self.system.validate(f"{prefix}.system", gpu=False)
+        _require(self.system.min_size >= 1, f"{prefix}.system.min_size", self.system.min_size,
+                 "at least 1: CoreDNS (and every add-on that runs a Deployment) stays DEGRADED "
+                 "until a system node runs it")
         self.gpu_inference.validate(f"{prefix}.gpu_inference", gpu=True)
         self.gpu_training.validate(f"{prefix}.gpu_training", gpu=True)
         _require(len(self.gpu_training.instance_types) >= 2, f"{prefix}.gpu_training.instance_types",

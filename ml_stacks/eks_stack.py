@@ -20,7 +20,8 @@ from constructs import Construct
 from constructs_lib.acknowledge import acknowledge
 from constructs_lib.gpu_nodegroups import GpuNodegroups
 from ml_stacks.base_stack import StageStack, log_retention
-from ml_stacks.config import StageConfig
+from ml_stacks.config import ADDONS_NEEDING_NODES, StageConfig
+from ml_stacks.pins import eks_release_version
 
 ALL_CONTROL_PLANE_LOGS = [
     eks.ClusterLoggingTypes.API,
@@ -36,7 +37,7 @@ READONLY_ACCESS_POLICY = "AmazonEKSViewPolicy"
 
 class EksStack(StageStack):
     """Exposes ``cluster`` (``eks.Cluster``), ``nodegroups`` (``GpuNodegroups``),
-    ``admin_role`` and ``readonly_role``."""
+    ``addons`` (name -> ``eks.Addon``), ``admin_role`` and ``readonly_role``."""
 
     def __init__(self, scope: Construct, construct_id: str, *, config: StageConfig,
                  vpc: ec2.IVpc, key: kms.IKey) -> None:
@@ -89,7 +90,6 @@ class EksStack(StageStack):
         )
         self.cluster.node.add_dependency(log_group)
 
-        self._add_addons()
         self.admin_role, self.readonly_role = self._add_access()
 
         self.nodegroups = GpuNodegroups(
@@ -101,7 +101,9 @@ class EksStack(StageStack):
             gpu_training=eks_config.gpu_training,
             serving_pair=eks_config.serving_pair,
             device_plugin_chart_version=eks_config.device_plugin_chart_version,
+            release_versions=self._release_versions(),
         )
+        self.addons = self._add_addons()
         if self.cluster.kubectl_provider is not None:
             self._acknowledge_kubectl_provider()
 
@@ -122,7 +124,24 @@ class EksStack(StageStack):
             description="kubeconfig for cluster admins (assume the admin role)",
         )
 
-    def _add_addons(self) -> None:
+    def _release_versions(self) -> dict[str, str]:
+        """The pinned node group release version of every AMI type the stage uses."""
+        eks_config = self.config.eks
+        ami_types = {g.ami_type for g in (eks_config.system, *eks_config.nodegroups.values())}
+        versions = {}
+        for ami_type in sorted(ami_types):
+            version = eks_release_version(self.config.region, eks_config.kubernetes_version, ami_type)
+            if version is None:
+                cdk.Annotations.of(self).add_warning_v2(
+                    "ml-infra:UnpinnedNodeAmi",
+                    f"{ami_type} node groups have no pinned release for Kubernetes "
+                    f"{eks_config.kubernetes_version} in {self.config.region}: EKS picks its latest "
+                    f"when a group is created. Pin it: make refresh-amis STAGE={self.config.name}")
+                continue
+            versions[ami_type] = version
+        return versions
+
+    def _add_addons(self) -> dict[str, eks.Addon]:
         versions = self.config.eks.addons.as_dict()
         # The cluster's own Pod Identity agent add-on, pinned: the cluster
         # wires service accounts with pod identity to this one.
@@ -131,6 +150,7 @@ class EksStack(StageStack):
         assert isinstance(cfn_agent, eks.CfnAddon)
         cfn_agent.addon_version = versions.pop("eks-pod-identity-agent")
         cfn_agent.resolve_conflicts = "OVERWRITE"
+        addons = {}
         for name, version in versions.items():
             addon = eks.Addon(self, "Addon" + "".join(p.title() for p in name.split("-")),
                               cluster=self.cluster, addon_name=name, addon_version=version)
@@ -139,6 +159,12 @@ class EksStack(StageStack):
             # EKS installs self-managed vpc-cni, coredns and kube-proxy at
             # creation: the managed add-on takes them over.
             cfn.resolve_conflicts = "OVERWRITE"
+            if name in ADDONS_NEEDING_NODES:
+                # Its pods need a node: created before one is ACTIVE, the
+                # add-on stays DEGRADED and the stack fails.
+                addon.node.add_dependency(self.nodegroups.nodegroups["system"])
+            addons[name] = addon
+        return addons
 
     def _add_access(self) -> tuple[iam.Role, iam.Role]:
         eks_config = self.config.eks

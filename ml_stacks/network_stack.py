@@ -30,6 +30,7 @@ class NetworkStack(StageStack):
             },
             flow_log_retention=log_retention(net.flow_log_retention_days),
             removal_policy=self.removal_policy,
+            zone_ids=net.uses_zone_ids,
         )
         self.vpc: ec2.IVpc = self.network.vpc
         cdk.CfnOutput(self, "VpcId", value=self.vpc.vpc_id, description="The stage VPC")

@@ -134,7 +134,9 @@ class StorageStack(StageStack):
         self.image_repository = ecr.Repository(
             self,
             "Images",
-            repository_name=f"{config.stack_prefix}/images",
+            # Generated unless config keeps an existing name: a retained
+            # repository with a fixed name makes the next create fail.
+            repository_name=storage.image_repository_name,
             image_scan_on_push=True,
             image_tag_mutability=(ecr.TagMutability.IMMUTABLE if storage.ecr_immutable_tags
                                   else ecr.TagMutability.MUTABLE),

@@ -19,6 +19,7 @@ from constructs_lib.node_agent import NodeAgent
 from constructs_lib.off_hours import add_off_hours_schedule
 from ml_stacks.base_stack import StageStack, log_retention
 from ml_stacks.config import StageConfig
+from ml_stacks.pins import training_ami
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -58,7 +59,8 @@ class TrainingStack(StageStack):
             max_capacity=training.max_capacity,
             on_demand_base=training.on_demand_base,
             on_demand_percentage=training.on_demand_percentage,
-            ami_ssm_parameter=training.ami_ssm_parameter,
+            machine_image=ec2.MachineImage.generic_linux(
+                {config.region: training_ami(config.region).ami_id}),
             root_device_name=training.root_device_name,
             root_volume_size_gib=training.root_volume_size_gib,
             root_volume_iops=training.root_volume_iops,

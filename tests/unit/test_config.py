@@ -53,12 +53,20 @@ def test_default_configs_are_valid_and_cover_every_stage() -> None:
         ({"network": network(vpc_cidr="10.0.0.0/24")}, "dev.network.vpc_cidr", "10.0.0.0/24", "between /16 and /22"),
         ({"network": network(vpc_cidr="8.8.0.0/16")}, "dev.network.vpc_cidr", "8.8.0.0/16", "private range"),
         ({"network": network(availability_zones=("us-east-1a", "eu-west-1b"))},
-         "dev.network.availability_zones", "us-east-1a", "AZ of region 'eu-west-1'"),
+         "dev.network.availability_zones", "us-east-1a", "AZ ID of region 'eu-west-1'"),
         ({"network": network(availability_zones=("eu-west-1",))},
-         "dev.network.availability_zones", "eu-west-1", "AZ of region"),
+         "dev.network.availability_zones", "eu-west-1", "AZ ID of region"),
         ({"network": network(availability_zones=("eu-west-1a", "eu-west-1a"))},
          "dev.network.availability_zones", ("eu-west-1a", "eu-west-1a"), "each AZ once"),
         ({"network": network(availability_zones=())}, "dev.network.availability_zones", (), "1 to 6"),
+        ({"network": network(availability_zones=("euw1-az1", "eu-west-1b"))},
+         "dev.network.availability_zones", ("euw1-az1", "eu-west-1b"), "names only or AZ IDs only"),
+        ({"network": network(availability_zones=("use1-az1", "use1-az2"))},
+         "dev.network.availability_zones", "use1-az1", "'euw1-az1' (ID)"),
+        ({"network": network(availability_zones=("euw1-az0",))},
+         "dev.network.availability_zones", "euw1-az0", "AZ name or AZ ID of region 'eu-west-1'"),
+        ({"network": network(availability_zones=("euw1-az1", "euw1-az1"))},
+         "dev.network.availability_zones", ("euw1-az1", "euw1-az1"), "each AZ once"),
         ({"network": network(availability_zones=["eu-west-1a"])},
          "dev.network.availability_zones", ["eu-west-1a"], "tuple"),
         ({"network": network(nat_gateways=3)}, "dev.network.nat_gateways", 3, "1 to 2"),
@@ -92,6 +100,22 @@ def test_fails_when_a_value_is_not_allowed(overrides, field, value, allowed) -> 
     assert error.value == value
     assert allowed in error.allowed
     assert str(error).startswith(f"{field}: {value!r} is not allowed")
+
+
+@pytest.mark.parametrize(("region", "zones"), [
+    ("eu-west-1", ("euw1-az1", "euw1-az3")),
+    ("us-east-1", ("use1-az1", "use1-az4", "use1-az6")),
+    ("ap-southeast-2", ("apse2-az1",)),
+    ("us-gov-west-1", ("usgw1-az1", "usgw1-az2")),
+])
+def test_zone_ids_of_the_stage_region_are_accepted(region, zones) -> None:
+    config = stage(region=region, network=network(availability_zones=zones))
+    assert config.network.availability_zones == zones
+    assert config.network.uses_zone_ids
+
+
+def test_zone_names_are_not_zone_ids() -> None:
+    assert not stage().network.uses_zone_ids
 
 
 def test_nat_gateway_count_may_equal_the_az_count() -> None:

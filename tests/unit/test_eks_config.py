@@ -198,3 +198,8 @@ def test_instance_family_parses_hyphenated_families() -> None:
     assert instance_family("g6e.12xlarge") == "g6e"
     assert instance_family("g6e") is None
     assert {"g4dn", "g5", "g6", "g6e", "p4d", "p5"} <= set(GPU_INSTANCE_FAMILIES)
+
+
+def test_fails_when_the_system_group_can_have_no_node() -> None:
+    system = replace(default_configs()["dev"].eks.system, min_size=0, desired_size=0)
+    rejects("dev.eks.system.min_size", "CoreDNS", lambda: stage(system=system))

@@ -15,6 +15,7 @@ from constructs_lib.gpu_nodegroups import (
 )
 from ml_stacks.app_factory import build_app
 from ml_stacks.config import AddonVersions, default_configs
+from ml_stacks.pins import eks_release_version
 from tests.conftest import STACKS, STAGES, resources_of_type
 
 GPU_TAINT = {"Key": "nvidia.com/gpu", "Value": "true", "Effect": "NO_SCHEDULE"}
@@ -394,3 +395,54 @@ def test_kubectl_provider_runs_in_the_private_subnets_to_reach_the_private_endpo
     for props in kubectl:
         subnets = props["VpcConfig"]["SubnetIds"]
         assert all("privateSubnet" in s["Fn::GetStackOutput"]["OutputName"] for s in subnets)
+
+
+# --- first deploy: add-ons wait for nodes, node AMIs are pinned -------------------
+
+def _logical_id(template_json: dict, resource_type: str, prefix: str) -> str:
+    [lid] = [lid for lid, r in resources_of_type(template_json, resource_type).items()
+             if lid.startswith(prefix)]
+    return lid
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_addons_that_run_a_deployment_wait_for_the_system_node_group(synthesized, stage) -> None:
+    template_json = synthesized.stack(stage, "eks").template_json
+    system = _logical_id(template_json, "AWS::EKS::Nodegroup", "NodegroupsSystem")
+    addons = {r["Properties"]["AddonName"]: r for r in resources_of_type(template_json, "AWS::EKS::Addon").values()}
+    assert system in addons["coredns"].get("DependsOn", [])
+    # DaemonSet add-ons are ACTIVE without nodes; vpc-cni must not wait for them.
+    assert system not in addons["vpc-cni"].get("DependsOn", [])
+
+
+def test_the_cloudwatch_addon_waits_for_the_system_node_group_too(tmp_path) -> None:
+    stage = build_stage(tmp_path, with_eks("dev", addons=AddonVersions(
+        cloudwatch_observability="v4.4.0-eksbuild.1")))
+    template_json = Template.from_stack(stage.eks).to_json()
+    system = _logical_id(template_json, "AWS::EKS::Nodegroup", "NodegroupsSystem")
+    [addon] = [r for r in resources_of_type(template_json, "AWS::EKS::Addon").values()
+               if r["Properties"]["AddonName"] == "amazon-cloudwatch-observability"]
+    assert system in addon["DependsOn"]
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_every_node_group_runs_its_pinned_release_version(synthesized, stage) -> None:
+    config = synthesized.configs[stage]
+    groups = resources_of_type(synthesized.stack(stage, "eks").template_json, "AWS::EKS::Nodegroup")
+    assert groups
+    for lid, group in groups.items():
+        props = group["Properties"]
+        expected = eks_release_version(config.region, config.eks.kubernetes_version, props["AmiType"])
+        assert expected is not None
+        assert props["ReleaseVersion"] == expected, lid
+
+
+def test_an_unpinned_ami_type_is_left_to_eks_with_a_warning(tmp_path) -> None:
+    dev = default_configs()["dev"]
+    stage = build_stage(tmp_path, with_eks("dev", system=replace(dev.eks.system, ami_type="AL2023_x86_64_STANDARD")))
+    template_json = Template.from_stack(stage.eks).to_json()
+    system = resources_of_type(template_json, "AWS::EKS::Nodegroup")[
+        _logical_id(template_json, "AWS::EKS::Nodegroup", "NodegroupsSystem")]
+    assert "ReleaseVersion" not in system["Properties"]
+    warnings = [m.data for m in stage.eks.node.metadata if m.type == "aws:cdk:warning"]
+    assert any("AL2023_x86_64_STANDARD" in str(w) and "make refresh-amis" in str(w) for w in warnings)

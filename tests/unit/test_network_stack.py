@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import ipaddress
+import json
+from dataclasses import replace
 
 import pytest
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk.assertions import Match
 
+from ml_stacks.app_factory import build_app
+from ml_stacks.config import default_configs
 from tests.conftest import STAGES, resources_of_type
 
 LOG_RETENTION = {"dev": 30, "staging": 90, "prod": 365}
@@ -31,7 +35,8 @@ def test_three_subnet_tiers_in_every_configured_az(synthesized, stage, all_templ
     by_tier: dict[str, list[str]] = {}
     for subnet in subnets:
         tags = {t["Key"]: t["Value"] for t in subnet["Properties"]["Tags"]}
-        by_tier.setdefault(tags["aws-cdk:subnet-name"], []).append(subnet["Properties"]["AvailabilityZone"])
+        key = "AvailabilityZoneId" if config.network.uses_zone_ids else "AvailabilityZone"
+        by_tier.setdefault(tags["aws-cdk:subnet-name"], []).append(subnet["Properties"][key])
     assert {tier: sorted(zones) for tier, zones in by_tier.items()} == {
         "public": sorted(azs), "private": sorted(azs), "isolated": sorted(azs)}
 
@@ -121,3 +126,20 @@ def test_network_stack_exposes_the_vpc_as_an_object(synthesized) -> None:
     vpc = stage.network.vpc
     assert isinstance(vpc, ec2.Vpc)
     assert len(vpc.private_subnets) == 3 and len(vpc.isolated_subnets) == 3
+
+
+def test_a_stage_configured_with_zone_ids_places_subnets_by_zone_id(tmp_path) -> None:
+    dev = default_configs()["dev"]
+    zone_ids = ("use1-az1", "use1-az4")
+    dev = replace(dev, network=replace(dev.network, availability_zones=zone_ids))
+    app = build_app([dev], outdir=str(tmp_path))
+    assembly = app.synth()  # the whole stage, cdk-nag gate included
+    templates = {s.stack_name: s.template for s in assembly.nested_assemblies[0].nested_assembly.stacks}
+    [network] = [t for name, t in templates.items() if name.endswith("-network")]
+    subnets = resources_of_type(network, "AWS::EC2::Subnet").values()
+    assert sorted(s["Properties"]["AvailabilityZoneId"] for s in subnets) == sorted(zone_ids * 3)
+    assert all("AvailabilityZone" not in s["Properties"] for s in subnets)
+    # Every other stack addresses the subnets by ID, never by zone.
+    for name, template in templates.items():
+        if not name.endswith("-network"):
+            assert "use1-az" not in json.dumps(template), name

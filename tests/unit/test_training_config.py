@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from ml_stacks.config import (
-    DLAMI_SSM_PARAMETER,
     POWERTOOLS_LAYER_VERSIONS,
     ConfigError,
     NetworkConfig,
@@ -38,8 +37,6 @@ def test_training_is_enabled_in_every_stage_and_small_in_dev() -> None:
 
 def test_defaults_follow_the_contract_and_the_design() -> None:
     training = TrainingConfig()
-    assert training.ami_ssm_parameter == DLAMI_SSM_PARAMETER
-    assert DLAMI_SSM_PARAMETER.startswith("/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu")
     assert training.training_signal == "SIGUSR1"
     assert training.rebalance_action == "checkpoint"
     assert training.efa_enabled is False
@@ -75,8 +72,6 @@ def test_powertools_layer_pin_matches_the_dev_requirements() -> None:
         ({"root_volume_throughput_mibps": 100}, "root_volume_throughput_mibps", 100, "125 to 1000"),
         ({"root_volume_throughput_mibps": 1000}, "root_volume_throughput_mibps", 1000, "0.25 MiB/s per provisioned IOPS"),
         ({"root_device_name": "/dev/nvme0n1"}, "root_device_name", "/dev/nvme0n1", "/dev/xvda"),
-        ({"ami_ssm_parameter": "ami-0123456789abcdef0"}, "ami_ssm_parameter", "ami-0123456789abcdef0", "SSM parameter name"),
-        ({"ami_ssm_parameter": "/aws/service/x; rm -rf /"}, "ami_ssm_parameter", "/aws/service/x; rm -rf /", "SSM parameter name"),
         ({"imds_hop_limit": 0}, "imds_hop_limit", 0, "1 to 3"),
         ({"checkpoint_budget_seconds": 5}, "checkpoint_budget_seconds", 5, "10 to 3600"),
         ({"lifecycle_heartbeat_timeout_seconds": 20}, "lifecycle_heartbeat_timeout_seconds", 20, "30 to 7200"),
