@@ -41,7 +41,7 @@ STAGE_CONTEXT := $(if $(STAGES),-c stages=$(STAGES),)
 # The stage being deployed, diffed or destroyed, pinned to ACCOUNT if given.
 ONE_STAGE := -c stages=$(STAGE) $(if $(ACCOUNT),-c account=$(ACCOUNT),)
 
-.PHONY: help setup synth test bench bench-drill bench-idle bench-preflight bootstrap preflight deploy destroy diff cost drift clean
+.PHONY: help setup synth test bench bench-drill bench-idle bench-preflight bootstrap preflight deploy destroy diff cost drift smoke clean
 
 help:
 	@echo "make synth [STAGES=dev,prod]   synthesize offline, print a summary"
@@ -58,6 +58,8 @@ help:
 	@echo "make preflight STAGE=dev       read-only checks of the account before a deploy (AWS credentials)"
 	@echo "make bench-preflight           preflight of every stage on a fresh moto account, quota needs"
 	@echo "make deploy STAGE=dev          preflight, then cdk deploy '<stage>/*' (AWS credentials)"
+	@echo "make smoke STAGE=dev [ARGS=--wait-seconds 1800]"
+	@echo "                               invoke every model of the deployed stage once (AWS credentials)"
 	@echo "make destroy STAGE=dev         cdk destroy '<stage>/*' (prod needs FORCE=1)"
 
 setup: $(PY_STAMP) $(NODE_STAMP)
@@ -150,6 +152,11 @@ deploy: setup
 	  $(MAKE) --no-print-directory preflight STAGE='$(STAGE)' ACCOUNT='$(ACCOUNT)'; \
 	fi
 	$(CDK) deploy --app cdk.out '$(STAGE)/*' $(if $(REQUIRE_APPROVAL),--require-approval $(REQUIRE_APPROVAL),)
+
+# One request per model of the deployed stage; waits out a scale-to-zero cold start.
+smoke: setup
+	$(require_stage)
+	python -m delivery.smoke --stage $(STAGE) $(ARGS)
 
 destroy: setup
 	$(require_stage)

@@ -105,7 +105,8 @@ class InferenceEndpoint(Construct):
     """A SageMaker real-time endpoint named ``endpoint_name`` serving one model.
 
     - **Role**: SageMaker assumes it; it may read ``model_data_key`` in
-      ``model_data_bucket`` only, write ``<capture_prefix>`` in
+      ``model_data_bucket`` only (the stage's model-artifacts bucket, or the
+      CDK bootstrap bucket for a model shipped as a file asset), write ``<capture_prefix>`` in
       ``capture_bucket`` only, pull from the image's repository only, use
       ``key``, and manage its network interfaces in ``vpc``.
     - **Model**: network isolation on; VPC config with a dedicated security
@@ -221,6 +222,10 @@ class InferenceEndpoint(Construct):
             assumed_by=iam.ServicePrincipal("sagemaker.amazonaws.com"),
             description=f"SageMaker execution role of endpoint {endpoint_name}",
         )
+        # One object, wherever it lives. In the CDK bootstrap bucket (an
+        # asset) no KMS grant is needed: its default key, AWS managed or the
+        # one `cdk bootstrap --bootstrap-customer-key` creates, lets every
+        # principal of the account decrypt through S3.
         self.role.add_to_policy(iam.PolicyStatement(
             sid="ReadItsModelArtifact",
             actions=["s3:GetObject"],

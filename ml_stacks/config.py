@@ -20,6 +20,8 @@ from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from ml_stacks import example_models
+
 STAGE_NAMES: tuple[str, ...] = ("dev", "staging", "prod")
 
 # Interface endpoint names accepted in config, in the service's own DNS
@@ -603,6 +605,7 @@ IMAGE_URI_RE = re.compile(
     r"/(?P<repository>[a-z0-9]+(?:[._/-][a-z0-9]+)*)"
     r"(?::(?P<tag>[A-Za-z0-9_][A-Za-z0-9._-]{0,127})|@sha256:[0-9a-f]{64})$"
 )
+_PAYLOAD_PATH_RE = re.compile(r"^(?!/)(?!.*(^|/)\.\.(/|$))[A-Za-z0-9_./-]+\.(json|csv)$")
 _S3_KEY_RE = re.compile(r"^[A-Za-z0-9!_.*'()=+-]+(/[A-Za-z0-9!_.*'()=+-]+)*$")
 _ENV_KEY_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]{0,1023}$")
 # The pattern SageMaker accepts for data-capture content types.
@@ -633,8 +636,16 @@ class ModelConfig:
     The container image is either ``image_tag`` in the stage's ECR repository
     (the storage stack's ``ImageRepositoryUri`` output) or a full ECR ``image_uri`` in the stage's region
     (e.g. an AWS Deep Learning Container); exactly one of the two.
-    ``model_data_key`` is the ``model.tar.gz`` object in the stage's
-    model-artifacts bucket; the endpoint's role may read that object only.
+
+    The model artifact is exactly one of ``model_data_key``, the
+    ``model.tar.gz`` object its owner uploads to the stage's model-artifacts
+    bucket before the deploy (``make preflight`` checks it exists), or
+    ``example_model``, the name of a directory under ``examples/models/``
+    whose archive is built at synth time and ships with the deploy as a CDK
+    asset. Either way the endpoint's role may read that one object only.
+    ``smoke_payload`` is the request body ``make smoke`` sends (a repository
+    path, ``.json`` or ``.csv``); by default an example model's own
+    ``payload.json``.
 
     Scaling: ``min_instance_count`` ≤ ``initial_instance_count`` ≤
     ``max_instance_count``, target tracking on invocations per instance
@@ -653,8 +664,10 @@ class ModelConfig:
     """
 
     name: str
-    model_data_key: str
     instance_type: str
+    model_data_key: str | None = None
+    example_model: str | None = None
+    smoke_payload: str | None = None
     image_tag: str | None = None
     image_uri: str | None = None
     environment: Mapping[str, str] = field(default_factory=dict, hash=False)
@@ -697,6 +710,37 @@ class ModelConfig:
     def is_gpu(self) -> bool:
         return bool(_GPU_INSTANCE_RE.match(self.instance_type))
 
+    @property
+    def payload_path(self) -> str | None:
+        """Repository path of the request ``make smoke`` sends, None if there is none."""
+        if self.smoke_payload is not None:
+            return self.smoke_payload
+        if self.example_model is not None:
+            return f"examples/models/{self.example_model}/payload.json"
+        return None
+
+    def _validate_artifact(self, path: str) -> None:
+        key, example = self.model_data_key, self.example_model
+        _require((key is None) != (example is None), f"{path}.model_data_key", key,
+                 "exactly one of model_data_key (a model.tar.gz you upload) or example_model "
+                 f"(shipped with the deploy; example_model is {example!r})")
+        if key is not None:
+            _require(isinstance(key, str) and len(key) <= 1024 and bool(_S3_KEY_RE.match(key))
+                     and key.endswith(".tar.gz"), f"{path}.model_data_key", key,
+                     "an S3 key of a model.tar.gz in the model-artifacts bucket, "
+                     "e.g. 'my-model/v1/model.tar.gz' (no leading slash)")
+        else:
+            names = example_models.available()
+            _require(example in names, f"{path}.example_model", example,
+                     "a directory of examples/models with code/inference.py and payload.json: "
+                     + (", ".join(names) or "none in this checkout"))
+        payload = self.smoke_payload
+        if payload is not None:
+            _require(isinstance(payload, str) and bool(_PAYLOAD_PATH_RE.match(payload)),
+                     f"{path}.smoke_payload", payload,
+                     "a relative path in the repository ending in .json or .csv, "
+                     "e.g. 'examples/models/sentiment/payload.json'")
+
     def validate(self, prefix: str, *, stage: str, region: str) -> None:
         name = self.name
         _require(isinstance(name, str) and bool(_SAGEMAKER_NAME_RE.match(name))
@@ -720,11 +764,7 @@ class ModelConfig:
             _require(match["region"] == region, f"{path}.image_uri", self.image_uri,
                      f"an image in the stage's region {region!r} (SageMaker pulls from its own region)")
 
-        key = self.model_data_key
-        _require(isinstance(key, str) and len(key) <= 1024 and bool(_S3_KEY_RE.match(key))
-                 and key.endswith(".tar.gz"), f"{path}.model_data_key", key,
-                 "an S3 key of a model.tar.gz in the model-artifacts bucket, "
-                 "e.g. 'my-model/v1/model.tar.gz' (no leading slash)")
+        self._validate_artifact(path)
 
         env = self.environment
         _require(isinstance(env, Mapping) and len(env) <= MAX_ENVIRONMENT, f"{path}.environment",
@@ -1330,12 +1370,13 @@ def default_configs(*, account: str | None = None,
         ),
         # Dev serves on CPU through a scale-to-zero inference component: an
         # idle dev endpoint costs nothing, the first request after idling
-        # waits for an instance.
+        # waits for an instance. It serves the example model shipped in
+        # examples/models/sentiment, so a fresh account needs no upload.
         serving=ServingConfig(models=(
             ModelConfig(
                 name="classifier",
                 image_uri=PYTORCH_CPU_INFERENCE_IMAGE,
-                model_data_key="classifier/model.tar.gz",
+                example_model="sentiment",
                 instance_type="ml.m5.large",
                 initial_instance_count=1,
                 min_instance_count=0,
@@ -1384,12 +1425,15 @@ def default_configs(*, account: str | None = None,
             off_hours_scale_out_cron="0 6 * * MON-FRI",
         ),
         # Staging runs what prod runs, on the smallest fleet that still shows
-        # a blue/green deployment.
+        # a blue/green deployment. Its artifact is the team's own upload
+        # (make preflight fails until it exists); the smoke payload fits the
+        # example archive the README suggests as a stand-in until then.
         serving=ServingConfig(models=(
             ModelConfig(
                 name="classifier",
                 image_uri=PYTORCH_GPU_INFERENCE_IMAGE,
                 model_data_key="classifier/model.tar.gz",
+                smoke_payload="examples/models/sentiment/payload.json",
                 instance_type="ml.g5.xlarge",
                 initial_instance_count=1,
                 min_instance_count=1,
@@ -1447,7 +1491,11 @@ def default_configs(*, account: str | None = None,
             ModelConfig(
                 name="classifier",
                 image_uri=PYTORCH_GPU_INFERENCE_IMAGE,
+                # Uploaded by the model's owner before the first deploy
+                # (checked by make preflight); replace the payload with one
+                # your model answers.
                 model_data_key="classifier/model.tar.gz",
+                smoke_payload="examples/models/sentiment/payload.json",
                 instance_type="ml.g5.xlarge",
                 initial_instance_count=2,
                 min_instance_count=2,

@@ -3,6 +3,12 @@
 Adding a ``ModelConfig`` to ``serving.models`` is the only step to serve a
 model. Each model's constructs live under a construct named after the model,
 so adding or removing one model never changes another's logical IDs.
+
+A model's artifact is either an object its owner uploaded to the stage's
+model-artifacts bucket (``model_data_key``) or an example model from
+``examples/models/`` (``example_model``), archived at synth time and shipped
+as a CDK file asset: the deploy uploads it to the bootstrap bucket before any
+stack changes, so the endpoint has something to load on a fresh account.
 """
 
 from __future__ import annotations
@@ -13,16 +19,21 @@ from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_ecr as ecr
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_s3 as s3
+from aws_cdk import aws_s3_assets as s3_assets
 from aws_cdk import aws_sns as sns
 from constructs import Construct
 
 from constructs_lib.inference_endpoint import InferenceEndpoint, InferenceImage
+from ml_stacks import example_models
 from ml_stacks.base_stack import StageStack, log_retention
 from ml_stacks.config import ModelConfig, StageConfig
 
 
 class ServingStack(StageStack):
-    """Exposes ``endpoints`` ({model name: ``InferenceEndpoint``}) and ``dashboard``."""
+    """Exposes ``endpoints`` ({model name: ``InferenceEndpoint``}),
+    ``example_assets`` ({model name: the asset of its example model}) and
+    ``dashboard``. Outputs per model: ``<Model>EndpointName`` and, with
+    scale to zero, ``<Model>InferenceComponentName`` (what ``make smoke`` invokes)."""
 
     def __init__(
         self,
@@ -42,14 +53,16 @@ class ServingStack(StageStack):
         serving = config.serving
         retention = log_retention(serving.log_retention_days)
         self.endpoints: dict[str, InferenceEndpoint] = {}
+        self.example_assets: dict[str, s3_assets.Asset] = {}
         for model in serving.models:
+            data_bucket, data_key = self._model_data(model, model_artifacts_bucket)
             endpoint = InferenceEndpoint(
                 self,
                 model.name,
                 endpoint_name=endpoint_name(config, model),
                 image=_image(model, image_repository),
-                model_data_bucket=model_artifacts_bucket,
-                model_data_key=model.model_data_key,
+                model_data_bucket=data_bucket,
+                model_data_key=data_key,
                 capture_bucket=data_capture_bucket,
                 capture_prefix=f"{model.name}/",
                 key=key,
@@ -82,9 +95,13 @@ class ServingStack(StageStack):
                 log_retention=retention,
             )
             self.endpoints[model.name] = endpoint
-            cdk.CfnOutput(self, f"{_output_id(model.name)}EndpointName",
+            cdk.CfnOutput(self, endpoint_output_key(model.name),
                           value=endpoint.endpoint_name,
                           description=f"InvokeEndpoint target of model {model.name}")
+            if endpoint.component is not None:
+                cdk.CfnOutput(self, component_output_key(model.name),
+                              value=endpoint.component_name,
+                              description=f"InferenceComponentName to invoke model {model.name} with")
 
         self.dashboard = cloudwatch.Dashboard(
             self, "Dashboard",
@@ -101,6 +118,22 @@ class ServingStack(StageStack):
             self.dashboard.add_widgets(*_endpoint_widgets(endpoint))
 
 
+    def _model_data(self, model: ModelConfig, bucket: s3.IBucket) -> tuple[s3.IBucket, str]:
+        """(bucket, key) of the model's ``model.tar.gz``."""
+        if model.example_model is None:
+            return bucket, model.model_data_key
+        # A single-file asset is uploaded as-is (only directories are zipped).
+        # The hash is the uncompressed tar's, so another zlib never moves the key.
+        asset = s3_assets.Asset(
+            self, f"{model.name}-example-model",
+            path=str(example_models.staged_archive(model.example_model)),
+            asset_hash=example_models.archive_digest(model.example_model),
+            asset_hash_type=cdk.AssetHashType.CUSTOM,
+        )
+        self.example_assets[model.name] = asset
+        return asset.bucket, asset.s3_object_key
+
+
 def endpoint_name(config: StageConfig, model: ModelConfig) -> str:
     """The SageMaker endpoint name of ``model`` in ``config``'s stage."""
     return f"{config.stack_prefix}-{model.name}"
@@ -114,6 +147,16 @@ def _image(model: ModelConfig, repository: ecr.IRepository) -> InferenceImage:
 
 def _output_id(name: str) -> str:
     return "".join(part.capitalize() for part in name.split("-") if part)
+
+
+def endpoint_output_key(model_name: str) -> str:
+    """Output of the serving stack holding the endpoint name of ``model_name``."""
+    return f"{_output_id(model_name)}EndpointName"
+
+
+def component_output_key(model_name: str) -> str:
+    """Output holding the inference component name of a scale-to-zero ``model_name``."""
+    return f"{_output_id(model_name)}InferenceComponentName"
 
 
 def _endpoint_widgets(endpoint: InferenceEndpoint) -> list[cloudwatch.IWidget]:

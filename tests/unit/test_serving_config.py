@@ -39,11 +39,56 @@ def test_default_stages_each_serve_one_model_from_a_public_dlc_image() -> None:
     for config in configs.values():
         [model] = config.serving.models
         assert model.image_uri.startswith("763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-inference:")
-        assert model.model_data_key == "classifier/model.tar.gz"
+        # Every stage has something make smoke can send.
+        assert model.payload_path is not None
     assert configs["dev"].serving.models[0].scale_to_zero
     assert configs["dev"].serving.models[0].image_uri == PYTORCH_CPU_INFERENCE_IMAGE
     assert not configs["prod"].serving.models[0].scale_to_zero
     assert configs["prod"].serving.models[0].min_instance_count == 2
+
+
+def test_dev_serves_the_shipped_example_model_and_staging_prod_an_uploaded_artifact() -> None:
+    """A fresh dev needs no upload; staging/prod name the object preflight checks before deploy."""
+    configs = default_configs()
+    dev = configs["dev"].serving.models[0]
+    assert (dev.example_model, dev.model_data_key) == ("sentiment", None)
+    assert dev.payload_path == "examples/models/sentiment/payload.json"
+    for name in ("staging", "prod"):
+        model = configs[name].serving.models[0]
+        assert (model.example_model, model.model_data_key) == (None, "classifier/model.tar.gz")
+
+
+def test_example_model_alone_is_a_valid_artifact_and_brings_its_payload() -> None:
+    model = replace(MODEL, model_data_key=None, example_model="sentiment")
+    [built] = stage(model).serving.models
+    assert built.payload_path == "examples/models/sentiment/payload.json"
+    assert replace(built, smoke_payload="payloads/ranker.csv").payload_path == "payloads/ranker.csv"
+    assert MODEL.payload_path is None
+
+
+@pytest.mark.parametrize("model", [
+    replace(MODEL, example_model="sentiment"),
+    replace(MODEL, model_data_key=None),
+], ids=["both", "neither"])
+def test_fails_unless_exactly_one_of_model_data_key_and_example_model(model) -> None:
+    with pytest.raises(ConfigError) as caught:
+        stage(model)
+    assert caught.value.field_path == "dev.serving.models.ranker.model_data_key"
+    assert caught.value.allowed.startswith("exactly one of model_data_key")
+    assert "\n" not in str(caught.value)
+
+
+def test_fails_when_the_example_model_is_not_in_the_repository() -> None:
+    with pytest.raises(ConfigError, match=r"^dev\.serving\.models\.ranker\.example_model: 'missing' is not "
+                                          r"allowed — a directory of examples/models .*: sentiment$"):
+        stage(replace(MODEL, model_data_key=None, example_model="missing"))
+
+
+@pytest.mark.parametrize("payload", ["/etc/passwd.json", "../outside.json", "payloads/ranker.txt", "", 3])
+def test_fails_when_the_smoke_payload_is_not_a_repository_json_or_csv_file(payload) -> None:
+    with pytest.raises(ConfigError) as caught:
+        stage(replace(MODEL, smoke_payload=payload))
+    assert caught.value.field_path == "dev.serving.models.ranker.smoke_payload"
 
 
 def test_model_defaults_match_the_documented_ones() -> None:
@@ -202,7 +247,8 @@ def test_from_dict_rejects_an_unknown_model_key_and_lists_the_allowed_ones() -> 
     error = caught.value
     assert error.field_path == "dev.serving.models[0].instance_count"
     assert error.value == "instance_count"
-    assert error.allowed.startswith("a known field: name, model_data_key, instance_type, image_tag")
+    assert error.allowed.startswith("a known field: name, instance_type, model_data_key, example_model, "
+                                    "smoke_payload, image_tag")
     assert "initial_instance_count" in error.allowed
 
 
@@ -213,7 +259,7 @@ def test_from_dict_rejects_an_unknown_serving_key() -> None:
 
 
 def test_from_dict_names_the_missing_required_fields() -> None:
-    with pytest.raises(ConfigError, match=r"a mapping with the required fields model_data_key, instance_type"):
+    with pytest.raises(ConfigError, match=r"a mapping with the required fields instance_type$"):
         ModelConfig.from_dict({"name": "ranker"})
 
 

@@ -7,7 +7,9 @@ from dataclasses import replace
 
 import pytest
 
+from ml_stacks import example_models
 from ml_stacks.config import ModelConfig, default_configs
+from ml_stacks.serving_stack import component_output_key, endpoint_output_key
 from tests.conftest import STAGES, resources_of_type, synthesize
 
 # What the repository's stages configure for their one model, "classifier".
@@ -46,6 +48,16 @@ def key_arn(value: object, stage: str) -> bool:
 
 def joined(value: dict) -> list:
     return value["Fn::Join"][1]
+
+
+def example_asset(synthesized, stage: str) -> tuple[dict, dict]:
+    """(source, destination) of the one example-model archive in the stage's serving assets."""
+    template_path = synthesized.stack(stage, "serving").template_path
+    manifest = json.loads(template_path.with_name(
+        template_path.name.replace(".template.json", ".assets.json")).read_text())
+    [asset] = [a for a in manifest["files"].values() if a["source"]["path"].endswith(".tar.gz")]
+    [destination] = asset["destinations"].values()
+    return asset["source"] | {"path": template_path.parent / asset["source"]["path"]}, destination
 
 
 def policy_statements(template: dict, prefix: str) -> list[dict]:
@@ -157,7 +169,8 @@ def test_execution_role_is_assumed_by_sagemaker_and_has_no_managed_policies(all_
 
 
 @pytest.mark.parametrize("stage", STAGES)
-def test_role_reads_only_its_model_artifact_pulls_only_its_repository_and_uses_the_key(all_templates, stage) -> None:
+def test_role_reads_only_its_model_artifact_pulls_only_its_repository_and_uses_the_key(
+        synthesized, all_templates, stage) -> None:
     template = serving(all_templates, stage)
     statements = {s["Sid"]: s for s in policy_statements(template, "classifierRoleDefaultPolicy")}
     assert set(statements) == {"ReadItsModelArtifact", "PullItsImage", "UseTheStageKey", "WriteItsLogs"} | (
@@ -166,8 +179,15 @@ def test_role_reads_only_its_model_artifact_pulls_only_its_repository_and_uses_t
     read = statements["ReadItsModelArtifact"]
     assert read["Action"] == "s3:GetObject"
     parts = joined(read["Resource"])
-    assert output_ref(parts[0], stage, "storage", "PublishOutputFnGetAttModelArtifacts858A2101Arn")
-    assert parts[1] == "/classifier/model.tar.gz"
+    model = synthesized.configs[stage].serving.models[0]
+    if model.example_model is not None:
+        # The one object of the example model in the bootstrap bucket, not the bucket.
+        destination = example_asset(synthesized, stage)[1]
+        assert parts == ["arn:aws:s3:::", {"Fn::Sub": destination["bucketName"]},
+                         "/" + destination["objectKey"]]
+    else:
+        assert output_ref(parts[0], stage, "storage", "PublishOutputFnGetAttModelArtifacts858A2101Arn")
+        assert parts[1] == f"/{model.model_data_key}"
 
     pull = statements["PullItsImage"]
     assert pull["Action"] == ["ecr:BatchCheckLayerAvailability", "ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer"]
@@ -262,7 +282,7 @@ def test_instance_count_scales_on_invocations_and_gpu_utilization(all_templates,
                                     {"Name": "VariantName", "Value": "AllTraffic"}]
 
 
-def test_dev_serves_through_an_inference_component_that_scales_to_zero(all_templates) -> None:
+def test_dev_serves_through_an_inference_component_that_scales_to_zero(synthesized, all_templates) -> None:
     template = serving(all_templates, "dev")
     config = one(template, "AWS::SageMaker::EndpointConfig")["Properties"]
     [variant] = config["ProductionVariants"]
@@ -279,7 +299,9 @@ def test_dev_serves_through_an_inference_component_that_scales_to_zero(all_templ
     spec = component["Specification"]
     assert spec["ComputeResourceRequirements"] == {"NumberOfCpuCoresRequired": 1, "MinMemoryRequiredInMb": 2048}
     assert spec["Container"]["Image"].endswith("pytorch-inference:2.6.0-cpu-py312-ubuntu22.04-sagemaker")
-    assert joined(spec["Container"]["ArtifactUrl"])[2] == "/classifier/model.tar.gz"
+    destination = example_asset(synthesized, "dev")[1]
+    assert joined(spec["Container"]["ArtifactUrl"]) == [
+        "s3://", {"Fn::Sub": destination["bucketName"]}, "/" + destination["objectKey"]]
 
     target = one(template, "AWS::ApplicationAutoScaling::ScalableTarget")["Properties"]
     assert target["ResourceId"] == "inference-component/ml-dev-classifier"
@@ -394,6 +416,35 @@ def test_one_dashboard_per_stage_shows_every_endpoint(all_templates, stage) -> N
                    "CPUUtilization", "GPUUtilization"):
         assert metric in body, metric
     assert f"ml-{stage}-classifier" in body
+
+
+def test_dev_ships_its_example_model_as_a_file_asset_uploaded_as_is(synthesized) -> None:
+    model = synthesized.configs["dev"].serving.models[0]
+    source, destination = example_asset(synthesized, "dev")
+    assert source["packaging"] == "file"  # a file asset is uploaded as it is, not zipped
+    assert source["path"].read_bytes() == example_models.archive_bytes(model.example_model)
+    assert destination["objectKey"].endswith(".gz")
+    assert destination["bucketName"].startswith("cdk-hnb659fds-assets-")
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_only_example_models_ship_an_archive(synthesized, stage) -> None:
+    template_path = synthesized.stack(stage, "serving").template_path
+    manifest = template_path.with_name(template_path.name.replace(".template.json", ".assets.json"))
+    archives = [a for a in json.loads(manifest.read_text())["files"].values()
+                if a["source"]["path"].endswith(".tar.gz")]
+    examples = [m for m in synthesized.configs[stage].serving.models if m.example_model is not None]
+    assert len(archives) == len(examples)
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_outputs_name_what_smoke_invokes(synthesized, stage) -> None:
+    outputs = synthesized.stack(stage, "serving").template_json["Outputs"]
+    for model in synthesized.configs[stage].serving.models:
+        assert outputs[endpoint_output_key(model.name)]["Value"] == f"ml-{stage}-{model.name}"
+        component = outputs.get(component_output_key(model.name))
+        assert (component["Value"] if component else None) == (
+            f"ml-{stage}-{model.name}" if model.scale_to_zero else None)
 
 
 def test_serving_stack_exposes_its_endpoints(synthesized) -> None:
