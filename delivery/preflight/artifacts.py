@@ -34,15 +34,16 @@ def check_model_artifacts(s3, *, bucket: str | None, models: Iterable, stage: st
     rows: list[Result] = []
     for model in models:
         name = f"model {model.name}"
-        example = getattr(model, "example_model", None)
-        if example:
+        example = model.example_model
+        if example is not None:
             rows.append(passed(name, f"example model {example!r} ships with the deploy"))
             continue
         key = model.model_data_key
         if bucket is None:
             rows.append(failed(
                 name, f"{storage_stack} is not deployed: s3://<model-artifacts>/{key} cannot exist yet",
-                f"npx cdk deploy '{stage}/storage' (creates the bucket), then aws s3 cp model.tar.gz "
+                f"node_modules/.bin/cdk deploy -c stages={stage} '{stage}/storage' (creates the bucket), "
+                f"then aws s3 cp model.tar.gz "
                 f"s3://$(aws cloudformation describe-stacks --stack-name {storage_stack} --query "
                 f"\"Stacks[0].Outputs[?OutputKey=='{BUCKET_OUTPUT}'].OutputValue\" --output text)/{key}"))
             continue

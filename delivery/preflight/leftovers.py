@@ -148,8 +148,9 @@ def check_leftovers(client: Callable[[str], object], cfn, names: Iterable[FixedN
         rows.append(failed(
             f"leftover {fixed.name}",
             f"{fixed.resource_type} {fixed.name} exists but {fixed.stack_name} does not manage it",
-            f"adopt it: npx cdk import '{stage}/{stack_id}' (as {fixed.logical_id}; needs bootstrap "
-            f"version 12+), or remove it: {_remove_hint(fixed)}"))
+            f"adopt it: node_modules/.bin/cdk import -c stages={stage} '{stage}/{stack_id}' (answer "
+            f"the prompt for {fixed.logical_id} with {fixed.name}; needs bootstrap version 12+), "
+            f"or remove it: {_remove_hint(fixed)}"))
     if not rows:
         rows.append(passed("leftovers", f"none of {checked} fixed names exists outside its stack"))
     return rows

@@ -70,7 +70,7 @@ def run_checks(config: StageConfig, *, assembly_dir: Path | str, client: ClientF
     if config.eks.enabled:
         rows += _guarded("addons", lambda: pins.check_addon_pins(
             client("eks"), config.eks.addons.as_dict(), kubernetes_version=config.eks.kubernetes_version))
-    rows += _guarded("ami pins", lambda: _ami_rows(region, ec2, now))
+    rows += _guarded("ami pins", lambda: _ami_rows(config, ec2, now))
     rows += _guarded("model artifacts", lambda: artifacts.check_model_artifacts(
         client("s3"), bucket=artifacts.artifacts_bucket(cfn, f"{config.stack_prefix}-storage"),
         models=config.serving.models, stage=stage, storage_stack=f"{config.stack_prefix}-storage"))
@@ -106,8 +106,6 @@ def _quota_rows(config: StageConfig, ec2, client: ClientFactory) -> list[Result]
     return rows
 
 
-def _ami_rows(region: str, ec2, now: dt.datetime) -> list[Result]:
-    amis = pins.pinned_amis(region)
-    if amis is None:
-        return [pins.unpinned_amis(region)]
-    return pins.check_amis(ec2, amis, now=now)
+def _ami_rows(config: StageConfig, ec2, now: dt.datetime) -> list[Result]:
+    amis, releases = pins.stage_amis(config)
+    return pins.check_amis(ec2, amis, now=now) + pins.check_release_versions(ec2, releases, now=now)

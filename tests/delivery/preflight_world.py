@@ -17,10 +17,14 @@ import boto3
 from botocore.awsrequest import AWSResponse
 from botocore.validate import validate_parameters
 
+from ml_stacks.addon_versions import known_versions
+from ml_stacks.config import ADDON_NAMES
+
 REGION = "us-east-1"
 CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
-# Services with operations moto 5.2 does not implement that preflight calls.
-ANSWERED = ("service-quotas", "eks", "lambda", "ce", "sagemaker")
+# Services with operations moto 5.2 does not implement that preflight calls,
+# and EC2 DescribeImages: moto does not know the public AMIs the pins name.
+ANSWERED = ("service-quotas", "eks", "lambda", "ce", "sagemaker", "ec2")
 
 
 class Missing(Exception):
@@ -77,6 +81,25 @@ class FreshAccount:
     addon_versions: dict[str, list[str]] = field(default_factory=dict)
     clusters: list[str] = field(default_factory=list)
     tag_status: str | None = None  # None: the tag was never seen by Cost Explorer
+    # Public AMIs the account can see: {"ImageId", "Name", "State"[, "DeprecationTime"]}.
+    images: list[dict] = field(default_factory=list)
+
+
+def pinned_images(region: str = REGION) -> list[dict]:
+    """The public AMIs ``ml_stacks/ami_pins.json`` names for ``region``, as
+    EC2 describes them (every pinned release of every AMI type)."""
+    from delivery.preflight.pins import eks_ami_name
+    from ml_stacks import pins
+
+    training = pins.training_ami(region)
+    images = [{"ImageId": training.ami_id, "Name": training.name, "State": "available"}]
+    releases = pins.load_pins()["eks_release_versions"].get(region, {})
+    for number, (kubernetes_version, by_type) in enumerate(
+            (k, t) for k, types in releases.items() for t in types.items()):
+        ami_type, pin = by_type
+        images.append({"ImageId": f"ami-0e{number:015x}", "State": "available",
+                       "Name": eks_ami_name(kubernetes_version, ami_type, pin["release_version"])})
+    return images
 
 
 def new_account() -> FreshAccount:
@@ -89,8 +112,9 @@ def new_account() -> FreshAccount:
     - EKS: 100 clusters, 30 managed node groups per cluster, 450 nodes per
       group (the EKS defaults), no cluster yet.
     - Lambda: concurrency limit 10, all unreserved (new accounts: 10 to 50).
-    - Add-on versions: kube-proxy for 1.34 from v1.34.1-eksbuild.2 (the EKS
-      add-on table); the repository's other three pins listed.
+    - Add-on versions for Kubernetes 1.34: the builds ml_stacks/addon_versions.py
+      records as existing (EKS User Guide tables and observed pins).
+    - Public AMIs: the ones ml_stacks/ami_pins.json pins, available.
     - Cost Explorer has never seen the Environment tag.
     """
     return FreshAccount(
@@ -100,9 +124,8 @@ def new_account() -> FreshAccount:
         sagemaker_quotas={"ml.m5.large for endpoint usage": 2, "ml.g5.xlarge for endpoint usage": 0,
                           "ml.g6.xlarge for endpoint usage": 0},
         lambda_limit=10, lambda_unreserved=10,
-        addon_versions={"vpc-cni": ["v1.20.4-eksbuild.1"], "coredns": ["v1.12.4-eksbuild.1"],
-                        "kube-proxy": ["v1.34.1-eksbuild.2", "v1.34.2-eksbuild.1"],
-                        "eks-pod-identity-agent": ["v1.3.8-eksbuild.2"]},
+        addon_versions={name: list(known_versions("1.34", name)) for name in ADDON_NAMES},
+        images=pinned_images(),
     )
 
 
@@ -142,6 +165,13 @@ def _answers(account: FreshAccount, service: str) -> dict[str, Callable[[dict], 
         return {"ListCostAllocationTags": lambda p: {"CostAllocationTags": [
             {"TagKey": k, "Type": "UserDefined", "Status": account.tag_status}
             for k in p.get("TagKeys", []) if account.tag_status is not None]}}
+    if service == "ec2":
+        def describe_images(params):
+            wanted = {f["Name"]: set(f["Values"]) for f in params.get("Filters", [])}
+            keys = {"image-id": "ImageId", "name": "Name"}
+            return {"Images": [i for i in account.images
+                               if all(i[keys[k]] in v for k, v in wanted.items())]}
+        return {"DescribeImages": describe_images}
     if service == "sagemaker":
         # An inference component that does not exist: SageMaker's ValidationException.
         def no_component(params):

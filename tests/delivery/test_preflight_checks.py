@@ -138,8 +138,9 @@ def test_amis_exist_and_missing(aws) -> None:
     ec2 = aws("ec2")
     image = ec2.describe_images(Owners=["amazon"])["Images"][0]
     rows = pins.check_amis(ec2, [pins.PinnedAmi("training fleet", image["ImageId"]),
-                                 pins.PinnedAmi("old", "ami-0123456789abcdef0")], now=NOW)
+                                 pins.PinnedAmi("old", "ami-0123456789abcdef0", "gone")], now=NOW)
     assert [r.status for r in rows] == [PASS, FAIL]
+    assert rows[1].figure == "ami-0123456789abcdef0 (gone) does not exist in this region"
     assert "make refresh-amis" in rows[1].fix
 
 
@@ -150,9 +151,50 @@ def test_ami_deprecation(deprecation, status) -> None:
     ec2 = boto3.client("ec2", **KEYS)
     with Stubber(ec2) as stub:
         stub.add_response("describe_images", {"Images": [{
-            "ImageId": "ami-0abc", "Name": "dlami", "State": "available", "DeprecationTime": deprecation}]})
+            "ImageId": "ami-0abc", "Name": "dlami", "State": "available", "DeprecationTime": deprecation}]},
+            {"Filters": [{"Name": "image-id", "Values": ["ami-0abc"]}], "IncludeDeprecated": True})
         [row] = pins.check_amis(ec2, [pins.PinnedAmi("training fleet", "ami-0abc")], now=NOW)
     assert row.status == status and deprecation in row.figure
+
+
+@pytest.mark.parametrize("ami_type, release, name", [
+    ("BOTTLEROCKET_x86_64_NVIDIA", "1.52.0-b7ac6e1a", "bottlerocket-aws-k8s-1.34-nvidia-x86_64-v1.52.0-b7ac6e1a"),
+    ("BOTTLEROCKET_ARM_64", "1.52.0-b7ac6e1a", "bottlerocket-aws-k8s-1.34-aarch64-v1.52.0-b7ac6e1a"),
+    ("AL2023_x86_64_NVIDIA", "1.34.1-20251016", "amazon-eks-node-al2023-x86_64-nvidia-1.34-v20251016"),
+    ("AL2023_ARM_64_STANDARD", "1.34.1-20251016", "amazon-eks-node-al2023-arm64-standard-1.34-v20251016"),
+])
+def test_release_versions_name_their_public_amis(ami_type, release, name) -> None:
+    assert pins.eks_ami_name("1.34", ami_type, release) == name
+
+
+def test_release_versions_exist_or_are_not_pinned() -> None:
+    ec2 = boto3.client("ec2", **KEYS)
+    name = "bottlerocket-aws-k8s-1.34-x86_64-v1.52.0-b7ac6e1a"
+    with Stubber(ec2) as stub:
+        stub.add_response("describe_images", {"Images": [{"ImageId": "ami-0b1", "Name": name,
+                                                          "State": "available"}]},
+                          {"Filters": [{"Name": "name", "Values": [name]}], "IncludeDeprecated": True,
+                           "Owners": ["amazon"]})
+        stub.add_response("describe_images", {"Images": []})
+        rows = pins.check_release_versions(ec2, [
+            ("system", "BOTTLEROCKET_x86_64", "1.34", "1.52.0-b7ac6e1a"),
+            ("gpu", "BOTTLEROCKET_x86_64_NVIDIA", "1.34", "1.99.0-deadbeef"),
+            ("al", "AL2023_x86_64_STANDARD", "1.34", None)], now=NOW)
+    assert [r.status for r in rows] == [PASS, FAIL, WARN]
+    assert rows[0].figure == f"ami-0b1 {name} available"
+    assert "bottlerocket-aws-k8s-1.34-nvidia-x86_64-v1.99.0-deadbeef" in rows[1].figure
+
+
+def test_stage_amis_come_from_the_pin_file() -> None:
+    from ml_stacks import pins as pin_file
+    from ml_stacks.config import default_configs
+
+    config = default_configs()["prod"]
+    amis, releases = pins.stage_amis(config)
+    assert [a.ami_id for a in amis] == [pin_file.training_ami(config.region).ami_id]
+    groups = {"system": config.eks.system, **config.eks.nodegroups}
+    assert [(g, t) for g, t, _, _ in releases] == [(g, s.ami_type) for g, s in groups.items()]
+    assert all(r == pin_file.eks_release_version(config.region, "1.34", t) for _, t, _, r in releases)
 
 
 # --- model artifacts --------------------------------------------------------
@@ -167,7 +209,8 @@ def test_artifacts_before_the_storage_stack_exists_fail_with_the_way_in(aws) -> 
     assert bucket is None
     [row] = artifacts.check_model_artifacts(aws("s3"), bucket=None, models=[_model("m")], stage="dev",
                                             storage_stack="ml-dev-storage")
-    assert row.status == FAIL and "npx cdk deploy 'dev/storage'" in row.fix and "/m/model.tar.gz" in row.fix
+    assert row.status == FAIL and "cdk deploy -c stages=dev 'dev/storage'" in row.fix
+    assert "/m/model.tar.gz" in row.fix
 
 
 def test_artifacts_in_the_deployed_bucket(aws) -> None:
@@ -185,11 +228,11 @@ def test_artifacts_in_the_deployed_bucket(aws) -> None:
 
 
 def test_an_example_model_ships_with_the_deploy(aws) -> None:
-    class Example:
-        name, example_model, model_data_key = "demo", "iris", None
-    [row] = artifacts.check_model_artifacts(aws("s3"), bucket=None, models=[Example()], stage="dev",
+    example = ModelConfig(name="demo", image_uri=PYTORCH_CPU_INFERENCE_IMAGE, example_model="sentiment",
+                          instance_type="ml.m5.large")
+    [row] = artifacts.check_model_artifacts(aws("s3"), bucket=None, models=[example], stage="dev",
                                             storage_stack="ml-dev-storage")
-    assert row.status == PASS and "iris" in row.figure
+    assert row.status == PASS and row.figure == "example model 'sentiment' ships with the deploy"
 
 
 # --- leftovers --------------------------------------------------------------
@@ -213,10 +256,16 @@ def test_every_literal_name_in_the_app_is_classified(synthesized) -> None:
             assert (kind, prop) in leftovers.CHECKERS or (kind, prop) in leftovers.NOT_COLLIDING, (kind, prop)
 
 
-def test_retained_names_of_the_app_are_found(synthesized) -> None:
-    templates = {s.stack_name: s.template_json for s in synthesized.stacks.values() if s.stage == "prod"}
-    names = {n.name for n in leftovers.fixed_names(templates)}
-    assert {"/aws/eks/ml-prod/cluster", "ml-prod/images"} <= names
+@pytest.mark.parametrize("stage", ["dev", "prod"])
+def test_template_names_cover_the_stacks_own_list(synthesized, stage) -> None:
+    from ml_stacks import fixed_names as listed
+
+    templates = {s.stack_name: s.template_json for s in synthesized.stacks.values() if s.stage == stage}
+    found = {(n.stack_name, n.name) for n in leftovers.fixed_names(templates)}
+    config = synthesized.configs[stage]
+    expected = {(f"{config.stack_prefix}-{n.stack}", n.name) for n in listed.fixed_names(config)}
+    assert expected and expected <= found
+    assert f"/aws/eks/{config.stack_prefix}/cluster" in {name for _, name in found}
 
 
 def test_leftovers_fail_unless_managed_by_their_stack(aws) -> None:
@@ -229,7 +278,7 @@ def test_leftovers_fail_unless_managed_by_their_stack(aws) -> None:
     ecr.create_repository(repositoryName="ml-x/images")
     rows = leftovers.check_leftovers(aws, cfn, names, stage="x")
     assert [r.status for r in rows] == [FAIL, FAIL]
-    assert "npx cdk import 'x/eks'" in rows[0].fix
+    assert "cdk import -c stages=x 'x/eks' (answer the prompt for Logs with /aws/eks/ml-x/cluster" in rows[0].fix
     assert "aws logs delete-log-group --log-group-name /aws/eks/ml-x/cluster" in rows[0].fix
 
     # The stack that creates them owns them: an update, not a collision.
