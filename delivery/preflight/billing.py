@@ -20,6 +20,7 @@ def check_cost_allocation_tag(ce, *, tag_key: str | None) -> Result:
         return passed(name, f"{tag_key} is active; the budget filters on user:{tag_key}")
     shown = "not seen yet (no tagged usage)" if status is None else status
     return warned(name, f"{tag_key} is {shown}: the budget filters on user:{tag_key} and would read $0",
-                  f"activate it in the payer account: aws ce update-cost-allocation-tags-status "
+                  f"activate it (from the organization's management account if this one is a "
+                  f"member): aws ce update-cost-allocation-tags-status "
                   f"--cost-allocation-tags-status TagKey={tag_key},Status=Active (tags appear up to "
                   "24 h after the first tagged resource)")

@@ -264,8 +264,9 @@ def check_eks_cluster_headroom(eks, quotas, *, cluster_name: str, region: str) -
     for page in eks.get_paginator("list_clusters").paginate():
         clusters += page["clusters"]
     limit = quota_value(quotas, "eks", EKS_CLUSTERS[0])
-    name = f"quota eks {EKS_CLUSTERS[0]} cluster headroom"
-    figure = f"{len(clusters)} clusters in {region}, quota {'unknown' if limit is None else f'{limit:g}'}"
+    name = f"quota eks {EKS_CLUSTERS[0]}"
+    figure = (f"{EKS_CLUSTERS[1]}: need 1 more, {len(clusters)} in {region} already; "
+              f"quota {'unknown' if limit is None else f'{limit:g}'}")
     if cluster_name in clusters or limit is None or len(clusters) + 1 <= limit:
         return passed(name, figure)
     return failed(name, figure, f"delete an unused cluster or raise {EKS_CLUSTERS[0]}")

@@ -8,11 +8,30 @@ from typing import Callable, Iterable
 
 from delivery.assembly import read_assembly
 from delivery.cli_errors import describe
-from delivery.preflight import Result, failed
+from delivery.preflight import FAIL, WARN, Result
 from delivery.preflight import account, artifacts, billing, leftovers, pins, quotas, zones
 from ml_stacks.config import StageConfig
 
 ClientFactory = Callable[[str], object]
+
+# Every IAM action preflight may call: all read-only. The README lists them
+# for the role that runs it; tests/delivery/test_preflight_cli.py holds both
+# to the calls a run really makes.
+IAM_ACTIONS: tuple[str, ...] = (
+    "sts:GetCallerIdentity",
+    "ec2:DescribeRegions", "ec2:DescribeAvailabilityZones", "ec2:DescribeInstanceTypeOfferings",
+    "ec2:DescribeInstanceTypes", "ec2:DescribeImages",
+    "cloudformation:DescribeStacks", "cloudformation:DescribeStackResource",
+    "servicequotas:GetServiceQuota", "servicequotas:GetAWSDefaultServiceQuota",
+    "servicequotas:ListServiceQuotas", "servicequotas:ListAWSDefaultServiceQuotas",
+    "eks:ListClusters", "eks:DescribeAddonVersions", "eks:DescribeCluster",
+    "lambda:GetAccountSettings",
+    "s3:GetObject",  # HeadObject
+    "logs:DescribeLogGroups", "ecr:DescribeRepositories", "kms:DescribeKey", "iam:GetRole",
+    "ssm:GetParameter", "sagemaker:DescribeEndpoint", "sagemaker:DescribeInferenceComponent",
+    "autoscaling:DescribeAutoScalingGroups", "cloudwatch:DescribeAlarms", "cloudwatch:GetDashboard",
+    "ce:ListCostAllocationTags",
+)
 
 
 def stage_templates(assembly_dir: Path | str, stage: str) -> dict[str, dict]:
@@ -32,15 +51,17 @@ def lambda_footprint(templates: Iterable[dict]) -> tuple[int, int]:
     return functions, reserved
 
 
-def _guarded(label: str, check: Callable[[], list[Result] | Result]) -> list[Result]:
+def _guarded(label: str, check: Callable[[], list[Result] | Result], *,
+             severity: str = FAIL) -> list[Result]:
     """Run one group of checks; an AWS error it cannot get past (access
-    denied, throttling) becomes one FAIL row instead of ending the run."""
+    denied, throttling) becomes one row of ``severity`` instead of ending
+    the run: a check that could not run cannot pass."""
     from botocore.exceptions import ClientError
 
     try:
         result = check()
     except ClientError as error:
-        return [failed(label, f"could not check: {describe(error) or error}",
+        return [Result(severity, label, f"could not check: {describe(error) or error}",
                        "give the credentials the read-only access the README's preflight section "
                        "lists, or retry if AWS throttled")]
     return [result] if isinstance(result, Result) else list(result)
@@ -77,8 +98,10 @@ def run_checks(config: StageConfig, *, assembly_dir: Path | str, client: ClientF
     rows += _guarded("leftovers", lambda: leftovers.check_leftovers(
         client, cfn, leftovers.fixed_names(templates), stage=stage))
     tag = "Environment" if config.budget.filter_by_environment_tag else None
+    # Cost allocation tags are a Billing setting, run from the organization's
+    # management account: credentials that cannot read them can only warn.
     rows += _guarded("cost allocation tag", lambda: billing.check_cost_allocation_tag(
-        client("ce"), tag_key=tag))
+        client("ce"), tag_key=tag), severity=WARN)
     return rows
 
 
@@ -99,7 +122,9 @@ def _zone_rows(config: StageConfig, ec2) -> list[Result]:
 def _quota_rows(config: StageConfig, ec2, client: ClientFactory) -> list[Result]:
     vcpus = quotas.instance_vcpus(ec2, quotas.stage_instance_types(config))
     service_quotas = client("service-quotas")
-    rows = quotas.check_quotas(service_quotas, quotas.quota_needs(config, vcpus), region=config.region)
+    # The cluster quota is judged against the clusters the account already has.
+    needs = [n for n in quotas.quota_needs(config, vcpus) if n.code != quotas.EKS_CLUSTERS[0]]
+    rows = quotas.check_quotas(service_quotas, needs, region=config.region)
     if config.eks.enabled:
         rows.append(quotas.check_eks_cluster_headroom(
             client("eks"), service_quotas, cluster_name=config.stack_prefix, region=config.region))

@@ -5,6 +5,7 @@ deploy` and of the deploy workflow."""
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -15,7 +16,7 @@ from delivery.preflight import FAIL, PASS, WARN
 from delivery.preflight import __main__ as cli
 from delivery.preflight.runner import run_checks
 from ml_stacks.app_factory import PROJECT_ROOT
-from tests.delivery.preflight_world import FreshAccount, fresh_account, new_account
+from tests.delivery.preflight_world import FreshAccount, fresh_account, new_account, pinned_images
 
 READ_ONLY = re.compile(r"^[a-z0-9-]+:(Describe|Get|List|Head)[A-Za-z]*$")
 
@@ -30,7 +31,23 @@ def _ready_account(config) -> FreshAccount:
         sagemaker_quotas={n.name: float(n.update_peak) for n in needs if not n.code},
         lambda_limit=1000, lambda_unreserved=1000,
         addon_versions={name: [v] for name, v in config.eks.addons.as_dict().items()},
-        tag_status="Active")
+        tag_status="Active", images=pinned_images(config.region))
+
+
+def _bootstrapped_with_artifacts(client, config) -> None:
+    """What a user does before a first staging/prod deploy: bootstrap, the
+    storage stack, the artifact upload."""
+    cfn, s3 = client("cloudformation"), client("s3")
+    cfn.create_stack(StackName="CDKToolkit", TemplateBody=json.dumps({
+        "Resources": {"StagingBucket": {"Type": "AWS::S3::Bucket"}},
+        "Outputs": {"BootstrapVersion": {"Value": "29"}}}))
+    bucket = f"{config.stack_prefix}-model-artifacts-test"
+    cfn.create_stack(StackName=f"{config.stack_prefix}-storage", TemplateBody=json.dumps({
+        "Resources": {"ModelArtifacts": {"Type": "AWS::S3::Bucket", "Properties": {"BucketName": bucket}}},
+        "Outputs": {"ModelArtifactsBucketName": {"Value": {"Ref": "ModelArtifacts"}}}}))
+    for model in config.serving.models:
+        if model.model_data_key:
+            s3.put_object(Bucket=bucket, Key=model.model_data_key, Body=b"model")
 
 
 @pytest.mark.parametrize("stage", ["dev", "prod"])
@@ -63,6 +80,51 @@ def test_an_account_with_room_passes_the_quota_and_lambda_checks(synthesized) ->
     by_check = {r.check: r for r in rows}
     assert all(r.status == PASS for c, r in by_check.items() if c.startswith(("quota", "addon", "zone", "offered")))
     assert by_check["cost allocation tag"].status == PASS
+
+
+def test_a_prepared_account_is_ready_to_deploy(synthesized, monkeypatch, capsys) -> None:
+    config = synthesized.configs["staging"]
+    with fresh_account(_ready_account(config)) as (client, calls):
+        _bootstrapped_with_artifacts(client, config)
+        monkeypatch.setattr(cli, "_client_factory", lambda region: (client, region))
+        status = cli.main(["--stage", "staging", "--assembly", str(synthesized.outdir)])
+    out = capsys.readouterr().out.splitlines()
+    reserved = sum(r.get("Properties", {}).get("ReservedConcurrentExecutions", 0)
+                   for s in synthesized.stacks.values() if s.stage == "staging"
+                   for r in s.template_json["Resources"].values() if r["Type"] == "AWS::Lambda::Function")
+    assert status == 0, "\n".join(line for line in out if not line.startswith(PASS))
+    assert out[-1].endswith("0 FAIL — ready to deploy")
+    assert [line for line in out[:-1] if not line.startswith(PASS)] == []
+    assert f"stage reserves {reserved} across" in next(line for line in out if "lambda concurrency" in line)
+
+
+def _iam_action(call: str) -> str:
+    service, operation = call.split(":")
+    prefix = {"service-quotas": "servicequotas"}.get(service, service)
+    return "s3:GetObject" if call == "s3:HeadObject" else f"{prefix}:{operation}"
+
+
+def test_the_documented_permissions_are_the_calls_a_run_makes(synthesized) -> None:
+    made: set[str] = set()
+    for stage in ("dev", "prod"):
+        config = synthesized.configs[stage]
+        with fresh_account(_ready_account(config)) as (client, calls):
+            _bootstrapped_with_artifacts(client, config)
+            client("logs").create_log_group(logGroupName=f"/aws/eks/{config.stack_prefix}/cluster")
+            calls.clear()
+            run_checks(config, assembly_dir=synthesized.outdir, client=client, session_region="us-east-1")
+        made |= {_iam_action(c) for c in calls}
+    from delivery.preflight.runner import IAM_ACTIONS
+
+    conditional = {
+        "ec2:DescribeInstanceTypes",  # a type missing from the vCPU table
+        "servicequotas:GetAWSDefaultServiceQuota",  # a quota without an applied value
+        "ecr:DescribeRepositories",  # a template that names its repository
+    }
+    assert made <= set(IAM_ACTIONS)
+    assert set(IAM_ACTIONS) - made == conditional
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    assert [a for a in IAM_ACTIONS if f"`{a}`" not in readme] == []
 
 
 def test_main_prints_a_line_per_check_and_exits_1_on_a_fail(synthesized, monkeypatch, capsys, tmp_path) -> None:

@@ -167,4 +167,4 @@ def test_eks_cluster_headroom(existing, limit, status) -> None:
         eks_stub.add_response("list_clusters", {"clusters": existing})
         sq_stub.add_response("get_service_quota", {"Quota": {"Value": float(limit)}})
         row = quotas.check_eks_cluster_headroom(eks, service_quotas, cluster_name="ml-prod", region="us-east-1")
-    assert row.status == status and f"{len(existing)} clusters in us-east-1, quota {limit}" in row.figure
+    assert row.status == status and f"{len(existing)} in us-east-1 already; quota {limit}" in row.figure
