@@ -27,6 +27,10 @@ CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing
 ANSWERED = ("service-quotas", "eks", "lambda", "ce", "sagemaker", "ec2")
 
 
+# Quota codes seen in Service Quotas listings; others get a made-up code.
+SAGEMAKER_CODES = {"ml.g5.xlarge for endpoint usage": "L-1928E07B"}
+
+
 class Missing(Exception):
     """Raised by an answer to reply with an AWS error code."""
 
@@ -143,7 +147,7 @@ def _answers(account: FreshAccount, service: str) -> dict[str, Callable[[dict], 
 
         def listing(params):
             values = account.sagemaker_quotas if params["ServiceCode"] == "sagemaker" else {}
-            return {"Quotas": [_quota(f"L-{i:08X}", n, v, params["ServiceCode"])
+            return {"Quotas": [_quota(SAGEMAKER_CODES.get(n, f"L-{i:08X}"), n, v, params["ServiceCode"])
                                for i, (n, v) in enumerate(values.items())]}
         return {"GetServiceQuota": get, "GetAWSDefaultServiceQuota": get,
                 "ListServiceQuotas": lambda p: {"Quotas": []},
