@@ -141,7 +141,9 @@ drift: setup
 preflight: setup
 	$(require_stage)
 	@rm -rf cdk.out
-	$(CDK) synth --quiet $(ONE_STAGE) > /dev/null
+	@echo "cdk synth $(ONE_STAGE)"
+	@$(CDK) synth --quiet $(ONE_STAGE) 2>&1 >/dev/null \
+	  | { grep -v -e '^Successfully synthesized' -e '^Supply a stack id' -e '^$$' >&2 || true; }
 	python -m delivery.preflight --stage $(STAGE) --assembly cdk.out $(if $(ACCOUNT),--account $(ACCOUNT),)
 
 deploy: setup

@@ -7,16 +7,9 @@ kind: the checks resolve them against the account.
 
 from __future__ import annotations
 
-import re
 from typing import Iterable, Mapping, Sequence
 
 from delivery.preflight import Result, failed, passed, warned
-
-_ZONE_ID_RE = re.compile(r"^[a-z]{2,}[0-9]+-az[0-9]+$")
-
-
-def is_zone_id(zone: str) -> bool:
-    return bool(_ZONE_ID_RE.match(zone))
 
 
 def account_zones(ec2) -> list[dict]:
@@ -49,10 +42,11 @@ def check_zones(zones: Sequence[str], available: Iterable[Mapping], *, region: s
     return rows
 
 
-def offerings(ec2, instance_types: Sequence[str], zones: Sequence[str]) -> dict[str, set[str]]:
-    """Instance type -> the configured zones (in the config's spelling)
-    where EC2 offers it."""
-    location_type = "availability-zone-id" if zones and is_zone_id(zones[0]) else "availability-zone"
+def offerings(ec2, instance_types: Sequence[str], zones: Sequence[str], *,
+              by_id: bool) -> dict[str, set[str]]:
+    """Instance type -> the configured zones (in the config's spelling: IDs
+    when ``by_id``, else names) where EC2 offers it."""
+    location_type = "availability-zone-id" if by_id else "availability-zone"
     offered: dict[str, set[str]] = {t: set() for t in instance_types}
     paginator = ec2.get_paginator("describe_instance_type_offerings")
     pages = paginator.paginate(LocationType=location_type, Filters=[
@@ -86,9 +80,11 @@ def check_offerings(groups: Mapping[str, Sequence[str]], offered: Mapping[str, s
                                f"{', '.join(bad)} not offered in {', '.join(missing[bad[0]])}: pick "
                                "other zones (network.availability_zones) or other instance types"))
         elif partial:
+            empty = [z for z in zones if all(z in gaps for gaps in missing.values())]
             rows.append(warned(name, figure, "; ".join(
                 f"{t} missing in {', '.join(g)}" for t, g in partial.items())
-                + ": the group runs on its other types there"))
+                + (f": no type of the group in {', '.join(empty)}, it runs in the other zones only"
+                   if empty else ": the group runs on its other types there")))
         else:
             rows.append(passed(name, figure))
     return rows

@@ -98,13 +98,19 @@ def test_zones_by_name_or_id_resolve_against_the_account(aws) -> None:
 def test_offerings_are_read_in_the_configs_spelling(aws, by) -> None:
     ec2 = aws("ec2")
     everything = [z[by] for z in zones.account_zones(ec2)]
-    offered = zones.offerings(ec2, ["g5.xlarge", "m7i.large"], everything)
+    offered = zones.offerings(ec2, ["g5.xlarge", "m7i.large"], everything, by_id=by == "ZoneId")
     assert offered["g5.xlarge"] <= set(everything) and offered["g5.xlarge"]
     # moto's EC2 data (from AWS) has a us-east-1 zone without g5.xlarge.
     gap = set(everything) - offered["g5.xlarge"]
     assert len(gap) == 1
     [row] = zones.check_offerings({"fleet": ("g5.xlarge",)}, offered, everything)
     assert row.status == FAIL and gap.pop() in row.fix
+
+
+def test_a_group_with_no_type_in_a_zone_warns_with_that_zone() -> None:
+    offered = {"g5.xlarge": {"a"}, "g6.xlarge": {"a"}}
+    [row] = zones.check_offerings({"fleet": ("g5.xlarge", "g6.xlarge")}, offered, ("a", "b"))
+    assert row.status == WARN and row.fix.endswith("no type of the group in b, it runs in the other zones only")
 
 
 def test_offerings_verdict_per_group() -> None:
@@ -114,7 +120,7 @@ def test_offerings_verdict_per_group() -> None:
                                  offered, ("a", "b"))
     assert [r.status for r in rows] == [PASS, WARN, FAIL, FAIL]
     assert rows[1].figure == "g5.xlarge in 2/2 zones; g6.xlarge in 1/2 zones"
-    assert rows[1].fix.startswith("g6.xlarge missing in b")
+    assert rows[1].fix == "g6.xlarge missing in b: the group runs on its other types there"
     assert rows[3].fix.startswith("p9.huge not offered in a, b")
 
 

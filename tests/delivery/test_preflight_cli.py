@@ -64,6 +64,22 @@ def test_a_whole_run_makes_only_read_calls(synthesized, stage) -> None:
             "leftovers", "cost"} <= checks
 
 
+def test_a_stage_named_by_zone_ids_is_checked_by_zone_id(synthesized) -> None:
+    import dataclasses
+
+    config = synthesized.configs["dev"]
+    config = dataclasses.replace(config, network=dataclasses.replace(
+        config.network, availability_zones=("use1-az1", "use1-az3")))
+    with fresh_account(new_account()) as (client, _):
+        rows = run_checks(config, assembly_dir=synthesized.outdir, client=client, session_region="us-east-1")
+        names = {z["ZoneId"]: z["ZoneName"] for z in client("ec2").describe_availability_zones()["AvailabilityZones"]}
+    by_check = {r.check: r for r in rows}
+    assert by_check["zone use1-az1"].figure == f"use1-az1 is {names['use1-az1']} in this account, available"
+    # moto's EC2 data (from AWS) offers no g5/g6 in use1-az3: the fleet runs in use1-az1 only.
+    fleet = by_check["offered training fleet"]
+    assert fleet.status == WARN and fleet.fix.endswith("no type of the group in use1-az3, it runs in the other zones only")
+
+
 def test_a_fresh_account_blocks_the_deploy_on_bootstrap_and_quotas(synthesized) -> None:
     config = synthesized.configs["prod"]
     with fresh_account(new_account()) as (client, _):
