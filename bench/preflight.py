@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import collections
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -33,11 +34,13 @@ def main(argv: list[str] | None = None) -> int:
     totals = {}
     for stage in args.stages.split(","):
         with fresh_account(new_account(), region=configs[stage].region) as (client, calls):
+            started = time.perf_counter()
             rows = run_checks(configs[stage], assembly_dir=args.assembly, client=client,
                               session_region=configs[stage].region)
+            elapsed = time.perf_counter() - started
         table, summary = render(rows, stage=stage)
         print(f"## preflight {stage} on a fresh moto account\n\n{table}\n{summary}")
-        print(f"   AWS calls: {len(calls)}, operations: "
+        print(f"   {elapsed:.2f} s against moto; AWS calls: {len(calls)}, operations: "
               + ", ".join(sorted(collections.Counter(c.split(':')[1] for c in calls))))
         totals[stage] = {s: sum(r.status == s for r in rows) for s in STATUSES}
         print(f"\n## quota needs of {stage}\n\n{render_quotas(stage)}\n")
