@@ -117,7 +117,14 @@ def _owned(cfn, fixed: FixedName) -> bool:
         if error_code(error) == "ValidationError":
             return False
         raise
-    return detail["StackResourceDetail"].get("PhysicalResourceId") == fixed.name
+    resource = detail["StackResourceDetail"]
+    if resource.get("ResourceStatus", "").startswith("DELETE_"):
+        return False
+    # The physical ID is the name, or an ARN ending in it (SageMaker endpoints
+    # and inference components; SageMaker lower-cases names in ARNs).
+    physical = resource.get("PhysicalResourceId", "").lower()
+    name = fixed.name.lower()
+    return physical == name or physical.endswith(f"/{name}")
 
 
 def _remove_hint(fixed: FixedName) -> str:

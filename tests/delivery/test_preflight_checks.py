@@ -294,6 +294,31 @@ def test_leftovers_fail_unless_managed_by_their_stack(aws) -> None:
     assert [r.check for r in rows] == ["leftover ml-x/images"]
 
 
+@pytest.mark.parametrize("physical, status, owned", [
+    ("arn:aws:sagemaker:us-east-1:123456789012:endpoint/ml-x-classifier", "UPDATE_COMPLETE", True),
+    ("ml-x-classifier", "CREATE_COMPLETE", True),
+    ("arn:aws:sagemaker:us-east-1:123456789012:endpoint/ml-x-classifier", "DELETE_COMPLETE", False),
+    ("arn:aws:sagemaker:us-east-1:123456789012:endpoint/ml-x-classifier-old", "CREATE_COMPLETE", False),
+])
+def test_an_endpoint_its_stack_owns_is_no_leftover(physical, status, owned) -> None:
+    cfn, sagemaker = boto3.client("cloudformation", **KEYS), boto3.client("sagemaker", **KEYS)
+    fixed = leftovers.FixedName("ml-x-serving", "classifier31C39906", "AWS::SageMaker::Endpoint",
+                                "EndpointName", "ml-x-classifier")
+    with Stubber(cfn) as cfn_stub, Stubber(sagemaker) as sagemaker_stub:
+        sagemaker_stub.add_response("describe_endpoint", {
+            "EndpointName": "ml-x-classifier", "EndpointStatus": "InService", "CreationTime": NOW,
+            "LastModifiedTime": NOW,
+            "EndpointArn": "arn:aws:sagemaker:us-east-1:123456789012:endpoint/ml-x-classifier"},
+            {"EndpointName": "ml-x-classifier"})
+        cfn_stub.add_response("describe_stack_resource", {"StackResourceDetail": {
+            "LogicalResourceId": fixed.logical_id, "PhysicalResourceId": physical,
+            "ResourceType": fixed.resource_type, "ResourceStatus": status,
+            "LastUpdatedTimestamp": NOW}},
+            {"StackName": "ml-x-serving", "LogicalResourceId": fixed.logical_id})
+        [row] = leftovers.check_leftovers(lambda service: sagemaker, cfn, [fixed], stage="x")
+    assert row.status == (PASS if owned else FAIL)
+
+
 # --- cost allocation tag ----------------------------------------------------
 
 @pytest.mark.parametrize("tags, status", [([{"TagKey": "Environment", "Type": "UserDefined", "Status": "Active"}], PASS),
