@@ -115,6 +115,8 @@ def _zone_rows(config: StageConfig, ec2) -> list[Result]:
         groups["eks system"] = config.eks.system.instance_types
         groups.update({f"eks {role}": g.instance_types for role, g in config.eks.nodegroups.items()})
     all_types = list(dict.fromkeys(t for types in groups.values() for t in types))
+    if not all_types:
+        return rows
     offered = zones.offerings(ec2, all_types, configured, by_id=config.network.uses_zone_ids)
     return rows + zones.check_offerings(groups, offered, configured)
 

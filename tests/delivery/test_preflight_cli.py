@@ -80,6 +80,20 @@ def test_a_stage_named_by_zone_ids_is_checked_by_zone_id(synthesized) -> None:
     assert fleet.status == WARN and fleet.fix.endswith("no type of the group in use1-az3, it runs in the other zones only")
 
 
+def test_a_stage_without_fleet_or_cluster_checks_what_it_has(synthesized) -> None:
+    import dataclasses
+
+    config = synthesized.configs["dev"]
+    config = dataclasses.replace(config, training=dataclasses.replace(config.training, enabled=False),
+                                 eks=dataclasses.replace(config.eks, enabled=False))
+    with fresh_account(new_account()) as (client, calls):
+        rows = run_checks(config, assembly_dir=synthesized.outdir, client=client, session_region="us-east-1")
+    checks = [r.check for r in rows]
+    assert not [c for c in checks if c.startswith(("offered", "addon", "release", "ami", "quota ec2", "quota eks"))]
+    assert "quota sagemaker ml.m5.large" in checks
+    assert "ec2:DescribeInstanceTypeOfferings" not in calls
+
+
 def test_a_fresh_account_blocks_the_deploy_on_bootstrap_and_quotas(synthesized) -> None:
     config = synthesized.configs["prod"]
     with fresh_account(new_account()) as (client, _):
