@@ -185,6 +185,31 @@ def instance_vcpus(ec2, instance_types: Iterable[str], known: Mapping[str, int] 
     return result
 
 
+def ec2_vcpus_in_use(ec2, known: Mapping[str, int] = VCPUS) -> dict[str, int]:
+    """Quota code -> vCPUs of the region's pending and running instances.
+
+    Instances of every workload count, the stage's own included (a redeploy
+    sees its running nodes here): usage can only warn, never fail.
+    """
+    counts: dict[tuple[str, str], int] = {}
+    pages = ec2.get_paginator("describe_instances").paginate(
+        Filters=[{"Name": "instance-state-name", "Values": ["pending", "running"]}])
+    for page in pages:
+        for reservation in page["Reservations"]:
+            for instance in reservation["Instances"]:
+                option = "spot" if instance.get("InstanceLifecycle") == "spot" else "on-demand"
+                key = (instance["InstanceType"], option)
+                counts[key] = counts.get(key, 0) + 1
+    vcpus = instance_vcpus(ec2, sorted({t for t, _ in counts}), known)
+    usage: dict[str, int] = {}
+    for (instance_type, option), count in counts.items():
+        bucket = ec2_bucket(instance_type)
+        if bucket is not None:
+            code = EC2_VCPU_QUOTAS[(bucket, option)][0]
+            usage[code] = usage.get(code, 0) + count * vcpus[instance_type]
+    return usage
+
+
 def quota_value(quotas, service: str, code: str) -> float | None:
     """The applied value of a quota, else its AWS default (Service Quotas
     has an applied value only once the account has one); None when the
@@ -221,13 +246,16 @@ def quotas_by_name(quotas, service: str) -> dict[str, tuple[float, str]]:
     return values
 
 
-def judge(need: QuotaNeed, value: float, *, region: str, code: str | None = None) -> Result:
+def judge(need: QuotaNeed, value: float, *, region: str, code: str | None = None,
+          in_use: int = 0) -> Result:
     """PASS when the quota holds max capacity, WARN when it holds the deploy
-    but not max capacity (or not a blue/green update at max), FAIL when the
-    deploy itself would exceed it."""
+    but not max capacity (or not a blue/green update at max, or not next to
+    what already runs in the account), FAIL when the deploy itself would
+    exceed it."""
     label = _label(need)
     figure = (f"{need.name}: need {need.deploy} {need.unit} at deploy, {need.maximum} at max"
-              f" ({'; '.join(need.parts)}); quota {value:g}")
+              f" ({'; '.join(need.parts)}); quota {value:g}"
+              + (f", {in_use} in use now" if in_use else ""))
     ask = (f"aws service-quotas request-service-quota-increase --region {region} "
            f"--service-code {need.service} --quota-code {need.code or code} "
            f"--desired-value {need.update_peak}")
@@ -238,11 +266,17 @@ def judge(need: QuotaNeed, value: float, *, region: str, code: str | None = None
     if value < need.update_peak:
         return warned(label, figure + f"; {need.update_peak} during a blue/green update at max",
                       f"an endpoint update at max capacity would fail: {ask}")
+    if value - in_use < need.maximum:
+        return warned(label, figure, f"running instances (this stage's included) leave "
+                                     f"{value - in_use:g}: if they are not this stage's, {ask}")
     return passed(label, figure)
 
 
-def check_quotas(quotas, needs: Iterable[QuotaNeed], *, region: str) -> list[Result]:
-    """One row per quota the stage needs."""
+def check_quotas(quotas, needs: Iterable[QuotaNeed], *, region: str,
+                 in_use: Mapping[str, int] | None = None) -> list[Result]:
+    """One row per quota the stage needs; ``in_use``: quota code -> what
+    already runs in the account (EC2 vCPUs)."""
+    in_use = in_use or {}
     rows: list[Result] = []
     by_name: dict[str, dict[str, tuple[float, str]]] = {}
     for need in needs:
@@ -254,7 +288,7 @@ def check_quotas(quotas, needs: Iterable[QuotaNeed], *, region: str) -> list[Res
                 by_name[need.service] = quotas_by_name(quotas, need.service)
             value, code = by_name[need.service].get(need.name, (None, None))
         rows.append(_unknown_quota(need, region) if value is None
-                    else judge(need, value, region=region, code=code))
+                    else judge(need, value, region=region, code=code, in_use=in_use.get(code, 0)))
     return rows
 
 

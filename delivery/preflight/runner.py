@@ -20,7 +20,7 @@ ClientFactory = Callable[[str], object]
 IAM_ACTIONS: tuple[str, ...] = (
     "sts:GetCallerIdentity",
     "ec2:DescribeRegions", "ec2:DescribeAvailabilityZones", "ec2:DescribeInstanceTypeOfferings",
-    "ec2:DescribeInstanceTypes", "ec2:DescribeImages",
+    "ec2:DescribeInstanceTypes", "ec2:DescribeInstances", "ec2:DescribeImages",
     "cloudformation:DescribeStacks", "cloudformation:DescribeStackResource",
     "servicequotas:GetServiceQuota", "servicequotas:GetAWSDefaultServiceQuota",
     "servicequotas:ListServiceQuotas", "servicequotas:ListAWSDefaultServiceQuotas",
@@ -126,7 +126,8 @@ def _quota_rows(config: StageConfig, ec2, client: ClientFactory) -> list[Result]
     service_quotas = client("service-quotas")
     # The cluster quota is judged against the clusters the account already has.
     needs = [n for n in quotas.quota_needs(config, vcpus) if n.code != quotas.EKS_CLUSTERS[0]]
-    rows = quotas.check_quotas(service_quotas, needs, region=config.region)
+    in_use = quotas.ec2_vcpus_in_use(ec2)
+    rows = quotas.check_quotas(service_quotas, needs, region=config.region, in_use=in_use)
     if config.eks.enabled:
         rows.append(quotas.check_eks_cluster_headroom(
             client("eks"), service_quotas, cluster_name=config.stack_prefix, region=config.region))

@@ -95,6 +95,12 @@ def test_spot_roles_match_the_synthesized_node_groups(synthesized) -> None:
     assert spot == expected and spot
 
 
+@pytest.fixture
+def aws_ec2():
+    with mock_aws():
+        yield boto3.client("ec2", **KEYS)
+
+
 def _need(deploy: int, maximum: int, peak: int | None = None) -> quotas.QuotaNeed:
     need = quotas.QuotaNeed("ec2", "L-DB2E81BA", "Running On-Demand G and VT instances", "vCPUs")
     need.add(deploy, maximum, "x", update_peak=peak)
@@ -111,6 +117,21 @@ def test_quota_verdict_against_deploy_and_max(value, status) -> None:
     assert row.status == status
     assert f"need 16 vCPUs at deploy, 48 at max (x); quota {value}" in row.figure
     assert ("--desired-value 48" in row.fix) == (status != PASS)
+
+
+def test_running_instances_warn_when_they_leave_less_than_max(aws_ec2) -> None:
+    ec2 = aws_ec2
+    image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    ec2.run_instances(ImageId=image, InstanceType="g5.2xlarge", MinCount=3, MaxCount=3)
+    ec2.run_instances(ImageId=image, InstanceType="m7i.large", MinCount=1, MaxCount=1)
+    in_use = quotas.ec2_vcpus_in_use(ec2)
+    assert in_use == {"L-DB2E81BA": 3 * 8, "L-1216C47A": 2}
+    client = boto3.client("service-quotas", **KEYS)
+    with Stubber(client) as stub:
+        stub.add_response("get_service_quota", {"Quota": {"Value": 64.0}})
+        [row] = quotas.check_quotas(client, [_need(16, 48)], region="us-east-1", in_use=in_use)
+    assert row.status == WARN and row.figure.endswith("quota 64, 24 in use now")
+    assert "leave 40" in row.fix
 
 
 def test_falls_back_to_the_default_when_no_value_is_applied() -> None:
