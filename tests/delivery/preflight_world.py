@@ -87,6 +87,8 @@ class FreshAccount:
     tag_status: str | None = None  # None: the tag was never seen by Cost Explorer
     # Public AMIs the account can see: {"ImageId", "Name", "State"[, "DeprecationTime"]}.
     images: list[dict] = field(default_factory=list)
+    # Answered operations the credentials may not call (AccessDeniedException).
+    denied: set[str] = field(default_factory=set)
 
 
 def pinned_images(region: str = REGION) -> list[dict]:
@@ -184,6 +186,10 @@ def _answers(account: FreshAccount, service: str) -> dict[str, Callable[[dict], 
     raise KeyError(service)
 
 
+def _deny(params: dict) -> dict:
+    raise Missing("AccessDeniedException")
+
+
 @contextlib.contextmanager
 def fresh_account(account: FreshAccount, *, region: str = REGION) -> Iterator[tuple[Callable, list[str]]]:
     """(client factory, every operation called) inside ``moto.mock_aws``."""
@@ -200,6 +206,9 @@ def fresh_account(account: FreshAccount, *, region: str = REGION) -> Iterator[tu
             if service not in clients:
                 clients[service] = session.client(service, region_name=region)
                 if service in ANSWERED:
-                    answer(clients[service], _answers(account, service), calls)
+                    answers = _answers(account, service)
+                    for operation in account.denied & set(answers):
+                        answers[operation] = _deny
+                    answer(clients[service], answers, calls)
             return clients[service]
         yield client, calls

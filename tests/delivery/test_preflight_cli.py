@@ -94,6 +94,21 @@ def test_a_stage_without_fleet_or_cluster_checks_what_it_has(synthesized) -> Non
     assert "ec2:DescribeInstanceTypeOfferings" not in calls
 
 
+def test_a_check_the_credentials_may_not_run_is_a_fail_line_not_a_crash(synthesized) -> None:
+    account = new_account()
+    account.denied = {"GetServiceQuota", "ListCostAllocationTags"}
+    with fresh_account(account) as (client, _):
+        rows = run_checks(synthesized.configs["dev"], assembly_dir=synthesized.outdir, client=client,
+                          session_region="us-east-1")
+    by_check = {r.check: r for r in rows}
+    assert by_check["quotas"].status == FAIL
+    assert "access denied to GetServiceQuota" in by_check["quotas"].figure
+    # Cost allocation tags live with the organization's management account: only a warning.
+    assert by_check["cost allocation tag"].status == WARN
+    assert "access denied to ListCostAllocationTags" in by_check["cost allocation tag"].figure
+    assert by_check["leftovers"].status == PASS  # the other checks still ran
+
+
 def test_a_fresh_account_blocks_the_deploy_on_bootstrap_and_quotas(synthesized) -> None:
     config = synthesized.configs["prod"]
     with fresh_account(new_account()) as (client, _):
