@@ -71,9 +71,10 @@ def check_region(ec2, *, region: str, session_region: str | None) -> Result:
     return passed(name, f"stage region {region} ({status})")
 
 
-def check_bootstrap(cfn, *, region: str, account: str, stage: str,
+def check_bootstrap(cfn, ssm, *, region: str, account: str, stage: str,
                     requirement: BootstrapRequirement) -> Result:
-    """The CDKToolkit stack exists, is healthy and is recent enough."""
+    """The CDKToolkit stack exists and is healthy, and the version parameter
+    every template's ``CheckBootstrapVersion`` rule reads is recent enough."""
     name = "cdk bootstrap"
     fix = f"make bootstrap STAGE={stage} (cdk bootstrap aws://{account}/{region})"
     try:
@@ -86,10 +87,15 @@ def check_bootstrap(cfn, *, region: str, account: str, stage: str,
     status = stack["StackStatus"]
     if status not in _HEALTHY_STACK_STATES:
         return failed(name, f"{TOOLKIT_STACK} is {status}", f"repair or delete the stack, then {fix}")
-    outputs = {o["OutputKey"]: o.get("OutputValue", "") for o in stack.get("Outputs", [])}
-    version = outputs.get("BootstrapVersion", "")
-    if not version.isdigit():
-        return failed(name, f"{TOOLKIT_STACK} has no BootstrapVersion output (legacy bootstrap)", fix)
-    if int(version) < requirement.version:
-        return failed(name, f"bootstrap version {version} < {requirement.version} required", fix)
-    return passed(name, f"{TOOLKIT_STACK} version {version} >= {requirement.version} required")
+    try:
+        version = ssm.get_parameter(Name=requirement.ssm_parameter)["Parameter"]["Value"]
+    except Exception as error:  # noqa: BLE001 - only "no parameter" is expected
+        if error_code(error) != "ParameterNotFound":
+            raise
+        return failed(name, f"{TOOLKIT_STACK} exists but {requirement.ssm_parameter} does not "
+                            "(another qualifier, or a legacy bootstrap)", fix)
+    if not version.isdigit() or int(version) < requirement.version:
+        return failed(name, f"bootstrap version {version} < {requirement.version} required "
+                            f"({requirement.ssm_parameter})", fix)
+    return passed(name, f"bootstrap version {version} >= {requirement.version} required "
+                        f"({requirement.ssm_parameter})")

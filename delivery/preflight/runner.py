@@ -82,7 +82,7 @@ def run_checks(config: StageConfig, *, assembly_dir: Path | str, client: ClientF
     rows += _guarded("region", lambda: account.check_region(ec2, region=region, session_region=session_region))
     requirement = account.bootstrap_requirement(assembly_dir, stage)
     rows += _guarded("cdk bootstrap", lambda: account.check_bootstrap(
-        cfn, region=region, account=account_id, stage=stage, requirement=requirement))
+        cfn, client("ssm"), region=region, account=account_id, stage=stage, requirement=requirement))
     rows += _guarded("zones", lambda: _zone_rows(config, ec2))
     rows += _guarded("quotas", lambda: _quota_rows(config, ec2, client))
     functions, reserved = lambda_footprint(templates.values())

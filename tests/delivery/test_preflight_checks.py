@@ -64,22 +64,30 @@ def test_bootstrap_requirement_is_read_from_the_assembly(synthesized) -> None:
     assert requirement.ssm_parameter == "/cdk-bootstrap/hnb659fds/version"
 
 
-def _toolkit(cfn, version: str) -> None:
-    cfn.create_stack(StackName="CDKToolkit", TemplateBody=json.dumps({
+PARAMETER = "/cdk-bootstrap/hnb659fds/version"
+
+
+def _toolkit(aws, version: str | None) -> None:
+    aws("cloudformation").create_stack(StackName="CDKToolkit", TemplateBody=json.dumps({
         "Resources": {"Topic": {"Type": "AWS::SNS::Topic"}},
-        "Outputs": {"BootstrapVersion": {"Value": version}}}))
+        "Outputs": {"BootstrapVersion": {"Value": version or "0"}}}))
+    if version is not None:
+        aws("ssm").put_parameter(Name=PARAMETER, Value=version, Type="String")
 
 
-@pytest.mark.parametrize("version, status", [(None, FAIL), ("5", FAIL), ("6", PASS), ("28", PASS)])
-def test_bootstrap(aws, version, status) -> None:
-    cfn = aws("cloudformation")
-    if version:
-        _toolkit(cfn, version)
-    row = account.check_bootstrap(cfn, region="us-east-1", account="123456789012", stage="dev",
-                                  requirement=BootstrapRequirement(6, "/cdk-bootstrap/hnb659fds/version"))
+@pytest.mark.parametrize("stack, version, status", [(False, None, FAIL), (True, None, FAIL),
+                                                    (True, "5", FAIL), (True, "6", PASS), (True, "28", PASS)])
+def test_bootstrap(aws, stack, version, status) -> None:
+    if stack:
+        _toolkit(aws, version)
+    row = account.check_bootstrap(aws("cloudformation"), aws("ssm"), region="us-east-1",
+                                  account="123456789012", stage="dev",
+                                  requirement=BootstrapRequirement(6, PARAMETER))
     assert row.status == status
     if status == FAIL:
         assert row.fix.startswith("make bootstrap STAGE=dev")
+    else:
+        assert row.figure == f"bootstrap version {version} >= 6 required ({PARAMETER})"
 
 
 # --- zones and offerings ----------------------------------------------------

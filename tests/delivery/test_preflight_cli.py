@@ -41,6 +41,7 @@ def _bootstrapped_with_artifacts(client, config) -> None:
     cfn.create_stack(StackName="CDKToolkit", TemplateBody=json.dumps({
         "Resources": {"StagingBucket": {"Type": "AWS::S3::Bucket"}},
         "Outputs": {"BootstrapVersion": {"Value": "29"}}}))
+    client("ssm").put_parameter(Name="/cdk-bootstrap/hnb659fds/version", Value="29", Type="String")
     bucket = f"{config.stack_prefix}-model-artifacts-test"
     cfn.create_stack(StackName=f"{config.stack_prefix}-storage", TemplateBody=json.dumps({
         "Resources": {"ModelArtifacts": {"Type": "AWS::S3::Bucket", "Properties": {"BucketName": bucket}}},
