@@ -18,6 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from delivery.cli_errors import run  # noqa: E402
 from delivery.preflight import STATUSES  # noqa: E402
 from delivery.preflight.__main__ import render, render_quotas  # noqa: E402
 from delivery.preflight.runner import run_checks  # noqa: E402
@@ -51,4 +52,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))
