@@ -117,7 +117,6 @@ class ServingStack(StageStack):
         for endpoint in self.endpoints.values():
             self.dashboard.add_widgets(*_endpoint_widgets(endpoint))
 
-
     def _model_data(self, model: ModelConfig, bucket: s3.IBucket) -> tuple[s3.IBucket, str]:
         """(bucket, key) of the model's ``model.tar.gz``."""
         if model.example_model is None:

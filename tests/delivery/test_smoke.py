@@ -247,7 +247,9 @@ def test_a_stage_without_models_has_nothing_to_invoke(dev) -> None:
 def test_without_credentials_make_smoke_fails_in_one_line(tmp_path) -> None:
     env = {key: value for key, value in os.environ.items() if not key.startswith("AWS_")}
     env.update(AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"), AWS_CONFIG_FILE=str(tmp_path / "none"),
-               AWS_EC2_METADATA_DISABLED="true", PYTHONDONTWRITEBYTECODE="1")
+               AWS_EC2_METADATA_DISABLED="true", PYTHONDONTWRITEBYTECODE="1",
+               # The project's Node 22, as make puts it: jsii prints a banner on stderr for others.
+               PATH=f"{REPOSITORY / 'node_modules' / '.bin'}{os.pathsep}{os.environ.get('PATH', '')}")
     result = subprocess.run([sys.executable, "-m", "delivery.smoke", "--stage", "dev"], cwd=REPOSITORY,
                             env=env, capture_output=True, text=True, timeout=180)
     assert result.returncode == 1

@@ -3,7 +3,6 @@ and an archive that is reproducible and laid out the way the container expects."
 
 from __future__ import annotations
 
-import gzip
 import importlib.util
 import io
 import json
