@@ -41,7 +41,7 @@ STAGE_CONTEXT := $(if $(STAGES),-c stages=$(STAGES),)
 # The stage being deployed, diffed or destroyed, pinned to ACCOUNT if given.
 ONE_STAGE := -c stages=$(STAGE) $(if $(ACCOUNT),-c account=$(ACCOUNT),)
 
-.PHONY: help setup synth test bench bench-drill bench-idle bench-preflight bootstrap preflight deploy destroy diff cost drift smoke clean
+.PHONY: help setup synth test bench bench-drill bench-idle bench-preflight bootstrap preflight deploy destroy diff cost drift smoke run clean
 
 help:
 	@echo "make synth [STAGES=dev,prod]   synthesize offline, print a summary"
@@ -55,6 +55,8 @@ help:
 	@echo "make diff STAGE=dev            cdk diff against the deployed stage (AWS credentials)"
 	@echo "make cost [STAGES=dev]         monthly cost: always-on and max capacity, per stage"
 	@echo "make drift STAGE=dev           CloudFormation drift detection on the stage (AWS credentials)"
+	@echo "make run STAGE=dev ARGS=\"submit examples/runs/example-trainer.json\""
+	@echo "                               training runs: submit SPEC | list | show ID | cancel ID | logs ID [--follow]"
 	@echo "make preflight STAGE=dev       read-only checks of the account before a deploy (AWS credentials)"
 	@echo "make bench-preflight           preflight of every stage on a fresh moto account, quota needs"
 	@echo "make deploy STAGE=dev          preflight, then cdk deploy '<stage>/*' (AWS credentials)"
@@ -77,6 +79,7 @@ $(NODE_STAMP): package.json package-lock.json
 # metadata probe instead of waiting for it to time out.
 synth: export AWS_EC2_METADATA_DISABLED := true
 synth: setup
+	@$(CHECK_STAGES)
 	@rm -rf cdk.out
 	@# --quiet still prints two lines of chatter on stderr; keep real warnings.
 	@echo "cdk synth $(STAGE_CONTEXT)"
@@ -107,9 +110,14 @@ bench-preflight: setup
 define require_stage
 	@test -n "$(STAGE)" || { echo "STAGE is required, e.g. make $@ STAGE=dev" >&2; exit 2; }
 endef
+# A bad stage name, or missing, expired or wrong-account credentials, end in
+# one line before the CDK CLI or AWS is called (delivery/stage_check.py).
+CHECK_STAGES = python -m delivery.stage_check --stages '$(STAGES)'
+CHECK_CREDENTIALS = python -m delivery.stage_check --stage '$(STAGE)' --account '$(ACCOUNT)' --credentials
 
 bootstrap: setup
 	$(require_stage)
+	@$(CHECK_CREDENTIALS)
 	$(CDK) bootstrap $(ONE_STAGE)
 
 # Two diffs, chosen by variable: BASE (offline, a git ref vs the working
@@ -117,9 +125,11 @@ bootstrap: setup
 # STAGE (live, against the deployed stacks, needs credentials).
 diff: setup
 	@if [ -n "$(BASE)" ]; then \
+	  $(CHECK_STAGES) && \
 	  AWS_EC2_METADATA_DISABLED=true python -m delivery.offline_diff --base '$(BASE)' \
 	    $(if $(STAGES),--stages '$(STAGES)',) $(if $(REPORT),--report '$(REPORT)',); \
 	elif [ -n "$(STAGE)" ]; then \
+	  $(CHECK_CREDENTIALS) && \
 	  $(CDK) diff $(ONE_STAGE) '$(STAGE)/*'; \
 	else \
 	  echo "make diff BASE=<git ref> (offline) or make diff STAGE=<stage> (deployed, credentials)" >&2; \
@@ -128,18 +138,26 @@ diff: setup
 
 cost: export AWS_EC2_METADATA_DISABLED := true
 cost: setup
+	@$(CHECK_STAGES)
 	@rm -rf cdk.out
 	$(CDK) synth --quiet $(STAGE_CONTEXT) > /dev/null
 	@python -m delivery.cost cdk.out
 
 drift: setup
 	$(require_stage)
-	python -m delivery.drift_cli --stage $(STAGE)
+	@python -m delivery.drift_cli --stage '$(STAGE)'
+
+# Training runs of a deployed stage (AWS credentials): python -m ml_runs.
+run: setup
+	$(require_stage)
+	@test -n "$(ARGS)" || { echo 'ARGS is required, e.g. make run STAGE=$(STAGE) ARGS="list"' >&2; exit 2; }
+	python -m ml_runs --stage $(STAGE) $(ARGS)
 
 # Synthesizes the stage into cdk.out and checks the account against it
 # (read-only): `make deploy` then deploys exactly the assembly it checked.
 preflight: setup
 	$(require_stage)
+	@$(CHECK_CREDENTIALS)
 	@rm -rf cdk.out
 	@echo "cdk synth $(ONE_STAGE)"
 	@$(CDK) synth --quiet $(ONE_STAGE) 2>&1 >/dev/null \
@@ -150,6 +168,7 @@ deploy: setup
 	$(require_stage)
 	@if [ "$(PREFLIGHT)" = done ] && [ -f cdk.out/assembly-$(STAGE)/manifest.json ]; then \
 	  echo "preflight: done by an earlier step (cdk.out)"; \
+	  $(CHECK_CREDENTIALS); \
 	else \
 	  $(MAKE) --no-print-directory preflight STAGE='$(STAGE)' ACCOUNT='$(ACCOUNT)'; \
 	fi
@@ -164,6 +183,7 @@ destroy: setup
 	$(require_stage)
 	@if [ "$(STAGE)" = prod ] && [ "$(FORCE)" != 1 ]; then \
 	  echo "Refusing to destroy prod. Re-run with FORCE=1 if you really mean it." >&2; exit 2; fi
+	@$(CHECK_CREDENTIALS)
 	$(CDK) destroy $(ONE_STAGE) '$(STAGE)/*'
 
 clean:

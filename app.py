@@ -10,8 +10,11 @@
 """
 
 import os
+import sys
 
 import aws_cdk as cdk
+
+from delivery.cli_errors import run
 
 from ml_stacks.app_factory import build_app
 from ml_stacks.config import default_configs, select_stages
@@ -29,4 +32,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # A bad stage name or config value is one line, not a traceback.
+    sys.exit(run(main))

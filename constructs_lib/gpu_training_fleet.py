@@ -19,9 +19,10 @@ from constructs_lib.acknowledge_resolved import acknowledge_resources
 # Instances of the fleet carry this tag (value: the group name). Run Command
 # permissions of the interruption handler are conditioned on it.
 FLEET_TAG_KEY = "ml:training-fleet"
-# The node agent writes checkpoints under s3://<bucket>/<instance-id>/...
-# (node_agent/CONTRACT.md): instances may read and write only there.
-CHECKPOINT_KEY_PATTERN = "i-*"
+# The node agent writes checkpoints under s3://<bucket>/runs/<run-id>/...
+# (node_agent/RUNS_CONTRACT.md): instances may read and write only there.
+CHECKPOINT_PREFIX = "runs/"
+CHECKPOINT_KEY_PATTERN = f"{CHECKPOINT_PREFIX}*"
 AUTOSCALING_SERVICE_LINKED_ROLE = (
     "role/aws-service-role/autoscaling.amazonaws.com/AWSServiceRoleForAutoScaling"
 )
@@ -34,8 +35,8 @@ class GpuTrainingFleet(Construct):
       parameter here would re-resolve at every deploy and roll the fleet),
       IMDSv2 required with hop limit ``imds_hop_limit``, an encrypted gp3
       root volume (``volume_key``), detailed monitoring, and ``role``: read
-      ``training_data_bucket``, read and write the ``i-*`` checkpoint
-      prefixes of ``checkpoint_bucket`` (no delete), SSM managed instance.
+      ``training_data_bucket``, read, write and list ``runs/`` of
+      ``checkpoint_bucket`` only (no delete), SSM managed instance.
     * Auto Scaling group ``autoscaling_group_name``: mixed instances over
       ``instance_types`` (``on_demand_base`` on-demand nodes, then
       ``on_demand_percentage`` % on-demand, the rest spot,
@@ -99,28 +100,15 @@ class GpuTrainingFleet(Construct):
                     "AmazonSSMManagedInstanceCore is what the SSM agent needs to register and run "
                     "the checkpoint command; AWS maintains it as the agent's API surface changes.")
         training_data_bucket.grant_read(self.role)
-        checkpoint_bucket.grant_read(self.role, CHECKPOINT_KEY_PATTERN)
-        # Put only: the agent writes a new checkpoint before moving LATEST
-        # and never deletes the previous one.
-        checkpoint_bucket.grant_put(self.role, CHECKPOINT_KEY_PATTERN)
-        for action in ("s3:GetObject*", "s3:GetBucket*", "s3:List*", "s3:Abort*"):
+        for action in ("s3:GetObject*", "s3:GetBucket*", "s3:List*"):
             acknowledge(self.role, f"AwsSolutions::AwsSolutions-IAM5[Action::{action}]",
-                        "CDK's bucket grants name S3 action families; every one is scoped to the "
-                        "training data bucket or the checkpoint bucket's instance prefixes.")
-        for action in ("kms:GenerateDataKey*", "kms:ReEncrypt*"):
-            acknowledge(self.role, f"AwsSolutions::AwsSolutions-IAM5[Action::{action}]",
-                        "SSE-KMS uploads need a data key per object; the grant is scoped to the "
-                        "stage key's ARN.")
+                        "CDK's bucket read grant names S3 action families; it is scoped to the "
+                        "training data bucket (read only).")
         acknowledge_resources(
             self.role, "AwsSolutions::AwsSolutions-IAM5",
             [training_data_bucket.arn_for_objects("*")],
             "A training job may read any dataset object of the training data bucket (read only).")
-        acknowledge_resources(
-            self.role, "AwsSolutions::AwsSolutions-IAM5",
-            [checkpoint_bucket.arn_for_objects(CHECKPOINT_KEY_PATTERN)],
-            "Checkpoints live under <instance-id>/ (node_agent/CONTRACT.md); a replacement "
-            "instance resumes from its predecessor's prefix, so the role reads and writes every "
-            "i-* prefix, and deletes none.")
+        self._grant_checkpoints(checkpoint_bucket)
 
         self.security_group = ec2.SecurityGroup(
             self,
@@ -226,6 +214,38 @@ class GpuTrainingFleet(Construct):
         # notifications vanish.
         for key in {id(k): k for k in (volume_key, notification_key) if k is not None}.values():
             _allow_autoscaling_service_role(key)
+
+    def _grant_checkpoints(self, bucket: s3.IBucket) -> None:
+        """Read, write and list ``runs/`` of the checkpoint bucket, nothing else.
+
+        Put, never delete: the agent writes a new checkpoint before moving
+        ``LATEST`` and never deletes the previous one. An upload it gives up
+        on is aborted (the bucket's lifecycle rule would clean it up later).
+        """
+        objects = bucket.arn_for_objects(CHECKPOINT_KEY_PATTERN)
+        self.role.add_to_principal_policy(iam.PolicyStatement(
+            sid="ReadWriteRunCheckpoints",
+            actions=["s3:GetObject", "s3:PutObject", "s3:AbortMultipartUpload"],
+            resources=[objects],
+        ))
+        # Listing under runs/ only; with it a missing LATEST is a 404, not a 403.
+        self.role.add_to_principal_policy(iam.PolicyStatement(
+            sid="ListRunCheckpoints",
+            actions=["s3:ListBucket"],
+            resources=[bucket.bucket_arn],
+            conditions={"StringLike": {"s3:prefix": [CHECKPOINT_KEY_PATTERN]}},
+        ))
+        if bucket.encryption_key is not None:
+            self.role.add_to_principal_policy(iam.PolicyStatement(
+                sid="UseCheckpointBucketKey",
+                actions=["kms:Decrypt", "kms:GenerateDataKey"],
+                resources=[bucket.encryption_key.key_arn],
+            ))
+        acknowledge_resources(
+            self.role, "AwsSolutions::AwsSolutions-IAM5", [objects],
+            "A run's checkpoints live under runs/<run-id>/ (node_agent/RUNS_CONTRACT.md) and "
+            "any instance may carry any run, so the role reads and writes runs/*, deletes "
+            "nothing, and reaches no other prefix of the bucket.")
 
     def grant_complete_lifecycle_action(self, grantee: iam.IGrantable) -> iam.Grant:
         """Allow ``autoscaling:CompleteLifecycleAction`` on this group only."""

@@ -1,9 +1,10 @@
 """Ships the node agent (``node_agent/``) to GPU instances and installs it at boot.
 
 The agent itself, its systemd unit and ``install.sh`` follow
-``node_agent/CONTRACT.md``; this construct is the training stack's side of
-that contract: the S3 asset, the user data that installs it, and the
-instance permissions the agent uses.
+``node_agent/CONTRACT.md`` and ``node_agent/RUNS_CONTRACT.md``; this
+construct is the training stack's side of those contracts: the S3 asset, the
+user data that installs it with its environment, and the instance
+permissions the agent uses to carry runs.
 """
 
 from __future__ import annotations
@@ -13,27 +14,43 @@ from pathlib import Path
 
 import aws_cdk as cdk
 from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_ecr as ecr
+from aws_cdk import aws_events as events
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_s3_assets as s3_assets
+from aws_cdk import aws_sns as sns
 from constructs import Construct
 
+from constructs_lib.acknowledge import acknowledge
 from constructs_lib.acknowledge_resolved import acknowledge_resources
+from constructs_lib.training_runs import TrainingRuns
 
 AGENT_DIR = "/opt/ml-node-agent"
 AGENT_ENV_FILE = "/etc/ml-node-agent.env"
 AGENT_PROGRAM = f"{AGENT_DIR}/ml_node_agent.py"
-# What the asset leaves out (CONTRACT.md is the seam's documentation, not
+# What the asset leaves out (the contracts are the seam's documentation, not
 # part of the agent).
-ASSET_EXCLUDE = ("__pycache__", "*.pyc", "CONTRACT.md")
+ASSET_EXCLUDE = ("__pycache__", "*.pyc", "CONTRACT.md", "RUNS_CONTRACT.md")
+# How the agent starts a trainer on a GPU instance (RUNS_CONTRACT.md);
+# "process" is for the local drill only.
+TRAINER_LAUNCHER = "docker"
 
 
 class NodeAgent(Construct):
     """The node agent as an S3 asset, plus ``install_on`` for an instance's user data.
 
     ``source_dir`` is the ``node_agent/`` directory. ``checkpoint_bucket``
-    receives the checkpoints; the other props become the agent's
-    environment (see CONTRACT.md).
+    receives the checkpoints, ``runs`` holds the runs and their logs,
+    ``alerts_topic`` hears about FAILED runs, ``event_bus`` gets
+    ``Training Job Finished`` when nothing is left to run, and
+    ``image_repository`` is the stage's ECR repository trainers are pulled
+    from. The other props become the agent's environment (CONTRACT.md and
+    RUNS_CONTRACT.md).
+
+    :param lease: a vanished holder's run is claimable after this. Default 90 s.
+    :param lease_renewal: how often a holder renews its lease. Default 30 s.
+    :param claim_poll: how often an idle instance looks for a run. Default 15 s.
     """
 
     def __init__(
@@ -42,24 +59,40 @@ class NodeAgent(Construct):
         construct_id: str,
         *,
         source_dir: Path,
+        stage: str,
         checkpoint_bucket: s3.IBucket,
+        runs: TrainingRuns,
+        alerts_topic: sns.ITopic,
+        event_bus: events.IEventBus,
+        image_repository: ecr.IRepository,
         checkpoint_dir: str,
         checkpoint_done_marker: str,
-        training_unit: str,
         training_signal: str,
         checkpoint_budget: cdk.Duration,
         heartbeat_interval: cdk.Duration,
+        lease: cdk.Duration = cdk.Duration.seconds(90),
+        lease_renewal: cdk.Duration = cdk.Duration.seconds(30),
+        claim_poll: cdk.Duration = cdk.Duration.seconds(15),
     ) -> None:
         super().__init__(scope, construct_id)
         self.asset = s3_assets.Asset(self, "Asset", path=str(source_dir), exclude=list(ASSET_EXCLUDE))
         self.checkpoint_bucket = checkpoint_bucket
+        self.runs = runs
+        self.alerts_topic = alerts_topic
+        self.event_bus = event_bus
+        self.image_repository = image_repository
+        self._registry_login: iam.Policy | None = None
         self._fixed_environment = {
+            "ML_STAGE": stage,
             "ML_CHECKPOINT_DIR": checkpoint_dir,
             "ML_CHECKPOINT_DONE_MARKER": checkpoint_done_marker,
-            "ML_TRAINING_UNIT": training_unit,
             "ML_TRAINING_SIGNAL": training_signal,
-            "ML_CHECKPOINT_BUDGET_SECONDS": str(int(checkpoint_budget.to_seconds())),
-            "ML_HEARTBEAT_SECONDS": str(int(heartbeat_interval.to_seconds())),
+            "ML_CHECKPOINT_BUDGET_SECONDS": _seconds(checkpoint_budget),
+            "ML_HEARTBEAT_SECONDS": _seconds(heartbeat_interval),
+            "ML_TRAINER_LAUNCHER": TRAINER_LAUNCHER,
+            "ML_LEASE_SECONDS": _seconds(lease),
+            "ML_LEASE_RENEW_SECONDS": _seconds(lease_renewal),
+            "ML_CLAIM_POLL_SECONDS": _seconds(claim_poll),
         }
 
     def install_on(
@@ -72,10 +105,12 @@ class NodeAgent(Construct):
     ) -> None:
         """Download, unpack and install the agent at boot, as CONTRACT.md says.
 
-        ``role`` gets read access to the asset; the lifecycle permissions
-        the agent needs come from the fleet (``grant_*_lifecycle_*``).
+        ``role`` gets read access to the asset and what carrying a run
+        needs (``grant_run_permissions``); the lifecycle permissions come
+        from the fleet (``grant_*_lifecycle_*``).
         """
         self.asset.grant_read(role)
+        self.grant_run_permissions(role)
         acknowledge_resources(
             role, "AwsSolutions::AwsSolutions-IAM5", [self.asset.bucket.arn_for_objects("*")],
             "The node agent asset is read from CDK's bootstrap asset bucket, whose object "
@@ -88,6 +123,10 @@ class NodeAgent(Construct):
             **self._fixed_environment,
             "ML_AUTOSCALING_GROUP_NAME": autoscaling_group_name,
             "ML_LIFECYCLE_HOOK_NAME": lifecycle_hook_name,
+            "ML_RUNS_TABLE": self.runs.table.table_name,
+            "ML_RUNS_LOG_GROUP": self.runs.log_group.log_group_name,
+            "ML_ALERTS_TOPIC_ARN": self.alerts_topic.topic_arn,
+            "ML_EVENT_BUS_NAME": self.event_bus.event_bus_name,
             "AWS_REGION": cdk.Stack.of(self).region,
         }
         assignments = " ".join(f"{name}={_quote(value)}" for name, value in environment.items())
@@ -98,6 +137,39 @@ class NodeAgent(Construct):
             f"chmod 0755 {AGENT_PROGRAM}",
             f"{assignments} bash {AGENT_DIR}/install.sh",
         )
+
+
+    def grant_run_permissions(self, role: iam.IRole) -> None:
+        """What an instance needs to carry runs (RUNS_CONTRACT.md, instance permissions).
+
+        The runs table and log group (``TrainingRuns.grant_agent``),
+        ``events:PutEvents`` on the event bus, ``sns:Publish`` on the alerts
+        topic with the topic key's data-key actions, and pulling images from
+        the stage repository. Checkpoint access comes with the fleet's role.
+        """
+        self.runs.grant_agent(role)
+        self.event_bus.grant_put_events_to(role)
+        iam.Grant.add_to_principal(grantee=role, actions=["sns:Publish"],
+                                   resource_arns=[self.alerts_topic.topic_arn])
+        if self.alerts_topic.master_key is not None:
+            # SNS encrypts a published message with a data key the publisher
+            # must be allowed to generate (and decrypt).
+            iam.Grant.add_to_principal(grantee=role,
+                                       actions=["kms:GenerateDataKey", "kms:Decrypt"],
+                                       resource_arns=[self.alerts_topic.master_key.key_arn])
+        self.image_repository.grant(role, "ecr:BatchCheckLayerAvailability",
+                                    "ecr:GetDownloadUrlForLayer", "ecr:BatchGetImage")
+        if self._registry_login is None:
+            self._registry_login = iam.Policy(self, "RegistryLogin", statements=[iam.PolicyStatement(
+                sid="RegistryLogin", actions=["ecr:GetAuthorizationToken"], resources=["*"])])
+            acknowledge(self._registry_login, "AwsSolutions::AwsSolutions-IAM5[Resource::*]",
+                        "ecr:GetAuthorizationToken supports no resource-level permission (it returns "
+                        "a registry login); image reads are scoped to the stage repository.")
+        self._registry_login.attach_to_role(role)
+
+
+def _seconds(duration: cdk.Duration) -> str:
+    return str(int(duration.to_seconds()))
 
 
 def _quote(value: str) -> str:

@@ -17,8 +17,7 @@ import sys
 from typing import Callable, TextIO
 
 CREDENTIALS_HINT = ("set AWS_PROFILE (after `aws sso login --profile NAME`) or "
-                    "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, and AWS_REGION if the "
-                    "command does not take the stage's region")
+                    "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
 # Error codes AWS returns when the credentials themselves are the problem.
 _CREDENTIAL_CODES = frozenset({
     "ExpiredToken", "ExpiredTokenException", "InvalidClientTokenId",

@@ -402,4 +402,6 @@ def main(argv: list[str]) -> int:
 if __name__ == "__main__":
     import sys
 
-    sys.exit(main(sys.argv))
+    from delivery.cli_errors import run
+
+    sys.exit(run(lambda: main(sys.argv)))

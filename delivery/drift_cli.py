@@ -15,6 +15,8 @@ import os
 import sys
 from pathlib import Path
 
+from delivery.cli_errors import run
+from delivery.stage_check import stage_config
 from ml_stacks.config import default_configs
 
 CHECKS = Path(__file__).resolve().parent.parent / "lambda" / "drift_detector" / "drift_checks.py"
@@ -36,9 +38,9 @@ def load_checks():
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="CloudFormation drift detection of one stage")
-    parser.add_argument("--stage", required=True, choices=list(default_configs()))
+    parser.add_argument("--stage", required=True, help=", ".join(default_configs()))
     args = parser.parse_args(argv)
-    config = default_configs()[args.stage]
+    config = stage_config(args.stage)
 
     import time
 
@@ -62,4 +64,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

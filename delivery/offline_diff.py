@@ -196,4 +196,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from delivery.cli_errors import run as run_command
+
+    sys.exit(run_command(main))

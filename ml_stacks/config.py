@@ -310,6 +310,23 @@ EFA_INSTANCE_TYPES: frozenset[str] = frozenset({
     "g6e.8xlarge", "g6e.12xlarge", "g6e.16xlarge", "g6e.24xlarge", "g6e.48xlarge",
     "p4d.24xlarge", "p4de.24xlarge", "p5.48xlarge", "p5e.48xlarge", "p5en.48xlarge",
 })
+# GPUs per instance type, for every type the training fleet may use (the
+# families above). A run asks for 1 to the largest count among its stage's
+# instance types; the node agent takes only runs that fit its instance.
+GPUS_PER_INSTANCE_TYPE: Mapping[str, int] = {
+    **{f"g4dn.{s}": 1 for s in ("xlarge", "2xlarge", "4xlarge", "8xlarge", "16xlarge")},
+    "g4dn.12xlarge": 4, "g4dn.metal": 8,
+    **{f"{family}.{s}": 1 for family in ("g5", "g6", "g6e")
+       for s in ("xlarge", "2xlarge", "4xlarge", "8xlarge", "16xlarge")},
+    **{f"{family}.{s}": n for family in ("g5", "g6", "g6e")
+       for s, n in (("12xlarge", 4), ("24xlarge", 4), ("48xlarge", 8))},
+    "gr6.4xlarge": 1, "gr6.8xlarge": 1,
+    "p4d.24xlarge": 8, "p4de.24xlarge": 8,
+    "p5.4xlarge": 1, "p5.48xlarge": 8, "p5e.48xlarge": 8, "p5en.48xlarge": 8,
+}
+# A run holder that vanished must free its run within 2 minutes (issue 11).
+MAX_LEASE_SECONDS = 120
+MAX_RUN_DURATION_MINUTES = 30 * 24 * 60
 _INSTANCE_TYPE_RE = re.compile(r"^([a-z][a-z0-9]*)\.(metal|[0-9]*x?large)$")
 # Powertools for AWS Lambda (Python) releases and the public layer version
 # that ships each (AWSLambdaPowertoolsPythonV3-<python>-x86_64:<layer>). The
@@ -318,7 +335,6 @@ POWERTOOLS_LAYER_VERSIONS: Mapping[str, int] = {"3.23.0": 27}
 TRAINING_SIGNALS: tuple[str, ...] = ("SIGUSR1", "SIGUSR2", "SIGTERM", "SIGINT", "SIGHUP")
 REBALANCE_ACTIONS: tuple[str, ...] = ("checkpoint", "log-only")
 ROOT_DEVICE_NAMES: tuple[str, ...] = ("/dev/xvda", "/dev/sda1")
-_SYSTEMD_SERVICE_RE = re.compile(r"^[A-Za-z0-9:_.@-]{1,250}\.service$")
 # Absolute path without shell metacharacters: it lands in user data.
 _SAFE_PATH_RE = re.compile(r"^/[A-Za-z0-9_./-]{1,254}$")
 _SAFE_FILE_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
@@ -356,6 +372,14 @@ class TrainingConfig:
     (renewed by the node agent's heartbeats) for a checkpoint that must fit
     in ``checkpoint_budget_seconds``. The fleet's AMI is the stage region's
     pin in ``ml_stacks/ami_pins.json`` (``make refresh-amis`` changes it).
+
+    Runs (node_agent/RUNS_CONTRACT.md): an instance holds a run with a lease
+    of ``lease_seconds`` (at most 120: a vanished holder's run is claimable
+    within 2 minutes), renewed every ``lease_renew_seconds``; an idle
+    instance looks for a run every ``claim_poll_seconds``. A run spec without
+    ``max_failures`` / ``max_duration_minutes`` gets
+    ``run_default_max_failures`` / ``run_default_max_duration_minutes``.
+    Trainer output is kept ``runs_log_retention_days``.
     """
 
     enabled: bool = True
@@ -374,18 +398,24 @@ class TrainingConfig:
     heartbeat_interval_seconds: int = 30
     checkpoint_dir: str = "/opt/ml/checkpoints"
     checkpoint_done_marker: str = "CHECKPOINT_DONE"
-    training_unit: str = "ml-training.service"
     training_signal: str = "SIGUSR1"
     rebalance_action: str = "checkpoint"
     lambda_timeout_seconds: int = 60
     powertools_version: str = "3.23.0"
     log_retention_days: int = 90
+    lease_seconds: int = 90
+    lease_renew_seconds: int = 30
+    claim_poll_seconds: int = 15
+    run_default_max_failures: int = 3
+    run_default_max_duration_minutes: int = 72 * 60
+    runs_log_retention_days: int = 90
 
     def validate(self, prefix: str) -> None:
         _require(isinstance(self.enabled, bool), f"{prefix}.enabled", self.enabled, "True or False")
         self._validate_instances(prefix)
         self._validate_volume(prefix)
         self._validate_checkpointing(prefix)
+        self._validate_runs(prefix)
 
         _require(_is_int(self.imds_hop_limit) and 1 <= self.imds_hop_limit <= 3,
                  f"{prefix}.imds_hop_limit", self.imds_hop_limit,
@@ -413,6 +443,9 @@ class TrainingConfig:
             _require(match is not None and match.group(1) in TRAINING_GPU_FAMILIES, path,
                      instance_type, "an NVIDIA x86_64 GPU instance type of family "
                      + ", ".join(TRAINING_GPU_FAMILIES) + ", e.g. 'g5.xlarge'")
+            _require(instance_type in GPUS_PER_INSTANCE_TYPE, path, instance_type,
+                     "a size listed in GPUS_PER_INSTANCE_TYPE (ml_stacks/config.py), which runs "
+                     "need to know how many GPUs it has")
         _require(len(set(types)) == len(types), path, types, "each instance type once")
         families = {t.split(".")[0] for t in types}
         _require(len(families) >= 2, path, types,
@@ -478,16 +511,38 @@ class TrainingConfig:
                  and self.checkpoint_done_marker not in (".", ".."),
                  f"{prefix}.checkpoint_done_marker", self.checkpoint_done_marker,
                  "a file name of letters, digits and _ . -")
-        _require(isinstance(self.training_unit, str)
-                 and bool(_SYSTEMD_SERVICE_RE.match(self.training_unit)),
-                 f"{prefix}.training_unit", self.training_unit,
-                 "a systemd service unit name such as 'ml-training.service'")
         _require(self.training_signal in TRAINING_SIGNALS, f"{prefix}.training_signal",
                  self.training_signal, "one of " + ", ".join(TRAINING_SIGNALS))
+
+    def _validate_runs(self, prefix: str) -> None:
+        lease = self.lease_seconds
+        _require(_is_int(lease) and 30 <= lease <= MAX_LEASE_SECONDS, f"{prefix}.lease_seconds", lease,
+                 f"30 to {MAX_LEASE_SECONDS} seconds (a vanished holder's run must be claimable "
+                 "within 2 minutes)")
+        renew = self.lease_renew_seconds
+        _require(_is_int(renew) and 5 <= renew <= lease // 2, f"{prefix}.lease_renew_seconds", renew,
+                 f"5 to half the lease ({lease // 2} s), so one lost renewal does not lose the run")
+        _require(_is_int(self.claim_poll_seconds) and 1 <= self.claim_poll_seconds <= 300,
+                 f"{prefix}.claim_poll_seconds", self.claim_poll_seconds, "1 to 300 seconds")
+        _require(_is_int(self.run_default_max_failures) and 1 <= self.run_default_max_failures <= 100,
+                 f"{prefix}.run_default_max_failures", self.run_default_max_failures,
+                 "1 to 100 trainer failures")
+        minutes = self.run_default_max_duration_minutes
+        _require(_is_int(minutes) and 1 <= minutes <= MAX_RUN_DURATION_MINUTES,
+                 f"{prefix}.run_default_max_duration_minutes", minutes,
+                 f"1 to {MAX_RUN_DURATION_MINUTES} minutes (30 days)")
+        _require(self.runs_log_retention_days in LOG_RETENTION_DAYS, f"{prefix}.runs_log_retention_days",
+                 self.runs_log_retention_days,
+                 "a CloudWatch Logs retention: " + ", ".join(map(str, LOG_RETENTION_DAYS)))
 
     @property
     def powertools_layer_version(self) -> int:
         return POWERTOOLS_LAYER_VERSIONS[self.powertools_version]
+
+    @property
+    def max_gpus_per_instance(self) -> int:
+        """The most GPUs one instance of the fleet has: the most a run may ask for."""
+        return max(GPUS_PER_INSTANCE_TYPE[t] for t in self.instance_types)
 
 
 @dataclass(frozen=True)
@@ -1361,7 +1416,7 @@ def default_configs(*, account: str | None = None,
         storage=StorageConfig(retain=False, checkpoint_expiration_days=7,
                               ecr_immutable_tags=False, data_capture_expiration_days=30),
         # Two small GPUs at most: dev proves the interruption flow, not scale.
-        training=TrainingConfig(max_capacity=2, log_retention_days=30),
+        training=TrainingConfig(max_capacity=2, log_retention_days=30, runs_log_retention_days=30),
         # Nobody trains in dev at night: the fleet goes to 0 at 20:00 on
         # weekdays and stays there over the weekend.
         idle_shutdown=IdleShutdownConfig(
@@ -1481,6 +1536,7 @@ def default_configs(*, account: str | None = None,
             root_volume_iops=6000,
             root_volume_throughput_mibps=500,
             log_retention_days=365,
+            runs_log_retention_days=365,
         ),
         # Long prod runs may sit on a barrier for a while: a longer window,
         # and no off-hours schedule.

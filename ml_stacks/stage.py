@@ -41,6 +41,7 @@ class MlStage(cdk.Stage):
                 key=self.storage.key,
                 training_data_bucket=self.storage.training_data_bucket,
                 checkpoint_bucket=self.storage.checkpoint_bucket,
+                image_repository=self.storage.image_repository,
                 alerts_topic=self.ops.alerts_topic,
                 gpu_metrics=self.idle.gpu_metrics,
                 idle_shutdown=self.idle.shutdown,

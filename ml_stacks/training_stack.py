@@ -1,4 +1,4 @@
-"""Training stack: the GPU fleet, its interruption handling and the node agent."""
+"""Training stack: the GPU fleet, its interruption handling, the node agent and the runs it carries."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ from pathlib import Path
 
 import aws_cdk as cdk
 from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_ecr as ecr
+from aws_cdk import aws_events as events
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_sns as sns
@@ -17,6 +19,7 @@ from constructs_lib.idle_shutdown import IdleShutdown
 from constructs_lib.interruption_handler import InterruptionHandler
 from constructs_lib.node_agent import NodeAgent
 from constructs_lib.off_hours import add_off_hours_schedule
+from constructs_lib.training_runs import TrainingRuns
 from ml_stacks.base_stack import StageStack, log_retention
 from ml_stacks.config import StageConfig
 from ml_stacks.pins import training_ami
@@ -25,10 +28,13 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 class TrainingStack(StageStack):
-    """Exposes ``fleet`` (``GpuTrainingFleet``), ``interruption_handler`` and ``node_agent``.
+    """Exposes ``fleet`` (``GpuTrainingFleet``), ``interruption_handler``,
+    ``runs`` (``TrainingRuns``) and ``node_agent``.
 
     The fleet is wired into idle shutdown: ``gpu_metrics`` installs the GPU
-    CloudWatch agent on its nodes and ``idle_shutdown`` enrolls its group.
+    CloudWatch agent on its nodes and ``idle_shutdown`` enrolls its group;
+    when no run is left, a ``Training Job Finished`` event on the default
+    bus lets idle shutdown scale the group to its minimum.
     """
 
     def __init__(
@@ -41,12 +47,13 @@ class TrainingStack(StageStack):
         key: kms.IKey,
         training_data_bucket: s3.IBucket,
         checkpoint_bucket: s3.IBucket,
+        image_repository: ecr.IRepository,
         alerts_topic: sns.ITopic,
         gpu_metrics: GpuMetricsAgent,
         idle_shutdown: IdleShutdown,
     ) -> None:
         super().__init__(scope, construct_id, config=config,
-                         description=f"ml-infra {config.name}: GPU training fleet, interruption handling")
+                         description=f"ml-infra {config.name}: GPU training fleet, interruption handling, runs")
         training = config.training
         budget = cdk.Duration.seconds(training.checkpoint_budget_seconds)
 
@@ -88,17 +95,35 @@ class TrainingStack(StageStack):
             lambda_timeout=cdk.Duration.seconds(training.lambda_timeout_seconds),
             log_retention=log_retention(training.log_retention_days),
         )
+        self.runs = TrainingRuns(
+            self,
+            "Runs",
+            key=key,
+            removal_policy=self.removal_policy,
+            # Outside dev the run history outlives mistakes: a delete or a
+            # replacement of the table is refused until protection is lifted.
+            deletion_protection=config.storage.retain,
+            log_retention=log_retention(training.runs_log_retention_days),
+        )
         self.node_agent = NodeAgent(
             self,
             "NodeAgent",
             source_dir=PROJECT_ROOT / "node_agent",
+            stage=config.name,
             checkpoint_bucket=checkpoint_bucket,
+            runs=self.runs,
+            alerts_topic=alerts_topic,
+            # The idle stack's job-finished rule listens on the default bus.
+            event_bus=events.EventBus.from_event_bus_name(self, "DefaultBus", "default"),
+            image_repository=image_repository,
             checkpoint_dir=training.checkpoint_dir,
             checkpoint_done_marker=training.checkpoint_done_marker,
-            training_unit=training.training_unit,
             training_signal=training.training_signal,
             checkpoint_budget=budget,
             heartbeat_interval=cdk.Duration.seconds(training.heartbeat_interval_seconds),
+            lease=cdk.Duration.seconds(training.lease_seconds),
+            lease_renewal=cdk.Duration.seconds(training.lease_renew_seconds),
+            claim_poll=cdk.Duration.seconds(training.claim_poll_seconds),
         )
         self.node_agent.install_on(
             user_data=self.fleet.user_data,
@@ -123,8 +148,15 @@ class TrainingStack(StageStack):
         self.fleet.grant_complete_lifecycle_action(self.fleet.role)
         self.fleet.grant_record_lifecycle_action_heartbeat(self.fleet.role)
 
+        # What `python -m ml_runs` reads (RUNS_CONTRACT.md, stack outputs).
         cdk.CfnOutput(self, "AutoScalingGroupName", value=self.fleet.auto_scaling_group_name,
-                      description="GPU training fleet (set desired capacity to train)")
+                      description="GPU training fleet (ml_runs submit raises its desired capacity)")
+        cdk.CfnOutput(self, "RunsTableName", value=self.runs.table.table_name,
+                      description="Runs: state, attempts, last checkpoint (ml_runs list/show)")
+        cdk.CfnOutput(self, "RunsLogGroupName", value=self.runs.log_group.log_group_name,
+                      description="Trainer output, one stream per attempt (ml_runs logs)")
+        cdk.CfnOutput(self, "CheckpointBucketName", value=checkpoint_bucket.bucket_name,
+                      description="Checkpoints under runs/<run-id>/")
         cdk.CfnOutput(self, "InterruptionQueueUrl", value=self.interruption_handler.queue.queue_url,
                       description="Spot warnings, rebalance recommendations, termination hooks")
         cdk.CfnOutput(self, "CheckpointDocumentName", value=self.interruption_handler.document.ref,

@@ -38,6 +38,9 @@ def test_training_is_enabled_in_every_stage_and_small_in_dev() -> None:
 def test_defaults_follow_the_contract_and_the_design() -> None:
     training = TrainingConfig()
     assert training.training_signal == "SIGUSR1"
+    assert not hasattr(training, "training_unit")  # the agent starts the trainer (RUNS_CONTRACT.md)
+    assert (training.lease_seconds, training.lease_renew_seconds, training.claim_poll_seconds) == (90, 30, 15)
+    assert (training.run_default_max_failures, training.run_default_max_duration_minutes) == (3, 72 * 60)
     assert training.rebalance_action == "checkpoint"
     assert training.efa_enabled is False
     assert {t.split(".")[0] for t in training.instance_types} == {"g5", "g6"}
@@ -86,8 +89,16 @@ def test_powertools_layer_pin_matches_the_dev_requirements() -> None:
         ({"checkpoint_dir": "/opt/ml/$(reboot)"}, "checkpoint_dir", "/opt/ml/$(reboot)", "absolute path"),
         ({"checkpoint_dir": "/opt/../etc"}, "checkpoint_dir", "/opt/../etc", "without '..'"),
         ({"checkpoint_done_marker": "a/b"}, "checkpoint_done_marker", "a/b", "file name"),
-        ({"training_unit": "ml-training"}, "training_unit", "ml-training", "systemd service unit"),
-        ({"training_unit": "x;y.service"}, "training_unit", "x;y.service", "systemd service unit"),
+        ({"lease_seconds": 121}, "lease_seconds", 121, "30 to 120 seconds"),
+        ({"lease_seconds": 20}, "lease_seconds", 20, "30 to 120 seconds"),
+        ({"lease_renew_seconds": 50}, "lease_renew_seconds", 50, "half the lease (45 s)"),
+        ({"lease_renew_seconds": 2}, "lease_renew_seconds", 2, "5 to"),
+        ({"claim_poll_seconds": 0}, "claim_poll_seconds", 0, "1 to 300"),
+        ({"run_default_max_failures": 0}, "run_default_max_failures", 0, "1 to 100"),
+        ({"run_default_max_duration_minutes": 0}, "run_default_max_duration_minutes", 0, "1 to 43200"),
+        ({"runs_log_retention_days": 2}, "runs_log_retention_days", 2, "CloudWatch Logs retention"),
+        ({"instance_types": ("g5.xlarge", "g6.3xlarge")}, "instance_types", "g6.3xlarge",
+         "GPUS_PER_INSTANCE_TYPE"),
         ({"training_signal": "SIGKILL"}, "training_signal", "SIGKILL", "SIGUSR1"),
         ({"rebalance_action": "ignore"}, "rebalance_action", "ignore", "checkpoint, log-only"),
         ({"lambda_timeout_seconds": 5}, "lambda_timeout_seconds", 5, "10 to 900"),
@@ -121,3 +132,14 @@ def test_fails_when_training_is_not_a_training_config() -> None:
 ])
 def test_accepts_values_at_the_edges(training) -> None:
     assert stage(**training).training is not None
+
+
+def test_every_gpu_type_the_fleet_may_use_has_a_known_gpu_count() -> None:
+    from ml_stacks.config import EFA_INSTANCE_TYPES, GPUS_PER_INSTANCE_TYPE, TRAINING_GPU_FAMILIES
+
+    assert EFA_INSTANCE_TYPES <= set(GPUS_PER_INSTANCE_TYPE)
+    assert {t.split(".")[0] for t in GPUS_PER_INSTANCE_TYPE} == set(TRAINING_GPU_FAMILIES)
+    assert all(n in (1, 4, 8) for n in GPUS_PER_INSTANCE_TYPE.values())
+    for config in default_configs().values():
+        types = config.training.instance_types
+        assert config.training.max_gpus_per_instance == max(GPUS_PER_INSTANCE_TYPE[t] for t in types)

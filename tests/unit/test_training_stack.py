@@ -90,13 +90,9 @@ def test_user_data_installs_the_node_agent_as_the_contract_says(dev) -> None:
     assert "aws s3 cp 's3://<token>/" in script and ".zip' '/tmp/ml-node-agent.zip'" in script
     assert "python3 -m zipfile -e /tmp/ml-node-agent.zip /opt/ml-node-agent/" in script
     [install] = [line for line in script.splitlines() if line.endswith("install.sh")]
-    assert install == (
-        "ML_CHECKPOINT_BUCKET=<token> ML_CHECKPOINT_DIR=/opt/ml/checkpoints "
-        "ML_CHECKPOINT_DONE_MARKER=CHECKPOINT_DONE ML_TRAINING_UNIT=ml-training.service "
-        "ML_TRAINING_SIGNAL=SIGUSR1 ML_CHECKPOINT_BUDGET_SECONDS=90 ML_HEARTBEAT_SECONDS=30 "
-        "ML_AUTOSCALING_GROUP_NAME=ml-dev-training-gpu "
-        "ML_LIFECYCLE_HOOK_NAME=ml-dev-training-gpu-terminating AWS_REGION=us-east-1 "
-        "bash /opt/ml-node-agent/install.sh")
+    assert install.endswith(" bash /opt/ml-node-agent/install.sh")
+    # Every variable of CONTRACT.md and RUNS_CONTRACT.md: tests/unit/test_training_runs.py.
+    assert "ML_TRAINING_UNIT" not in script
     bucket = [p for p in parts if isinstance(p, dict) and "Fn::GetStackOutput" in p]
     assert any("Checkpoints" in p["Fn::GetStackOutput"]["OutputName"] for p in bucket)
 
@@ -106,7 +102,8 @@ def test_node_agent_asset_leaves_out_caches_and_the_contract(synthesized) -> Non
     staged = synthesized.outdir / f"asset.{asset.asset_hash}"
     assert staged.is_dir()
     names = {p.name for p in staged.rglob("*")}
-    assert "CONTRACT.md" not in names
+    assert "CONTRACT.md" not in names and "RUNS_CONTRACT.md" not in names
+    assert "ml_node_agent.py" in names
     assert not any(n.endswith(".pyc") or n == "__pycache__" for n in names)
 
 
@@ -177,20 +174,20 @@ def test_autoscaling_service_role_may_use_the_stage_key_before_it_even_exists(sy
 
 # --- instance role ---------------------------------------------------------------------
 
-def test_instance_role_reads_training_data_and_only_the_checkpoint_prefixes(dev) -> None:
+def test_instance_role_reads_training_data_and_only_the_runs_prefix_of_the_checkpoints(dev) -> None:
     role = only({"Resources": {k: v for k, v in dev["Resources"].items() if k.startswith("FleetRole")
                                and v["Type"] == "AWS::IAM::Role"}}, "AWS::IAM::Role")
     assert flat(role["Properties"]["ManagedPolicyArns"]).count("AmazonSSMManagedInstanceCore") == 1
     fleet = policy_of(dev, "FleetRole")
     writes = [s for s in fleet if "s3:PutObject" in s["Action"]]
     [write] = writes
-    assert flat(write["Resource"]).endswith('"/i-*"]]}')
+    assert flat(write["Resource"]).endswith('"/runs/*"]]}')
     assert "Checkpoints" in flat(write["Resource"])
     assert not any("s3:DeleteObject" in flat(s["Action"]) for s in fleet)
     reads = [s for s in fleet if "s3:GetObject*" in s["Action"]]
     resources = flat(reads)
-    assert "TrainingData" in resources and '"/i-*"' in resources
-    assert not re.search(r'Checkpoints[^"]*"}}, "/\*"', resources)  # no whole-bucket checkpoint read
+    assert "TrainingData" in resources and "Checkpoints" not in resources
+    assert "/i-*" not in flat(fleet)  # no instance-ID prefix grant is left
     lifecycle = [s for s in fleet if "autoscaling:CompleteLifecycleAction" in flat(s["Action"])]
     assert lifecycle[0]["Action"] == ["autoscaling:CompleteLifecycleAction",
                                       "autoscaling:RecordLifecycleActionHeartbeat"]
@@ -266,7 +263,8 @@ def test_lambda_reports_batch_item_failures_and_runs_the_pinned_powertools_layer
 
 
 def test_idempotency_table_is_encrypted_with_ttl_and_point_in_time_recovery(dev) -> None:
-    table = only(dev, "AWS::DynamoDB::Table")["Properties"]
+    [table] = [t["Properties"] for k, t in resources_of_type(dev, "AWS::DynamoDB::Table").items()
+               if k.startswith("InterruptionHandlerIdempotencyTable")]
     assert table["KeySchema"] == [{"AttributeName": "id", "KeyType": "HASH"}]
     assert table["SSESpecification"] == {"SSEEnabled": True}
     assert table["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
