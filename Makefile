@@ -18,6 +18,9 @@ BASE ?=
 REPORT ?=
 # `make deploy STAGE=dev REQUIRE_APPROVAL=never`: CI only, after its approval gate.
 REQUIRE_APPROVAL ?=
+# `make deploy ... PREFLIGHT=done`: CI only, when an earlier step of the same
+# job ran `make preflight` and left its checked cdk.out in place.
+PREFLIGHT ?=
 
 REQ_HASH := $(shell cat requirements.txt requirements-dev.txt | sha256sum | cut -c1-16)
 NPM_HASH := $(shell cat package.json package-lock.json | sha256sum | cut -c1-16)
@@ -38,7 +41,7 @@ STAGE_CONTEXT := $(if $(STAGES),-c stages=$(STAGES),)
 # The stage being deployed, diffed or destroyed, pinned to ACCOUNT if given.
 ONE_STAGE := -c stages=$(STAGE) $(if $(ACCOUNT),-c account=$(ACCOUNT),)
 
-.PHONY: help setup synth test bench bench-drill bench-idle bootstrap deploy destroy diff cost drift smoke run refresh-amis clean
+.PHONY: help setup synth test bench bench-drill bench-idle bench-preflight bootstrap preflight deploy destroy diff cost drift smoke run refresh-amis clean
 
 help:
 	@echo "make synth [STAGES=dev,prod]   synthesize offline, print a summary"
@@ -56,7 +59,9 @@ help:
 	@echo "                               training runs: submit SPEC | list | show ID | cancel ID | logs ID [--follow]"
 	@echo "make refresh-amis [STAGE=dev]  re-pin the AMIs in ml_stacks/ami_pins.json from the public"
 	@echo "                               parameters, print old -> new (AWS credentials; commit the diff)"
-	@echo "make deploy STAGE=dev          cdk deploy '<stage>/*' (AWS credentials)"
+	@echo "make preflight STAGE=dev       read-only checks of the account before a deploy (AWS credentials)"
+	@echo "make bench-preflight           preflight of every stage on a fresh moto account, quota needs"
+	@echo "make deploy STAGE=dev          preflight, then cdk deploy '<stage>/*' (AWS credentials)"
 	@echo "make smoke STAGE=dev [ARGS=--wait-seconds 1800]"
 	@echo "                               invoke every model of the deployed stage once (AWS credentials)"
 	@echo "make destroy STAGE=dev         cdk destroy '<stage>/*' (prod needs FORCE=1)"
@@ -97,6 +102,12 @@ bench-drill: setup
 	python bench/drill.py $(ARGS)
 bench-idle: setup
 	python bench/idle_shutdown.py --moto $(ARGS)
+
+bench-preflight: export AWS_EC2_METADATA_DISABLED := true
+bench-preflight: setup
+	@rm -rf cdk.out
+	$(CDK) synth --quiet > /dev/null
+	python bench/preflight.py --assembly cdk.out
 
 define require_stage
 	@test -n "$(STAGE)" || { echo "STAGE is required, e.g. make $@ STAGE=dev" >&2; exit 2; }
@@ -148,10 +159,26 @@ run: setup
 refresh-amis: setup
 	python -m delivery.refresh_amis $(if $(STAGE),--stage '$(STAGE)',)
 
-deploy: setup
+# Synthesizes the stage into cdk.out and checks the account against it
+# (read-only): `make deploy` then deploys exactly the assembly it checked.
+preflight: setup
 	$(require_stage)
 	@$(CHECK_CREDENTIALS)
-	$(CDK) deploy $(ONE_STAGE) '$(STAGE)/*' $(if $(REQUIRE_APPROVAL),--require-approval $(REQUIRE_APPROVAL),)
+	@rm -rf cdk.out
+	@echo "cdk synth $(ONE_STAGE)"
+	@$(CDK) synth --quiet $(ONE_STAGE) 2>&1 >/dev/null \
+	  | { grep -v -e '^Successfully synthesized' -e '^Supply a stack id' -e '^$$' >&2 || true; }
+	python -m delivery.preflight --stage $(STAGE) --assembly cdk.out $(if $(ACCOUNT),--account $(ACCOUNT),)
+
+deploy: setup
+	$(require_stage)
+	@if [ "$(PREFLIGHT)" = done ] && [ -f cdk.out/assembly-$(STAGE)/manifest.json ]; then \
+	  echo "preflight: done by an earlier step (cdk.out)"; \
+	  $(CHECK_CREDENTIALS); \
+	else \
+	  $(MAKE) --no-print-directory preflight STAGE='$(STAGE)' ACCOUNT='$(ACCOUNT)'; \
+	fi
+	$(CDK) deploy --app cdk.out '$(STAGE)/*' $(if $(REQUIRE_APPROVAL),--require-approval $(REQUIRE_APPROVAL),)
 
 # One request per model of the deployed stage; waits out a scale-to-zero cold start.
 smoke: setup

@@ -51,7 +51,8 @@ def test_deploy_runs_dev_then_staging_then_prod_in_their_environments() -> None:
     steps = stage_job["steps"]
     creds = next(s for s in steps if s.get("uses", "").startswith("aws-actions/configure-aws-credentials@"))
     assert set(creds["with"]) == {"role-to-assume", "role-session-name", "aws-region"}  # OIDC, no keys
-    assert steps[-1]["run"] == 'make deploy STAGE="$STAGE" REQUIRE_APPROVAL=never'
+    # Preflight ran in the step before, on the same cdk.out (test_preflight_cli.py).
+    assert steps[-1]["run"] == 'make deploy STAGE="$STAGE" REQUIRE_APPROVAL=never PREFLIGHT=done'
     assert _load("deploy-stage.yml")["permissions"]["id-token"] == "write"
 
 
