@@ -9,8 +9,10 @@ because the service decides it (EKS writes control-plane logs to
 ``/aws/sagemaker/Endpoints/<endpoint>``) or because the stage's config asks
 for it (``storage.image_repository_name``, to keep an existing repository).
 
-``make preflight`` imports :func:`fixed_names` and looks each one up before
-deploying; ``tests/unit/test_fixed_names.py`` proves the list matches every
+``make preflight`` finds these (and every other literal name) in the
+synthesized templates and looks each one up before deploying
+(``delivery/preflight/leftovers.py``; its test proves it finds every name
+listed here); ``tests/unit/test_fixed_names.py`` proves the list matches every
 explicitly named log group and repository in the synthesized templates.
 """
 
