@@ -1928,7 +1928,7 @@ class RunLoop:
         current = self.state.current_run()
         return (not self.state.draining() and current.get("run_id") == active.run_id
                 and current.get("phase") in ("running", "finishing")
-                and time.monotonic() < active.lease_valid_until - 5)
+                and time.monotonic() < active.lease_valid_until - min(5.0, self.config.lease_seconds / 4))
 
     def _upload_once(self, active: _ActiveRun, uploader: CheckpointUploader, log: JsonLog) -> bool:
         """One upload attempt; False when the checkpoint was half written (try again soon)."""
