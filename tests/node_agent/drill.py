@@ -360,6 +360,10 @@ class Cloud:
         self._server.start()
         host, port = self._server.get_host_and_port()
         self.url = f"http://{host}:{port}"
+        # The server shares moto's in-process backends: start from nothing.
+        import urllib.request
+
+        urllib.request.urlopen(urllib.request.Request(self.url + "/moto-api/reset", method="POST"), timeout=30).close()
         session = boto3.session.Session(aws_access_key_id="testing", aws_secret_access_key="testing",
                                         region_name=REGION)
         self.s3, self.dynamodb, self.sns, self.sqs, self.events = (
