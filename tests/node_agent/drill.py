@@ -656,6 +656,8 @@ def run_drill(workdir: Path, *, steps: int = 240, checkpoint_every: int = 40, st
         instances = [SimInstance(workdir, iid, cloud, lifecycle, settings) for iid in INSTANCE_IDS]
         try:
             instances[0].start()
+            wait_until(lambda: instances[0].check_alive() or first(instances[0].log("run"), "claim", claimed=True),
+                       f"{instances[0].instance_id} to claim the run")
             notices, exit_codes = [], []
             for index, fraction in enumerate(reclaim_at):
                 old, new = instances[index], instances[index + 1]
@@ -668,6 +670,9 @@ def run_drill(workdir: Path, *, steps: int = 240, checkpoint_every: int = 40, st
                 notices.append(old.announce())
                 exit_codes.append(old.wait_for_checkpoint_flows())
                 old.terminate()
+                # The run moves to this replacement, not to the one started next.
+                wait_until(lambda: new.check_alive() or first(new.log("run"), "claim", claimed=True),
+                           f"{new.instance_id} to claim the run")
             run = wait_until(lambda: (lambda r: r if r.get("state") in ("SUCCEEDED", "FAILED", "CANCELLED")
                                       else None)(cloud.run(run_id)), f"run {run_id} to end")
             wait_until(lambda: first(instances[-1].log("run"), "job-finished") or first(
