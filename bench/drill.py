@@ -65,9 +65,10 @@ def main() -> int:
     parser.add_argument("--checkpoint-mib", type=float, nargs="+", default=[0, 1024],
                         help="extra checkpoint sizes to measure, MiB (default 0 and 1024); at 64 MiB and "
                              "above the trainer checkpoints only on the signal and at the end")
-    parser.add_argument("--steps", type=int, default=600, help="steps of the run (default 600)")
-    parser.add_argument("--checkpoint-every", type=int, default=50, help="periodic checkpoint interval (default 50)")
-    parser.add_argument("--step-seconds", type=float, default=0.02, help="simulated step time (default 0.02)")
+    parser.add_argument("--steps", type=int, default=2000, help="steps of the run (default 2000)")
+    parser.add_argument("--checkpoint-every", type=int, default=100, help="periodic checkpoint interval (default 100)")
+    parser.add_argument("--step-seconds", type=float, default=0.05,
+                        help="simulated step time (default 0.05: the run outlasts a local 1 GiB upload)")
     parser.add_argument("--claim-poll-seconds", type=float, default=1.0,
                         help="how often an idle instance looks for a run (deployed default 15; default 1 here)")
     args = parser.parse_args()

@@ -569,7 +569,7 @@ def signal_trainer(record: Mapping[str, Any], signal_name: str, log: JsonLog, ru
         log("signal", container=record["container"], signal=signal_name, signalled=True)
         return True
     pid = record.get("pid")
-    if not isinstance(pid, int) or pid <= 1:
+    if not isinstance(pid, int) or pid <= 1 or not _pid_alive(pid):
         log("signal", level="warning", signal=signal_name, signalled=False, error="no trainer is running")
         return False
     try:
@@ -1840,6 +1840,11 @@ class RunLoop:
                 code = trainer.poll()
                 if code is not None:
                     break
+                if self._stop():
+                    # systemd stops the unit: a container keeps training and the
+                    # restarted loop adopts it; otherwise the lease expires.
+                    log("run-loop-stop", trainer_left=True)
+                    return
                 if time.monotonic() >= next_renew:
                     verdict = self._renew(active, trainer, log)
                     if verdict == "stop":

@@ -95,11 +95,14 @@ class _ImdsHandler(BaseHTTPRequestHandler):
             pass  # a connection the handler reset on purpose
 
     def _send(self, status: int, body: bytes = b"", length: Optional[int] = None) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", "text/plain")
-        self.send_header("Content-Length", str(len(body) if length is None else length))
-        self.end_headers()
-        self.wfile.write(body)
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(body) if length is None else length))
+            self.end_headers()
+            self.wfile.write(body)
+        except OSError:
+            self.close_connection = True  # the agent gave up on this request (its timeout): nothing to answer
 
     def _fault(self) -> bool:
         """Apply the next injected fault, if any; True when the request was answered by it."""
@@ -622,9 +625,11 @@ def _attempts(instances: List[SimInstance]) -> List[Attempt]:
 def _reclaim_timings(notice_at: float, old: SimInstance, new: SimInstance, resumed: Optional[Attempt],
                      lifecycle: LifecycleStub) -> Dict[str, float]:
     watch = old.log("watch")
+    # Whichever path led (the IMDS watch or the hook's Run Command) signalled, uploaded and released.
+    leader = next((log for log in (watch, old.log("checkpoint")) if first(log, "dedupe", role="leader")), watch)
     marks = {
-        "detected": first(watch, "notice"), "signalled": first(watch, "signal"), "uploaded": last(watch, "latest"),
-        "released": first(watch, "release"), "claimed": first(new.log("run"), "claim", claimed=True),
+        "detected": first(watch, "notice"), "signalled": first(leader, "signal"), "uploaded": last(leader, "latest"),
+        "released": first(leader, "release"), "claimed": first(new.log("run"), "claim", claimed=True),
         "restored": first(new.log("run"), "restore"),
     }
     timings = {f"notice_to_{name}_s": log_epoch(line) - notice_at for name, line in marks.items() if line}

@@ -236,6 +236,18 @@ def test_signal_and_stop_of_a_local_process_trainer(agent, logs, tmp_path):
         process.wait()
 
 
+def test_a_trainer_that_already_exited_is_not_signalled_so_nobody_waits_for_its_answer(agent, logs):
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    deadline = time.monotonic() + 30
+    while agent._pid_alive(process.pid) and time.monotonic() < deadline:  # a zombie until reaped
+        time.sleep(0.05)
+    try:
+        assert not agent.signal_trainer({"pid": process.pid}, "SIGUSR1", agent.JsonLog(logs.stream))
+    finally:
+        process.wait()
+    assert logs.steps("signal")[0]["signalled"] is False
+
+
 def test_signal_with_no_trainer_started_yet_is_not_sent(agent, logs):
     assert not agent.signal_trainer({"run_id": RUN_ID}, "SIGUSR1", agent.JsonLog(logs.stream), run=Runner())
     assert logs.steps("signal")[0]["error"] == "no trainer is running"
