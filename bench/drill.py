@@ -12,6 +12,7 @@ deployed IMDS polling (1 s) and prints, per checkpoint size:
   released    the run was PENDING again (lease released)
   completed   CompleteLifecycleAction(CONTINUE) (the hook's Run Command path)
   claimed     the next instance held the run
+  restored    the next instance had downloaded runs/<id>/LATEST's checkpoint
   resumed     the next instance's trainer finished its first step after restoring
 
 The next instance is already up and polling (every --claim-poll-seconds)
@@ -32,19 +33,23 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from delivery.cli_errors import UserError, run  # noqa: E402
 from tests.node_agent import drill  # noqa: E402
 
-COLUMNS = ("detected", "uploaded", "released", "completed", "claimed", "resumed")
+COLUMNS = ("detected", "uploaded", "released", "completed", "claimed", "restored", "resumed")
 
 
 def measure(args: argparse.Namespace, mib: float) -> bool:
     settings = drill.AgentSettings(lease_seconds=90, lease_renew_seconds=30, claim_poll_seconds=args.claim_poll_seconds,
                                    imds_poll_seconds=1.0, budget_seconds=90, heartbeat_seconds=30)
     with tempfile.TemporaryDirectory(prefix="ml-runs-drill-") as workdir:
-        result = drill.run_drill(Path(workdir), steps=args.steps,
-                                 checkpoint_every=args.checkpoint_every if mib < 64 else 0,
-                                 step_seconds=args.step_seconds, checkpoint_bytes=int(mib * (1 << 20)),
-                                 max_failures=1, settings=settings)
+        try:
+            result = drill.run_drill(Path(workdir), steps=args.steps,
+                                     checkpoint_every=args.checkpoint_every if mib < 64 else 0,
+                                     step_seconds=args.step_seconds, checkpoint_bytes=int(mib * (1 << 20)),
+                                     max_failures=1, settings=settings)
+        except (TimeoutError, RuntimeError) as error:  # the drill names what it waited for
+            raise UserError(f"drill with a {mib:g} MiB checkpoint did not finish: {error}") from error
     identical = result.final_state == result.reference_state
     ok = result.run["state"] == "SUCCEEDED" and identical
     lost = [old.last_step - new.resumed_from_step for old, new in zip(result.attempts, result.attempts[1:])]
@@ -52,11 +57,11 @@ def measure(args: argparse.Namespace, mib: float) -> bool:
           f"{'byte-identical to' if identical else 'DIFFERENT from'} the uninterrupted run")
     print(f"  goodput {result.steps}/{result.executed_steps} = {result.goodput:.3f}; steps lost per reclaim "
           f"{lost} (checkpoint every {args.checkpoint_every if mib < 64 else 'signal only'} steps)")
-    print("  reclaim " + " ".join(f"{name:>10}" for name in COLUMNS))
+    print("  reclaim " + " ".join(f"{name:>10}" for name in COLUMNS), flush=True)
     for index, reclaim in enumerate(result.reclaims, 1):
         timings = reclaim["timings"]
         cells = " ".join(f"{timings.get(f'notice_to_{name}_s', float('nan')):10.2f}" for name in COLUMNS)
-        print(f"  {index:>7} {cells}")
+        print(f"  {index:>7} {cells}", flush=True)
     return ok
 
 
@@ -80,4 +85,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

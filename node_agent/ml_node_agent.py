@@ -1008,6 +1008,13 @@ def upload_checkpoint(s3: Any, bucket: str, files: List[Tuple[Path, str]], run_i
     return prefix
 
 
+def _download_config() -> Any:
+    """Large checkpoints in a few big parallel ranges: full throughput with few requests."""
+    from boto3.s3.transfer import TransferConfig
+
+    return TransferConfig(multipart_threshold=64 << 20, multipart_chunksize=128 << 20, max_concurrency=8)
+
+
 def restore_checkpoint(s3: Any, bucket: str, run_id: str, directory: Path, log: JsonLog) -> str:
     """Empty `directory`, download runs/<run-id>/LATEST's prefix into it; the s3:// prefix or "" if none."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -1033,7 +1040,7 @@ def restore_checkpoint(s3: Any, bucket: str, run_id: str, directory: Path, log: 
             if not rel or directory.resolve() not in target.parents:
                 continue
             target.parent.mkdir(parents=True, exist_ok=True)
-            s3.download_file(bucket, item["Key"], str(target))
+            s3.download_file(bucket, item["Key"], str(target), Config=_download_config())
             count += 1
     if not count:
         raise UploadError(f"s3://{bucket}/{body} named by LATEST is empty")

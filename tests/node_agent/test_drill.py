@@ -13,13 +13,13 @@ from tests.node_agent import drill
 @pytest.fixture(scope="module")
 def reclaimed_twice(tmp_path_factory):
     # max_failures=1 and two reclaims: reclaims never count as failures.
-    return drill.run_drill(tmp_path_factory.mktemp("drill"), steps=240, checkpoint_every=40, step_seconds=0.02,
+    return drill.run_drill(tmp_path_factory.mktemp("drill"), steps=300, checkpoint_every=40, step_seconds=0.03,
                            max_failures=1)
 
 
 def test_final_model_is_byte_identical_to_an_uninterrupted_run(reclaimed_twice):
     assert reclaimed_twice.final_state == reclaimed_twice.reference_state
-    assert b'"step": 240' in reclaimed_twice.final_state
+    assert b'"step": 300' in reclaimed_twice.final_state
 
 
 def test_run_shows_three_attempts_on_three_instances_and_succeeds(reclaimed_twice):

@@ -11,14 +11,12 @@ import json
 import sys
 import threading
 import time
-from pathlib import Path
 
 import boto3
 import pytest
 from botocore.stub import Stubber
 from moto import mock_aws
 
-from tests.node_agent.drill import TRAINER
 from tests.node_agent.helpers import (
     BUCKET, GROUP, INSTANCE, OTHER_INSTANCE, RUN_ID, Cloud, Runner, StaticImds, make_config)
 
