@@ -56,7 +56,7 @@ def measure(args: argparse.Namespace, mib: float) -> bool:
     print(f"\ncheckpoint {mib:g} MiB + state: run {result.run['state']}, final model "
           f"{'byte-identical to' if identical else 'DIFFERENT from'} the uninterrupted run")
     print(f"  goodput {result.steps}/{result.executed_steps} = {result.goodput:.3f}; steps lost per reclaim "
-          f"{lost} (checkpoint every {args.checkpoint_every if mib < 64 else 'signal only'} steps)")
+          f"{lost} ({f'periodic checkpoint every {args.checkpoint_every} steps' if mib < 64 else 'checkpoints on the signal and at the end only'})")
     print("  reclaim " + " ".join(f"{name:>10}" for name in COLUMNS), flush=True)
     for index, reclaim in enumerate(result.reclaims, 1):
         timings = reclaim["timings"]

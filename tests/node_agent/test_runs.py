@@ -333,3 +333,23 @@ def test_a_docker_run_that_fails_is_a_launch_error(agent, tmp_path, logs):
     launcher, _ = docker_launcher(agent, tmp_path, Runner(returncode=125, stderr="no such image"))
     with pytest.raises(agent.LaunchError, match="no such image"):
         launcher.start(RUN_ID, 1, INSTANCE, {"image": "x:1"}, {}, agent.JsonLog(logs.stream))
+
+
+def test_a_stopping_run_loop_leaves_its_trainer_and_lease_for_the_restarted_loop(agent, cloud, tmp_path, logs):
+    import os
+    import signal
+
+    cloud.put_run(command=python("import time; time.sleep(600)"))
+    stopping = threading.Event()
+    loop = make_loop(agent, tmp_path, logs, cloud, stop=stopping.is_set)
+    thread = in_thread(lambda: loop.serve(max_runs=1))
+    wait_for(lambda: loop.state.current_run().get("phase") == "running", "the trainer to start")
+    pid = loop.state.current_run()["pid"]
+    try:
+        stopping.set()  # what SIGTERM from systemd does
+        thread.join(60)
+        assert not thread.is_alive()
+        assert agent._pid_alive(pid)
+        assert cloud.run()["state"] == "RUNNING" and loop.state.current_run()["phase"] == "running"
+    finally:
+        os.kill(pid, signal.SIGKILL)
