@@ -353,3 +353,31 @@ def test_a_stopping_run_loop_leaves_its_trainer_and_lease_for_the_restarted_loop
         assert cloud.run()["state"] == "RUNNING" and loop.state.current_run()["phase"] == "running"
     finally:
         os.kill(pid, signal.SIGKILL)
+
+
+def test_after_an_agent_restart_a_still_running_container_is_adopted_and_its_exit_recorded(
+        agent, cloud, tmp_path, logs):
+    cloud.hold_run()
+    polls = []
+
+    class Docker(agent.DockerLauncher):
+        def running(self, name):
+            return name == f"ml-run-{RUN_ID}-1"
+
+        def adopt(self, name):
+            def poll():  # the container exits 0 a few polls after the adoption
+                polls.append(name)
+                return 0 if len(polls) > 3 else None
+
+            return agent.TrainerProcess({"container": name}, poll)
+
+    config = make_config(agent, tmp_path, ML_LEASE_SECONDS="5", ML_LEASE_RENEW_SECONDS="0.2", ML_GPU_COUNT="1")
+    loop = agent.RunLoop(config, imds=StaticImds(), s3=cloud.s3, dynamodb=cloud.dynamodb, sns=cloud.sns,
+                         events=cloud.events, launcher=Docker(config, lambda region: None, run=Runner()),
+                         log=agent.JsonLog(logs.stream), monitor_poll_seconds=0.05, upload_poll_seconds=0.1)
+    loop.state.set_current_run({"run_id": RUN_ID, "attempt": 1, "phase": "running", "instance_id": INSTANCE,
+                                "launcher": "docker", "container": f"ml-run-{RUN_ID}-1"})
+    loop.serve(max_runs=0)
+    assert logs.steps("recover")[0]["adopted"] is True
+    run = cloud.run()
+    assert (run["state"], run["attempts"][0]["end_reason"], run["attempt_count"]) == ("SUCCEEDED", "finished", 1)
