@@ -41,7 +41,8 @@ COLUMNS = ("detected", "uploaded", "released", "completed", "claimed", "restored
 
 def measure(args: argparse.Namespace, mib: float) -> bool:
     settings = drill.AgentSettings(lease_seconds=90, lease_renew_seconds=30, claim_poll_seconds=args.claim_poll_seconds,
-                                   imds_poll_seconds=1.0, budget_seconds=90, heartbeat_seconds=30)
+                                   imds_poll_seconds=1.0, budget_seconds=90, heartbeat_seconds=30,
+                                   agent_python=args.agent_python)
     with tempfile.TemporaryDirectory(prefix="ml-runs-drill-") as workdir:
         try:
             result = drill.run_drill(Path(workdir), steps=args.steps,
@@ -76,6 +77,8 @@ def main() -> int:
                         help="simulated step time (default 0.05: the run outlasts a local 1 GiB upload)")
     parser.add_argument("--claim-poll-seconds", type=float, default=1.0,
                         help="how often an idle instance looks for a run (deployed default 15; default 1 here)")
+    parser.add_argument("--agent-python", default=sys.executable,
+                        help="interpreter that runs the agent, e.g. a Python 3.9 with boto3 (default: this one)")
     args = parser.parse_args()
     print(f"runs drill: {args.steps} steps of {args.step_seconds:g} s, 3 instances, reclaims at 30% and 65%, "
           f"IMDS poll 1 s, claim poll {args.claim_poll_seconds:g} s; seconds after each spot notice "

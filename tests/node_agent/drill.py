@@ -444,6 +444,8 @@ class AgentSettings:
     imds_poll_seconds: float = 0.2
     budget_seconds: int = 60
     heartbeat_seconds: int = 1
+    # The interpreter that runs the agent, e.g. a Python 3.9 with boto3 (the oldest the agent supports).
+    agent_python: str = sys.executable
 
 
 class SimInstance:
@@ -479,7 +481,7 @@ class SimInstance:
     def _spawn(self, name: str, *args: str) -> None:
         with open(self.dir / f"{name}.log", "w") as out:
             self.processes[name] = subprocess.Popen(
-                [sys.executable, str(AGENT), *args], env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                [self.settings.agent_python, str(AGENT), *args], env=self.env, stdout=out, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, start_new_session=True)
 
     def start(self, watch: bool = True) -> None:
