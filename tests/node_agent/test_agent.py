@@ -846,3 +846,19 @@ def test_watch_service_stops_cleanly_on_sigterm(tmp_path):
                 process.communicate()
     assert process.returncode == 0, err
     assert [json.loads(line)["step"] for line in out.splitlines()] == ["watch-start", "watch-stop"]
+
+
+@pytest.mark.parametrize("fault", ["timeout", "reset", "500", "truncated", "non-utf8"])
+def test_one_bad_imds_answer_for_the_instance_id_still_signals_uploads_and_releases(
+        agent, cloud, tmp_path, logs, fault):
+    hold_current_run(agent, tmp_path, cloud)
+    runner = Runner(on_signal=lambda: write_checkpoint(tmp_path / "ckpt"))
+    autoscaling = RecordingAutoscaling()
+    with FakeImds(instance_id=INSTANCE, faults=[fault], timeout_fault_seconds=0.6) as imds:
+        node = make_agent(agent, tmp_path, logs, cloud, runner=runner, autoscaling=autoscaling,
+                          imds=agent.Imds(imds.url, timeout_seconds=0.3))
+        assert node.checkpoint("lifecycle-terminate", "evt-1", lifecycle(agent)) == 0
+    assert imds.faults_served == [fault]
+    assert len(runner.of("kill")) == 1 and logs.steps("latest")
+    assert cloud.run()["state"] == "PENDING"
+    assert autoscaling.calls[-1][1]["InstanceId"] == INSTANCE
