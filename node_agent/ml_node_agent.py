@@ -1817,6 +1817,12 @@ class RunLoop:
             log("trainer-start", level="error", error=str(error))
             self._finished(active, 125, log)
             return
+        except UploadError as error:
+            # LATEST names no usable checkpoint: every instance would fail the
+            # same way, so it counts (max_failures ends it with an alert).
+            log("restore", level="error", error=str(error))
+            self._finished(active, None, log, detail="restore-failed")
+            return
         except Exception as error:  # noqa: BLE001 - an instance fault: the run goes to another instance
             log("restore", level="error", error=f"{type(error).__name__}: {error}")
             self._give_back(active, "restore-failed", log)
@@ -1974,7 +1980,8 @@ class RunLoop:
             self._sleep(0.2)
         self._finished(active, code, log)
 
-    def _finished(self, active: _ActiveRun, code: int, log: JsonLog) -> None:
+    def _finished(self, active: _ActiveRun, code: Optional[int], log: JsonLog, detail: Optional[str] = None) -> None:
+        """Record how the attempt ended: exit 0 succeeds; anything else (None: no trainer ran) is a failure."""
         uploads = self.state.uploads()
         uri = (f"s3://{self.config.bucket}/{uploads['prefix']}"
                if uploads.get("run_id") == active.run_id and uploads.get("prefix") else None)
@@ -1986,8 +1993,8 @@ class RunLoop:
         limit = int(active.spec.get("max_failures", 0))
         failed = seen + 1 >= limit
         self._record_end(active, log, state="FAILED" if failed else "PENDING", attempt_end="failed", exit_code=code,
-                         run_end_reason="max-failures" if failed else None, failures=(seen, seen + 1),
-                         last_checkpoint=uri)
+                         detail=detail, run_end_reason="max-failures" if failed else None,
+                         failures=(seen, seen + 1), last_checkpoint=uri)
 
     def _give_back(self, active: _ActiveRun, detail: str, log: JsonLog) -> None:
         assert self.runs is not None

@@ -381,3 +381,31 @@ def test_after_an_agent_restart_a_still_running_container_is_adopted_and_its_exi
     assert logs.steps("recover")[0]["adopted"] is True
     run = cloud.run()
     assert (run["state"], run["attempts"][0]["end_reason"], run["attempt_count"]) == ("SUCCEEDED", "finished", 1)
+
+
+def test_a_latest_that_names_no_checkpoint_counts_as_a_failure_instead_of_looping(agent, cloud, tmp_path, logs):
+    cloud.put_run(command=python("pass"), max_failures=1)
+    cloud.s3.put_object(Bucket=BUCKET, Key=f"runs/{RUN_ID}/LATEST", Body=f"runs/{RUN_ID}/20261129T000000000000Z/")
+    make_loop(agent, tmp_path, logs, cloud).serve(max_runs=1)
+    run = cloud.run()
+    assert (run["state"], run["attempts"][0]["detail"], "exit_code" in run["attempts"][0]) == (
+        "FAILED", "restore-failed", False)
+    assert "restore-failed" in cloud.alerts()[0]["Message"]
+
+
+def test_an_s3_error_during_restore_gives_the_run_back_without_counting(agent, cloud, tmp_path, logs):
+    cloud.put_run(command=python("pass"), max_failures=1)
+    loop = make_loop(agent, tmp_path, logs, cloud)
+
+    class Flaky:
+        def __getattr__(self, name):
+            if name == "get_object":
+                def fail(**kwargs):
+                    raise OSError("connection reset by peer")
+                return fail
+            return getattr(cloud.s3, name)
+
+    loop.s3 = Flaky()
+    loop.serve(max_runs=1)
+    run = cloud.run()
+    assert (run["state"], run.get("failures", 0), run["attempts"][0]["detail"]) == ("PENDING", 0, "restore-failed")
