@@ -1312,15 +1312,22 @@ class RunsTable:
                     raise
         raise LeaseLost(f"run {run_id}: cancel_requested kept changing during the release")
 
-    def active_count(self) -> int:
+    def active_count(self, excluding: str = "") -> int:
+        """PENDING + RUNNING runs other than `excluding`.
+
+        The index is eventually consistent: right after this instance ended a
+        run it may still list that run as RUNNING, so the run itself is never
+        counted (a plain Select=COUNT would count it and the fleet would
+        never be told the job finished).
+        """
         total = 0
         for state in ("PENDING", "RUNNING"):
             paginator = self._client.get_paginator("query")
-            for page in paginator.paginate(TableName=self._table, IndexName=BY_STATE_INDEX, Select="COUNT",
-                                           KeyConditionExpression="#s = :state",
+            for page in paginator.paginate(TableName=self._table, IndexName=BY_STATE_INDEX,
+                                           ProjectionExpression="run_id", KeyConditionExpression="#s = :state",
                                            ExpressionAttributeNames={"#s": "state"},
                                            ExpressionAttributeValues=_values(state=state)):
-                total += int(page.get("Count", 0))
+                total += sum(1 for raw in page.get("Items", []) if raw.get("run_id", {}).get("S") != excluding)
         return total
 
 
@@ -1360,7 +1367,7 @@ class RunEvents:
 
     def job_finished(self, item: Mapping[str, Any]) -> None:
         try:
-            active = self._runs.active_count()
+            active = self._runs.active_count(excluding=item["run_id"])
             if active:
                 self._log("job-finished", run_id=item["run_id"], sent=False, active_runs=active)
                 return

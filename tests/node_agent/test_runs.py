@@ -409,3 +409,12 @@ def test_an_s3_error_during_restore_gives_the_run_back_without_counting(agent, c
     loop.serve(max_runs=1)
     run = cloud.run()
     assert (run["state"], run.get("failures", 0), run["attempts"][0]["detail"]) == ("PENDING", 0, "restore-failed")
+
+
+def test_the_job_finished_count_ignores_the_run_just_ended_even_if_the_index_still_lists_it(agent, cloud):
+    cloud.hold_run()  # what an eventually consistent index may still show right after the end
+    cloud.put_run("other-00000001", state="SUCCEEDED")
+    runs = table(agent, cloud)
+    assert runs.active_count(excluding=RUN_ID) == 0
+    cloud.put_run("queued-00000002")
+    assert runs.active_count(excluding=RUN_ID) == 1
