@@ -48,7 +48,7 @@ help:
 	@echo "make test                      the whole test suite"
 	@echo "make bench                     synth wall-time benchmark"
 	@echo "make bootstrap STAGE=dev       cdk bootstrap the stage's account/region (AWS credentials)"
-	@echo "make bench-drill [ARGS=--runs 5] node agent drill: spot notice to checkpoint uploaded"
+	@echo "make bench-drill [ARGS=...]    runs drill: goodput, steps lost, notice to resumed (tiny and 1 GiB checkpoints)"
 	@echo "make bench-idle                idle-shutdown sweep over 100/1,000/5,000 instances, import time"
 	@echo "make diff BASE=origin/main [STAGES=dev] [REPORT=diff.md]"
 	@echo "                               offline diff vs a git ref + summary, stateful guard, cost delta"

@@ -1,25 +1,31 @@
 #!/usr/bin/env python3
-"""Node agent interruption drill benchmark (a benchmark, not a test: it never fails on speed).
+"""Runs drill benchmark: one run, three instances, two spot reclaims (a benchmark, not a test).
 
-Runs the local drill of tests/node_agent/drill.py several times with the agent's
-real 5 s IMDS polling and prints, per run and as median/max, the time from the
-spot notice appearing in IMDS to:
+Runs tests/node_agent/drill.py's three-instance drill with the agent's
+deployed IMDS polling (1 s) and prints, per checkpoint size:
 
-  detected    the watch loop saw spot/instance-action
-  signalled   `systemctl kill --signal=SIGUSR1` reached the trainer
-  uploaded    the last checkpoint object and LATEST were in S3
-  completed   CompleteLifecycleAction(CONTINUE) arrived (Run Command path)
+  goodput     useful steps / executed steps over the whole run
+  lost        steps executed on a reclaimed instance that the next one ran again
+  and, per reclaim, seconds after the spot notice appeared in IMDS:
+  detected    the watch saw spot/instance-action
+  uploaded    the trainer's answer to the signal and runs/<id>/LATEST were in S3
+  released    the run was PENDING again (lease released)
+  completed   CompleteLifecycleAction(CONTINUE) (the hook's Run Command path)
+  claimed     the next instance held the run
+  restored    the next instance had downloaded runs/<id>/LATEST's checkpoint
+  resumed     the next instance's trainer finished its first step after restoring
 
-against the two minutes EC2 gives a spot instance. Loopback only: moto's S3
-server, a fake IMDS and an Auto Scaling stub on 127.0.0.1.
+The next instance is already up and polling (every --claim-poll-seconds)
+when the notice comes: instance boot and image pull are excluded. Loopback
+only: moto's server, fake IMDS, an Auto Scaling stub on 127.0.0.1.
 
-    make bench-drill            # or: python bench/drill.py --runs 5 --checkpoint-mb 256
+    make bench-drill                              # tiny and 1 GiB checkpoints
+    python bench/drill.py --checkpoint-mib 0 256  # other sizes
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -27,54 +33,59 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from delivery.cli_errors import UserError, run  # noqa: E402
 from tests.node_agent import drill  # noqa: E402
 
-COLUMNS = (
-    ("detected", "notice_to_detected_s"),
-    ("signalled", "notice_to_signalled_s"),
-    ("uploaded", "notice_to_uploaded_s"),
-    ("completed", "notice_to_completed_s"),
-)
+COLUMNS = ("detected", "uploaded", "released", "completed", "claimed", "restored", "resumed")
+
+
+def measure(args: argparse.Namespace, mib: float) -> bool:
+    settings = drill.AgentSettings(lease_seconds=90, lease_renew_seconds=30, claim_poll_seconds=args.claim_poll_seconds,
+                                   imds_poll_seconds=1.0, budget_seconds=90, heartbeat_seconds=30,
+                                   agent_python=args.agent_python)
+    with tempfile.TemporaryDirectory(prefix="ml-runs-drill-") as workdir:
+        try:
+            result = drill.run_drill(Path(workdir), steps=args.steps,
+                                     checkpoint_every=args.checkpoint_every if mib < 64 else 0,
+                                     step_seconds=args.step_seconds, checkpoint_bytes=int(mib * (1 << 20)),
+                                     max_failures=1, settings=settings)
+        except (TimeoutError, RuntimeError) as error:  # the drill names what it waited for
+            raise UserError(f"drill with a {mib:g} MiB checkpoint did not finish: {error}") from error
+    identical = result.final_state == result.reference_state
+    ok = result.run["state"] == "SUCCEEDED" and identical
+    lost = [old.last_step - new.resumed_from_step for old, new in zip(result.attempts, result.attempts[1:])]
+    print(f"\ncheckpoint {mib:g} MiB + state: run {result.run['state']}, final model "
+          f"{'byte-identical to' if identical else 'DIFFERENT from'} the uninterrupted run")
+    print(f"  goodput {result.steps}/{result.executed_steps} = {result.goodput:.3f}; steps lost per reclaim "
+          f"{lost} ({f'periodic checkpoint every {args.checkpoint_every} steps' if mib < 64 else 'checkpoints on the signal and at the end only'})")
+    print("  reclaim " + " ".join(f"{name:>10}" for name in COLUMNS), flush=True)
+    for index, reclaim in enumerate(result.reclaims, 1):
+        timings = reclaim["timings"]
+        cells = " ".join(f"{timings.get(f'notice_to_{name}_s', float('nan')):10.2f}" for name in COLUMNS)
+        print(f"  {index:>7} {cells}", flush=True)
+    return ok
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", type=int, default=3, help="drills to run (default 3)")
-    parser.add_argument("--poll-seconds", type=float, default=5.0, help="IMDS polling interval (default 5, as deployed)")
-    parser.add_argument("--checkpoint-mb", type=float, default=64.0, help="size of the trainer's model.bin (default 64)")
-    parser.add_argument("--save-seconds", type=float, default=5.0,
-                        help="time the trainer takes to write its checkpoint (default 5)")
+    parser.add_argument("--checkpoint-mib", type=float, nargs="+", default=[0, 1024],
+                        help="extra checkpoint sizes to measure, MiB (default 0 and 1024); at 64 MiB and "
+                             "above the trainer checkpoints only on the signal and at the end")
+    parser.add_argument("--steps", type=int, default=2000, help="steps of the run (default 2000)")
+    parser.add_argument("--checkpoint-every", type=int, default=100, help="periodic checkpoint interval (default 100)")
+    parser.add_argument("--step-seconds", type=float, default=0.05,
+                        help="simulated step time (default 0.05: the run outlasts a local 1 GiB upload)")
+    parser.add_argument("--claim-poll-seconds", type=float, default=1.0,
+                        help="how often an idle instance looks for a run (deployed default 15; default 1 here)")
     parser.add_argument("--agent-python", default=sys.executable,
                         help="interpreter that runs the agent, e.g. a Python 3.9 with boto3 (default: this one)")
     args = parser.parse_args()
-
-    print(f"drill: {args.runs} runs, IMDS poll {args.poll_seconds:g} s, checkpoint {args.checkpoint_mb:g} MiB, "
-          f"trainer save {args.save_seconds:g} s, agent on {args.agent_python}; seconds after the spot notice "
+    print(f"runs drill: {args.steps} steps of {args.step_seconds:g} s, 3 instances, reclaims at 30% and 65%, "
+          f"IMDS poll 1 s, claim poll {args.claim_poll_seconds:g} s; seconds after each spot notice "
           f"(EC2 reclaims at {drill.SPOT_NOTICE_SECONDS:g} s)")
-    print(f"{'run':>4} " + " ".join(f"{name:>10}" for name, _ in COLUMNS) + f" {'margin':>10}")
-    samples = {key: [] for _, key in COLUMNS}
-    failures = 0
-    for run in range(1, args.runs + 1):
-        with tempfile.TemporaryDirectory(prefix="ml-agent-drill-") as workdir:
-            result = drill.run_drill(Path(workdir), poll_seconds=args.poll_seconds,
-                                     checkpoint_mb=args.checkpoint_mb, save_seconds=args.save_seconds,
-                                     notice_after_seconds=run * 1.3 % args.poll_seconds,
-                                     agent_python=args.agent_python)
-        ok = result.watch_exit == 0 and result.checkpoint_exit == 0 and "notice_to_completed_s" in result.timings
-        failures += not ok
-        for _, key in COLUMNS:
-            if key in result.timings:
-                samples[key].append(result.timings[key])
-        cells = " ".join(f"{result.timings.get(key, float('nan')):10.2f}" for _, key in COLUMNS)
-        margin = drill.SPOT_NOTICE_SECONDS - result.timings.get("notice_to_completed_s", float("nan"))
-        print(f"{run:>4} {cells} {margin:10.2f}" + ("" if ok else "  FAILED"))
-    for label, pick in (("med", statistics.median), ("max", max)):
-        cells = " ".join(f"{pick(samples[key]):10.2f}" if samples[key] else f"{'-':>10}" for _, key in COLUMNS)
-        completed = samples["notice_to_completed_s"]
-        margin = f"{drill.SPOT_NOTICE_SECONDS - pick(completed):10.2f}" if completed else f"{'-':>10}"
-        print(f"{label:>4} {cells} {margin}")
-    return 1 if failures else 0
+    results = [measure(args, mib) for mib in args.checkpoint_mib]
+    return 0 if all(results) else 1
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

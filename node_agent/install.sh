@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Install and start ml-node-agent. Run as root by the launch template's user
 # data after the agent's asset is unzipped into /opt/ml-node-agent/ (see
-# CONTRACT.md): writes /etc/ml-node-agent.env from the variables below,
-# installs the systemd unit, enables and (re)starts it. Safe to re-run.
+# CONTRACT.md and RUNS_CONTRACT.md): writes /etc/ml-node-agent.env from the
+# variables below, installs the two systemd units (the IMDS watch and the run
+# loop: separate, so a crash of one never stops the other from acting on a
+# spot notice), enables and (re)starts them. Safe to re-run.
 #
 # Install locations can be moved for tests (ML_AGENT_PREFIX, ML_ENV_FILE,
 # ML_SYSTEMD_DIR); ML_AGENT_PYTHON picks the interpreter (default: the first
@@ -13,15 +15,27 @@ REQUIRED_VARS=(
   ML_CHECKPOINT_BUCKET
   ML_CHECKPOINT_DIR
   ML_CHECKPOINT_DONE_MARKER
-  ML_TRAINING_UNIT
   ML_TRAINING_SIGNAL
   ML_CHECKPOINT_BUDGET_SECONDS
   ML_HEARTBEAT_SECONDS
   ML_AUTOSCALING_GROUP_NAME
   ML_LIFECYCLE_HOOK_NAME
   AWS_REGION
+  ML_STAGE
+  ML_RUNS_TABLE
+  ML_RUNS_LOG_GROUP
+  ML_ALERTS_TOPIC_ARN
 )
-UNIT_NAME=ml-node-agent.service
+# Written only when set; the agent's defaults apply otherwise (RUNS_CONTRACT.md).
+OPTIONAL_VARS=(
+  ML_EVENT_BUS_NAME
+  ML_TRAINER_LAUNCHER
+  ML_LEASE_SECONDS
+  ML_LEASE_RENEW_SECONDS
+  ML_CLAIM_POLL_SECONDS
+  ML_GPU_COUNT
+)
+UNITS=(ml-node-agent.service ml-node-agent-runs.service)
 SRC_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 PREFIX="${ML_AGENT_PREFIX:-/opt/ml-node-agent}"
 ENV_FILE="${ML_ENV_FILE:-/etc/ml-node-agent.env}"
@@ -39,7 +53,11 @@ done
 if ((${#missing[@]})); then
   fail "missing required variable(s): ${missing[*]} (CONTRACT.md lists what user data must pass)"
 fi
-for name in "${REQUIRED_VARS[@]}"; do
+WRITTEN_VARS=("${REQUIRED_VARS[@]}")
+for name in "${OPTIONAL_VARS[@]}"; do
+  [[ -z "${!name:-}" ]] || WRITTEN_VARS+=("$name")
+done
+for name in "${WRITTEN_VARS[@]}"; do
   [[ "${!name}" != *$'\n'* ]] || fail "$name must be a single line"
 done
 for name in ML_CHECKPOINT_BUDGET_SECONDS ML_HEARTBEAT_SECONDS; do
@@ -77,7 +95,9 @@ PYTHON="$(command -v "$PYTHON")"
 install -d -m 0755 "$PREFIX" "$SYSTEMD_DIR" "$(dirname "$ENV_FILE")"
 if [[ "$SRC_DIR" != "$(cd "$PREFIX" && pwd)" ]]; then
   install -m 0755 "$SRC_DIR/ml_node_agent.py" "$PREFIX/ml_node_agent.py"
-  install -m 0644 "$SRC_DIR/$UNIT_NAME" "$PREFIX/$UNIT_NAME"
+  for unit in "${UNITS[@]}"; do
+    install -m 0644 "$SRC_DIR/$unit" "$PREFIX/$unit"
+  done
   install -m 0755 "$SRC_DIR/install.sh" "$PREFIX/install.sh"
 else
   # Asset zips do not keep the executable bit.
@@ -88,8 +108,8 @@ fi
 tmp_env="$ENV_FILE.tmp.$$"
 trap 'rm -f "$tmp_env"' EXIT
 {
-  echo "# Written by $PREFIX/install.sh; read by $UNIT_NAME and by ml_node_agent.py."
-  for name in "${REQUIRED_VARS[@]}"; do
+  echo "# Written by $PREFIX/install.sh; read by ${UNITS[*]} and by ml_node_agent.py."
+  for name in "${WRITTEN_VARS[@]}"; do
     value="${!name//\\/\\\\}"
     printf '%s="%s"\n' "$name" "${value//\"/\\\"}"
   done
@@ -112,13 +132,15 @@ fi
 mv -f "$tmp_env" "$ENV_FILE"
 trap - EXIT
 
-sed -e "s|/usr/bin/python3|$PYTHON|" \
-    -e "s|/opt/ml-node-agent|$PREFIX|g" \
-    -e "s|/etc/ml-node-agent.env|$ENV_FILE|g" \
-    "$SRC_DIR/$UNIT_NAME" >"$SYSTEMD_DIR/$UNIT_NAME"
-chmod 0644 "$SYSTEMD_DIR/$UNIT_NAME"
+for unit in "${UNITS[@]}"; do
+  sed -e "s|/usr/bin/python3|$PYTHON|" \
+      -e "s|/opt/ml-node-agent|$PREFIX|g" \
+      -e "s|/etc/ml-node-agent.env|$ENV_FILE|g" \
+      "$SRC_DIR/$unit" >"$SYSTEMD_DIR/$unit"
+  chmod 0644 "$SYSTEMD_DIR/$unit"
+done
 
 systemctl daemon-reload
-systemctl enable "$UNIT_NAME"
-systemctl restart "$UNIT_NAME"
-echo "install.sh: $UNIT_NAME installed and started (python $PYTHON, config $ENV_FILE)"
+systemctl enable "${UNITS[@]}"
+systemctl restart "${UNITS[@]}"
+echo "install.sh: ${UNITS[*]} installed and started (python $PYTHON, config $ENV_FILE)"

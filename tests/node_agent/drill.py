@@ -1,18 +1,19 @@
-"""The node agent's local interruption drill (used by test_drill.py and bench/drill.py).
+"""The runs drill: one training run survives two spot reclaims (test_drill.py, bench/drill.py).
 
 Everything runs on 127.0.0.1 and stops by itself:
 
-* a real training process (trainer.py) that checkpoints on SIGUSR1,
-* a fake IMDSv2 that starts returning spot/instance-action on `announce()`,
-* moto's S3 server (ThreadedMotoServer),
-* a small Auto Scaling Query-API stub for the two lifecycle calls moto does
-  not implement; it knows which token is active and answers a used one with
-  the real "No active Lifecycle Action found" ValidationError,
-* a `systemctl` shim on the agent's PATH that sends the signal to the
-  trainer's pid the way `systemctl kill --signal=... UNIT` would,
-* the agent itself, `ml_node_agent.py watch` as a subprocess, and then the
-  Run Command path (`ml_node_agent.py checkpoint ...` with a lifecycle token)
-  as a second subprocess while the first checkpoint is under way.
+* moto's server (S3, DynamoDB, SNS, SQS, EventBridge) shared by every
+  simulated instance; the runs table is created with RUNS_CONTRACT.md's schema,
+* per instance: its own instance ID, its own fake IMDSv2 (spot notice on
+  `announce()`), its own state and checkpoint directories, and the agent's
+  `run` loop and `watch` as subprocesses (process launcher: the trainer is a
+  local process); a reclaim adds the Run Command path (`checkpoint` with a
+  lifecycle token) and then kills every process of the instance,
+* an Auto Scaling Query-API stub for the two lifecycle calls moto does not
+  implement; it knows which token is active and answers a used one with the
+  real "No active Lifecycle Action found" ValidationError,
+* the trainer is examples/trainer/train.py (deterministic: fixed seed, the
+  batch of a step depends on the step alone).
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ import datetime as dt
 import json
 import logging
 import os
+import signal
+import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -29,7 +33,7 @@ import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 from urllib.parse import parse_qs
 from xml.sax.saxutils import escape
 
@@ -37,15 +41,20 @@ import boto3
 
 ROOT = Path(__file__).resolve().parents[2]
 AGENT = ROOT / "node_agent" / "ml_node_agent.py"
-TRAINER = Path(__file__).resolve().parent / "trainer.py"
+TRAINER = ROOT / "examples" / "trainer" / "train.py"
 
 INSTANCE_ID = "i-0d1a2b3c4d5e6f708"
+INSTANCE_IDS = ("i-0aaaaaaaaaaaaaa01", "i-0bbbbbbbbbbbbbb02", "i-0ccccccccccccc03")
 BUCKET = "ml-drill-checkpoints"
+TABLE = "ml-drill-runs"
+LOG_GROUP = "/ml/drill/runs"
 REGION = "us-east-1"
-UNIT = "ml-training.service"
 HOOK = "ml-drill-terminate-hook"
 GROUP = "ml-drill-gpu-fleet"
+STAGE = "drill"
+MARKER = "CHECKPOINT_DONE"
 SPOT_NOTICE_SECONDS = 120.0
+WAIT_SECONDS = 180.0  # only a hang reaches this: the drill asserts order and content, never speed
 
 
 class _Server:
@@ -79,13 +88,46 @@ class _ImdsHandler(BaseHTTPRequestHandler):
     def log_message(self, *args) -> None:
         return None
 
-    def _send(self, status: int, body: str = "") -> None:
-        data = body.encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "text/plain")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+    def finish(self) -> None:
+        try:
+            super().finish()
+        except OSError:
+            pass  # a connection the handler reset on purpose
+
+    def _send(self, status: int, body: bytes = b"", length: Optional[int] = None) -> None:
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(body) if length is None else length))
+            self.end_headers()
+            self.wfile.write(body)
+        except OSError:
+            self.close_connection = True  # the agent gave up on this request (its timeout): nothing to answer
+
+    def _fault(self) -> bool:
+        """Apply the next injected fault, if any; True when the request was answered by it."""
+        imds: FakeImds = self.server.owner  # type: ignore[attr-defined]
+        with imds.lock:
+            fault = imds.faults.pop(0) if imds.faults else None
+            if fault:
+                imds.faults_served.append(fault)
+        if fault is None:
+            return False
+        if fault == "500":
+            self._send(500, b"internal error")
+        elif fault == "reset":
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.connection.close()
+            self.close_connection = True
+        elif fault == "truncated":
+            self._send(200, imds.instance_id.encode()[:5], length=len(imds.instance_id) + 20)
+            self.close_connection = True
+        elif fault == "non-utf8":
+            self._send(200, b"\xff\xfei-\x80\x81")
+        elif fault == "timeout":
+            time.sleep(imds.timeout_fault_seconds)
+            self._send(500)
+        return True
 
     def do_PUT(self) -> None:
         imds: FakeImds = self.server.owner  # type: ignore[attr-defined]
@@ -95,7 +137,7 @@ class _ImdsHandler(BaseHTTPRequestHandler):
             return
         with imds.lock:
             imds.token_requests += 1
-        self._send(200, imds.token)
+        self._send(200, imds.token.encode())
 
     def do_GET(self) -> None:
         imds: FakeImds = self.server.owner  # type: ignore[attr-defined]
@@ -105,20 +147,27 @@ class _ImdsHandler(BaseHTTPRequestHandler):
         with imds.lock:
             imds.gets.append(self.path)
             notice = imds.notice
+        if self._fault():
+            return
         if self.path == "/latest/meta-data/instance-id":
-            self._send(200, imds.instance_id)
+            self._send(200, imds.instance_id.encode())
         elif self.path == "/latest/meta-data/spot/instance-action" and notice is not None:
-            self._send(200, json.dumps(notice))
+            self._send(200, json.dumps(notice).encode())
         else:
             self._send(404)
 
 
 class FakeImds(_Server):
-    """IMDSv2 that requires a session token; spot/instance-action is 404 until announce()."""
+    """IMDSv2 that requires a session token; spot/instance-action is 404 until announce().
+
+    ``faults`` (e.g. ["500", "reset", "truncated", "non-utf8", "timeout"]) are
+    served one per GET before the real answer.
+    """
 
     handler = _ImdsHandler
 
-    def __init__(self, instance_id: str = INSTANCE_ID) -> None:
+    def __init__(self, instance_id: str = INSTANCE_ID, faults: Optional[List[str]] = None,
+                 timeout_fault_seconds: float = 1.5) -> None:
         super().__init__()
         self.instance_id = instance_id
         self.token = "imds-token-" + uuid.uuid4().hex
@@ -127,6 +176,9 @@ class FakeImds(_Server):
         self.notice_at: Optional[float] = None
         self.token_requests = 0
         self.gets: List[str] = []
+        self.faults: List[str] = list(faults or [])
+        self.faults_served: List[str] = []
+        self.timeout_fault_seconds = timeout_fault_seconds
 
     def announce(self) -> float:
         """Start returning a terminate notice two minutes ahead, as EC2 does; the notice's epoch time."""
@@ -204,20 +256,9 @@ class LifecycleStub(_Server):
             return [c for c in self.calls if c["action"] == action]
 
 
-SYSTEMCTL_SHIM = """#!/bin/sh
-# systemctl shim for the drill: `systemctl kill --signal=SIG UNIT` signals the
-# trainer's pid; any other unit is "not loaded", as with the real systemctl.
-echo "$*" >> "$DRILL_SYSTEMCTL_LOG"
-[ "$1" = kill ] || { echo "drill shim: only 'kill' is supported" >&2; exit 1; }
-sig=${2#--signal=}
-unit=$3
-if [ "$unit" != "$DRILL_TRAINING_UNIT" ]; then
-  echo "Failed to kill unit $unit: Unit $unit not loaded." >&2
-  exit 1
-fi
-pid=$(sed -n 's/.*"pid": *\\([0-9]*\\).*/\\1/p' "$DRILL_TRAINER_STATE")
-exec kill -s "${sig#SIG}" "$pid"
-"""
+
+
+# ----------------------------------------------------------------------------- helpers
 
 
 def parse_log(text: str) -> List[dict]:
@@ -225,7 +266,10 @@ def parse_log(text: str) -> List[dict]:
     for raw in text.splitlines():
         raw = raw.strip()
         if raw.startswith("{"):
-            lines.append(json.loads(raw))
+            try:
+                lines.append(json.loads(raw))
+            except ValueError:
+                continue  # a line cut by a kill
     return lines
 
 
@@ -240,183 +284,456 @@ def first(lines: List[dict], step: str, **match) -> Optional[dict]:
     return None
 
 
-@dataclass
-class DrillResult:
-    notice_at: float
-    watch_exit: int
-    checkpoint_exit: int
-    watch_log: List[dict]
-    checkpoint_log: List[dict]
-    trainer_state: dict
-    systemctl_calls: List[str]
-    lifecycle_calls: List[dict]
-    token: str
-    objects: Dict[str, bytes]
-    local_files: Dict[str, bytes]
-    timings: Dict[str, float] = field(default_factory=dict)
+def last(lines: List[dict], step: str, **match) -> Optional[dict]:
+    found = None
+    for line in lines:
+        if line.get("step") == step and all(line.get(k) == v for k, v in match.items()):
+            found = line
+    return found
 
 
-def _wait_until(predicate, timeout: float, what: str, poll: float = 0.05) -> None:
+def wait_until(predicate: Callable[[], Any], what: str, timeout: float = WAIT_SECONDS, poll: float = 0.05) -> Any:
     deadline = time.monotonic() + timeout
-    while not predicate():
+    while True:
+        value = predicate()
+        if value:
+            return value
         if time.monotonic() > deadline:
             raise TimeoutError(f"drill: timed out after {timeout:g} s waiting for {what}")
         time.sleep(poll)
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, ValueError):
-        return {}
+def trainer_command(*, steps: int, checkpoint_every: int, step_seconds: float, checkpoint_bytes: int,
+                    seed: int = 1234) -> List[str]:
+    return [sys.executable, "-u", str(TRAINER), "--steps", str(steps), "--checkpoint-every", str(checkpoint_every),
+            "--step-seconds", str(step_seconds), "--checkpoint-bytes", str(checkpoint_bytes), "--seed", str(seed)]
 
 
-def run_drill(workdir: Path, *, poll_seconds: float = 5.0, checkpoint_mb: float = 1.0,
-              save_seconds: float = 0.5, budget_seconds: int = 90, heartbeat_seconds: int = 30,
-              notice_after_seconds: float = 1.0, timeout_seconds: float = 150.0,
-              agent_python: str = sys.executable) -> DrillResult:
-    """Run one interruption drill in `workdir`; every process and server is stopped on return.
+def run_spec(command: List[str], *, max_failures: int, gpus: int = 1, max_duration_minutes: int = 60,
+             environment: Optional[Dict[str, str]] = None) -> dict:
+    return {"image": "drill.local/trainer:latest", "command": command, "args": [],
+            "environment": environment or {"PYTHONUNBUFFERED": "1"}, "gpus": gpus, "max_failures": max_failures,
+            "max_duration_minutes": max_duration_minutes}
 
-    `agent_python` runs the agent (e.g. a Python 3.9 with boto3, the oldest the agent supports).
-    """
-    from moto.server import ThreadedMotoServer
 
-    workdir.mkdir(parents=True, exist_ok=True)
-    checkpoint_dir = workdir / "checkpoints"
-    state_dir = workdir / "agent-state"
-    bin_dir = workdir / "bin"
-    bin_dir.mkdir(exist_ok=True)
-    shim = bin_dir / "systemctl"
-    shim.write_text(SYSTEMCTL_SHIM)
-    shim.chmod(0o755)
-    trainer_state = workdir / "trainer.json"
-    systemctl_log = workdir / "systemctl.log"
-    systemctl_log.write_text("")
+def run_item(run_id: str, spec: dict, now: Optional[float] = None) -> dict:
+    """A PENDING run as `ml_runs submit` writes it (RUNS_CONTRACT.md)."""
+    stamp = dt.datetime.fromtimestamp(time.time() if now is None else now, dt.timezone.utc) \
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {"run_id": run_id, "name": run_id.rsplit("-", 1)[0], "state": "PENDING", "spec": spec,
+            "created_at": stamp, "updated_at": stamp, "failures": 0, "attempt_count": 0, "attempts": []}
 
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's per-request access log
-    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    moto.start()
-    processes: List[subprocess.Popen] = []
-    try:
-        host, port = moto.get_host_and_port()
-        s3_url = f"http://{host}:{port}"
-        s3 = boto3.client("s3", region_name=REGION, endpoint_url=s3_url,
-                          aws_access_key_id="testing", aws_secret_access_key="testing")
-        s3.create_bucket(Bucket=BUCKET)
-        # The previous checkpoint: it must survive the new upload.
-        s3.put_object(Bucket=BUCKET, Key=f"{INSTANCE_ID}/20260101T000000Z/model.bin", Body=b"previous")
-        s3.put_object(Bucket=BUCKET, Key=f"{INSTANCE_ID}/LATEST", Body=f"{INSTANCE_ID}/20260101T000000Z/".encode())
 
-        with FakeImds() as imds, LifecycleStub() as lifecycle:
-            env = {
-                "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
-                "HOME": str(workdir),
-                "PYTHONDONTWRITEBYTECODE": "1",
-                "ML_ENV_FILE": str(workdir / "no-such.env"),
-                "ML_STATE_DIR": str(state_dir),
-                "ML_IMDS_ENDPOINT": imds.url,
-                "ML_CHECKPOINT_BUCKET": BUCKET,
-                "ML_CHECKPOINT_DIR": str(checkpoint_dir),
-                "ML_CHECKPOINT_DONE_MARKER": "CHECKPOINT_DONE",
-                "ML_TRAINING_UNIT": UNIT,
-                "ML_TRAINING_SIGNAL": "SIGUSR1",
-                "ML_CHECKPOINT_BUDGET_SECONDS": str(budget_seconds),
-                "ML_HEARTBEAT_SECONDS": str(heartbeat_seconds),
-                "ML_AUTOSCALING_GROUP_NAME": GROUP,
-                "ML_LIFECYCLE_HOOK_NAME": HOOK,
-                "AWS_REGION": REGION,
-                "AWS_ACCESS_KEY_ID": "testing",
-                "AWS_SECRET_ACCESS_KEY": "testing",
-                "AWS_EC2_METADATA_DISABLED": "true",
-                "AWS_ENDPOINT_URL_S3": s3_url,
-                "AWS_ENDPOINT_URL_AUTO_SCALING": lifecycle.url,
-                "DRILL_SYSTEMCTL_LOG": str(systemctl_log),
-                "DRILL_TRAINING_UNIT": UNIT,
-                "DRILL_TRAINER_STATE": str(trainer_state),
-            }
-            trainer = subprocess.Popen(
-                [sys.executable, str(TRAINER), "--state-file", str(trainer_state),
-                 "--checkpoint-mb", str(checkpoint_mb), "--save-seconds", str(save_seconds),
-                 "--max-seconds", str(timeout_seconds)],
-                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            processes.append(trainer)
-            _wait_until(lambda: "pid" in _read_json(trainer_state), 30, "the trainer to start")
+def create_runs_table(dynamodb: Any, name: str = TABLE) -> None:
+    """The runs table of RUNS_CONTRACT.md: run_id key, by-state index (state, created_at), on demand."""
+    dynamodb.create_table(
+        TableName=name, BillingMode="PAY_PER_REQUEST",
+        AttributeDefinitions=[{"AttributeName": "run_id", "AttributeType": "S"},
+                              {"AttributeName": "state", "AttributeType": "S"},
+                              {"AttributeName": "created_at", "AttributeType": "S"}],
+        KeySchema=[{"AttributeName": "run_id", "KeyType": "HASH"}],
+        GlobalSecondaryIndexes=[{"IndexName": "by-state",
+                                 "KeySchema": [{"AttributeName": "state", "KeyType": "HASH"},
+                                               {"AttributeName": "created_at", "KeyType": "RANGE"}],
+                                 "Projection": {"ProjectionType": "ALL"}}])
 
-            watch = subprocess.Popen(
-                [agent_python, str(AGENT), "watch", "--poll-seconds", str(poll_seconds), "--exit-after-notice"],
-                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            processes.append(watch)
-            _wait_until(lambda: "/latest/meta-data/spot/instance-action" in imds.gets, 30,
-                        "the agent's first IMDS poll")
-            time.sleep(notice_after_seconds)
-            notice_at = imds.announce()
 
-            # The lifecycle hook fires while the IMDS-triggered checkpoint is
-            # under way; Run Command starts the same agent with its token.
-            _wait_until(lambda: _read_json(trainer_state).get("signals", 0) >= 1, timeout_seconds,
-                        "the trainer to be signalled")
-            token = lifecycle.open_action()
-            checkpoint = subprocess.Popen(
-                [agent_python, str(AGENT), "checkpoint", "--reason", "lifecycle-terminate",
-                 "--event-id", f"drill-{uuid.uuid4()}", "--lifecycle-hook-name", HOOK,
-                 "--lifecycle-action-token", token, "--autoscaling-group-name", GROUP],
-                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            processes.append(checkpoint)
+def _plain(value: Any) -> Any:
+    from decimal import Decimal
 
-            watch_out, watch_err = watch.communicate(timeout=timeout_seconds)
-            checkpoint_out, checkpoint_err = checkpoint.communicate(timeout=timeout_seconds)
-            if watch.returncode != 0 or checkpoint.returncode != 0:
-                sys.stderr.write(watch_out + watch_err + checkpoint_out + checkpoint_err)
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
 
-            objects = {}
-            paginator = s3.get_paginator("list_objects_v2")
-            for page in paginator.paginate(Bucket=BUCKET, Prefix=f"{INSTANCE_ID}/"):
-                for item in page.get("Contents", []):
-                    objects[item["Key"]] = s3.get_object(Bucket=BUCKET, Key=item["Key"])["Body"].read()
-            local_files = {p.relative_to(checkpoint_dir).as_posix(): p.read_bytes()
-                           for p in sorted(checkpoint_dir.rglob("*")) if p.is_file()}
-            result = DrillResult(
-                notice_at=notice_at,
-                watch_exit=watch.returncode,
-                checkpoint_exit=checkpoint.returncode,
-                watch_log=parse_log(watch_out),
-                checkpoint_log=parse_log(checkpoint_out),
-                trainer_state=_read_json(trainer_state),
-                systemctl_calls=systemctl_log.read_text().splitlines(),
-                lifecycle_calls=list(lifecycle.calls),
-                token=token,
-                objects=objects,
-                local_files=local_files,
-            )
-            result.timings = _timings(result)
-            return result
-    finally:
-        for process in processes:
-            if process.poll() is None:
-                process.terminate()
+
+class Cloud:
+    """moto's server on 127.0.0.1 with the bucket, runs table, alerts topic and a job-finished rule."""
+
+    def __init__(self) -> None:
+        from moto.server import ThreadedMotoServer
+
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's per-request access log
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+
+    def __enter__(self) -> "Cloud":
+        self._server.start()
+        host, port = self._server.get_host_and_port()
+        self.url = f"http://{host}:{port}"
+        # The server shares moto's in-process backends: start from nothing.
+        import urllib.request
+
+        urllib.request.urlopen(urllib.request.Request(self.url + "/moto-api/reset", method="POST"), timeout=30).close()
+        session = boto3.session.Session(aws_access_key_id="testing", aws_secret_access_key="testing",
+                                        region_name=REGION)
+        self.s3, self.dynamodb, self.sns, self.sqs, self.events = (
+            session.client(name, endpoint_url=self.url) for name in ("s3", "dynamodb", "sns", "sqs", "events"))
+        self.table = session.resource("dynamodb", endpoint_url=self.url).Table(TABLE)
+        self.s3.create_bucket(Bucket=BUCKET)
+        create_runs_table(self.dynamodb)
+        self.topic_arn = self.sns.create_topic(Name="ml-drill-alerts")["TopicArn"]
+        self.alerts_queue = self._queue("alerts")
+        self.sns.subscribe(TopicArn=self.topic_arn, Protocol="sqs", Endpoint=self._queue_arn(self.alerts_queue))
+        self.events_queue = self._queue("job-finished")
+        self.events.put_rule(Name="job-finished", EventPattern=json.dumps(
+            {"source": ["ml.training"], "detail-type": ["Training Job Finished"]}))
+        self.events.put_targets(Rule="job-finished", Targets=[{"Id": "queue",
+                                                              "Arn": self._queue_arn(self.events_queue)}])
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._server.stop()
+
+    def _queue(self, name: str) -> str:
+        return self.sqs.create_queue(QueueName=f"ml-drill-{name}")["QueueUrl"]
+
+    def _queue_arn(self, url: str) -> str:
+        return self.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+
+    def _drain(self, url: str) -> List[dict]:
+        bodies = []
+        while True:
+            messages = self.sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", [])
+            if not messages:
+                return bodies
+            for message in messages:
+                bodies.append(json.loads(message["Body"]))
+                self.sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+
+    def alerts(self) -> List[dict]:
+        """SNS notifications (Subject, Message) delivered to the alerts queue."""
+        return self._drain(self.alerts_queue)
+
+    def finished_events(self) -> List[dict]:
+        return self._drain(self.events_queue)
+
+    def put_run(self, item: dict) -> None:
+        self.table.put_item(Item=item, ConditionExpression="attribute_not_exists(run_id)")
+
+    def run(self, run_id: str) -> dict:
+        return _plain(self.table.get_item(Key={"run_id": run_id}, ConsistentRead=True).get("Item", {}))
+
+    def objects(self, prefix: str) -> Dict[str, bytes]:
+        found = {}
+        for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix):
+            for item in page.get("Contents", []):
+                found[item["Key"]] = self.s3.get_object(Bucket=BUCKET, Key=item["Key"])["Body"].read()
+        return found
+
+    def object_keys(self, prefix: str) -> List[str]:
+        keys = []
+        for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix):
+            keys += [item["Key"] for item in page.get("Contents", [])]
+        return keys
+
+    def read(self, key: str) -> bytes:
+        return self.s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()
+
+
+# ----------------------------------------------------------------------------- simulated instances
+
+
+@dataclass
+class AgentSettings:
+    lease_seconds: float = 10.0
+    lease_renew_seconds: float = 1.0
+    claim_poll_seconds: float = 0.2
+    imds_poll_seconds: float = 0.2
+    budget_seconds: int = 60
+    heartbeat_seconds: int = 1
+    # The interpreter that runs the agent, e.g. a Python 3.9 with boto3 (the oldest the agent supports).
+    agent_python: str = sys.executable
+
+
+class SimInstance:
+    """One GPU instance: own instance ID, IMDS, directories; the agent's processes in their own sessions."""
+
+    def __init__(self, workdir: Path, instance_id: str, cloud: Cloud, lifecycle: LifecycleStub,
+                 settings: AgentSettings) -> None:
+        self.instance_id = instance_id
+        self.dir = workdir / instance_id
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.state_dir = self.dir / "state"
+        self.lifecycle = lifecycle
+        self.settings = settings
+        self.imds = FakeImds(instance_id).__enter__()
+        self.processes: Dict[str, subprocess.Popen] = {}
+        self.token: Optional[str] = None
+        self.env = {
+            "PATH": os.environ.get("PATH", ""), "HOME": str(self.dir), "PYTHONDONTWRITEBYTECODE": "1",
+            "ML_ENV_FILE": str(self.dir / "no-such.env"), "ML_STATE_DIR": str(self.state_dir),
+            "ML_IMDS_ENDPOINT": self.imds.url, "ML_CHECKPOINT_BUCKET": BUCKET,
+            "ML_CHECKPOINT_DIR": str(self.dir / "checkpoints"), "ML_CHECKPOINT_DONE_MARKER": MARKER,
+            "ML_TRAINING_SIGNAL": "SIGUSR1", "ML_CHECKPOINT_BUDGET_SECONDS": str(settings.budget_seconds),
+            "ML_HEARTBEAT_SECONDS": str(settings.heartbeat_seconds), "ML_AUTOSCALING_GROUP_NAME": GROUP,
+            "ML_LIFECYCLE_HOOK_NAME": HOOK, "AWS_REGION": REGION, "ML_STAGE": STAGE, "ML_RUNS_TABLE": TABLE,
+            "ML_RUNS_LOG_GROUP": LOG_GROUP, "ML_ALERTS_TOPIC_ARN": cloud.topic_arn, "ML_TRAINER_LAUNCHER": "process",
+            "ML_LEASE_SECONDS": str(settings.lease_seconds),
+            "ML_LEASE_RENEW_SECONDS": str(settings.lease_renew_seconds),
+            "ML_CLAIM_POLL_SECONDS": str(settings.claim_poll_seconds), "ML_GPU_COUNT": "1",
+            "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_EC2_METADATA_DISABLED": "true",
+            "AWS_ENDPOINT_URL": cloud.url, "AWS_ENDPOINT_URL_AUTO_SCALING": lifecycle.url,
+        }
+
+    def _spawn(self, name: str, *args: str) -> None:
+        with open(self.dir / f"{name}.log", "w") as out:
+            self.processes[name] = subprocess.Popen(
+                [self.settings.agent_python, str(AGENT), *args], env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True)
+
+    def start(self, watch: bool = True) -> None:
+        self._spawn("run", "run")
+        if watch:
+            self._spawn("watch", "watch", "--poll-seconds", str(self.settings.imds_poll_seconds),
+                        "--exit-after-notice")
+
+    def check_alive(self) -> None:
+        """Fail fast (with the agent's last words) instead of waiting for a timeout."""
+        process = self.processes.get("run")
+        if process is not None and process.poll() is not None:
+            tail = (self.dir / "run.log").read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"drill: the run loop of {self.instance_id} exited {process.returncode}:\n{tail}")
+
+    def progressed_to(self, step: int) -> bool:
+        self.check_alive()
+        return self.max_step() >= step
+
+    def log(self, name: str) -> List[dict]:
+        path = self.dir / f"{name}.log"
+        return parse_log(path.read_text(errors="replace")) if path.exists() else []
+
+    def trainer_logs(self) -> Dict[int, List[dict]]:
+        """Trainer output per attempt (the process launcher's files), parsed."""
+        found = {}
+        for path in sorted((self.state_dir / "trainer-logs").glob("*")):
+            attempt = int(path.name.rsplit("_", 1)[1].split("-", 1)[0])
+            events = []
+            for raw in path.read_text(errors="replace").splitlines():
                 try:
-                    process.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
-            for stream in (process.stdout, process.stderr):
-                if stream is not None:
-                    stream.close()
-        moto.stop()
+                    line = json.loads(raw)
+                except ValueError:
+                    continue
+                if isinstance(line, dict) and "event" in line:
+                    events.append(line)
+            found[attempt] = events
+        return found
+
+    def max_step(self) -> int:
+        return max((e["step"] for events in self.trainer_logs().values() for e in events if e["event"] == "step"),
+                   default=0)
+
+    def announce(self) -> float:
+        """The spot notice in IMDS and, right behind it, the termination hook's Run Command with its token."""
+        notice_at = self.imds.announce()
+        self.token = self.lifecycle.open_action()
+        self._spawn("checkpoint", "checkpoint", "--reason", "lifecycle-terminate", "--event-id",
+                    f"drill-{uuid.uuid4()}", "--lifecycle-hook-name", HOOK, "--lifecycle-action-token", self.token,
+                    "--autoscaling-group-name", GROUP)
+        return notice_at
+
+    def wait_for_checkpoint_flows(self) -> Dict[str, int]:
+        codes = {}
+        for name in ("watch", "checkpoint"):
+            if name in self.processes:
+                codes[name] = self.processes[name].wait(timeout=WAIT_SECONDS)
+        return codes
+
+    def terminate(self) -> None:
+        """What EC2 does at the end of the notice: every process of the instance dies at once."""
+        for process in self.processes.values():
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            process.wait(timeout=WAIT_SECONDS)
+
+    def stop(self) -> None:
+        """A clean shutdown (SIGTERM, as systemd does), then anything left is killed."""
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in self.processes.values():
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                pass
+        self.terminate()
+
+    def close(self) -> None:
+        self.terminate()
+        self.imds.__exit__(None, None, None)
 
 
-def _timings(result: DrillResult) -> Dict[str, float]:
-    timings: Dict[str, float] = {}
-    detected = first(result.watch_log, "notice")
-    signalled = first(result.watch_log, "signal")
-    uploaded = first(result.watch_log, "latest")
-    if detected:
-        timings["notice_to_detected_s"] = log_epoch(detected) - result.notice_at
-    if signalled:
-        timings["notice_to_signalled_s"] = log_epoch(signalled) - result.notice_at
-    if uploaded:
-        timings["notice_to_uploaded_s"] = log_epoch(uploaded) - result.notice_at
-    completes = [c for c in result.lifecycle_calls if c["action"] == "CompleteLifecycleAction"]
+# ----------------------------------------------------------------------------- the drill
+
+
+@dataclass
+class Attempt:
+    attempt: int
+    instance_id: str
+    resumed_from_step: int  # 0 on a first attempt
+    last_step: int  # the last step the trainer finished on this instance
+    last_checkpoint_step: int  # the last checkpoint it completed (marker written)
+    steps_executed: int
+    first_step_at: Optional[float]
+
+
+@dataclass
+class DrillResult:
+    run_id: str
+    run: dict
+    steps: int
+    reference_state: bytes
+    final_state: bytes
+    final_prefix: str
+    attempts: List[Attempt]
+    reclaims: List[dict]
+    exit_codes: List[Dict[str, int]]
+    lifecycle_calls: List[dict]
+    alerts: List[dict]
+    events: List[dict]
+    logs: Dict[str, Dict[str, List[dict]]] = field(default_factory=dict)
+
+    @property
+    def executed_steps(self) -> int:
+        return sum(a.steps_executed for a in self.attempts)
+
+    @property
+    def goodput(self) -> float:
+        return self.steps / self.executed_steps if self.executed_steps else 0.0
+
+    def completes(self, token: str) -> List[dict]:
+        return [c for c in self.lifecycle_calls
+                if c["action"] == "CompleteLifecycleAction" and c["params"].get("LifecycleActionToken") == token]
+
+
+def _attempts(instances: List[SimInstance]) -> List[Attempt]:
+    attempts = []
+    for instance in instances:
+        for number, events in instance.trainer_logs().items():
+            steps = [e for e in events if e["event"] == "step"]
+            resumed = next((e["step"] for e in events if e["event"] == "resume"), 0)
+            checkpoints = [e["step"] for e in events if e["event"] == "checkpoint"]
+            attempts.append(Attempt(attempt=number, instance_id=instance.instance_id, resumed_from_step=resumed,
+                                    last_step=steps[-1]["step"] if steps else resumed,
+                                    last_checkpoint_step=max(checkpoints, default=resumed),
+                                    steps_executed=len(steps), first_step_at=steps[0]["t"] if steps else None))
+    return sorted(attempts, key=lambda a: a.attempt)
+
+
+def _reclaim_timings(notice_at: float, old: SimInstance, new: SimInstance, resumed: Optional[Attempt],
+                     lifecycle: LifecycleStub) -> Dict[str, float]:
+    watch = old.log("watch")
+    # Whichever path led (the IMDS watch or the hook's Run Command) signalled, uploaded and released.
+    leader = next((log for log in (watch, old.log("checkpoint")) if first(log, "dedupe", role="leader")), watch)
+    marks = {
+        "detected": first(watch, "notice"), "signalled": first(leader, "signal"), "uploaded": last(leader, "latest"),
+        "released": first(leader, "release"), "claimed": first(new.log("run"), "claim", claimed=True),
+        "restored": first(new.log("run"), "restore"),
+    }
+    timings = {f"notice_to_{name}_s": log_epoch(line) - notice_at for name, line in marks.items() if line}
+    completes = [c for c in lifecycle.calls_of("CompleteLifecycleAction")
+                 if c["params"].get("LifecycleActionToken") == old.token]
     if completes:
-        timings["notice_to_completed_s"] = completes[0]["at"] - result.notice_at
+        timings["notice_to_completed_s"] = completes[0]["at"] - notice_at
+    if resumed and resumed.first_step_at:
+        timings["notice_to_resumed_s"] = resumed.first_step_at - notice_at
     return timings
+
+
+def run_drill(workdir: Path, *, steps: int = 240, checkpoint_every: int = 40, step_seconds: float = 0.02,
+              checkpoint_bytes: int = 0, reclaim_at: tuple = (0.3, 0.65), max_failures: int = 1,
+              settings: Optional[AgentSettings] = None) -> DrillResult:
+    """One run, three instances: reclaim the first at `reclaim_at[0]` of the steps, the second at
+    `reclaim_at[1]`; the third finishes. Every process and server is stopped on return."""
+    settings = settings or AgentSettings()
+    workdir.mkdir(parents=True, exist_ok=True)
+    command = trainer_command(steps=steps, checkpoint_every=checkpoint_every, step_seconds=step_seconds,
+                              checkpoint_bytes=checkpoint_bytes)
+    with Cloud() as cloud, LifecycleStub() as lifecycle:
+        reference_dir = workdir / "reference"
+        reference = subprocess.Popen(command, env={**os.environ, "ML_CHECKPOINT_DIR": str(reference_dir),
+                                                   "ML_RESUME_FROM": ""},
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        run_id = f"drill-{uuid.uuid4().hex[:8]}"
+        cloud.put_run(run_item(run_id, run_spec(command, max_failures=max_failures)))
+        instances = [SimInstance(workdir, iid, cloud, lifecycle, settings) for iid in INSTANCE_IDS]
+        try:
+            instances[0].start()
+            wait_until(lambda: instances[0].check_alive() or first(instances[0].log("run"), "claim", claimed=True),
+                       f"{instances[0].instance_id} to claim the run")
+            notices, exit_codes = [], []
+            for index, fraction in enumerate(reclaim_at):
+                old, new = instances[index], instances[index + 1]
+                target = int(steps * fraction)
+                # The replacement is up and polling before the notice: what is measured
+                # excludes boot and image pull.
+                new.start()
+                wait_until(lambda: first(new.log("run"), "run-loop-start"), f"{new.instance_id}'s run loop")
+                wait_until(lambda: old.progressed_to(target), f"{old.instance_id} to reach step {target}")
+                notices.append(old.announce())
+                exit_codes.append(old.wait_for_checkpoint_flows())
+                old.terminate()
+                # The run moves to this replacement, not to the one started next.
+                wait_until(lambda: new.check_alive() or first(new.log("run"), "claim", claimed=True),
+                           f"{new.instance_id} to claim the run")
+            run = wait_until(lambda: (lambda r: r if r.get("state") in ("SUCCEEDED", "FAILED", "CANCELLED")
+                                      else None)(cloud.run(run_id)), f"run {run_id} to end")
+            wait_until(lambda: first(instances[-1].log("run"), "job-finished") or first(
+                instances[-1].log("run"), "end", level="error"), "the job-finished decision")
+            instances[-1].stop()
+            if reference.wait(timeout=WAIT_SECONDS) != 0:
+                raise RuntimeError("drill: the uninterrupted reference run failed")
+            attempts = _attempts(instances)
+            by_number = {a.attempt: a for a in attempts}
+            reclaims = []
+            for index, notice_at in enumerate(notices):
+                old, new = instances[index], instances[index + 1]
+                timings = _reclaim_timings(notice_at, old, new, by_number.get(index + 2), lifecycle)
+                reclaims.append({"instance_id": old.instance_id, "token": old.token, "notice_at": notice_at,
+                                 "timings": timings})
+            final_prefix = cloud.read(f"runs/{run_id}/LATEST").decode()
+            return DrillResult(
+                run_id=run_id, run=run, steps=steps, reference_state=(reference_dir / "state.json").read_bytes(),
+                final_state=cloud.read(final_prefix + "state.json"), final_prefix=final_prefix, attempts=attempts,
+                reclaims=reclaims, exit_codes=exit_codes, lifecycle_calls=list(lifecycle.calls),
+                alerts=cloud.alerts(), events=cloud.finished_events(),
+                logs={i.instance_id: {n: i.log(n) for n in ("run", "watch", "checkpoint")} for i in instances})
+        finally:
+            for instance in instances:
+                instance.close()
+            if reference.poll() is None:
+                reference.kill()
+                reference.wait()
+
+
+@dataclass
+class FailureResult:
+    run: dict
+    alerts: List[dict]
+    events: List[dict]
+    run_log: List[dict]
+
+
+def run_failure_drill(workdir: Path, *, max_failures: int = 2, exit_code: int = 3,
+                      settings: Optional[AgentSettings] = None) -> FailureResult:
+    """One instance, a trainer that always exits `exit_code`: retried up to max_failures, then FAILED."""
+    settings = settings or AgentSettings()
+    command = [sys.executable, "-c", f"import sys; print('loss is nan at step 1', flush=True); sys.exit({exit_code})"]
+    with Cloud() as cloud, LifecycleStub() as lifecycle:
+        run_id = f"broken-{uuid.uuid4().hex[:8]}"
+        cloud.put_run(run_item(run_id, run_spec(command, max_failures=max_failures)))
+        instance = SimInstance(workdir, INSTANCE_IDS[0], cloud, lifecycle, settings)
+        try:
+            instance.start(watch=False)
+            run = wait_until(lambda: (lambda r: r if r.get("state") == "FAILED" else None)(cloud.run(run_id)),
+                             f"run {run_id} to fail")
+            wait_until(lambda: first(instance.log("run"), "job-finished"), "the job-finished decision")
+            instance.stop()
+            return FailureResult(run=run, alerts=cloud.alerts(), events=cloud.finished_events(),
+                                 run_log=instance.log("run"))
+        finally:
+            instance.close()

@@ -1,57 +1,78 @@
-"""The local interruption drill: real trainer, fake IMDS, moto S3 server, the agent as subprocesses.
+"""The runs drill: one run survives two spot reclaims on three simulated instances (drill.py).
 
-Asserts what happened, never how fast: the measured times are printed (run
-with -s to see them; `make bench-drill` measures with the real 5 s polling).
+Asserts what happened, never how fast (`make bench-drill` measures).
 """
 
 from __future__ import annotations
 
-import re
+import pytest
 
 from tests.node_agent import drill
 
 
-def test_drill_checkpoint_lands_in_s3_and_the_lifecycle_action_completes(tmp_path):
-    result = drill.run_drill(tmp_path, poll_seconds=0.5, checkpoint_mb=2, save_seconds=1.0,
-                             budget_seconds=60, heartbeat_seconds=1, timeout_seconds=120)
-    assert result.watch_exit == 0
-    assert result.checkpoint_exit == 0
+@pytest.fixture(scope="module")
+def reclaimed_twice(tmp_path_factory):
+    # max_failures=1 and two reclaims: reclaims never count as failures.
+    return drill.run_drill(tmp_path_factory.mktemp("drill"), steps=300, checkpoint_every=40, step_seconds=0.03,
+                           max_failures=1)
 
-    # The trainer was signalled exactly once, through systemctl, and wrote one checkpoint.
-    assert result.systemctl_calls == [f"kill --signal=SIGUSR1 {drill.UNIT}"]
-    assert result.trainer_state["signals"] == 1
-    assert result.trainer_state["checkpoints"] == 1
 
-    # <instance>/<UTC timestamp>/ holds exactly the trainer's files; LATEST points at it;
-    # the previous checkpoint is still there.
-    instance = drill.INSTANCE_ID
-    prefixes = {key.split("/")[1] for key in result.objects if key.count("/") >= 2}
-    new = sorted(p for p in prefixes if p != "20260101T000000Z")
-    assert len(new) == 1 and re.fullmatch(r"\d{8}T\d{6}Z", new[0])
-    prefix = f"{instance}/{new[0]}/"
-    uploaded = {key[len(prefix):]: body for key, body in result.objects.items() if key.startswith(prefix)}
-    assert uploaded == result.local_files
-    assert set(uploaded) == {"CHECKPOINT_DONE", "meta.json", "model.bin", "optimizer.pt", "shards/rank-0.bin"}
-    assert result.objects[f"{instance}/LATEST"] == prefix.encode()
-    assert result.objects[f"{instance}/20260101T000000Z/model.bin"] == b"previous"
+def test_final_model_is_byte_identical_to_an_uninterrupted_run(reclaimed_twice):
+    assert reclaimed_twice.final_state == reclaimed_twice.reference_state
+    assert b'"step": 300' in reclaimed_twice.final_state
 
-    # The IMDS path led; the Run Command path with the lifecycle token followed, heartbeated,
-    # and completed its action with CONTINUE after the upload.
-    assert drill.first(result.watch_log, "dedupe")["role"] == "leader"
-    assert drill.first(result.checkpoint_log, "dedupe")["role"] == "follower"
-    assert drill.first(result.checkpoint_log, "signal") is None
-    heartbeats = [c for c in result.lifecycle_calls if c["action"] == "RecordLifecycleActionHeartbeat"]
-    completes = [c for c in result.lifecycle_calls if c["action"] == "CompleteLifecycleAction"]
-    assert heartbeats and all(c["params"]["LifecycleActionToken"] == result.token for c in heartbeats)
-    assert len(completes) == 1
-    assert completes[0]["params"] == {
-        "LifecycleHookName": drill.HOOK,
-        "AutoScalingGroupName": drill.GROUP,
-        "LifecycleActionToken": result.token,
-        "LifecycleActionResult": "CONTINUE",
-        "InstanceId": instance,
-    }
 
-    timings = result.timings
-    assert 0 <= timings["notice_to_uploaded_s"] <= timings["notice_to_completed_s"]
-    print("\ndrill timings:", {k: round(v, 3) for k, v in timings.items()})
+def test_run_shows_three_attempts_on_three_instances_and_succeeds(reclaimed_twice):
+    run = reclaimed_twice.run
+    assert run["state"] == "SUCCEEDED" and run["end_reason"] == "finished"
+    assert [(a["attempt"], a["instance_id"], a["end_reason"]) for a in run["attempts"]] == [
+        (1, drill.INSTANCE_IDS[0], "reclaimed"), (2, drill.INSTANCE_IDS[1], "reclaimed"),
+        (3, drill.INSTANCE_IDS[2], "finished")]
+    assert all(a["detail"] == "spot-imds" for a in run["attempts"][:2])
+    assert run["attempt_count"] == 3 and run.get("failures", 0) == 0
+    assert len(run["attempts"]) > run["spec"]["max_failures"]  # reclaimed more often than failures allowed
+    assert run["last_checkpoint"] == f"s3://{drill.BUCKET}/{reclaimed_twice.final_prefix}"
+
+
+def test_each_reclaim_loses_at_most_the_steps_since_the_last_completed_checkpoint(reclaimed_twice):
+    attempts = reclaimed_twice.attempts
+    assert [a.instance_id for a in attempts] == list(drill.INSTANCE_IDS)
+    for old, new in zip(attempts, attempts[1:]):
+        lost = old.last_step - new.resumed_from_step
+        assert 0 <= lost <= old.last_step - old.last_checkpoint_step
+        assert new.resumed_from_step == old.last_checkpoint_step  # resumed from the newest completed one
+    assert attempts[0].resumed_from_step == 0 and attempts[-1].last_step == reclaimed_twice.steps
+
+
+def test_each_lifecycle_action_is_completed_exactly_once_and_every_checkpoint_flow_succeeds(reclaimed_twice):
+    assert reclaimed_twice.exit_codes == [{"watch": 0, "checkpoint": 0}] * 2
+    for reclaim in reclaimed_twice.reclaims:
+        [complete] = reclaimed_twice.completes(reclaim["token"])
+        assert complete["params"]["LifecycleActionResult"] == "CONTINUE"
+        assert complete["params"]["InstanceId"] == reclaim["instance_id"]
+        logs = reclaimed_twice.logs[reclaim["instance_id"]]
+        # One path led (signal, upload, release), the other followed: the trainer was signalled once.
+        roles = sorted(drill.first(logs[name], "dedupe")["role"] for name in ("watch", "checkpoint"))
+        assert roles == ["follower", "leader"]
+        leader = next(logs[n] for n in ("watch", "checkpoint") if drill.first(logs[n], "dedupe")["role"] == "leader")
+        steps = [line["step"] for line in leader]
+        assert steps.count("signal") == 1
+        assert steps.index("signal") < steps.index("latest") < steps.index("stop-trainer") < steps.index("release")
+
+
+def test_the_job_finished_event_is_sent_once_and_no_alert(reclaimed_twice):
+    [event] = reclaimed_twice.events
+    assert event["detail"] == {"autoScalingGroupName": drill.GROUP, "runId": reclaimed_twice.run_id,
+                               "state": "SUCCEEDED"}
+    assert reclaimed_twice.alerts == []
+
+
+def test_a_trainer_exiting_non_zero_is_retried_up_to_max_failures_then_failed_with_an_alert(tmp_path):
+    result = drill.run_failure_drill(tmp_path, max_failures=2, exit_code=3)
+    run = result.run
+    assert (run["state"], run["end_reason"], run["failures"]) == ("FAILED", "max-failures", 2)
+    assert [(a["end_reason"], a["exit_code"]) for a in run["attempts"]] == [("failed", 3), ("failed", 3)]
+    [alert] = result.alerts
+    assert alert["Subject"] == f"[ml-{drill.STAGE}] run {run['run_id']} FAILED"
+    assert "max-failures" in alert["Message"]
+    assert [e["detail"]["state"] for e in result.events] == ["FAILED"]

@@ -15,14 +15,18 @@ CONTRACT_VARS = {
     "ML_CHECKPOINT_BUCKET": "ml-dev-checkpoints-abc123",
     "ML_CHECKPOINT_DIR": "/opt/ml/checkpoints",
     "ML_CHECKPOINT_DONE_MARKER": "CHECKPOINT_DONE",
-    "ML_TRAINING_UNIT": "ml-training.service",
     "ML_TRAINING_SIGNAL": "SIGUSR1",
     "ML_CHECKPOINT_BUDGET_SECONDS": "90",
     "ML_HEARTBEAT_SECONDS": "30",
     "ML_AUTOSCALING_GROUP_NAME": "ml-dev-training-Fleet-1A2B3C",
     "ML_LIFECYCLE_HOOK_NAME": "ml-dev-training-terminate",
     "AWS_REGION": "us-east-1",
+    "ML_STAGE": "dev",
+    "ML_RUNS_TABLE": "ml-dev-training-RunsTable1A2B3C-XYZ",
+    "ML_RUNS_LOG_GROUP": "/ml/dev/runs",
+    "ML_ALERTS_TOPIC_ARN": "arn:aws:sns:us-east-1:123456789012:ml-dev-alerts",
 }
+UNITS = ("ml-node-agent.service", "ml-node-agent-runs.service")
 
 
 class Root:
@@ -41,6 +45,10 @@ class Root:
     @property
     def unit(self) -> Path:
         return self.systemd_dir / "ml-node-agent.service"
+
+    @property
+    def runs_unit(self) -> Path:
+        return self.systemd_dir / "ml-node-agent-runs.service"
 
     def run(self, variables: dict, python: str = sys.executable,
             script: Path = NODE_AGENT / "install.sh") -> subprocess.CompletedProcess:
@@ -64,17 +72,32 @@ def root(tmp_path):
     return Root(tmp_path)
 
 
-def test_install_writes_the_env_file_unit_and_starts_the_service(agent, root):
+def test_install_writes_the_env_file_both_units_and_starts_them(agent, root):
     result = root.run(CONTRACT_VARS)
     assert result.returncode == 0, result.stderr
     assert agent.read_env_file(root.env_file) == CONTRACT_VARS
-    unit = root.unit.read_text()
-    assert f"EnvironmentFile={root.env_file}\n" in unit
-    assert f"ExecStart={sys.executable} {root.prefix}/ml_node_agent.py watch\n" in unit
-    assert "WantedBy=multi-user.target" in unit
+    for path, command in ((root.unit, "watch"), (root.runs_unit, "run")):
+        unit = path.read_text()
+        assert f"EnvironmentFile={root.env_file}\n" in unit
+        assert f"ExecStart={sys.executable} {root.prefix}/ml_node_agent.py {command}\n" in unit
+        assert "Restart=always" in unit and "WantedBy=multi-user.target" in unit
+    assert "After=network-online.target docker.service" in root.runs_unit.read_text()
     assert os.access(root.prefix / "ml_node_agent.py", os.X_OK)
-    assert root.systemctl_calls() == ["daemon-reload", "enable ml-node-agent.service",
-                                      "restart ml-node-agent.service"]
+    assert root.systemctl_calls() == ["daemon-reload", "enable " + " ".join(UNITS), "restart " + " ".join(UNITS)]
+
+
+def test_install_writes_optional_run_settings_only_when_given(agent, root):
+    assert root.run({**CONTRACT_VARS, "ML_LEASE_SECONDS": "60", "ML_GPU_COUNT": "4"}).returncode == 0
+    written = agent.read_env_file(root.env_file)
+    assert (written["ML_LEASE_SECONDS"], written["ML_GPU_COUNT"]) == ("60", "4")
+    assert "ML_TRAINER_LAUNCHER" not in written and "ML_EVENT_BUS_NAME" not in written
+
+
+def test_install_validates_optional_settings_with_the_agent_rules(root):
+    result = root.run({**CONTRACT_VARS, "ML_TRAINER_LAUNCHER": "podman"})
+    assert result.returncode != 0
+    assert "ML_TRAINER_LAUNCHER='podman' is not one of docker, process" in result.stderr
+    assert root.systemctl_calls() == []
 
 
 def test_installed_env_file_is_a_complete_agent_config(agent, root):
@@ -90,13 +113,16 @@ def test_install_is_idempotent(root):
     first = (root.env_file.read_text(), root.unit.read_text())
     assert root.run(CONTRACT_VARS).returncode == 0
     assert (root.env_file.read_text(), root.unit.read_text()) == first
+    assert root.runs_unit.exists()
 
 
-def test_shipped_unit_matches_the_default_install_paths():
-    unit = (NODE_AGENT / "ml-node-agent.service").read_text()
-    assert "EnvironmentFile=/etc/ml-node-agent.env\n" in unit
-    assert "ExecStart=/usr/bin/python3 /opt/ml-node-agent/ml_node_agent.py watch\n" in unit
-    assert "Restart=always" in unit
+@pytest.mark.parametrize(("unit", "command"), [("ml-node-agent.service", "watch"),
+                                              ("ml-node-agent-runs.service", "run")])
+def test_shipped_units_match_the_default_install_paths(unit, command):
+    text = (NODE_AGENT / unit).read_text()
+    assert "EnvironmentFile=/etc/ml-node-agent.env\n" in text
+    assert f"ExecStart=/usr/bin/python3 /opt/ml-node-agent/ml_node_agent.py {command}\n" in text
+    assert "Restart=always" in text
 
 
 @pytest.mark.parametrize("missing", sorted(CONTRACT_VARS))
@@ -110,9 +136,9 @@ def test_install_fails_naming_a_missing_variable(root, missing):
 
 
 def test_install_fails_naming_every_missing_variable_at_once(root):
-    result = root.run({k: v for k, v in CONTRACT_VARS.items() if k not in ("AWS_REGION", "ML_TRAINING_UNIT")})
+    result = root.run({k: v for k, v in CONTRACT_VARS.items() if k not in ("AWS_REGION", "ML_RUNS_TABLE")})
     assert result.returncode != 0
-    assert "ML_TRAINING_UNIT" in result.stderr and "AWS_REGION" in result.stderr
+    assert "ML_RUNS_TABLE" in result.stderr and "AWS_REGION" in result.stderr
 
 
 def test_install_treats_an_empty_variable_as_missing(root):
@@ -151,7 +177,7 @@ def test_install_quotes_values_so_they_round_trip(agent, root):
 def test_install_from_the_unzipped_asset_in_place_restores_the_executable_bit(root):
     # User data unzips the asset into the prefix and runs install.sh from there; zips drop modes.
     root.prefix.mkdir(parents=True)
-    for name in ("ml_node_agent.py", "ml-node-agent.service", "install.sh"):
+    for name in ("ml_node_agent.py", *UNITS, "install.sh"):
         target = root.prefix / name
         target.write_bytes((NODE_AGENT / name).read_bytes())
         target.chmod(0o644)
