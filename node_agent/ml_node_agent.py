@@ -1357,7 +1357,9 @@ class RunEvents:
                          f"{attempt.get('ended_at', '?')} {attempt.get('end_reason', '?')}"
                          + (f" exit {attempt['exit_code']}" if "exit_code" in attempt else "")
                          + (f" ({attempt['detail']})" if attempt.get("detail") else ""))
-        lines.append(f'Inspect: make run ARGS="show {run_id}"  (logs: make run ARGS="logs {run_id}")')
+        stage = self._config.stage
+        lines.append(f'Inspect: make run STAGE={stage} ARGS="show {run_id}"  '
+                     f'(logs: make run STAGE={stage} ARGS="logs {run_id}")')
         subject = f"[ml-{self._config.stage}] run {run_id} FAILED"[:100]
         try:
             self._sns.publish(TopicArn=self._config.alerts_topic_arn, Subject=subject, Message="\n".join(lines))
