@@ -4,12 +4,9 @@ runs written by the CLI's own writer) and the fleet's Auto Scaling group."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 import threading
 from datetime import timedelta
-from pathlib import Path
 from typing import Any, Callable
 
 import pytest
@@ -20,21 +17,11 @@ from moto import mock_aws
 from ml_runs.runs import StageRuns, _dump, put_run
 from ml_runs.spec import RunSpec
 from tests.ml_runs.world import World
-
-FUNCTION_DIR = Path(__file__).resolve().parents[2] / "lambda" / "runs_capacity"
-
-
-def _handler_module():
-    name = "runs_capacity_handler"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, FUNCTION_DIR / "handler.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+from tests.runs_capacity_function import handler_module
 
 
-capacity = _handler_module()
+
+capacity = handler_module()
 
 
 @pytest.fixture

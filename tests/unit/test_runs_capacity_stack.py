@@ -5,11 +5,8 @@ actions that close and reopen the fleet."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 from aws_cdk.assertions import Template
@@ -17,18 +14,8 @@ from aws_cdk.assertions import Template
 from ml_stacks.app_factory import build_app
 from ml_stacks.config import default_configs
 from tests.conftest import STAGES, resources_of_type
+from tests.runs_capacity_function import handler_module
 
-FUNCTION_DIR = Path(__file__).resolve().parents[2] / "lambda" / "runs_capacity"
-
-
-def handler_module():
-    name = "runs_capacity_handler"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, FUNCTION_DIR / "handler.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
 
 
 def one(template: dict, resource_type: str, prefix: str) -> tuple[str, dict]:
