@@ -86,7 +86,7 @@ class IdleShutdown(Construct):
         super().__init__(scope, construct_id)
         self.opt_in_tag_key = opt_in_tag_key
         self.opt_in_tag_value = opt_in_tag_value
-        self._producers_policy: events.CfnEventBusPolicy | None = None
+        self._producers_policy: cdk.CfnResource | None = None
         stack = cdk.Stack.of(self)
 
         self.log_group = logs.LogGroup(self, "Logs", retention=log_retention,
@@ -197,7 +197,7 @@ class IdleShutdown(Construct):
         self.errors_alarm.add_alarm_action(cw_actions.SnsAction(alerts_topic))
 
     def accept_completion_only_from(self, scope: Construct,
-                                    producers: Sequence[iam.IRole]) -> events.CfnEventBusPolicy:
+                                    producers: Sequence[iam.IRole]) -> cdk.CfnResource:
         """Deny ``events:PutEvents`` on ``event_bus`` to every principal but ``producers``.
 
         The policy is created in ``scope`` (the producers' stack: it names
@@ -220,11 +220,15 @@ class IdleShutdown(Construct):
             conditions=({"ArnNotEquals": {"aws:PrincipalArn": [r.role_arn for r in producers]}}
                         if producers else None),
         )
-        # The L1: the L2 EventBusPolicy hands the statement object, not its
-        # JSON, to the template under jsii (circular reference at synth).
-        self._producers_policy = events.CfnEventBusPolicy(
-            scope, "JobFinishedProducersOnly", event_bus_name=self.event_bus.event_bus_name,
-            statement_id=PRODUCERS_ONLY_SID, statement=statement.to_statement_json())
+        # Neither the L2 EventBusPolicy (under jsii it hands the statement
+        # object, not its JSON, to the template: circular reference at synth)
+        # nor CfnEventBusPolicy (it prints a deprecation warning for its
+        # unused Principal on every synth): the resource as CloudFormation has it.
+        self._producers_policy = cdk.CfnResource(
+            scope, "JobFinishedProducersOnly", type="AWS::Events::EventBusPolicy",
+            properties={"EventBusName": self.event_bus.event_bus_name,
+                        "StatementId": PRODUCERS_ONLY_SID,
+                        "Statement": statement.to_statement_json()})
         return self._producers_policy
 
     def enroll(self, group: autoscaling.IAutoScalingGroup) -> None:
