@@ -279,3 +279,18 @@ def test_a_submitted_run_is_named_when_the_fleet_cannot_be_raised(world, tmp_pat
     rate = world.config.training.runs_capacity_rate_minutes
     assert result.err.endswith(f"the runs capacity function raises it within {rate} minutes once the "
                                "group is reachable; do not submit it again\n")
+
+
+@pytest.mark.parametrize(("enabled", "dry_run", "says"), [
+    (False, False, "idle shutdown is off in stage dev: lower g's desired capacity yourself"),
+    (True, True, "idle shutdown only reports in stage dev: lower g's desired capacity yourself"),
+])
+def test_cancel_says_who_lowers_the_fleet_when_the_sweep_stops_nothing(enabled, dry_run, says) -> None:
+    from dataclasses import replace
+
+    from ml_runs.cli import _idle_fate
+    from ml_stacks.config import default_configs
+
+    dev = default_configs()["dev"]
+    dev = replace(dev, idle_shutdown=replace(dev.idle_shutdown, enabled=enabled, dry_run=dry_run))
+    assert _idle_fate(dev, "g") == says
