@@ -34,6 +34,9 @@ from constructs_lib.acknowledge import acknowledge
 from constructs_lib.acknowledge_resolved import acknowledge_resources
 
 CODE_DIR = Path(__file__).resolve().parent.parent / "lambda" / "idle_shutdown"
+# lambda/idle_shutdown/idle_settings.py STAGE_TAG: the function acts on a
+# job-finished event only for a group this stage enrolled.
+STAGE_TAG = "ml:idle-shutdown-stage"
 COMPLETION_SOURCE = "ml.training"
 COMPLETION_DETAIL_TYPE = "Training Job Finished"
 PRODUCERS_ONLY_SID = "OnlyTheStageProducersPutEvents"
@@ -86,6 +89,7 @@ class IdleShutdown(Construct):
         super().__init__(scope, construct_id)
         self.opt_in_tag_key = opt_in_tag_key
         self.opt_in_tag_value = opt_in_tag_value
+        self.stage = stage
         self._producers_policy: cdk.CfnResource | None = None
         stack = cdk.Stack.of(self)
 
@@ -234,10 +238,13 @@ class IdleShutdown(Construct):
     def enroll(self, group: autoscaling.IAutoScalingGroup) -> None:
         """Opt ``group`` in: tag it so the function (and its IAM condition) accept it.
 
-        The tag stays on the group (not propagated to instances).
+        A second tag names the stage: only this stage's function acts on a
+        job-finished event for the group. The tags stay on the group (not
+        propagated to instances).
         """
         cdk.Tags.of(group).add(self.opt_in_tag_key, self.opt_in_tag_value,
                                apply_to_launched_instances=False)
+        cdk.Tags.of(group).add(STAGE_TAG, self.stage, apply_to_launched_instances=False)
 
 
 def _number(value: float) -> str:

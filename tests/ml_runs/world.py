@@ -71,9 +71,11 @@ class World:
             AutoScalingGroupName=o["AutoScalingGroupName"], LaunchTemplate={"LaunchTemplateName": "fleet"},
             MinSize=0, MaxSize=self.config.training.max_capacity, DesiredCapacity=0,
             VPCZoneIdentifier=subnet["Subnet"]["SubnetId"],
-            Tags=[{"Key": self.config.idle_shutdown.opt_in_tag_key,
-                   "Value": self.config.idle_shutdown.opt_in_tag_value, "PropagateAtLaunch": False,
-                   "ResourceId": o["AutoScalingGroupName"], "ResourceType": "auto-scaling-group"}])
+            Tags=[{"Key": key, "Value": value, "PropagateAtLaunch": False,
+                   "ResourceId": o["AutoScalingGroupName"], "ResourceType": "auto-scaling-group"}
+                  for key, value in ((self.config.idle_shutdown.opt_in_tag_key,
+                                      self.config.idle_shutdown.opt_in_tag_value),
+                                     ("ml:idle-shutdown-stage", self.config.name))])
         c["logs"].create_log_group(logGroupName=o["RunsLogGroupName"])
         # The outputs are what the CLI reads; a template needs one resource.
         c["cloudformation"].create_stack(

@@ -222,3 +222,10 @@ def test_producers_are_named_in_one_call_only() -> None:
     shutdown.accept_completion_only_from(stack, [role])
     with pytest.raises(ValueError, match="already called"):
         shutdown.accept_completion_only_from(stack, [role])
+
+
+def test_the_construct_writes_the_stage_tag_the_function_reads() -> None:
+    from constructs_lib.idle_shutdown import STAGE_TAG
+    from tests.idle_function import module
+
+    assert module("idle_settings").STAGE_TAG == STAGE_TAG
