@@ -40,6 +40,9 @@ STAGE_TAG = "ml:idle-shutdown-stage"
 COMPLETION_SOURCE = "ml.training"
 COMPLETION_DETAIL_TYPE = "Training Job Finished"
 PRODUCERS_ONLY_SID = "OnlyTheStageProducersPutEvents"
+# Another statement ID: a stage whose fleet was switched off may still have a
+# training stack (cdk deploy does not delete it) holding PRODUCERS_ONLY_SID.
+NO_PRODUCERS_SID = "NobodyPutsEvents"
 
 
 class IdleShutdown(Construct):
@@ -215,8 +218,9 @@ class IdleShutdown(Construct):
         if self._producers_policy is not None:
             raise ValueError(f"{self.node.path}: accept_completion_only_from was already called; "
                              "pass every producer role in one call")
+        sid = PRODUCERS_ONLY_SID if producers else NO_PRODUCERS_SID
         statement = iam.PolicyStatement(
-            sid=PRODUCERS_ONLY_SID,
+            sid=sid,
             effect=iam.Effect.DENY,
             principals=[iam.AnyPrincipal()],
             actions=["events:PutEvents"],
@@ -231,7 +235,7 @@ class IdleShutdown(Construct):
         self._producers_policy = cdk.CfnResource(
             scope, "JobFinishedProducersOnly", type="AWS::Events::EventBusPolicy",
             properties={"EventBusName": self.event_bus.event_bus_name,
-                        "StatementId": PRODUCERS_ONLY_SID,
+                        "StatementId": sid,
                         "Statement": statement.to_statement_json()})
         return self._producers_policy
 

@@ -5,7 +5,8 @@ its schedule and job-completion rule, on a bus of its own that only the
 training stack's instance role may put events on. Fleets plug in from their own stack:
 
     idle.gpu_metrics.install_on(user_data=..., role=...)   # agent on every node
-    idle.shutdown.enroll(group)                             # opt-in tag
+    idle.shutdown.enroll(group)                             # opt-in and stage tags
+    idle.shutdown.accept_completion_only_from(stack, [role])  # who may say "job finished"
     add_off_hours_schedule(group, ...)                      # constructs_lib.off_hours
 """
 

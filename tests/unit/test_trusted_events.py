@@ -21,8 +21,8 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_sns as sns
 from aws_cdk.assertions import Template
 
-from constructs_lib.idle_shutdown import (COMPLETION_DETAIL_TYPE, COMPLETION_SOURCE, PRODUCERS_ONLY_SID,
-                                          IdleShutdown)
+from constructs_lib.idle_shutdown import (COMPLETION_DETAIL_TYPE, COMPLETION_SOURCE, NO_PRODUCERS_SID,
+                                          PRODUCERS_ONLY_SID, IdleShutdown)
 from ml_stacks.app_factory import build_app
 from ml_stacks.config import default_configs
 from tests.conftest import STAGES, STACKS, resources_of_type
@@ -207,6 +207,7 @@ def test_a_stage_without_a_fleet_accepts_no_job_finished_event_at_all(tmp_path) 
     policy = producers_policy(idle)
     assert policy["EventBusName"] == {"Ref": bus_id}
     statement = policy["Statement"]
+    assert policy["StatementId"] == statement["Sid"] == NO_PRODUCERS_SID
     assert "Condition" not in statement
     bus_arn = f"arn:aws:events:{dev.region}:{ACCOUNT}:event-bus/{bus['Name']}"
     resolved = substitute(statement, {json.dumps(statement["Resource"], sort_keys=True): bus_arn})
