@@ -5,11 +5,18 @@ schedule and on ``ml.training`` / ``Training Job Finished`` events. It may
 terminate instances and set the desired capacity only of Auto Scaling groups
 that carry the opt-in tag: IAM enforces that with a condition on
 ``autoscaling:ResourceTag/<key>``, the function checks it too.
+
+Job-finished events are trusted only on the construct's own event bus
+(``event_bus``), never on the account's default bus: the bus policy written
+by ``accept_completion_only_from`` denies ``events:PutEvents`` to every
+principal but the stage's producers, which in the same account overrides
+any identity policy that allows ``events:PutEvents`` on ``*``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import aws_cdk as cdk
 from aws_cdk import aws_autoscaling as autoscaling
@@ -27,12 +34,23 @@ from constructs_lib.acknowledge import acknowledge
 from constructs_lib.acknowledge_resolved import acknowledge_resources
 
 CODE_DIR = Path(__file__).resolve().parent.parent / "lambda" / "idle_shutdown"
+# lambda/idle_shutdown/idle_settings.py STAGE_TAG: the function acts on a
+# job-finished event only for a group this stage enrolled.
+STAGE_TAG = "ml:idle-shutdown-stage"
 COMPLETION_SOURCE = "ml.training"
 COMPLETION_DETAIL_TYPE = "Training Job Finished"
+PRODUCERS_ONLY_SID = "OnlyTheStageProducersPutEvents"
+# Another statement ID: a stage whose fleet was switched off may still have a
+# training stack (cdk deploy does not delete it) holding PRODUCERS_ONLY_SID.
+NO_PRODUCERS_SID = "NobodyPutsEvents"
 
 
 class IdleShutdown(Construct):
     """Stops idle GPU instances of opted-in Auto Scaling groups.
+
+    ``event_bus`` is where the job-finished rule listens; call
+    ``accept_completion_only_from`` exactly once (from the producers' stack)
+    to lock it to its producers.
 
     :param alerts_topic: where stops and job-completion scale-downs are
         reported, and where the function's error alarm goes.
@@ -74,6 +92,8 @@ class IdleShutdown(Construct):
         super().__init__(scope, construct_id)
         self.opt_in_tag_key = opt_in_tag_key
         self.opt_in_tag_value = opt_in_tag_value
+        self.stage = stage
+        self._producers_policy: cdk.CfnResource | None = None
         stack = cdk.Stack.of(self)
 
         self.log_group = logs.LogGroup(self, "Logs", retention=log_retention,
@@ -153,10 +173,18 @@ class IdleShutdown(Construct):
             # A missed sweep is not retried: the next one comes in one rate.
             targets=[targets.LambdaFunction(self.function, retry_attempts=0)],
         )
+        # A bus of its own (name generated from the construct path, unique
+        # per stage): a rule on the default bus would act on an event anyone
+        # allowed events:PutEvents there can forge.
+        self.event_bus = events.EventBus(
+            self, "JobFinishedBus",
+            description=f"{COMPLETION_SOURCE} / {COMPLETION_DETAIL_TYPE} from the stage's "
+                        "training instances only (bus policy)")
         self.completion_rule = events.Rule(
             self,
             "JobFinished",
             description=f"{COMPLETION_SOURCE} / {COMPLETION_DETAIL_TYPE}: scale the job's group down",
+            event_bus=self.event_bus,
             event_pattern=events.EventPattern(source=[COMPLETION_SOURCE],
                                               detail_type=[COMPLETION_DETAIL_TYPE]),
             enabled=enabled,
@@ -175,13 +203,52 @@ class IdleShutdown(Construct):
         )
         self.errors_alarm.add_alarm_action(cw_actions.SnsAction(alerts_topic))
 
+    def accept_completion_only_from(self, scope: Construct,
+                                    producers: Sequence[iam.IRole]) -> cdk.CfnResource:
+        """Deny ``events:PutEvents`` on ``event_bus`` to every principal but ``producers``.
+
+        The policy is created in ``scope`` (the producers' stack: it names
+        their roles, and the producers' stack already depends on this one).
+        No producers denies everyone: a stage without a fleet accepts no
+        completion at all. The producers still need an identity grant
+        (``event_bus.grant_put_events_to``): within one account either
+        policy may allow, and an explicit deny in either wins. Call it once:
+        a second deny naming other roles would shut out the first ones.
+        """
+        if self._producers_policy is not None:
+            raise ValueError(f"{self.node.path}: accept_completion_only_from was already called; "
+                             "pass every producer role in one call")
+        sid = PRODUCERS_ONLY_SID if producers else NO_PRODUCERS_SID
+        statement = iam.PolicyStatement(
+            sid=sid,
+            effect=iam.Effect.DENY,
+            principals=[iam.AnyPrincipal()],
+            actions=["events:PutEvents"],
+            resources=[self.event_bus.event_bus_arn],
+            conditions=({"ArnNotEquals": {"aws:PrincipalArn": [r.role_arn for r in producers]}}
+                        if producers else None),
+        )
+        # Neither the L2 EventBusPolicy (under jsii it hands the statement
+        # object, not its JSON, to the template: circular reference at synth)
+        # nor CfnEventBusPolicy (it prints a deprecation warning for its
+        # unused Principal on every synth): the resource as CloudFormation has it.
+        self._producers_policy = cdk.CfnResource(
+            scope, "JobFinishedProducersOnly", type="AWS::Events::EventBusPolicy",
+            properties={"EventBusName": self.event_bus.event_bus_name,
+                        "StatementId": sid,
+                        "Statement": statement.to_statement_json()})
+        return self._producers_policy
+
     def enroll(self, group: autoscaling.IAutoScalingGroup) -> None:
         """Opt ``group`` in: tag it so the function (and its IAM condition) accept it.
 
-        The tag stays on the group (not propagated to instances).
+        A second tag names the stage: only this stage's function acts on a
+        job-finished event for the group. The tags stay on the group (not
+        propagated to instances).
         """
         cdk.Tags.of(group).add(self.opt_in_tag_key, self.opt_in_tag_value,
                                apply_to_launched_instances=False)
+        cdk.Tags.of(group).add(STAGE_TAG, self.stage, apply_to_launched_instances=False)
 
 
 def _number(value: float) -> str:

@@ -109,16 +109,26 @@ def cmd_show(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(ctx: Context, args: argparse.Namespace) -> int:
-    outcome = cancel(ctx.clients("dynamodb"), ctx.clients("events"), ctx.runs, args.run_id,
-                     now=ctx.now())
+    outcome = cancel(ctx.clients("dynamodb"), ctx.runs, args.run_id, now=ctx.now())
     if outcome.state == "RUNNING":
         ctx.out.write(f"cancel requested: {outcome.holder} stops run {outcome.run_id} within "
                       f"{ctx.config.training.lease_renew_seconds} s and marks it CANCELLED\n")
-    else:
-        ctx.out.write(f"run {outcome.run_id} CANCELLED"
-                      + ("; no run left, the fleet scales to its minimum\n" if outcome.job_finished
-                         else "\n"))
+        return 0
+    ctx.out.write(f"run {outcome.run_id} CANCELLED\n")
+    if outcome.nothing_left:
+        # The CLI cannot announce "job finished" (only the stage's instances
+        # may): the instances left have no run to claim and are idle GPUs.
+        ctx.err.write(f"no run left: {_idle_fate(ctx.config, ctx.runs.group)}\n")
     return 0
+
+
+def _idle_fate(config: StageConfig, group: str) -> str:
+    idle = config.idle_shutdown
+    if not idle.enabled or idle.dry_run:
+        return (f"idle shutdown {'is off' if not idle.enabled else 'only reports'} in stage "
+                f"{config.name}: lower {group}'s desired capacity yourself")
+    return (f"the idle-GPU sweep stops {group}'s idle instances (idle for {idle.window_minutes} "
+            f"min, launched at least {idle.launch_grace_minutes} min ago)")
 
 
 def cmd_logs(ctx: Context, args: argparse.Namespace) -> int:

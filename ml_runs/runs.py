@@ -1,13 +1,16 @@
 """The CLI's side of the runs table and the fleet (node_agent/RUNS_CONTRACT.md).
 
 Plain functions over boto3 clients passed in: submit a run and raise the
-fleet's desired capacity, read runs, cancel one, and announce that nothing
-is left to run (the idle stack's ``Training Job Finished`` event).
+fleet's desired capacity, read runs, cancel one.
+
+The CLI never puts ``Training Job Finished``: the idle stack accepts it
+only from the stage's instances (its bus denies every other principal).
+When a cancel leaves nothing to run, the instances find no run to claim
+and the idle-GPU sweep stops them (README, "Which events are trusted").
 """
 
 from __future__ import annotations
 
-import json
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -25,11 +28,6 @@ PENDING, RUNNING = "PENDING", "RUNNING"
 SUCCEEDED, FAILED, CANCELLED = "SUCCEEDED", "FAILED", "CANCELLED"
 STATES = (PENDING, RUNNING, SUCCEEDED, FAILED, CANCELLED)
 ACTIVE = (PENDING, RUNNING)
-# The idle stack's completion rule (constructs_lib/idle_shutdown.py) and its
-# function (lambda/idle_shutdown/idle_settings.py) match exactly these.
-JOB_FINISHED_SOURCE = "ml.training"
-JOB_FINISHED_DETAIL_TYPE = "Training Job Finished"
-DEFAULT_EVENT_BUS = "default"
 # A cancel re-reads and retries when an instance changed the run meanwhile.
 CANCEL_TRIES = 3
 
@@ -193,11 +191,11 @@ class CancelOutcome:
     run_id: str
     state: str  # CANCELLED, or RUNNING when the holder was asked to stop
     holder: str | None = None
-    job_finished: bool = False
+    # Whether no run is PENDING or RUNNING any more (the fleet is idle).
+    nothing_left: bool = False
 
 
-def cancel(dynamodb: Any, events: Any, runs: StageRuns, run_id: str, *, now: datetime,
-           event_bus: str = DEFAULT_EVENT_BUS) -> CancelOutcome:
+def cancel(dynamodb: Any, runs: StageRuns, run_id: str, *, now: datetime) -> CancelOutcome:
     """PENDING → CANCELLED; RUNNING → cancel requested (the holder stops it), or
     CANCELLED at once when its lease already expired; a terminal run is an error."""
     for _ in range(CANCEL_TRIES):
@@ -218,8 +216,9 @@ def cancel(dynamodb: Any, events: Any, runs: StageRuns, run_id: str, *, now: dat
             if _condition_failed(error):
                 continue  # an instance moved the run meanwhile: decide again
             raise
-        finished = announce_if_idle(dynamodb, events, runs, run_id, CANCELLED, event_bus=event_bus)
-        return CancelOutcome(run_id, CANCELLED, job_finished=finished)
+        # The run just ended never counts (the by-state index is eventually consistent).
+        idle = not (active_run_ids(dynamodb, runs) - {run_id})
+        return CancelOutcome(run_id, CANCELLED, nothing_left=idle)
     raise UserError(f"run {run_id} kept changing while it was being cancelled: try again")
 
 
@@ -274,30 +273,3 @@ def _request_cancel(dynamodb: Any, runs: StageRuns, run: dict[str, Any], now: da
                                    ":holder": {"S": run.get("lease_holder", "")},
                                    ":epoch": {"N": str(int(now.timestamp()))}},
     )
-
-
-# --- job finished -------------------------------------------------------------------
-
-def job_finished_entry(runs: StageRuns, run_id: str, state: str, *,
-                       event_bus: str = DEFAULT_EVENT_BUS) -> dict[str, str]:
-    """The ``PutEvents`` entry the idle stack's completion rule matches."""
-    return {
-        "Source": JOB_FINISHED_SOURCE,
-        "DetailType": JOB_FINISHED_DETAIL_TYPE,
-        "Detail": json.dumps({"autoScalingGroupName": runs.group, "runId": run_id, "state": state}),
-        "EventBusName": event_bus,
-    }
-
-
-def announce_if_idle(dynamodb: Any, events: Any, runs: StageRuns, run_id: str, state: str, *,
-                     event_bus: str = DEFAULT_EVENT_BUS) -> bool:
-    """Put ``Training Job Finished`` when no run but ``run_id`` (which has just
-    ended) is PENDING or RUNNING; whether it did."""
-    if active_run_ids(dynamodb, runs) - {run_id}:
-        return False
-    result = events.put_events(Entries=[job_finished_entry(runs, run_id, state, event_bus=event_bus)])
-    if result.get("FailedEntryCount"):
-        code = result["Entries"][0].get("ErrorCode", "unknown")
-        raise UserError(f"run {run_id} is {state}, but the job-finished event was rejected ({code}): "
-                        "the idle-GPU sweep still stops the fleet's idle instances")
-    return True

@@ -1,10 +1,12 @@
 """Idle stack: never pay for an idle GPU.
 
 Owns the GPU metrics agent config (SSM) and the idle-shutdown function with
-its schedule and job-completion rule. Fleets plug in from their own stack:
+its schedule and job-completion rule, on a bus of its own that only the
+training stack's instance role may put events on. Fleets plug in from their own stack:
 
     idle.gpu_metrics.install_on(user_data=..., role=...)   # agent on every node
-    idle.shutdown.enroll(group)                             # opt-in tag
+    idle.shutdown.enroll(group)                             # opt-in and stage tags
+    idle.shutdown.accept_completion_only_from(stack, [role])  # who may say "job finished"
     add_off_hours_schedule(group, ...)                      # constructs_lib.off_hours
 """
 
@@ -47,6 +49,9 @@ class IdleStack(StageStack):
             log_retention=log_retention(config.network.flow_log_retention_days),
             removal_policy=self.removal_policy,
         )
+        if not config.training.enabled:
+            # No fleet, no producer: the bus refuses every job-finished event.
+            self.shutdown.accept_completion_only_from(self, [])
         cdk.CfnOutput(self, "GpuAgentConfigParameter",
                       value=self.gpu_metrics.parameter.parameter_name,
                       description="CloudWatch agent config for GPU nodes (fetch-config -c ssm:<name>)")

@@ -7,7 +7,6 @@ from pathlib import Path
 import aws_cdk as cdk
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_ecr as ecr
-from aws_cdk import aws_events as events
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_sns as sns
@@ -35,8 +34,9 @@ class TrainingStack(StageStack):
 
     The fleet is wired into idle shutdown: ``gpu_metrics`` installs the GPU
     CloudWatch agent on its nodes and ``idle_shutdown`` enrolls its group;
-    when no run is left, a ``Training Job Finished`` event on the default
-    bus lets idle shutdown scale the group to its minimum.
+    when no run is left, a ``Training Job Finished`` event on idle
+    shutdown's own bus lets it scale the group to its minimum; only the
+    fleet's instance role may put events on that bus.
     """
 
     def __init__(
@@ -115,8 +115,8 @@ class TrainingStack(StageStack):
             checkpoint_bucket=checkpoint_bucket,
             runs=self.runs,
             alerts_topic=alerts_topic,
-            # The idle stack's job-finished rule listens on the default bus.
-            event_bus=events.EventBus.from_event_bus_name(self, "DefaultBus", "default"),
+            # The idle stack's job-finished rule listens on its own bus.
+            event_bus=idle_shutdown.event_bus,
             image_repository=image_repository,
             checkpoint_dir=training.checkpoint_dir,
             checkpoint_done_marker=training.checkpoint_done_marker,
@@ -138,6 +138,9 @@ class TrainingStack(StageStack):
         # outside prod it scales to 0 at night (config.idle_shutdown).
         gpu_metrics.install_on(user_data=self.fleet.user_data, role=self.fleet.role)
         idle_shutdown.enroll(self.fleet.auto_scaling_group)
+        # The instances are the only producers of job-finished events: any
+        # other principal of the account is denied on the bus.
+        idle_shutdown.accept_completion_only_from(self, [self.fleet.role])
         idle = config.idle_shutdown
         # At night the fleet is closed (maximum 0): runs wait, checkpointed,
         # and the reconciler below brings instances for them in the morning.

@@ -48,6 +48,7 @@ _iam_absent = _absent_on("NoSuchEntity")
 _ssm_absent = _absent_on("ParameterNotFound")
 _eks_absent = _absent_on("ResourceNotFoundException")
 _dashboard_absent = _absent_on("ResourceNotFound", "ResourceNotFoundException")
+_events_absent = _absent_on("ResourceNotFoundException")
 # SageMaker answers "not found" with a ValidationException.
 _sagemaker_absent = _absent_on("ValidationException")
 
@@ -75,6 +76,10 @@ CHECKERS: Mapping[tuple[str, str], tuple[str, Callable[[object, str], bool]]] = 
         "cloudwatch", lambda c, n: bool(c.describe_alarms(AlarmNames=[n])["MetricAlarms"])),
     ("AWS::CloudWatch::Dashboard", "DashboardName"): (
         "cloudwatch", lambda c, n: _dashboard_absent(lambda: c.get_dashboard(DashboardName=n))),
+    # The idle stack's job-finished bus: CloudFormation requires a name, CDK
+    # generates it from the construct path (the same on every rebuild).
+    ("AWS::Events::EventBus", "Name"): (
+        "events", lambda c, n: _events_absent(lambda: c.describe_event_bus(Name=n))),
 }
 # Name properties that are not account-wide identifiers (or not names at
 # all). tests/delivery/test_preflight_leftovers.py fails when a template
@@ -136,6 +141,7 @@ def _remove_hint(fixed: FixedName) -> str:
         "AWS::SSM::Parameter": f"aws ssm delete-parameter --name {fixed.name}",
         "AWS::CloudWatch::Alarm": f"aws cloudwatch delete-alarms --alarm-names {fixed.name}",
         "AWS::CloudWatch::Dashboard": f"aws cloudwatch delete-dashboards --dashboard-names {fixed.name}",
+        "AWS::Events::EventBus": f"aws events delete-event-bus --name {fixed.name} (delete its rules first)",
     }
     return commands.get(fixed.resource_type, f"delete {fixed.resource_type} {fixed.name}")
 

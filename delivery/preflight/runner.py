@@ -30,7 +30,7 @@ IAM_ACTIONS: tuple[str, ...] = (
     "logs:DescribeLogGroups", "ecr:DescribeRepositories", "kms:DescribeKey", "iam:GetRole",
     "ssm:GetParameter", "sagemaker:DescribeEndpoint", "sagemaker:DescribeInferenceComponent",
     "autoscaling:DescribeAutoScalingGroups", "cloudwatch:DescribeAlarms", "cloudwatch:GetDashboard",
-    "ce:ListCostAllocationTags",
+    "events:DescribeEventBus", "ce:ListCostAllocationTags",
 )
 
 

@@ -6,8 +6,9 @@ Two events, one function (dispatched on ``(source, detail-type)``):
   in-service instances of opted-in Auto Scaling groups whose GPUs were idle
   for the whole window, shrinking their groups, never below the minimum.
 * ``ml.training`` / ``Training Job Finished`` with
-  ``detail.autoScalingGroupName``: scale that group (if opted in) to its
-  minimum, normally 0.
+  ``detail.autoScalingGroupName``: scale that group (if opted in and
+  enrolled by this stage) to its minimum, normally 0. The event comes only
+  from the stage's own bus, which only the stage's instances may put on.
 
 Malformed input is logged and ignored; an AWS error on the read path,
 before anything was changed, is raised so the invocation counts as failed
@@ -40,7 +41,7 @@ import idle_decide as decide
 import idle_fleet as fleet
 from idle_report import Reporter, notify, stop_summary
 from idle_settings import (COMPLETION_DETAIL_TYPE, COMPLETION_SOURCE, KEEP_ALIVE_TAG,
-                           SCHEDULE_DETAIL_TYPE, SCHEDULE_SOURCE, Settings)
+                           SCHEDULE_DETAIL_TYPE, SCHEDULE_SOURCE, STAGE_TAG, Settings)
 
 # Auto Scaling group names: 1-255 characters, no control characters
 # (full match: ``match`` with ``$`` would let a trailing newline through).
@@ -243,6 +244,10 @@ def complete(detail: Any, *, settings: Settings, clients: Any, reporter: Reporte
         reporter.log("completion_ignored", reason="not_opted_in", group=name, event_id=event_id,
                      tag_key=settings.opt_in_tag_key)
         return {"status": "ignored", "reason": "not_opted_in"}
+    if group.tags.get(STAGE_TAG) != settings.stage:
+        reporter.log("completion_ignored", reason="other_stage", group=name, event_id=event_id,
+                     group_stage=group.tags.get(STAGE_TAG), stage=settings.stage)
+        return {"status": "ignored", "reason": "other_stage"}
     until, malformed = decide.parse_keep_alive(group.tags.get(KEEP_ALIVE_TAG))
     if malformed or (until is not None and until > now):
         reason = decide.KEEP_ALIVE_MALFORMED if malformed else decide.KEEP_ALIVE

@@ -25,6 +25,10 @@ SCHEDULE_DETAIL_TYPE = "Scheduled Event"
 
 # Instance or group tag: an ISO 8601 time before which nothing is stopped.
 KEEP_ALIVE_TAG = "ml:keep-alive-until"
+# Group tag written by IdleShutdown.enroll: the stage whose idle function may
+# act on the group's job-finished event (stages may share an account and the
+# opt-in tag; a stage's producers may not scale another stage's fleet).
+STAGE_TAG = "ml:idle-shutdown-stage"
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 EVENTS_DIR = Path(__file__).resolve().parent / "events"
 REGION = "us-east-1"
 OPT_IN = {"Key": "ml:idle-shutdown", "Value": "enabled"}
+ENROLLED_BY = {"Key": "ml:idle-shutdown-stage", "Value": "dev"}  # the world's STAGE
 TOPIC_NAME = "ml-dev-alerts"
 
 
@@ -80,7 +81,9 @@ class World:
         template = f"{name}-lt"
         ec2.create_launch_template(LaunchTemplateName=template, LaunchTemplateData={
             "ImageId": "ami-12c6146b", "InstanceType": instance_type})
-        tags = ([OPT_IN] if opt_in else []) + [{"Key": k, "Value": v} for k, v in extra_tags]
+        extra = dict(extra_tags)
+        tags = ([OPT_IN] if opt_in else []) + ([ENROLLED_BY] if ENROLLED_BY["Key"] not in extra else []) \
+            + [{"Key": k, "Value": v} for k, v in extra.items()]
         autoscaling.create_auto_scaling_group(
             AutoScalingGroupName=name, LaunchTemplate={"LaunchTemplateName": template},
             MinSize=min_size, MaxSize=max(size, min_size, 1), DesiredCapacity=size,

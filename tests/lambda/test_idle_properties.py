@@ -79,7 +79,9 @@ def fleets(draw) -> dict[str, FakeGroup]:
                 utilization=usage[draw(st.sampled_from(["idle", "idle", "busy", "partial", "none"]))],
                 protected=draw(st.sampled_from([False, False, False, True])),
                 tags=_keep_alive(draw(st.sampled_from(KEEP_ALIVE_VALUES)))))
+        enrolled_by = draw(st.sampled_from(["dev", "dev", "dev", "prod", None]))
         tags = {**({"ml:idle-shutdown": "enabled"} if opted else {}),
+                **({"ml:idle-shutdown-stage": enrolled_by} if enrolled_by else {}),
                 **_keep_alive(draw(st.sampled_from(KEEP_ALIVE_VALUES + [None] * 6)))}
         groups[name] = FakeGroup(name, min_size=draw(st.integers(0, len(instances))),
                                  desired=len(instances), tags=tags, instances=instances)
@@ -155,6 +157,7 @@ def stoppable(groups: dict[str, FakeGroup]) -> tuple[set[str], int]:
 def expected_scale_down(groups: dict[str, FakeGroup], name: str) -> int | None:
     group = groups.get(name)
     if group is None or "ml:idle-shutdown" not in group.tags or _kept(group.tags) \
+            or group.tags.get("ml:idle-shutdown-stage") != "dev" \
             or any(_kept(i.tags) for i in group.instances) or group.desired <= group.min_size:
         return None
     return group.min_size

@@ -306,6 +306,19 @@ def test_job_completion_for_a_group_without_the_opt_in_tag_is_ignored(world) -> 
     assert world.group_state("fleet")["DesiredCapacity"] == 2
 
 
+@pytest.mark.parametrize("stage_tag", [("ml:idle-shutdown-stage", "prod"), ("ml:idle-shutdown-stage", "")])
+def test_job_completion_for_a_group_another_stage_enrolled_is_ignored(world, stage_tag) -> None:
+    """Stages may share an account and the opt-in tag: a stage's producers
+    cannot scale another stage's fleet through their own stage's function."""
+    world.group("fleet", size=2, extra_tags=[stage_tag])
+    result = world.run(finished(), now=later())
+    assert result == {"status": "ignored", "reason": "other_stage"}
+    assert world.operations() == {"DescribeAutoScalingGroups": 1}
+    assert world.group_state("fleet")["DesiredCapacity"] == 2
+    [record] = world.records("completion_ignored")
+    assert (record["group_stage"], record["stage"]) == (stage_tag[1], "dev")
+
+
 def test_job_completion_for_an_unknown_group_is_logged_and_ignored(world) -> None:
     result = world.run(finished("no-such-group"), now=later())
     assert result == {"status": "ignored", "reason": "unknown_group"}

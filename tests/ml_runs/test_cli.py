@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from ml_runs.runs import JOB_FINISHED_DETAIL_TYPE, JOB_FINISHED_SOURCE
 from tests.ml_runs.world import World
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -152,28 +151,31 @@ def test_show_of_an_unknown_run_is_one_line(world) -> None:
 
 # --- cancel ----------------------------------------------------------------------------
 
-def test_cancel_of_the_last_pending_run_announces_job_finished(world, tmp_path) -> None:
-    queue = world.capture_events({"source": [JOB_FINISHED_SOURCE], "detail-type": [JOB_FINISHED_DETAIL_TYPE]})
+def test_cancel_of_the_last_pending_run_puts_no_event_and_says_the_sweep_stops_the_fleet(
+        world, tmp_path) -> None:
     run_id = submit(world, tmp_path)
     world.later(minutes=3)
+    # The CLI may not announce "job finished" (only the stage's instances
+    # may): without an events client, any attempt would fail the command.
+    del world.clients["events"]
     result = world.cli("cancel", run_id)
-    assert result.status == 0 and "CANCELLED" in result.out
+    assert (result.status, result.out) == (0, f"run {run_id} CANCELLED\n")
+    idle = world.config.idle_shutdown
+    assert result.err == (f"no run left: the idle-GPU sweep stops {world.outputs['AutoScalingGroupName']}'s "
+                          f"idle instances (idle for {idle.window_minutes} min, launched at least "
+                          f"{idle.launch_grace_minutes} min ago)\n")
     item = world.item(run_id)
     assert (item["state"], item["end_reason"], item["ended_at"]) == ("CANCELLED", "cancelled", "2026-11-29T14:03:00Z")
-    [event] = world.received(queue)
-    assert event["detail"] == {"autoScalingGroupName": world.outputs["AutoScalingGroupName"],
-                               "runId": run_id, "state": "CANCELLED"}
+    assert world.desired_capacity() == 1  # lowered by the sweep, not by the CLI
 
 
-def test_cancel_with_runs_left_announces_nothing(world, tmp_path) -> None:
-    queue = world.capture_events({"source": [JOB_FINISHED_SOURCE]})
+def test_cancel_with_runs_left_says_nothing_about_the_fleet(world, tmp_path) -> None:
     first, _ = submit(world, tmp_path), submit(world, tmp_path)
-    assert world.cli("cancel", first).status == 0
-    assert world.received(queue) == []
+    result = world.cli("cancel", first)
+    assert (result.status, result.out, result.err) == (0, f"run {first} CANCELLED\n", "")
 
 
 def test_cancel_of_a_running_run_asks_its_holder(world, tmp_path) -> None:
-    queue = world.capture_events({"source": [JOB_FINISHED_SOURCE]})
     run_id = submit(world, tmp_path)
     lease = int(world.now.timestamp()) + world.config.training.lease_seconds
     world.update(run_id, state="RUNNING", lease_holder="i-0123456789abcdef0", lease_expires_at=lease,
@@ -182,7 +184,6 @@ def test_cancel_of_a_running_run_asks_its_holder(world, tmp_path) -> None:
     assert result.out.startswith("cancel requested: i-0123456789abcdef0 stops run")
     item = world.item(run_id)
     assert (item["state"], item["cancel_requested"]) == ("RUNNING", True)
-    assert world.received(queue) == []
     assert "RUNNING (cancel requested)" in world.cli("show", run_id).out
 
 
@@ -278,3 +279,18 @@ def test_a_submitted_run_is_named_when_the_fleet_cannot_be_raised(world, tmp_pat
     rate = world.config.training.runs_capacity_rate_minutes
     assert result.err.endswith(f"the runs capacity function raises it within {rate} minutes once the "
                                "group is reachable; do not submit it again\n")
+
+
+@pytest.mark.parametrize(("enabled", "dry_run", "says"), [
+    (False, False, "idle shutdown is off in stage dev: lower g's desired capacity yourself"),
+    (True, True, "idle shutdown only reports in stage dev: lower g's desired capacity yourself"),
+])
+def test_cancel_says_who_lowers_the_fleet_when_the_sweep_stops_nothing(enabled, dry_run, says) -> None:
+    from dataclasses import replace
+
+    from ml_runs.cli import _idle_fate
+    from ml_stacks.config import default_configs
+
+    dev = default_configs()["dev"]
+    dev = replace(dev, idle_shutdown=replace(dev.idle_shutdown, enabled=enabled, dry_run=dry_run))
+    assert _idle_fate(dev, "g") == says

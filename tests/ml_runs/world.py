@@ -71,9 +71,11 @@ class World:
             AutoScalingGroupName=o["AutoScalingGroupName"], LaunchTemplate={"LaunchTemplateName": "fleet"},
             MinSize=0, MaxSize=self.config.training.max_capacity, DesiredCapacity=0,
             VPCZoneIdentifier=subnet["Subnet"]["SubnetId"],
-            Tags=[{"Key": self.config.idle_shutdown.opt_in_tag_key,
-                   "Value": self.config.idle_shutdown.opt_in_tag_value, "PropagateAtLaunch": False,
-                   "ResourceId": o["AutoScalingGroupName"], "ResourceType": "auto-scaling-group"}])
+            Tags=[{"Key": key, "Value": value, "PropagateAtLaunch": False,
+                   "ResourceId": o["AutoScalingGroupName"], "ResourceType": "auto-scaling-group"}
+                  for key, value in ((self.config.idle_shutdown.opt_in_tag_key,
+                                      self.config.idle_shutdown.opt_in_tag_value),
+                                     ("ml:idle-shutdown-stage", self.config.name))])
         c["logs"].create_log_group(logGroupName=o["RunsLogGroupName"])
         # The outputs are what the CLI reads; a template needs one resource.
         c["cloudformation"].create_stack(
@@ -137,13 +139,16 @@ class World:
         logs.put_log_events(logGroupName=group, logStreamName=stream,
                             logEvents=[{"timestamp": stamp + i, "message": m} for i, m in enumerate(messages)])
 
-    def capture_events(self, pattern: dict[str, Any]) -> str:
-        """A queue receiving what a rule with ``pattern`` on the default bus matches."""
+    def capture_events(self, pattern: dict[str, Any], bus: str = "default") -> str:
+        """A queue receiving what a rule with ``pattern`` on ``bus`` matches
+        (the bus is created unless it is the default one)."""
         sqs, events = self.clients["sqs"], self.clients["events"]
-        url = sqs.create_queue(QueueName="captured")["QueueUrl"]
+        if bus != "default":
+            events.create_event_bus(Name=bus)
+        url = sqs.create_queue(QueueName=f"captured-{bus}")["QueueUrl"]
         arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-        events.put_rule(Name="job-finished", EventPattern=json.dumps(pattern), EventBusName="default")
-        events.put_targets(Rule="job-finished", EventBusName="default", Targets=[{"Id": "q", "Arn": arn}])
+        events.put_rule(Name="job-finished", EventPattern=json.dumps(pattern), EventBusName=bus)
+        events.put_targets(Rule="job-finished", EventBusName=bus, Targets=[{"Id": "q", "Arn": arn}])
         return url
 
     def clients_for_lambda(self) -> Callable[[str], Any]:

@@ -234,6 +234,8 @@ def test_enroll_tags_the_group_for_the_function_and_not_its_instances() -> None:
     _, fleet_stack, _, _ = _fleet_app(default_configs()["prod"].idle_shutdown)
     Template.from_stack(fleet_stack).has_resource_properties("AWS::AutoScaling::AutoScalingGroup", {
         "Tags": Match.array_with([{"Key": "ml:idle-shutdown", "Value": "enabled",
+                                   "PropagateAtLaunch": False},
+                                  {"Key": "ml:idle-shutdown-stage", "Value": "test",
                                    "PropagateAtLaunch": False}])})
 
 

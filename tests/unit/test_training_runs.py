@@ -162,7 +162,6 @@ def test_user_data_passes_every_variable_of_both_contracts(synthesized, stage) -
         "ML_CLAIM_POLL_SECONDS": str(training.claim_poll_seconds),
         "ML_AUTOSCALING_GROUP_NAME": f"ml-{stage}-training-gpu",
         "ML_LIFECYCLE_HOOK_NAME": f"ml-{stage}-training-gpu-terminating",
-        "ML_EVENT_BUS_NAME": "default",
         "AWS_REGION": config.region,
     }
     table = logical_id(template, "AWS::DynamoDB::Table", "RunsTable")
@@ -172,6 +171,7 @@ def test_user_data_passes_every_variable_of_both_contracts(synthesized, stage) -
     assert environment["ML_ALERTS_TOPIC_ARN"]["Fn::GetStackOutput"]["StackName"] == f"ml-{stage}-ops"
     assert "Alerts" in environment["ML_ALERTS_TOPIC_ARN"]["Fn::GetStackOutput"]["OutputName"]
     assert "Checkpoints" in environment["ML_CHECKPOINT_BUCKET"]["Fn::GetStackOutput"]["OutputName"]
+    assert environment["ML_EVENT_BUS_NAME"]["Fn::GetStackOutput"]["StackName"] == f"ml-{stage}-idle"
     assert "ML_TRAINING_UNIT" not in environment
 
 
@@ -208,11 +208,11 @@ def test_instances_read_and_write_only_runs_of_the_checkpoint_bucket(synthesized
 @pytest.mark.parametrize("stage", STAGES)
 def test_instances_publish_events_alerts_and_logs_and_pull_stage_images(synthesized, stage) -> None:
     template = synthesized.stack(stage, "training").template_json
-    region = synthesized.configs[stage].region
     statements = fleet_statements(template)
     by_action = {a: s for s in statements for a in actions(s)}
-    assert by_action["events:PutEvents"]["Resource"] == {"Fn::Join": ["", [
-        f"arn:aws:events:{region}:", {"Ref": "AWS::AccountId"}, ":event-bus/default"]]}
+    # Only the idle stack's job-finished bus (tests/unit/test_trusted_events.py).
+    bus = by_action["events:PutEvents"]["Resource"]["Fn::GetStackOutput"]
+    assert bus["StackName"] == f"ml-{stage}-idle" and "JobFinishedBus" in bus["OutputName"]
     publish = by_action["sns:Publish"]["Resource"]["Fn::GetStackOutput"]
     assert publish["StackName"] == f"ml-{stage}-ops" and "Alerts" in publish["OutputName"]
     group = logical_id(template, "AWS::Logs::LogGroup", "RunsLogs")

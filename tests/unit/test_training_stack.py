@@ -446,6 +446,9 @@ def test_fleet_is_enrolled_in_idle_shutdown_and_publishes_gpu_metrics(dev) -> No
     tags = {t["Key"]: t for t in group["Properties"]["Tags"]}
     assert tags["ml:idle-shutdown"]["Value"] == "enabled"
     assert tags["ml:idle-shutdown"]["PropagateAtLaunch"] is False
+    # The function acts on a job-finished event only for a group its stage enrolled.
+    assert (tags["ml:idle-shutdown-stage"]["Value"], tags["ml:idle-shutdown-stage"]["PropagateAtLaunch"]) \
+        == ("dev", False)
     user_data = only(dev, "AWS::EC2::LaunchTemplate")["Properties"]["LaunchTemplateData"]["UserData"]
     script = "".join(p if isinstance(p, str) else "<token>"
                      for p in user_data["Fn::Base64"]["Fn::Join"][1])
