@@ -259,6 +259,11 @@ class GpuTrainingFleet(Construct):
         """Allow ``autoscaling:SetDesiredCapacity`` on this group only."""
         return self._grant_on_group(grantee, "autoscaling:SetDesiredCapacity")
 
+    def grant_set_instance_health(self, grantee: iam.IGrantable) -> iam.Grant:
+        """Allow ``autoscaling:SetInstanceHealth`` on this group only (an
+        instance that fails its GPU health check marks itself ``Unhealthy``)."""
+        return self._grant_on_group(grantee, "autoscaling:SetInstanceHealth")
+
     def _grant_on_group(self, grantee: iam.IGrantable, action: str) -> iam.Grant:
         grant = iam.Grant.add_to_principal(grantee=grantee, actions=[action],
                                            resource_arns=[self.auto_scaling_group_arn])

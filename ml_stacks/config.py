@@ -334,6 +334,10 @@ _INSTANCE_TYPE_RE = re.compile(r"^([a-z][a-z0-9]*)\.(metal|[0-9]*x?large)$")
 POWERTOOLS_LAYER_VERSIONS: Mapping[str, int] = {"3.23.0": 27}
 TRAINING_SIGNALS: tuple[str, ...] = ("SIGUSR1", "SIGUSR2", "SIGTERM", "SIGINT", "SIGHUP")
 REBALANCE_ACTIONS: tuple[str, ...] = ("checkpoint", "log-only")
+# What the node agent does about a run without progress for hung_after_minutes:
+# tell the alerts topic only, or also restart the attempt from its last checkpoint.
+HUNG_ACTIONS: tuple[str, ...] = ("alert", "restart")
+MAX_HUNG_AFTER_MINUTES = 24 * 60
 ROOT_DEVICE_NAMES: tuple[str, ...] = ("/dev/xvda", "/dev/sda1")
 # Absolute path without shell metacharacters: it lands in user data.
 _SAFE_PATH_RE = re.compile(r"^/[A-Za-z0-9_./-]{1,254}$")
@@ -383,6 +387,11 @@ class TrainingConfig:
     ``runs_capacity_rate_minutes`` the runs capacity reconciler raises the
     fleet's desired capacity to the PENDING + RUNNING runs (capped by its
     maximum; it never lowers it).
+
+    Hung runs: a trainer that reports no progress for ``hung_after_minutes``
+    is reported to the alerts topic and, with ``hung_action`` ``"restart"``
+    (default), its attempt is restarted from the last checkpoint by the
+    node agent; ``"alert"`` only reports.
     """
 
     enabled: bool = True
@@ -413,6 +422,8 @@ class TrainingConfig:
     run_default_max_duration_minutes: int = 72 * 60
     runs_log_retention_days: int = 90
     runs_capacity_rate_minutes: int = 5
+    hung_after_minutes: int = 30
+    hung_action: str = "restart"
 
     def validate(self, prefix: str) -> None:
         _require(isinstance(self.enabled, bool), f"{prefix}.enabled", self.enabled, "True or False")
@@ -542,6 +553,12 @@ class TrainingConfig:
         rate = self.runs_capacity_rate_minutes
         _require(_is_int(rate) and 1 <= rate <= 60, f"{prefix}.runs_capacity_rate_minutes", rate,
                  "1 to 60 minutes (the longest a PENDING run waits for the fleet to be raised)")
+        hung = self.hung_after_minutes
+        _require(_is_int(hung) and 1 <= hung <= MAX_HUNG_AFTER_MINUTES, f"{prefix}.hung_after_minutes",
+                 hung, f"1 to {MAX_HUNG_AFTER_MINUTES} minutes without progress from the trainer "
+                 "(longer than its slowest step plus checkpoint)")
+        _require(self.hung_action in HUNG_ACTIONS, f"{prefix}.hung_action", self.hung_action,
+                 "one of " + ", ".join(HUNG_ACTIONS))
 
     @property
     def powertools_layer_version(self) -> int:

@@ -193,7 +193,8 @@ def test_instance_role_reads_training_data_and_only_the_runs_prefix_of_the_check
     assert "/i-*" not in flat(fleet)  # no instance-ID prefix grant is left
     lifecycle = [s for s in fleet if "autoscaling:CompleteLifecycleAction" in flat(s["Action"])]
     assert lifecycle[0]["Action"] == ["autoscaling:CompleteLifecycleAction",
-                                      "autoscaling:RecordLifecycleActionHeartbeat"]
+                                      "autoscaling:RecordLifecycleActionHeartbeat",
+                                      "autoscaling:SetInstanceHealth"]
     assert flat(lifecycle[0]["Resource"]).endswith(':autoScalingGroup:*:autoScalingGroupName/ml-dev-training-gpu"]]}')
 
 
