@@ -1029,6 +1029,7 @@ ROOT_DEVICE = "/dev/xvda"
 KUBERNETES_VERSIONS: tuple[str, ...] = ("1.33", "1.34", "1.35")
 ADDON_NAMES: tuple[str, ...] = ("vpc-cni", "coredns", "kube-proxy", "eks-pod-identity-agent")
 CLOUDWATCH_ADDON = "amazon-cloudwatch-observability"
+NODE_MONITORING_ADDON = "eks-node-monitoring-agent"
 # Add-ons that run a Deployment: EKS reports them DEGRADED (and CloudFormation
 # fails) until a node can run their pods, so they wait for the system group.
 # The others are DaemonSets, ACTIVE with no node at all.
@@ -1041,6 +1042,32 @@ _IAM_PRINCIPAL_ARN_RE = re.compile(
 _RFC1918 = tuple(ipaddress.IPv4Network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"))
 # Managed node groups: at most 450 nodes per group by default quota.
 MAX_NODEGROUP_SIZE = 450
+
+
+@dataclass(frozen=True)
+class NodeRepairConfig:
+    """EKS node auto repair on every GPU node group (``NodeRepairConfig`` of
+    ``AWS::EKS::Nodegroup``), fed by the node monitoring agent add-on.
+
+    ``max_parallel_repaired_percentage`` (default 25): at most this share of
+    a group's unhealthy nodes is repaired at once, so a bad batch does not
+    replace a whole group in one go. ``max_unhealthy_percentage`` (default
+    50): above this share of unhealthy nodes repair stops, because that many
+    at once is a systemic fault (an AMI, a driver, a zone) that replacing
+    nodes will not fix. Percentages rather than counts, so the limits follow
+    the group's size (EKS takes either, never both).
+    """
+
+    enabled: bool = True
+    max_parallel_repaired_percentage: int = 25
+    max_unhealthy_percentage: int = 50
+
+    def validate(self, prefix: str) -> None:
+        _require(isinstance(self.enabled, bool), f"{prefix}.enabled", self.enabled, "True or False")
+        for name in ("max_parallel_repaired_percentage", "max_unhealthy_percentage"):
+            value = getattr(self, name)
+            _require(_is_int(value) and 1 <= value <= 100, f"{prefix}.{name}", value,
+                     "an integer percentage from 1 to 100")
 DISK_SIZE_GIB_MIN, DISK_SIZE_GIB_MAX = 20, 16384
 
 
@@ -1153,6 +1180,9 @@ class AddonVersions:
     coredns: str = "v1.12.4-eksbuild.1"
     kube_proxy: str = "v1.34.1-eksbuild.2"
     eks_pod_identity_agent: str = "v1.3.10-eksbuild.1"
+    # Reports node health conditions (GPU Xid/DCGM, kernel, storage,
+    # networking) that node auto repair acts on.
+    eks_node_monitoring_agent: str = "v1.4.2-eksbuild.1"
     # Container Insights and application signals; None leaves it out.
     cloudwatch_observability: str | None = None
 
@@ -1163,6 +1193,7 @@ class AddonVersions:
             "coredns": self.coredns,
             "kube-proxy": self.kube_proxy,
             "eks-pod-identity-agent": self.eks_pod_identity_agent,
+            NODE_MONITORING_ADDON: self.eks_node_monitoring_agent,
         }
         if self.cloudwatch_observability is not None:
             versions[CLOUDWATCH_ADDON] = self.cloudwatch_observability
@@ -1170,7 +1201,7 @@ class AddonVersions:
 
     def validate(self, prefix: str, kubernetes_version: str) -> None:
         for name in ("vpc_cni", "coredns", "kube_proxy", "eks_pod_identity_agent",
-                     "cloudwatch_observability"):
+                     "eks_node_monitoring_agent", "cloudwatch_observability"):
             value = getattr(self, name)
             if name == "cloudwatch_observability" and value is None:
                 continue
@@ -1218,6 +1249,7 @@ class EksConfig:
     # Control-plane logs (all five types) go to /aws/eks/<cluster>/cluster;
     # the stack creates that group first so it does not grow forever.
     control_plane_log_retention_days: int = 90
+    node_repair: NodeRepairConfig = field(default_factory=NodeRepairConfig)
 
     def validate(self, prefix: str, stage: str) -> None:
         _require(isinstance(self.enabled, bool), f"{prefix}.enabled", self.enabled, "True or False")
@@ -1272,6 +1304,9 @@ class EksConfig:
         _require(self.control_plane_log_retention_days in LOG_RETENTION_DAYS,
                  f"{prefix}.control_plane_log_retention_days", self.control_plane_log_retention_days,
                  "a CloudWatch Logs retention: " + ", ".join(map(str, LOG_RETENTION_DAYS)))
+        _require(isinstance(self.node_repair, NodeRepairConfig), f"{prefix}.node_repair",
+                 self.node_repair, "a NodeRepairConfig")
+        self.node_repair.validate(f"{prefix}.node_repair")
 
     @property
     def nodegroups(self) -> dict[str, NodegroupConfig]:
