@@ -30,7 +30,12 @@ def _handler_module():
         spec = importlib.util.spec_from_file_location(name, FUNCTION_DIR / "handler.py")
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
-        spec.loader.exec_module(module)
+        # Lambda imports the function's own modules by bare name.
+        sys.path.insert(0, str(FUNCTION_DIR))
+        try:
+            spec.loader.exec_module(module)
+        finally:
+            sys.path.remove(str(FUNCTION_DIR))
     return sys.modules[name]
 
 
