@@ -392,6 +392,15 @@ class TrainingConfig:
     is reported to the alerts topic and, with ``hung_action`` ``"restart"``
     (default), its attempt is restarted from the last checkpoint by the
     node agent; ``"alert"`` only reports.
+
+    When spot runs dry: if a PENDING run's spot launches have failed for lack
+    of capacity for ``spot_fallback_after_minutes`` (default 15; None turns
+    the fallback off), the runs capacity reconciler raises the fleet's
+    on-demand share above its base to ``spot_fallback_on_demand_percentage``
+    (default 100) and puts it back to ``on_demand_percentage`` when no run is
+    active any more (or, below 100 %, when launches succeed with no spot
+    capacity failure). Every switch goes to the alerts topic. A fleet with
+    ``on_demand_percentage`` 100 has no fallback.
     """
 
     enabled: bool = True
@@ -424,6 +433,8 @@ class TrainingConfig:
     runs_capacity_rate_minutes: int = 5
     hung_after_minutes: int = 30
     hung_action: str = "restart"
+    spot_fallback_after_minutes: int | None = 15
+    spot_fallback_on_demand_percentage: int = 100
 
     def validate(self, prefix: str) -> None:
         _require(isinstance(self.enabled, bool), f"{prefix}.enabled", self.enabled, "True or False")
@@ -559,6 +570,18 @@ class TrainingConfig:
                  "(longer than its slowest step plus checkpoint)")
         _require(self.hung_action in HUNG_ACTIONS, f"{prefix}.hung_action", self.hung_action,
                  "one of " + ", ".join(HUNG_ACTIONS))
+        after = self.spot_fallback_after_minutes
+        _require(after is None or (_is_int(after) and self.runs_capacity_rate_minutes <= after <= 1440),
+                 f"{prefix}.spot_fallback_after_minutes", after,
+                 f"None (no fallback) or {self.runs_capacity_rate_minutes} (runs_capacity_rate_minutes: "
+                 "the reconciler looks no more often) to 1440 minutes")
+        share = self.spot_fallback_on_demand_percentage
+        # An all on-demand fleet has nothing to fall back from.
+        _require(after is None or self.on_demand_percentage == 100
+                 or (_is_int(share) and self.on_demand_percentage < share <= 100),
+                 f"{prefix}.spot_fallback_on_demand_percentage", share,
+                 f"more than on_demand_percentage ({self.on_demand_percentage}) and at most 100 "
+                 "(or spot_fallback_after_minutes=None for no fallback)")
 
     @property
     def powertools_layer_version(self) -> int:

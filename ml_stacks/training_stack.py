@@ -158,6 +158,10 @@ class TrainingStack(StageStack):
             alerts_topic=alerts_topic,
             max_gpus_per_instance=training.max_gpus_per_instance,
             schedule_rate=cdk.Duration.minutes(training.runs_capacity_rate_minutes),
+            spot_fallback_after=(None if training.spot_fallback_after_minutes is None
+                                 or training.on_demand_percentage == 100
+                                 else cdk.Duration.minutes(training.spot_fallback_after_minutes)),
+            spot_fallback_on_demand_percentage=training.spot_fallback_on_demand_percentage,
             log_retention=log_retention(training.log_retention_days),
         )
 
