@@ -31,6 +31,7 @@ from ml_stacks.config import (
     BOTTLEROCKET_DATA_DEVICE,
     ROOT_DEVICE,
     NodegroupConfig,
+    NodeRepairConfig,
     ServingPairConfig,
 )
 
@@ -93,6 +94,12 @@ class GpuNodegroups(Construct):
     is not in it gets the latest release EKS has when the group is created
     and keeps it. Default: none pinned.
 
+    ``node_repair`` turns on EKS node auto repair for every GPU group (its
+    limits in percent of the group's nodes); the system group is left to
+    its own health checks. Default: ``NodeRepairConfig()`` (enabled, 25 %
+    repaired at once, stop above 50 % unhealthy). Repair acts on the
+    conditions the node monitoring agent add-on reports.
+
     Attributes: ``nodegroups`` (role -> ``eks.Nodegroup``),
     ``launch_templates`` (role -> ``ec2.LaunchTemplate``), ``device_plugin``
     (``eks.HelmChart`` or None).
@@ -110,9 +117,11 @@ class GpuNodegroups(Construct):
         serving_pair: ServingPairConfig | None = None,
         device_plugin_chart_version: str,
         release_versions: Mapping[str, str] | None = None,
+        node_repair: NodeRepairConfig | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
         self.cluster = cluster
+        self._node_repair = node_repair if node_repair is not None else NodeRepairConfig()
         self._release_versions = dict(release_versions or {})
         self.nodegroups: dict[str, eks.Nodegroup] = {}
         self.launch_templates: dict[str, ec2.LaunchTemplate] = {}
@@ -195,6 +204,14 @@ class GpuNodegroups(Construct):
         cfn = nodegroup.node.default_child
         assert isinstance(cfn, eks.CfnNodegroup)
         cfn.instance_types = list(config.instance_types)
+        if role.gpu:
+            # A GPU node the monitoring agent reports unhealthy (Xid, ECC,
+            # lost GPU) is replaced by EKS without a person.
+            repair = self._node_repair
+            cfn.node_repair_config = eks.CfnNodegroup.NodeRepairConfigProperty(
+                enabled=repair.enabled,
+                max_parallel_nodes_repaired_percentage=repair.max_parallel_repaired_percentage,
+                max_unhealthy_node_threshold_percentage=repair.max_unhealthy_percentage)
         acknowledge(
             nodegroup.role,
             "AwsSolutions::AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/AmazonEKSWorkerNodePolicy]",

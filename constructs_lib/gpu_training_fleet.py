@@ -80,6 +80,8 @@ class GpuTrainingFleet(Construct):
         stack = cdk.Stack.of(self)
         self.auto_scaling_group_name = autoscaling_group_name
         self.fleet_tag = (FLEET_TAG_KEY, autoscaling_group_name)
+        # The template's share; the spot fallback (RunsCapacity) raises it for a while.
+        self.on_demand_percentage = on_demand_percentage
         # Built from the literal name: the UUID part of a group ARN is not
         # known before creation, and a literal keeps IAM free of cycles.
         self.auto_scaling_group_arn = (
@@ -258,6 +260,25 @@ class GpuTrainingFleet(Construct):
     def grant_set_desired_capacity(self, grantee: iam.IGrantable) -> iam.Grant:
         """Allow ``autoscaling:SetDesiredCapacity`` on this group only."""
         return self._grant_on_group(grantee, "autoscaling:SetDesiredCapacity")
+
+    def grant_set_instance_health(self, grantee: iam.IGrantable) -> iam.Grant:
+        """Allow ``autoscaling:SetInstanceHealth`` on this group only (an
+        instance that fails its GPU health check marks itself ``Unhealthy``)."""
+        return self._grant_on_group(grantee, "autoscaling:SetInstanceHealth")
+
+    def grant_switch_on_demand_share(self, grantee: iam.IGrantable) -> iam.Grant:
+        """Allow changing this group's mixed instances policy and its tags
+        (``UpdateAutoScalingGroup``, ``CreateOrUpdateTags``, ``DeleteTags``),
+        on this group only: the spot fallback's switch and its state tag."""
+        grant = iam.Grant.add_to_principal(
+            grantee=grantee, resource_arns=[self.auto_scaling_group_arn],
+            actions=["autoscaling:UpdateAutoScalingGroup", "autoscaling:CreateOrUpdateTags",
+                     "autoscaling:DeleteTags"])
+        acknowledge_resources(
+            grantee, "AwsSolutions::AwsSolutions-IAM5", [self.auto_scaling_group_arn],
+            "The * is the group's UUID, unknown before the group exists; the ARN names this "
+            "group exactly by its autoScalingGroupName.")
+        return grant
 
     def _grant_on_group(self, grantee: iam.IGrantable, action: str) -> iam.Grant:
         grant = iam.Grant.add_to_principal(grantee=grantee, actions=[action],

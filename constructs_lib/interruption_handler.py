@@ -1,4 +1,5 @@
-"""Turns spot warnings, rebalance recommendations and termination hooks into checkpoints."""
+"""Turns spot warnings, rebalance recommendations, termination hooks, AWS Health
+scheduled changes and capacity reservation endings into checkpoints."""
 
 from __future__ import annotations
 
@@ -51,7 +52,8 @@ MAX_RECEIVE_COUNT = 5
 COMMAND_DELIVERY_TIMEOUT_SECONDS = 60
 # Patterns of the document's parameters. Nothing outside them reaches the
 # shell; lambda/interruption_handler/messages.py checks the same ones.
-REASON_PATTERN = "^(spot-interruption|rebalance-recommendation|lifecycle-terminate)$"
+REASON_PATTERN = ("^(spot-interruption|rebalance-recommendation|lifecycle-terminate|health-scheduled-change"
+                  "|capacity-block-expiring|capacity-reservation-interruption)$")
 EVENT_ID_PATTERN = r"^[A-Za-z0-9-]{1,128}$"
 LIFECYCLE_HOOK_NAME_PATTERN = r"^[A-Za-z0-9_/-]{0,255}$"
 LIFECYCLE_ACTION_TOKEN_PATTERN = (
@@ -63,6 +65,30 @@ POWERTOOLS_LAYER_ACCOUNT = "017000801446"
 RUNTIME = lambda_.Runtime.PYTHON_3_13
 SPOT_WARNING = "EC2 Spot Instance Interruption Warning"
 REBALANCE_RECOMMENDATION = "EC2 Instance Rebalance Recommendation"
+RESERVATION_INTERRUPTION = "EC2 Capacity Reservation Instance Interruption Warning"
+# EC2's documentation spells it both ways (DESIGN.md, AWS facts): match both.
+CAPACITY_BLOCK_WARNINGS = ("Capacity Block Expiration Warning",
+                           "Capacity Block Reservation Expiration Warning")
+HEALTH_EVENT = "AWS Health Event"
+# AWS Health scheduled changes after which an EC2 instance is stopped,
+# terminated or rebooted; the handler (messages.HEALTH_EVENT_TYPE_CODES)
+# accepts exactly these, a test keeps the two equal.
+HEALTH_EVENT_TYPE_CODES = (
+    "AWS_EC2_INSTANCE_RETIREMENT_SCHEDULED",
+    "AWS_EC2_INSTANCE_RETIREMENT_EXPEDITED",
+    "AWS_EC2_PERSISTENT_INSTANCE_RETIREMENT_SCHEDULED",
+    "AWS_EC2_PERSISTENT_INSTANCE_RETIREMENT_EXPEDITED",
+    "AWS_EC2_INSTANCE_STOP_SCHEDULED",
+    "AWS_EC2_INSTANCE_TERMINATION_SCHEDULED",
+    "AWS_EC2_INSTANCE_REBOOT_MAINTENANCE_SCHEDULED",
+    "AWS_EC2_INSTANCE_REBOOT_FLEXIBLE_MAINTENANCE_SCHEDULED",
+    "AWS_EC2_SYSTEM_REBOOT_MAINTENANCE_SCHEDULED",
+)
+HEALTH_STATUS_CODES = ("upcoming", "open")
+# A notice with minutes of warning is worthless after this; a scheduled
+# change (days ahead) still matters after an hour of failed deliveries.
+SHORT_NOTICE_MAX_AGE = cdk.Duration.minutes(10)
+SCHEDULED_CHANGE_MAX_AGE = cdk.Duration.hours(1)
 
 
 class InterruptionHandler(Construct):
@@ -70,7 +96,10 @@ class InterruptionHandler(Construct):
 
     * A termination lifecycle hook on ``fleet`` (default result CONTINUE,
       ``heartbeat_timeout``) and EventBridge rules for spot interruption
-      warnings and rebalance recommendations, all into one queue (KMS with
+      warnings, rebalance recommendations, capacity reservation instance
+      interruption warnings, Capacity Block expiration warnings (both
+      spellings) and AWS Health EC2 scheduled changes that stop, retire or
+      reboot instances, all into one queue (KMS with
       ``key``, TLS only, visibility 6 x the Lambda timeout, a DLQ after 5
       receives; the rules' targets dead-letter into the same DLQ).
     * The interruption Lambda (``lambda_code_dir``) on that queue with
@@ -143,24 +172,7 @@ class InterruptionHandler(Construct):
                         "the stage key's ARN.")
 
         self.rules: list[events.Rule] = []
-        for rule_id, detail_type in (("SpotInterruptionRule", SPOT_WARNING),
-                                     ("RebalanceRecommendationRule", REBALANCE_RECOMMENDATION)):
-            rule = events.Rule(
-                self,
-                rule_id,
-                description=f"{detail_type} -> interruption queue of {fleet.auto_scaling_group_name}",
-                event_pattern=events.EventPattern(source=["aws.ec2"], detail_type=[detail_type]),
-            )
-            rule.add_target(targets.SqsQueue(
-                self.queue,
-                dead_letter_queue=self.dead_letter_queue,
-                # A spot warning is useless after its two minutes; a failed
-                # delivery lands in the DLQ and alarms instead of retrying
-                # for a day.
-                max_event_age=cdk.Duration.minutes(10),
-                retry_attempts=10,
-            ))
-            self.rules.append(rule)
+        self._add_rules(fleet.auto_scaling_group_name)
 
         self.document = ssm.CfnDocument(
             self,
@@ -289,6 +301,39 @@ class InterruptionHandler(Construct):
             treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
         )
         self.malformed_alarm.add_alarm_action(cloudwatch_actions.SnsAction(alarm_topic))
+
+    def _add_rules(self, group_name: str) -> None:
+        """One rule per event type, each as narrow as its event allows."""
+        health = {"service": ["EC2"], "eventTypeCategory": ["scheduledChange"],
+                  "eventTypeCode": list(HEALTH_EVENT_TYPE_CODES), "statusCode": list(HEALTH_STATUS_CODES)}
+        for rule_id, source, detail_types, detail, max_age in (
+            ("SpotInterruptionRule", "aws.ec2", [SPOT_WARNING], None, SHORT_NOTICE_MAX_AGE),
+            ("RebalanceRecommendationRule", "aws.ec2", [REBALANCE_RECOMMENDATION], None,
+             SHORT_NOTICE_MAX_AGE),
+            # Interruptible capacity reservations: two minutes, like spot.
+            ("ReservationInterruptionRule", "aws.ec2", [RESERVATION_INTERRUPTION], None,
+             SHORT_NOTICE_MAX_AGE),
+            # 40 minutes before a Capacity Block ends (instances go 10 minutes later).
+            ("CapacityBlockExpirationRule", "aws.ec2", list(CAPACITY_BLOCK_WARNINGS), None,
+             SHORT_NOTICE_MAX_AGE),
+            ("HealthScheduledChangeRule", "aws.health", [HEALTH_EVENT], health, SCHEDULED_CHANGE_MAX_AGE),
+        ):
+            rule = events.Rule(
+                self,
+                rule_id,
+                description=f"{' / '.join(detail_types)} -> interruption queue of {group_name}",
+                event_pattern=events.EventPattern(source=[source], detail_type=detail_types, detail=detail),
+            )
+            rule.add_target(targets.SqsQueue(
+                self.queue,
+                dead_letter_queue=self.dead_letter_queue,
+                # A notice is useless after its warning time; a failed
+                # delivery lands in the DLQ and alarms instead of retrying
+                # for a day.
+                max_event_age=max_age,
+                retry_attempts=10,
+            ))
+            self.rules.append(rule)
 
     def metric_records_failed(self, **props) -> cloudwatch.Metric:
         """Records handed back to SQS for a retry (EMF metric of the Lambda)."""

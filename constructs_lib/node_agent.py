@@ -35,6 +35,10 @@ ASSET_EXCLUDE = ("__pycache__", "*.pyc", "CONTRACT.md", "RUNS_CONTRACT.md")
 # How the agent starts a trainer on a GPU instance (RUNS_CONTRACT.md);
 # "process" is for the local drill only.
 TRAINER_LAUNCHER = "docker"
+# The only CloudWatch namespace the agent may publish to (GPU health, Xid
+# counts, hung runs): instance roles get PutMetricData on it alone.
+METRICS_NAMESPACE = "MlInfra/NodeAgent"
+HUNG_ACTIONS = ("alert", "restart")
 
 
 class NodeAgent(Construct):
@@ -51,6 +55,9 @@ class NodeAgent(Construct):
     :param lease: a vanished holder's run is claimable after this. Default 90 s.
     :param lease_renewal: how often a holder renews its lease. Default 30 s.
     :param claim_poll: how often an idle instance looks for a run. Default 15 s.
+    :param hung_after: a trainer without progress this long is hung. Default 30 minutes.
+    :param hung_action: ``"restart"`` (default) restarts a hung attempt from its
+        last checkpoint; ``"alert"`` only reports it.
     """
 
     def __init__(
@@ -73,8 +80,12 @@ class NodeAgent(Construct):
         lease: cdk.Duration = cdk.Duration.seconds(90),
         lease_renewal: cdk.Duration = cdk.Duration.seconds(30),
         claim_poll: cdk.Duration = cdk.Duration.seconds(15),
+        hung_after: cdk.Duration = cdk.Duration.minutes(30),
+        hung_action: str = "restart",
     ) -> None:
         super().__init__(scope, construct_id)
+        if hung_action not in HUNG_ACTIONS:
+            raise ValueError(f"hung_action {hung_action!r}: use one of {', '.join(HUNG_ACTIONS)}")
         self.asset = s3_assets.Asset(self, "Asset", path=str(source_dir), exclude=list(ASSET_EXCLUDE))
         self.checkpoint_bucket = checkpoint_bucket
         self.runs = runs
@@ -82,6 +93,7 @@ class NodeAgent(Construct):
         self.event_bus = event_bus
         self.image_repository = image_repository
         self._registry_login: iam.Policy | None = None
+        self._put_metrics: iam.Policy | None = None
         self._fixed_environment = {
             "ML_STAGE": stage,
             "ML_CHECKPOINT_DIR": checkpoint_dir,
@@ -93,6 +105,9 @@ class NodeAgent(Construct):
             "ML_LEASE_SECONDS": _seconds(lease),
             "ML_LEASE_RENEW_SECONDS": _seconds(lease_renewal),
             "ML_CLAIM_POLL_SECONDS": _seconds(claim_poll),
+            "ML_HUNG_AFTER_SECONDS": _seconds(hung_after),
+            "ML_HUNG_ACTION": hung_action,
+            "ML_METRICS_NAMESPACE": METRICS_NAMESPACE,
         }
 
     def install_on(
@@ -145,7 +160,9 @@ class NodeAgent(Construct):
         The runs table and log group (``TrainingRuns.grant_agent``),
         ``events:PutEvents`` on the event bus, ``sns:Publish`` on the alerts
         topic with the topic key's data-key actions, and pulling images from
-        the stage repository. Checkpoint access comes with the fleet's role.
+        the stage repository, and ``cloudwatch:PutMetricData`` in
+        ``METRICS_NAMESPACE`` (``grant_put_metrics``). Checkpoint access and
+        ``SetInstanceHealth`` come with the fleet's grants.
         """
         self.runs.grant_agent(role)
         self.event_bus.grant_put_events_to(role)
@@ -166,6 +183,20 @@ class NodeAgent(Construct):
                         "ecr:GetAuthorizationToken supports no resource-level permission (it returns "
                         "a registry login); image reads are scoped to the stage repository.")
         self._registry_login.attach_to_role(role)
+        self.grant_put_metrics(role)
+
+    def grant_put_metrics(self, role: iam.IRole) -> None:
+        """``cloudwatch:PutMetricData`` into ``METRICS_NAMESPACE`` only (GPU
+        health, Xid counts, hung runs). The action has no resource-level
+        permission; the ``cloudwatch:namespace`` condition is the scope."""
+        if self._put_metrics is None:
+            self._put_metrics = iam.Policy(self, "PutMetrics", statements=[iam.PolicyStatement(
+                sid="NodeAgentMetricsOnly", actions=["cloudwatch:PutMetricData"], resources=["*"],
+                conditions={"StringEquals": {"cloudwatch:namespace": METRICS_NAMESPACE}})])
+            acknowledge(self._put_metrics, "AwsSolutions::AwsSolutions-IAM5[Resource::*]",
+                        "cloudwatch:PutMetricData supports no resource-level permission; the "
+                        f"cloudwatch:namespace condition limits it to {METRICS_NAMESPACE}.")
+        self._put_metrics.attach_to_role(role)
 
 
 def _seconds(duration: cdk.Duration) -> str:

@@ -6,6 +6,11 @@ the training fleet's desired capacity to ``min(MaxSize, active runs)``
 when it is lower. It never lowers it (idle shutdown and the job-finished
 event scale down) and leaves a closed fleet (``MaxSize`` 0, off hours)
 alone.
+
+With ``spot_fallback_after`` it also switches the fleet's on-demand share
+to ``spot_fallback_on_demand_percentage`` while spot capacity is dry for a
+PENDING run and back when the runs end (``lambda/runs_capacity/
+spot_fallback.py``; README "When spot runs dry").
 """
 
 from __future__ import annotations
@@ -39,6 +44,11 @@ class RunsCapacity(Construct):
     :param max_gpus_per_instance: the most GPUs an instance of the fleet has;
         a run asking for more is logged and not counted (no instance could
         carry it).
+    :param spot_fallback_after: spot capacity failures for this long, with a
+        run PENDING, switch the fleet's on-demand share up. Default None: no
+        fallback.
+    :param spot_fallback_on_demand_percentage: the share while switched
+        (back to ``fleet.on_demand_percentage`` after). Default 100.
     :param schedule_rate: how often it runs. Default 5 min.
     :param log_retention: of the function's log group. Default one month.
     :param removal_policy: of the log group. Default DESTROY.
@@ -53,6 +63,8 @@ class RunsCapacity(Construct):
         fleet: GpuTrainingFleet,
         alerts_topic: sns.ITopic,
         max_gpus_per_instance: int,
+        spot_fallback_after: cdk.Duration | None = None,
+        spot_fallback_on_demand_percentage: int = 100,
         schedule_rate: cdk.Duration = cdk.Duration.minutes(5),
         log_retention: logs.RetentionDays = logs.RetentionDays.ONE_MONTH,
         removal_policy: cdk.RemovalPolicy = cdk.RemovalPolicy.DESTROY,
@@ -60,8 +72,15 @@ class RunsCapacity(Construct):
         super().__init__(scope, construct_id)
         self.log_group = logs.LogGroup(self, "Logs", retention=log_retention,
                                        removal_policy=removal_policy)
+        if spot_fallback_after is not None and not (
+                fleet.on_demand_percentage < spot_fallback_on_demand_percentage <= 100):
+            raise ValueError(f"spot_fallback_on_demand_percentage {spot_fallback_on_demand_percentage}: "
+                             f"use more than the fleet's {fleet.on_demand_percentage} and at most 100")
         self.role = self._build_role(runs, fleet)
         self.function = self._build_function(runs, fleet, max_gpus_per_instance)
+        if spot_fallback_after is not None:
+            self._enable_spot_fallback(fleet, alerts_topic, spot_fallback_after,
+                                       spot_fallback_on_demand_percentage)
         self.schedule_rule = events.Rule(
             self,
             "Schedule",
@@ -80,12 +99,28 @@ class RunsCapacity(Construct):
         runs.grant_count_active(role)
         fleet.grant_set_desired_capacity(role)
         describe = iam.Policy(self, "DescribePolicy", roles=[role], statements=[iam.PolicyStatement(
-            sid="DescribeFleet", actions=["autoscaling:DescribeAutoScalingGroups"], resources=["*"])])
+            sid="DescribeFleet", actions=["autoscaling:DescribeAutoScalingGroups",
+                                          "autoscaling:DescribeScalingActivities"], resources=["*"])])
         acknowledge(describe, "AwsSolutions::AwsSolutions-IAM5[Resource::*]",
-                    "autoscaling:DescribeAutoScalingGroups supports no resource-level permission "
-                    "(Service Authorization Reference); it only reads. The one write, "
-                    "SetDesiredCapacity, is on this fleet's group ARN.")
+                    "autoscaling:DescribeAutoScalingGroups and DescribeScalingActivities support no "
+                    "resource-level permission (Service Authorization Reference); they only read. "
+                    "The writes are on this fleet's group ARN.")
         return role
+
+    def _enable_spot_fallback(self, fleet: GpuTrainingFleet, alerts_topic: sns.ITopic,
+                              after: cdk.Duration, percentage: int) -> None:
+        fleet.grant_switch_on_demand_share(self.role)
+        iam.Grant.add_to_principal(grantee=self.role, actions=["sns:Publish"],
+                                   resource_arns=[alerts_topic.topic_arn])
+        if alerts_topic.master_key is not None:
+            # SNS encrypts the alert with a data key the publisher must be allowed to make.
+            iam.Grant.add_to_principal(grantee=self.role, actions=["kms:GenerateDataKey", "kms:Decrypt"],
+                                       resource_arns=[alerts_topic.master_key.key_arn])
+        for name, value in (("SPOT_FALLBACK_AFTER_SECONDS", str(int(after.to_seconds()))),
+                            ("ON_DEMAND_PERCENTAGE", str(fleet.on_demand_percentage)),
+                            ("SPOT_FALLBACK_ON_DEMAND_PERCENTAGE", str(percentage)),
+                            ("ALERTS_TOPIC_ARN", alerts_topic.topic_arn)):
+            self.function.add_environment(name, value)
 
     def _build_function(self, runs: TrainingRuns, fleet: GpuTrainingFleet,
                         max_gpus_per_instance: int) -> lambda_.Function:

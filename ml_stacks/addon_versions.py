@@ -69,6 +69,11 @@ KNOWN_ADDON_VERSIONS: Mapping[tuple[str, str], tuple[KnownVersion, ...]] = {
     ("1.34", "eks-pod-identity-agent"): (_observed(
         "v1.3.10-eksbuild.1", "pinned for a Kubernetes 1.34 cluster in a public "
                               "terraform-aws-modules/eks configuration (no docs table exists)"),),
+    # No docs table lists node monitoring agent builds per Kubernetes version.
+    ("1.34", "eks-node-monitoring-agent"): (_observed(
+        "v1.4.2-eksbuild.1", "pinned next to kube-proxy v1.34.1-eksbuild.2 for the Kubernetes 1.34 "
+                             "test and production clusters of a public Terraform environment "
+                             "configuration (UK Ministry of Justice analytical platform)"),),
 }
 
 

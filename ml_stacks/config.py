@@ -334,6 +334,10 @@ _INSTANCE_TYPE_RE = re.compile(r"^([a-z][a-z0-9]*)\.(metal|[0-9]*x?large)$")
 POWERTOOLS_LAYER_VERSIONS: Mapping[str, int] = {"3.23.0": 27}
 TRAINING_SIGNALS: tuple[str, ...] = ("SIGUSR1", "SIGUSR2", "SIGTERM", "SIGINT", "SIGHUP")
 REBALANCE_ACTIONS: tuple[str, ...] = ("checkpoint", "log-only")
+# What the node agent does about a run without progress for hung_after_minutes:
+# tell the alerts topic only, or also restart the attempt from its last checkpoint.
+HUNG_ACTIONS: tuple[str, ...] = ("alert", "restart")
+MAX_HUNG_AFTER_MINUTES = 24 * 60
 ROOT_DEVICE_NAMES: tuple[str, ...] = ("/dev/xvda", "/dev/sda1")
 # Absolute path without shell metacharacters: it lands in user data.
 _SAFE_PATH_RE = re.compile(r"^/[A-Za-z0-9_./-]{1,254}$")
@@ -383,6 +387,20 @@ class TrainingConfig:
     ``runs_capacity_rate_minutes`` the runs capacity reconciler raises the
     fleet's desired capacity to the PENDING + RUNNING runs (capped by its
     maximum; it never lowers it).
+
+    Hung runs: a trainer that reports no progress for ``hung_after_minutes``
+    is reported to the alerts topic and, with ``hung_action`` ``"restart"``
+    (default), its attempt is restarted from the last checkpoint by the
+    node agent; ``"alert"`` only reports.
+
+    When spot runs dry: if a PENDING run's spot launches have failed for lack
+    of capacity for ``spot_fallback_after_minutes`` (default 15; None turns
+    the fallback off), the runs capacity reconciler raises the fleet's
+    on-demand share above its base to ``spot_fallback_on_demand_percentage``
+    (default 100) and puts it back to ``on_demand_percentage`` when no run is
+    active any more (or, below 100 %, when launches succeed with no spot
+    capacity failure). Every switch goes to the alerts topic. A fleet with
+    ``on_demand_percentage`` 100 has no fallback.
     """
 
     enabled: bool = True
@@ -413,6 +431,10 @@ class TrainingConfig:
     run_default_max_duration_minutes: int = 72 * 60
     runs_log_retention_days: int = 90
     runs_capacity_rate_minutes: int = 5
+    hung_after_minutes: int = 30
+    hung_action: str = "restart"
+    spot_fallback_after_minutes: int | None = 15
+    spot_fallback_on_demand_percentage: int = 100
 
     def validate(self, prefix: str) -> None:
         _require(isinstance(self.enabled, bool), f"{prefix}.enabled", self.enabled, "True or False")
@@ -542,6 +564,24 @@ class TrainingConfig:
         rate = self.runs_capacity_rate_minutes
         _require(_is_int(rate) and 1 <= rate <= 60, f"{prefix}.runs_capacity_rate_minutes", rate,
                  "1 to 60 minutes (the longest a PENDING run waits for the fleet to be raised)")
+        hung = self.hung_after_minutes
+        _require(_is_int(hung) and 1 <= hung <= MAX_HUNG_AFTER_MINUTES, f"{prefix}.hung_after_minutes",
+                 hung, f"1 to {MAX_HUNG_AFTER_MINUTES} minutes without progress from the trainer "
+                 "(longer than its slowest step plus checkpoint)")
+        _require(self.hung_action in HUNG_ACTIONS, f"{prefix}.hung_action", self.hung_action,
+                 "one of " + ", ".join(HUNG_ACTIONS))
+        after = self.spot_fallback_after_minutes
+        _require(after is None or (_is_int(after) and self.runs_capacity_rate_minutes <= after <= 1440),
+                 f"{prefix}.spot_fallback_after_minutes", after,
+                 f"None (no fallback) or {self.runs_capacity_rate_minutes} (runs_capacity_rate_minutes: "
+                 "the reconciler looks no more often) to 1440 minutes")
+        share = self.spot_fallback_on_demand_percentage
+        # An all on-demand fleet has nothing to fall back from.
+        _require(after is None or self.on_demand_percentage == 100
+                 or (_is_int(share) and self.on_demand_percentage < share <= 100),
+                 f"{prefix}.spot_fallback_on_demand_percentage", share,
+                 f"more than on_demand_percentage ({self.on_demand_percentage}) and at most 100 "
+                 "(or spot_fallback_after_minutes=None for no fallback)")
 
     @property
     def powertools_layer_version(self) -> int:
@@ -1012,6 +1052,7 @@ ROOT_DEVICE = "/dev/xvda"
 KUBERNETES_VERSIONS: tuple[str, ...] = ("1.33", "1.34", "1.35")
 ADDON_NAMES: tuple[str, ...] = ("vpc-cni", "coredns", "kube-proxy", "eks-pod-identity-agent")
 CLOUDWATCH_ADDON = "amazon-cloudwatch-observability"
+NODE_MONITORING_ADDON = "eks-node-monitoring-agent"
 # Add-ons that run a Deployment: EKS reports them DEGRADED (and CloudFormation
 # fails) until a node can run their pods, so they wait for the system group.
 # The others are DaemonSets, ACTIVE with no node at all.
@@ -1024,6 +1065,32 @@ _IAM_PRINCIPAL_ARN_RE = re.compile(
 _RFC1918 = tuple(ipaddress.IPv4Network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"))
 # Managed node groups: at most 450 nodes per group by default quota.
 MAX_NODEGROUP_SIZE = 450
+
+
+@dataclass(frozen=True)
+class NodeRepairConfig:
+    """EKS node auto repair on every GPU node group (``NodeRepairConfig`` of
+    ``AWS::EKS::Nodegroup``), fed by the node monitoring agent add-on.
+
+    ``max_parallel_repaired_percentage`` (default 25): at most this share of
+    a group's unhealthy nodes is repaired at once, so a bad batch does not
+    replace a whole group in one go. ``max_unhealthy_percentage`` (default
+    50): above this share of unhealthy nodes repair stops, because that many
+    at once is a systemic fault (an AMI, a driver, a zone) that replacing
+    nodes will not fix. Percentages rather than counts, so the limits follow
+    the group's size (EKS takes either, never both).
+    """
+
+    enabled: bool = True
+    max_parallel_repaired_percentage: int = 25
+    max_unhealthy_percentage: int = 50
+
+    def validate(self, prefix: str) -> None:
+        _require(isinstance(self.enabled, bool), f"{prefix}.enabled", self.enabled, "True or False")
+        for name in ("max_parallel_repaired_percentage", "max_unhealthy_percentage"):
+            value = getattr(self, name)
+            _require(_is_int(value) and 1 <= value <= 100, f"{prefix}.{name}", value,
+                     "an integer percentage from 1 to 100")
 DISK_SIZE_GIB_MIN, DISK_SIZE_GIB_MAX = 20, 16384
 
 
@@ -1136,6 +1203,9 @@ class AddonVersions:
     coredns: str = "v1.12.4-eksbuild.1"
     kube_proxy: str = "v1.34.1-eksbuild.2"
     eks_pod_identity_agent: str = "v1.3.10-eksbuild.1"
+    # Reports node health conditions (GPU Xid/DCGM, kernel, storage,
+    # networking) that node auto repair acts on.
+    eks_node_monitoring_agent: str = "v1.4.2-eksbuild.1"
     # Container Insights and application signals; None leaves it out.
     cloudwatch_observability: str | None = None
 
@@ -1146,6 +1216,7 @@ class AddonVersions:
             "coredns": self.coredns,
             "kube-proxy": self.kube_proxy,
             "eks-pod-identity-agent": self.eks_pod_identity_agent,
+            NODE_MONITORING_ADDON: self.eks_node_monitoring_agent,
         }
         if self.cloudwatch_observability is not None:
             versions[CLOUDWATCH_ADDON] = self.cloudwatch_observability
@@ -1153,7 +1224,7 @@ class AddonVersions:
 
     def validate(self, prefix: str, kubernetes_version: str) -> None:
         for name in ("vpc_cni", "coredns", "kube_proxy", "eks_pod_identity_agent",
-                     "cloudwatch_observability"):
+                     "eks_node_monitoring_agent", "cloudwatch_observability"):
             value = getattr(self, name)
             if name == "cloudwatch_observability" and value is None:
                 continue
@@ -1201,6 +1272,7 @@ class EksConfig:
     # Control-plane logs (all five types) go to /aws/eks/<cluster>/cluster;
     # the stack creates that group first so it does not grow forever.
     control_plane_log_retention_days: int = 90
+    node_repair: NodeRepairConfig = field(default_factory=NodeRepairConfig)
 
     def validate(self, prefix: str, stage: str) -> None:
         _require(isinstance(self.enabled, bool), f"{prefix}.enabled", self.enabled, "True or False")
@@ -1255,6 +1327,9 @@ class EksConfig:
         _require(self.control_plane_log_retention_days in LOG_RETENTION_DAYS,
                  f"{prefix}.control_plane_log_retention_days", self.control_plane_log_retention_days,
                  "a CloudWatch Logs retention: " + ", ".join(map(str, LOG_RETENTION_DAYS)))
+        _require(isinstance(self.node_repair, NodeRepairConfig), f"{prefix}.node_repair",
+                 self.node_repair, "a NodeRepairConfig")
+        self.node_repair.validate(f"{prefix}.node_repair")
 
     @property
     def nodegroups(self) -> dict[str, NodegroupConfig]:

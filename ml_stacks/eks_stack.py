@@ -8,6 +8,8 @@ assume, and config can add more principals.
 
 from __future__ import annotations
 
+import json
+
 import aws_cdk as cdk
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_eks_v2 as eks
@@ -18,9 +20,9 @@ from aws_cdk.lambda_layer_kubectl_v34 import KubectlV34Layer
 from constructs import Construct
 
 from constructs_lib.acknowledge import acknowledge
-from constructs_lib.gpu_nodegroups import GpuNodegroups
+from constructs_lib.gpu_nodegroups import GPU_TAINT_KEY, GpuNodegroups
 from ml_stacks.base_stack import StageStack, log_retention
-from ml_stacks.config import ADDONS_NEEDING_NODES, StageConfig
+from ml_stacks.config import ADDONS_NEEDING_NODES, NODE_MONITORING_ADDON, StageConfig
 from ml_stacks.pins import eks_release_version
 
 ALL_CONTROL_PLANE_LOGS = [
@@ -102,6 +104,7 @@ class EksStack(StageStack):
             serving_pair=eks_config.serving_pair,
             device_plugin_chart_version=eks_config.device_plugin_chart_version,
             release_versions=self._release_versions(),
+            node_repair=eks_config.node_repair,
         )
         self.addons = self._add_addons()
         if self.cluster.kubectl_provider is not None:
@@ -159,6 +162,8 @@ class EksStack(StageStack):
             # EKS installs self-managed vpc-cni, coredns and kube-proxy at
             # creation: the managed add-on takes them over.
             cfn.resolve_conflicts = "OVERWRITE"
+            if name == NODE_MONITORING_ADDON:
+                cfn.configuration_values = json.dumps(node_monitoring_values(), sort_keys=True)
             if name in ADDONS_NEEDING_NODES:
                 # Its pods need a node: created before one is ACTIVE, the
                 # add-on stays DEGRADED and the stack fails.
@@ -235,3 +240,14 @@ class EksStack(StageStack):
                     + self.get_logical_id(handler.node.default_child) + ".Arn>:*]",
                     "CDK's custom-resource provider framework invokes any version of its own "
                     "kubectl handler function, and only that function.")
+
+
+def node_monitoring_values() -> dict:
+    """Add-on configuration of the node monitoring agent.
+
+    Its node agent tolerates every taint already; its DCGM server (the GPU
+    health checks) tolerates none by default, so it would never run on our
+    GPU nodes, which all carry the ``nvidia.com/gpu`` taint.
+    """
+    return {"dcgmAgent": {"tolerations": [
+        {"key": GPU_TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"}]}}

@@ -126,6 +126,8 @@ class TrainingStack(StageStack):
             lease=cdk.Duration.seconds(training.lease_seconds),
             lease_renewal=cdk.Duration.seconds(training.lease_renew_seconds),
             claim_poll=cdk.Duration.seconds(training.claim_poll_seconds),
+            hung_after=cdk.Duration.minutes(training.hung_after_minutes),
+            hung_action=training.hung_action,
         )
         self.node_agent.install_on(
             user_data=self.fleet.user_data,
@@ -159,12 +161,19 @@ class TrainingStack(StageStack):
             alerts_topic=alerts_topic,
             max_gpus_per_instance=training.max_gpus_per_instance,
             schedule_rate=cdk.Duration.minutes(training.runs_capacity_rate_minutes),
+            spot_fallback_after=(None if training.spot_fallback_after_minutes is None
+                                 or training.on_demand_percentage == 100
+                                 else cdk.Duration.minutes(training.spot_fallback_after_minutes)),
+            spot_fallback_on_demand_percentage=training.spot_fallback_on_demand_percentage,
             log_retention=log_retention(training.log_retention_days),
         )
 
         # The agent heartbeats and completes the hook itself.
         self.fleet.grant_complete_lifecycle_action(self.fleet.role)
         self.fleet.grant_record_lifecycle_action_heartbeat(self.fleet.role)
+        # A GPU that fails its health gate or a fatal Xid: the agent marks
+        # its own instance Unhealthy and the group replaces it.
+        self.fleet.grant_set_instance_health(self.fleet.role)
 
         # What `python -m ml_runs` reads (RUNS_CONTRACT.md, stack outputs).
         cdk.CfnOutput(self, "AutoScalingGroupName", value=self.fleet.auto_scaling_group_name,

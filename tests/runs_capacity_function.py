@@ -17,5 +17,10 @@ def handler_module() -> ModuleType:
         spec = importlib.util.spec_from_file_location(HANDLER_MODULE, FUNCTION_DIR / "handler.py")
         module = importlib.util.module_from_spec(spec)
         sys.modules[HANDLER_MODULE] = module
-        spec.loader.exec_module(module)
+        # Lambda imports the function's own modules (spot_fallback) by bare name.
+        sys.path.insert(0, str(FUNCTION_DIR))
+        try:
+            spec.loader.exec_module(module)
+        finally:
+            sys.path.remove(str(FUNCTION_DIR))
     return sys.modules[HANDLER_MODULE]

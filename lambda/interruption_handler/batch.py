@@ -10,10 +10,18 @@ retries, all bounded by one deadline a little before the function timeout,
 so a throttled record never holds up the others and the function answers
 before Lambda would time it out (which would fail the whole batch).
 Malformed messages are copied to the dead-letter queue (``quarantine.py``).
+
+A record may stand for several instances (an AWS Health event, a Capacity
+Block warning): each instance is decided on its own with its own
+idempotency key, the record fails if any of them failed (its redelivery
+finds the others done in the ledger), and a Capacity Block's reservation
+is resolved to the fleet's instances in it first, one DescribeInstances for
+all of the batch's reservations.
 """
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -23,8 +31,9 @@ from typing import Any, Callable
 from calls import CallStats, Deadline, TransientError
 from ledger import BUSY, DONE, Claim, Ledger
 from logic import (FAILED, HANDLED, SKIPPED, Clients, Decision, Facts, MetricSink, Settings, Trace,
-                   decide, look_up, needs_lookup)
-from messages import Interruption, MalformedMessage, TestNotification, parse_body
+                   decide, instances_in_reservations, look_up, needs_lookup)
+from messages import (INSTANCE_ID_PATTERN, Fanout, Interruption, MalformedMessage, ReservationNotice,
+                      TestNotification, parse_body)
 from quarantine import Quarantine
 from requeue import Requeue
 
@@ -38,6 +47,7 @@ DEFAULT_BUDGET_SECONDS = 5.0
 RELEASE_BUDGET_SECONDS = 0.3
 REQUEUE_BUDGET_SECONDS = 1.0
 MAX_WORKERS = 16
+_INSTANCE_ID = re.compile(INSTANCE_ID_PATTERN)
 
 
 @dataclass(frozen=True)
@@ -56,8 +66,9 @@ class BatchResult:
     stats: CallStats = field(default_factory=CallStats)
 
     def response(self) -> dict[str, list[dict[str, str]]]:
-        return {"batchItemFailures": [{"itemIdentifier": o.message_id} for o in self.outcomes
-                                      if o.outcome == FAILED and o.message_id]}
+        # A record of several instances is handed back once.
+        failed = dict.fromkeys(o.message_id for o in self.outcomes if o.outcome == FAILED and o.message_id)
+        return {"batchItemFailures": [{"itemIdentifier": m} for m in failed]}
 
 
 @dataclass
@@ -69,6 +80,7 @@ class _Entry:
     outcome: RecordOutcome | None = None
     malformed: str | None = None
     duplicate_of: "_Entry | None" = None
+    notice: ReservationNotice | None = None
 
 
 class _Counts:
@@ -113,7 +125,8 @@ class Processor:
             return result
         deadline = Deadline.after(self._budget(context), self.clock, self.sleep)
         counts = _Counts()
-        entries = [self._parse(record, counts) for record in records]
+        entries = self._resolve([e for record in records for e in self._parse(record, counts)],
+                                deadline, result.stats)
         primaries: dict[str, _Entry] = {}
         for entry in entries:
             if entry.parsed is not None:
@@ -135,7 +148,8 @@ class Processor:
         return result
 
     def _retry_sooner(self, entries: list[_Entry], counts: _Counts) -> None:
-        failed = [e for e in entries if e.outcome.outcome == FAILED and e.record is not None]
+        failed = list({e.message_id: e for e in entries
+                       if e.outcome.outcome == FAILED and e.record is not None}.values())
         if self.requeue is None or not failed:
             return
         # Its own short budget: the batch's deadline may be spent already.
@@ -150,21 +164,57 @@ class Processor:
             return DEFAULT_BUDGET_SECONDS
         return max(0.5, remaining - SAFETY_MARGIN_SECONDS)
 
-    def _parse(self, record: Any, counts: _Counts) -> _Entry:
+    def _parse(self, record: Any, counts: _Counts) -> list[_Entry]:
         message_id = record.get("messageId") if isinstance(record, dict) else None
         if not isinstance(message_id, str) or not message_id:
-            return _Entry(None, outcome=RecordOutcome(None, SKIPPED, "drop", "record without a messageId"))
+            return [_Entry(None, outcome=RecordOutcome(None, SKIPPED, "drop", "record without a messageId"))]
         body = record.get("body")
         try:
             parsed = parse_body(body)
         except MalformedMessage as error:
             counts.count("MalformedMessages")
-            return _Entry(message_id, body, record, malformed=str(error))
+            return [_Entry(message_id, body, record, malformed=str(error))]
         if isinstance(parsed, TestNotification):
-            return _Entry(message_id, outcome=RecordOutcome(message_id, SKIPPED, "none", "test-notification"))
+            return [_Entry(message_id, outcome=RecordOutcome(message_id, SKIPPED, "none", "test-notification"))]
+        if isinstance(parsed, Fanout):
+            return [_Entry(message_id, body, record, parsed=p) for p in parsed.interruptions]
+        if isinstance(parsed, ReservationNotice):
+            return [_Entry(message_id, body, record, notice=parsed)]
         if parsed.salvaged:
             counts.count("MalformedMessages")
-        return _Entry(message_id, body, record, parsed=parsed)
+        return [_Entry(message_id, body, record, parsed=parsed)]
+
+    def _resolve(self, entries: list[_Entry], deadline: Deadline, stats: CallStats) -> list[_Entry]:
+        """Each reservation notice becomes one entry per fleet instance in it."""
+        notices = [e for e in entries if e.notice is not None]
+        if not notices:
+            return entries
+        try:
+            members = instances_in_reservations([e.notice.capacity_reservation_id for e in notices],
+                                                self.settings, self.clients, deadline, stats)
+            error = None
+        except TransientError as failure:
+            members, error = {}, f"retry: {failure}"
+        resolved: list[_Entry] = []
+        for entry in entries:
+            notice = entry.notice
+            if notice is None:
+                resolved.append(entry)
+                continue
+            reason = f"capacity reservation {notice.capacity_reservation_id}"
+            if error is not None:
+                entry.outcome = RecordOutcome(entry.message_id, FAILED, "retry", error, None, notice.kind)
+                resolved.append(entry)
+                continue
+            instances = [i for i in members.get(notice.capacity_reservation_id, [])
+                         if _INSTANCE_ID.fullmatch(i)]
+            if not instances:
+                entry.outcome = RecordOutcome(entry.message_id, SKIPPED, "none",
+                                              f"{reason} holds no instance of the fleet", None, notice.kind)
+                resolved.append(entry)
+            resolved.extend(_Entry(entry.message_id, entry.body, entry.record,
+                                   parsed=notice.interruption(i)) for i in instances)
+        return resolved
 
     def _look_up(self, primaries: Any, deadline: Deadline, stats: CallStats) -> dict[str, Facts]:
         ids = [e.parsed.instance_id for e in primaries if needs_lookup(e.parsed, self.settings)]

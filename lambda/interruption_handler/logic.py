@@ -127,6 +127,35 @@ def look_up(instance_ids: Iterable[str], settings: Settings, clients: Clients, d
     return {i: Facts(fleet=i in fleet, online=i in online) for i in ids}
 
 
+def instances_in_reservations(reservation_ids: Iterable[str], settings: Settings, clients: Clients,
+                              deadline: Deadline, stats: CallStats | None = None) -> dict[str, list[str]]:
+    """The fleet's running (or starting) instances in each capacity reservation.
+
+    One DescribeInstances for the whole batch (200 reservations a call),
+    filtered on the fleet tag: a Capacity Block warning names the
+    reservation only, and other workloads may share it.
+    """
+    ids = sorted(set(reservation_ids))
+    found: dict[str, list[str]] = {i: [] for i in ids}
+    for start in range(0, len(ids), MAX_FILTER_VALUES):
+        request: dict[str, Any] = {"Filters": [
+            {"Name": "capacity-reservation-id", "Values": ids[start:start + MAX_FILTER_VALUES]},
+            {"Name": f"tag:{settings.fleet_tag_key}", "Values": [settings.fleet_tag_value]},
+            {"Name": "instance-state-name", "Values": ["pending", "running"]}]}
+        while True:
+            page = _read("ec2:DescribeInstances",
+                         lambda r=dict(request): clients.ec2.describe_instances(**r), deadline, stats)
+            for reservation in page.get("Reservations", []):
+                for instance in reservation.get("Instances", []):
+                    cr, instance_id = instance.get("CapacityReservationId"), instance.get("InstanceId")
+                    if cr in found and isinstance(instance_id, str) and instance_id not in found[cr]:
+                        found[cr].append(instance_id)
+            if not page.get("NextToken"):
+                break
+            request["NextToken"] = page["NextToken"]
+    return found
+
+
 def _online(ids: list[str], clients: Clients, deadline: Deadline,
             stats: CallStats | None) -> set[str]:
     online: set[str] = set()

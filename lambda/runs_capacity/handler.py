@@ -13,6 +13,10 @@ minimum and the maximum), a job-finished scale-down landing just after a
 submit raised the capacity, a failed ``SetDesiredCapacity`` after the run
 was written, a manual change.
 
+With a spot fallback configured it also raises the group's on-demand share
+while spot capacity is dry for a PENDING run, and puts it back
+(``spot_fallback.py``).
+
 Every decision is one JSON line on stdout. An AWS error is logged and
 raised, so the invocation counts as failed (the errors alarm goes to the
 alerts topic) and the next schedule tries again; nothing is half done,
@@ -25,11 +29,14 @@ import json
 import os
 import re
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any, Callable, Iterator
 
 import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
+
+import spot_fallback
 
 ACTIVE_STATES = ("PENDING", "RUNNING")
 # node_agent/RUNS_CONTRACT.md: run_id is <name>-<8 hex>.
@@ -45,12 +52,20 @@ class Settings:
     index: str
     group: str
     max_gpus: int
+    fallback: spot_fallback.FallbackSettings | None = None
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
         env = os.environ if env is None else env
+        fallback = None
+        if env.get("SPOT_FALLBACK_AFTER_SECONDS"):
+            fallback = spot_fallback.FallbackSettings(
+                after_seconds=int(env["SPOT_FALLBACK_AFTER_SECONDS"]),
+                base_percentage=int(env["ON_DEMAND_PERCENTAGE"]),
+                fallback_percentage=int(env["SPOT_FALLBACK_ON_DEMAND_PERCENTAGE"]),
+                topic_arn=env["ALERTS_TOPIC_ARN"])
         return cls(table=env["RUNS_TABLE"], index=env["STATE_INDEX"], group=env["GROUP_NAME"],
-                   max_gpus=int(env["MAX_GPUS_PER_INSTANCE"]))
+                   max_gpus=int(env["MAX_GPUS_PER_INSTANCE"]), fallback=fallback)
 
 
 @dataclass(frozen=True)
@@ -85,7 +100,8 @@ def handler(event: Any, context: Any) -> dict:
 
 
 def reconcile(settings: Settings, *, clients: Callable[[str], Any],
-              write: Callable[[str], None] = print) -> dict:
+              write: Callable[[str], None] = print,
+              now: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> dict:
     """Count, read the group, raise it if needed; one log line with the decision."""
     try:
         # Runs first, the group second: a concurrent raise (another
@@ -98,6 +114,8 @@ def reconcile(settings: Settings, *, clients: Callable[[str], Any],
             clients("autoscaling").set_desired_capacity(
                 AutoScalingGroupName=settings.group, DesiredCapacity=decision.target,
                 HonorCooldown=False)
+        if settings.fallback is not None:
+            switch = _spot_fallback(settings, census, group, clients, now())
     except (ClientError, BotoCoreError, LookupError) as error:
         _log(write, "capacity_failed", group=settings.group, table=settings.table,
              error_code=_code(error), error=str(error))
@@ -108,8 +126,24 @@ def reconcile(settings: Settings, *, clients: Callable[[str], Any],
          new_desired_capacity=decision.target, min_size=group["MinSize"],
          max_size=group["MaxSize"], ignored=len(census.ignored),
          ignored_items=list(census.ignored[:10]))
-    return {"action": decision.action, "reason": decision.reason, "active": census.active,
-            "desired_capacity": decision.target}
+    result = {"action": decision.action, "reason": decision.reason, "active": census.active,
+              "desired_capacity": decision.target}
+    if settings.fallback is not None:
+        _log(write, "spot_fallback", group=settings.group, action=switch.action, reason=switch.reason,
+             on_demand_percentage=switch.percentage)
+        result["spot_fallback"] = switch.action
+    return result
+
+
+def _spot_fallback(settings: Settings, census: Census, group: dict[str, Any],
+                   clients: Callable[[str], Any], now: datetime) -> spot_fallback.Switch:
+    autoscaling = clients("autoscaling")
+    activities = spot_fallback.recent_activities(autoscaling, settings.group)
+    switch = spot_fallback.decide(group=group, activities=activities, pending=len(census.pending),
+                                  active=census.active, settings=settings.fallback, now=now)
+    spot_fallback.apply(switch, autoscaling=autoscaling, sns=clients("sns"), group_name=settings.group,
+                        settings=settings.fallback, now=now)
+    return switch
 
 
 def decide(active: int, desired: int, max_size: int) -> Decision:

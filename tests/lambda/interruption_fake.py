@@ -45,6 +45,8 @@ class FakeAws:
     fleet: set[str]
     online: set[str]
     faults: dict[str, str] = field(default_factory=dict)
+    # capacity reservation id -> instances launched into it (any owner)
+    reservations: dict[str, set[str]] = field(default_factory=dict)
     calls: list[str] = field(default_factory=list)
     commands: list[dict] = field(default_factory=list)
     completed: list[dict] = field(default_factory=list)
@@ -81,11 +83,19 @@ class FakeAws:
     # EC2
     def describe_instances(self, Filters, **_):  # noqa: N803 - boto3 names
         fault = self._enter("DescribeInstances")
-        ids = Filters[0]["Values"]
-        response = {"Reservations": [{"Instances": [
-            {"InstanceId": i, "Tags": [{"Key": FLEET_TAG, "Value": GROUP}] if i in self.fleet
-             else [{"Key": "Name", "Value": "other"}]}
-            for i in ids if i.startswith("i-0")]}]}  # i-1...: no such instance
+        filters = {f["Name"]: f["Values"] for f in Filters}
+        if "capacity-reservation-id" in filters:
+            # The reservation lookup: EC2 applies the fleet tag filter itself.
+            assert filters[f"tag:{FLEET_TAG}"] == [GROUP]
+            assert filters["instance-state-name"] == ["pending", "running"]
+            instances = [{"InstanceId": i, "CapacityReservationId": cr}
+                         for cr in filters["capacity-reservation-id"]
+                         for i in sorted(self.reservations.get(cr, ())) if i in self.fleet]
+        else:
+            instances = [{"InstanceId": i, "Tags": [{"Key": FLEET_TAG, "Value": GROUP}] if i in self.fleet
+                          else [{"Key": "Name", "Value": "other"}]}
+                         for i in filters["instance-id"] if i.startswith("i-0")]  # i-1...: no such instance
+        response = {"Reservations": [{"Instances": instances}]}
         self._leave(fault)
         return response
 

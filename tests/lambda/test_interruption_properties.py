@@ -40,6 +40,10 @@ INSTANCES = {"fleet-online": "i-0aaaaaaaaaaaaaaa1", "fleet-offline": "i-0aaaaaaa
              "not-fleet": "i-0bbbbbbbbbbbbbbb3", "no-such-instance": "i-1ccccccccccccccc4"}
 FLEET = {INSTANCES["fleet-online"], INSTANCES["fleet-offline"]}
 ONLINE = {INSTANCES["fleet-online"]}
+# Capacity reservations and the instances launched into them (any owner).
+RESERVATIONS = {"cr-0a1b2c3d4e5f67890": {INSTANCES["fleet-online"], INSTANCES["fleet-offline"],
+                                         INSTANCES["not-fleet"]},
+                "cr-0ffffffffffffff01": {INSTANCES["not-fleet"]}}
 FUNCTION_TIMEOUT_MS = spec.DEFAULT_LAMBDA_TIMEOUT_SECONDS * 1000
 SETTINGS = dict(max_examples=1000, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -52,7 +56,15 @@ EVENT_ID, HOOK_NAME, GROUP_NAME, TOKEN = (re.compile(p) for p in (
     spec.LIFECYCLE_ACTION_TOKEN_PATTERN))
 DETAIL_TYPES = {("aws.ec2", "EC2 Spot Instance Interruption Warning"): "spot-interruption",
                 ("aws.ec2", "EC2 Instance Rebalance Recommendation"): "rebalance-recommendation",
-                ("aws.autoscaling", "EC2 Instance-terminate Lifecycle Action"): "lifecycle-terminate"}
+                ("aws.autoscaling", "EC2 Instance-terminate Lifecycle Action"): "lifecycle-terminate",
+                ("aws.ec2", spec.RESERVATION_INTERRUPTION): "capacity-reservation-interruption",
+                **{("aws.ec2", d): "capacity-block-expiring" for d in spec.CAPACITY_BLOCK_WARNINGS},
+                ("aws.health", spec.HEALTH_EVENT): "health-scheduled-change"}
+RESERVATION_ID = re.compile(r"cr-[0-9a-f]{8,17}")  # EC2 capacity reservation id format
+HEALTH_ARN = re.compile(r"arn:aws[a-z-]*:health:[a-z0-9-]*::event/EC2/[A-Za-z0-9_./-]{1,400}")
+# What the Health rule matches (the handler checks it again).
+HEALTH_DETAIL = {"service": ("EC2",), "eventTypeCategory": ("scheduledChange",),
+                 "eventTypeCode": spec.HEALTH_EVENT_TYPE_CODES, "statusCode": spec.HEALTH_STATUS_CODES}
 
 
 def _ok(value, pattern, nonempty=True) -> bool:
@@ -101,42 +113,69 @@ def _act(kind: str, instance: str, event_id: str, key: str, rebalance: str, life
     return Expected("none", key, instance, quarantine=quarantine)
 
 
-def oracle(record, rebalance: str) -> Expected:
+def _health(detail: dict, event_id: str, rebalance: str) -> list[Expected]:
+    entities = detail.get("affectedEntities")
+    if any(detail.get(k) not in allowed for k, allowed in HEALTH_DETAIL.items()) \
+            or not _ok(detail.get("eventArn"), HEALTH_ARN) \
+            or not isinstance(entities, list) or not 1 <= len(entities) <= 100 \
+            or not all(isinstance(e, dict) and _ok(e.get("entityValue"), INSTANCE_ID) for e in entities):
+        return [Expected("quarantine", quarantine=True)]
+    instances = list(dict.fromkeys(e["entityValue"] for e in entities))
+    return [_act("health-scheduled-change", i, event_id, f"health:{detail['eventArn']}:{i}", rebalance, None)
+            for i in instances]
+
+
+def _capacity_block(detail: dict, event_id: str, rebalance: str) -> list[Expected]:
+    reservation = detail.get("capacity-reservation-id")
+    if not _ok(reservation, RESERVATION_ID):
+        return [Expected("quarantine", quarantine=True)]
+    ours = sorted(RESERVATIONS.get(reservation, set()) & FLEET)
+    return [_act("capacity-block-expiring", i, event_id, f"event:{event_id}:{i}", rebalance, None)
+            for i in ours] or [Expected("none")]
+
+
+def oracle(record, rebalance: str) -> list[Expected]:
+    """One expectation per instance the record stands for."""
     if not isinstance(record, dict) or not isinstance(record.get("messageId"), str) \
             or not record["messageId"]:
-        return Expected("skip")
+        return [Expected("skip")]
     body = record.get("body")
     try:
         data = json.loads(body) if isinstance(body, str) else None
     except ValueError:
         data = None
     if not isinstance(data, dict):
-        return Expected("quarantine", quarantine=True)
+        return [Expected("quarantine", quarantine=True)]
     if "detail-type" in data or "source" in data:
         kind = DETAIL_TYPES.get((data.get("source"), data.get("detail-type"))) \
             if all(isinstance(data.get(k), str) for k in ("source", "detail-type")) else None
         detail, event_id = data.get("detail"), data.get("id")
         if kind is None or not isinstance(detail, dict) or not _ok(event_id, EVENT_ID):
-            return Expected("quarantine", quarantine=True)
+            return [Expected("quarantine", quarantine=True)]
         if kind == "lifecycle-terminate":
-            return _lifecycle(detail, event_id, rebalance)
+            return [_lifecycle(detail, event_id, rebalance)]
+        if kind == "health-scheduled-change":
+            return _health(detail, event_id, rebalance)
+        if kind == "capacity-block-expiring":
+            return _capacity_block(detail, event_id, rebalance)
         instance = detail.get("instance-id")
         if not _ok(instance, INSTANCE_ID):
-            return Expected("quarantine", quarantine=True)
-        return _act(kind, instance, event_id, f"event:{event_id}", rebalance, None)
+            return [Expected("quarantine", quarantine=True)]
+        return [_act(kind, instance, event_id, f"event:{event_id}", rebalance, None)]
     if data.get("Event") == "autoscaling:TEST_NOTIFICATION":
-        return Expected("none")
+        return [Expected("none")]
     if "LifecycleActionToken" in data or "LifecycleTransition" in data:
         if not _ok(data.get("RequestId"), EVENT_ID):
-            return Expected("quarantine", quarantine=True)
-        return _lifecycle(data, data["RequestId"], rebalance)
-    return Expected("quarantine", quarantine=True)
+            return [Expected("quarantine", quarantine=True)]
+        return [_lifecycle(data, data["RequestId"], rebalance)]
+    return [Expected("quarantine", quarantine=True)]
 
 
 # --- payloads: real events, mutated ----------------------------------------------
 
 BASES = ("spot_interruption_warning", "rebalance_recommendation", "lifecycle_hook_terminating",
-         "lifecycle_action_eventbridge", "test_notification")
+         "lifecycle_action_eventbridge", "capacity_reservation_interruption_warning",
+         "health_instance_retirement", "capacity_block_expiration_warning", "test_notification")
 HUGE = ["x" * 100_000, "é" * 70_000, "i-0aaaaaaaaaaaaaaa1" * 5000]
 
 
@@ -146,7 +185,9 @@ def _variants(value: str) -> list[str]:
 
 
 CRITICAL = {"id", "RequestId", "instance-id", "EC2InstanceId", "LifecycleActionToken", "LifecycleHookName",
-            "AutoScalingGroupName", "LifecycleTransition", "source", "detail-type", "detail", "Event"}
+            "AutoScalingGroupName", "LifecycleTransition", "source", "detail-type", "detail", "Event",
+            "capacity-reservation-id", "eventArn", "eventTypeCode", "statusCode", "service",
+            "eventTypeCategory", "affectedEntities", "entityValue"}
 
 
 @dataclass(frozen=True)
@@ -193,6 +234,7 @@ def bodies(draw) -> object:
     message = fixture(draw(st.sampled_from(BASES)))
     instance = INSTANCES[draw(st.sampled_from(["fleet-online"] * 4 + sorted(INSTANCES)))]
     fresh = str(draw(st.uuids()))
+    _retarget(message, draw)
     for target in (message, message.get("detail", {})):
         if isinstance(target, dict):
             for name, value in (("instance-id", instance), ("EC2InstanceId", instance),
@@ -201,6 +243,8 @@ def bodies(draw) -> object:
                 if name in target:
                     target[name] = value
     paths = [(k,) for k in message] + [("detail", k) for k in message.get("detail", {})] + [("extra",)]
+    entities = message.get("detail", {}).get("affectedEntities", [])
+    paths += [("detail", "affectedEntities", n, k) for n, e in enumerate(entities) for k in e]
     critical = [p for p in paths if p[-1] in CRITICAL]
     # Near misses of the critical fields most: the defects a lax check lets through.
     changes = st.tuples(st.sampled_from(critical) | st.sampled_from(paths),
@@ -210,7 +254,9 @@ def bodies(draw) -> object:
     for path, change in [draw(changes) for _ in range(draw(st.sampled_from([0, 0, 0, 1, 1, 2, 3])))]:
         target = message
         for key in path[:-1]:
-            target = target.get(key) if isinstance(target, dict) else None
+            target = target.get(key) if isinstance(target, dict) \
+                else target[key] if isinstance(target, list) and isinstance(key, int) and key < len(target) \
+                else None
         if not isinstance(target, dict):
             continue
         if change == "<delete>":
@@ -220,6 +266,19 @@ def bodies(draw) -> object:
         else:
             target[path[-1]] = change
     return json.dumps(message, ensure_ascii=draw(st.booleans()))
+
+
+def _retarget(message: dict, draw) -> None:
+    """Point a Health event at 1-3 of the test's instances and a Capacity
+    Block at one of its reservations (or none we know)."""
+    detail = message.get("detail", {})
+    if "affectedEntities" in detail:
+        names = draw(st.lists(st.sampled_from(["fleet-online"] * 3 + sorted(INSTANCES)), min_size=1, max_size=3))
+        detail["affectedEntities"] = [{"entityValue": INSTANCES[n], "status": "PENDING"} for n in names]
+        detail["eventArn"] = detail["eventArn"].rsplit("_", 1)[0] + f"_{draw(st.integers(0, 10**6))}"
+    if "capacity-reservation-id" in detail:
+        detail["capacity-reservation-id"] = draw(st.sampled_from(sorted(RESERVATIONS) + ["cr-0123456789abcdef0"]))
+        message["detail-type"] = draw(st.sampled_from(spec.CAPACITY_BLOCK_WARNINGS))
 
 
 @st.composite
@@ -255,7 +314,8 @@ class _Metrics:
 
 def deliver(event: object, fault: dict, rebalance: str) -> tuple[FakeAws, list[dict]]:
     """Run 1 with the fault, run 2 (the redelivery of what failed) healthy."""
-    aws = FakeAws(fleet=set(FLEET), online=set(ONLINE), faults=dict(fault))
+    aws = FakeAws(fleet=set(FLEET), online=set(ONLINE), faults=dict(fault),
+                  reservations={k: set(v) for k, v in RESERVATIONS.items()})
     clock = FakeClock()
     processor = batch.Processor(
         settings=logic.Settings(autoscaling_group_name=GROUP, fleet_tag_key="ml:training-fleet",
@@ -286,7 +346,7 @@ def deliver(event: object, fault: dict, rebalance: str) -> tuple[FakeAws, list[d
 
 
 def check(aws: FakeAws, raw: list, rebalance: str) -> None:
-    expected = [(r, oracle(r, rebalance)) for r in raw]
+    expected = [(r, e) for r in raw for e in oracle(r, rebalance)]
     first_of: dict[str, Expected] = {}
     for _, e in expected:
         if e.key is not None:
@@ -314,8 +374,8 @@ def check(aws: FakeAws, raw: list, rebalance: str) -> None:
 def test_one_record_causes_exactly_its_action_whatever_fails(record, fault, rebalance) -> None:
     event = {"Records": [record]}
     aws, raw = deliver(event, fault, rebalance)
-    expected = oracle(record, rebalance)
-    note(f"expected {expected.action}{' + quarantine' if expected.quarantine and expected.action != 'quarantine' else ''}")
+    for expected in oracle(record, rebalance):
+        note(f"expected {expected.action}{' + quarantine' if expected.quarantine and expected.action != 'quarantine' else ''}")
     note(f"fault {'none' if not fault else next(iter(fault.values()))}")
     check(aws, raw, rebalance)
 
@@ -343,8 +403,10 @@ def test_events_that_are_not_sqs_batches_change_nothing(event) -> None:
 @st.composite
 def valid_records(draw) -> dict:
     """An unmutated real event for a reachable fleet instance: it must cause one command."""
-    message = fixture(draw(st.sampled_from(BASES[:4])))
+    message = fixture(draw(st.sampled_from(BASES[:6])))
     fresh, token = str(draw(st.uuids())), str(draw(st.uuids()))
+    for entity in message.get("detail", {}).get("affectedEntities", []):
+        entity["entityValue"] = INSTANCES["fleet-online"]
     for target in (message, message.get("detail", {})):
         for name, value in (("instance-id", INSTANCES["fleet-online"]), ("id", fresh), ("RequestId", fresh),
                             ("EC2InstanceId", INSTANCES["fleet-online"]), ("LifecycleActionToken", token)):
@@ -361,4 +423,4 @@ def valid_records(draw) -> dict:
 def test_a_fault_around_send_command_never_sends_a_second_command(batch_records, fault) -> None:
     aws, raw = deliver({"Records": batch_records}, fault, "checkpoint")
     check(aws, raw, "checkpoint")
-    assert len(aws.commands) == len({oracle(r, "checkpoint").key for r in raw})
+    assert len(aws.commands) == len({e.key for r in raw for e in oracle(r, "checkpoint")})

@@ -203,3 +203,28 @@ def test_instance_family_parses_hyphenated_families() -> None:
 def test_fails_when_the_system_group_can_have_no_node() -> None:
     system = replace(default_configs()["dev"].eks.system, min_size=0, desired_size=0)
     rejects("dev.eks.system.min_size", "CoreDNS", lambda: stage(system=system))
+
+
+# --- node auto repair ------------------------------------------------------------
+
+def test_node_repair_defaults_are_on_with_percentage_limits() -> None:
+    from ml_stacks.config import NodeRepairConfig
+    repair = EksConfig().node_repair
+    assert repair == NodeRepairConfig(enabled=True, max_parallel_repaired_percentage=25,
+                                      max_unhealthy_percentage=50)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("max_parallel_repaired_percentage", 0), ("max_parallel_repaired_percentage", 101),
+    ("max_unhealthy_percentage", 0), ("max_unhealthy_percentage", 50.0), ("enabled", "yes"),
+])
+def test_fails_when_a_node_repair_value_is_not_allowed(field, value) -> None:
+    from ml_stacks.config import NodeRepairConfig
+    error = rejects(f"dev.eks.node_repair.{field}", "not allowed",
+                    lambda: stage(node_repair=replace(NodeRepairConfig(), **{field: value})))
+    assert error.value == value
+
+
+def test_fails_when_the_node_monitoring_agent_pin_is_not_a_version() -> None:
+    rejects("dev.eks.addons.eks_node_monitoring_agent", "pinned add-on version",
+            lambda: stage(addons=AddonVersions(eks_node_monitoring_agent="latest")))

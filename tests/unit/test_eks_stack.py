@@ -167,9 +167,47 @@ def test_managed_addons_are_pinned_to_the_configured_versions(synthesized, stage
     addons = {r["Properties"]["AddonName"]: r["Properties"]
               for r in resources_of_type(template_json, "AWS::EKS::Addon").values()}
     expected = synthesized.configs[stage].eks.addons.as_dict()
-    assert set(addons) == {"vpc-cni", "coredns", "kube-proxy", "eks-pod-identity-agent"}
+    assert set(addons) == {"vpc-cni", "coredns", "kube-proxy", "eks-pod-identity-agent",
+                           "eks-node-monitoring-agent"}
     assert {name: a["AddonVersion"] for name, a in addons.items()} == expected
     assert all(a["ResolveConflicts"] == "OVERWRITE" for a in addons.values())
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_node_monitoring_agent_runs_its_gpu_checks_on_tainted_gpu_nodes(synthesized, stage) -> None:
+    template_json = synthesized.stack(stage, "eks").template_json
+    [agent] = [r["Properties"] for r in resources_of_type(template_json, "AWS::EKS::Addon").values()
+               if r["Properties"]["AddonName"] == "eks-node-monitoring-agent"]
+    values = json.loads(agent["ConfigurationValues"])
+    # Every GPU group carries this taint; without the toleration DCGM never runs there.
+    assert values == {"dcgmAgent": {"tolerations": [
+        {"key": GPU_TAINT["Key"], "operator": "Exists", "effect": "NoSchedule"}]}}
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_every_gpu_node_group_has_node_auto_repair_from_the_config(synthesized, stage) -> None:
+    template_json = synthesized.stack(stage, "eks").template_json
+    repair = synthesized.configs[stage].eks.node_repair
+    for role in expected_groups(stage):
+        prefix, _, _, gpu = GROUPS[role]
+        props = nodegroup(template_json, prefix)
+        if gpu:
+            assert props["NodeRepairConfig"] == {
+                "Enabled": repair.enabled,
+                "MaxParallelNodesRepairedPercentage": repair.max_parallel_repaired_percentage,
+                "MaxUnhealthyNodeThresholdPercentage": repair.max_unhealthy_percentage}, role
+        else:
+            assert "NodeRepairConfig" not in props, role
+
+
+def test_node_repair_limits_follow_the_config(tmp_path) -> None:
+    from ml_stacks.config import NodeRepairConfig
+    stage = build_stage(tmp_path, with_eks("dev", node_repair=NodeRepairConfig(
+        max_parallel_repaired_percentage=10, max_unhealthy_percentage=30)))
+    template = Template.from_stack(stage.eks)
+    groups = template.find_resources("AWS::EKS::Nodegroup", {"Properties": {"NodeRepairConfig": {
+        "Enabled": True, "MaxParallelNodesRepairedPercentage": 10, "MaxUnhealthyNodeThresholdPercentage": 30}}})
+    assert len(groups) == 2  # gpu_inference and gpu_training in dev
 
 
 def test_cloudwatch_observability_addon_is_optional(tmp_path) -> None:

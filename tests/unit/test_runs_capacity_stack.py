@@ -73,13 +73,23 @@ def test_the_function_environment_is_what_the_handler_reads(synthesized, stage) 
     _, function = one(template, "AWS::Lambda::Function", "RunsCapacity")
     table_id, _ = one(template, "AWS::DynamoDB::Table", "RunsTable")
     env = function["Properties"]["Environment"]["Variables"]
+    training = config.training
+    topic = env.pop("ALERTS_TOPIC_ARN")
+    assert topic["Fn::GetStackOutput"]["StackName"] == f"ml-{stage}-ops"
     assert env == {"RUNS_TABLE": {"Ref": table_id}, "STATE_INDEX": "by-state",
                    "GROUP_NAME": f"{config.stack_prefix}-training-gpu",
-                   "MAX_GPUS_PER_INSTANCE": str(config.training.max_gpus_per_instance)}
+                   "MAX_GPUS_PER_INSTANCE": str(training.max_gpus_per_instance),
+                   "SPOT_FALLBACK_AFTER_SECONDS": str(training.spot_fallback_after_minutes * 60),
+                   "ON_DEMAND_PERCENTAGE": str(training.on_demand_percentage),
+                   "SPOT_FALLBACK_ON_DEMAND_PERCENTAGE": str(training.spot_fallback_on_demand_percentage)}
     resolved = {k: v if isinstance(v, str) else "ml-table" for k, v in env.items()}
-    settings = handler_module().Settings.from_env(resolved)
+    settings = handler_module().Settings.from_env({**resolved, "ALERTS_TOPIC_ARN": "arn:topic"})
     assert (settings.table, settings.index, settings.group, settings.max_gpus) == (
-        "ml-table", "by-state", env["GROUP_NAME"], config.training.max_gpus_per_instance)
+        "ml-table", "by-state", env["GROUP_NAME"], training.max_gpus_per_instance)
+    assert (settings.fallback.after_seconds, settings.fallback.base_percentage,
+            settings.fallback.fallback_percentage) == (training.spot_fallback_after_minutes * 60,
+                                                       training.on_demand_percentage,
+                                                       training.spot_fallback_on_demand_percentage)
     props = function["Properties"]
     assert "ReservedConcurrentExecutions" not in props  # DESIGN.md: never reserve concurrency
     assert props["Handler"] == "handler.handler" and props["Runtime"].startswith("python3")
@@ -101,7 +111,17 @@ def test_iam_reaches_the_index_and_the_one_group_and_nothing_more(synthesized, s
             granted.setdefault(action, []).extend(listed(statement["Resource"]))
     assert set(granted) == {"logs:CreateLogStream", "logs:PutLogEvents", "dynamodb:Query",
                             "kms:Decrypt", "kms:DescribeKey", "autoscaling:DescribeAutoScalingGroups",
-                            "autoscaling:SetDesiredCapacity"}
+                            "autoscaling:DescribeScalingActivities", "autoscaling:SetDesiredCapacity",
+                            # the spot fallback: its switch, its state tag, its alert
+                            "autoscaling:UpdateAutoScalingGroup", "autoscaling:CreateOrUpdateTags",
+                            "autoscaling:DeleteTags", "sns:Publish", "kms:GenerateDataKey"}
+    for action in ("autoscaling:UpdateAutoScalingGroup", "autoscaling:CreateOrUpdateTags",
+                   "autoscaling:DeleteTags"):
+        [arn] = granted[action]
+        assert arn["Fn::Join"][1][-1].endswith(f"autoScalingGroupName/{config.stack_prefix}-training-gpu")
+    [topic] = granted["sns:Publish"]
+    assert topic["Fn::GetStackOutput"]["StackName"] == f"ml-{stage}-ops"
+    assert granted["autoscaling:DescribeScalingActivities"] == ["*"]
     assert granted["dynamodb:Query"] == [
         {"Fn::Join": ["", [{"Fn::GetAtt": [table_id, "Arn"]}, "/index/by-state"]]}]
     [group_arn] = granted["autoscaling:SetDesiredCapacity"]
@@ -109,7 +129,8 @@ def test_iam_reaches_the_index_and_the_one_group_and_nothing_more(synthesized, s
         f":autoScalingGroup:*:autoScalingGroupName/{config.stack_prefix}-training-gpu")
     assert granted["autoscaling:DescribeAutoScalingGroups"] == ["*"]
     assert granted["logs:PutLogEvents"] == [{"Fn::GetAtt": [logs_id, "Arn"]}]
-    [key] = set(json.dumps(k, sort_keys=True) for k in granted["kms:Decrypt"] + granted["kms:DescribeKey"])
+    [key] = set(json.dumps(k, sort_keys=True) for k in granted["kms:Decrypt"] + granted["kms:DescribeKey"]
+                + granted["kms:GenerateDataKey"])
     assert "ml-" + stage + "-storage" in key  # the stage key, by reference
 
 
@@ -128,3 +149,16 @@ def test_logs_are_kept_and_errors_alarm_the_alerts_topic(synthesized, stage) -> 
     assert props["Dimensions"] == [{"Name": "FunctionName", "Value": {"Ref": function_id}}]
     [action] = props["AlarmActions"]
     assert action["Fn::GetStackOutput"]["StackName"] == f"ml-{stage}-ops"
+
+
+def test_no_fallback_leaves_the_group_and_the_topic_alone(tmp_path) -> None:
+    dev = default_configs()["dev"]
+    config = replace(dev, training=replace(dev.training, spot_fallback_after_minutes=None))
+    app = build_app([config], outdir=str(tmp_path))
+    app.synth()
+    template = Template.from_stack(app.node.find_child("dev").training).to_json()
+    role_id, _ = one(template, "AWS::IAM::Role", "RunsCapacityRole")
+    actions = {a for s in role_statements(template, role_id) for a in listed(s["Action"])}
+    assert not actions & {"autoscaling:UpdateAutoScalingGroup", "autoscaling:CreateOrUpdateTags", "sns:Publish"}
+    _, function = one(template, "AWS::Lambda::Function", "RunsCapacity")
+    assert "SPOT_FALLBACK_AFTER_SECONDS" not in function["Properties"]["Environment"]["Variables"]

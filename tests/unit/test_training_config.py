@@ -42,6 +42,8 @@ def test_defaults_follow_the_contract_and_the_design() -> None:
     assert (training.lease_seconds, training.lease_renew_seconds, training.claim_poll_seconds) == (90, 30, 15)
     assert (training.run_default_max_failures, training.run_default_max_duration_minutes) == (3, 72 * 60)
     assert training.runs_capacity_rate_minutes == 5
+    assert (training.hung_after_minutes, training.hung_action) == (30, "restart")
+    assert (training.spot_fallback_after_minutes, training.spot_fallback_on_demand_percentage) == (15, 100)
     assert training.rebalance_action == "checkpoint"
     assert training.efa_enabled is False
     assert {t.split(".")[0] for t in training.instance_types} == {"g5", "g6"}
@@ -101,6 +103,15 @@ def test_powertools_layer_pin_matches_the_dev_requirements() -> None:
         ({"runs_capacity_rate_minutes": 0}, "runs_capacity_rate_minutes", 0, "1 to 60 minutes"),
         ({"runs_capacity_rate_minutes": 61}, "runs_capacity_rate_minutes", 61, "1 to 60 minutes"),
         ({"runs_capacity_rate_minutes": 2.5}, "runs_capacity_rate_minutes", 2.5, "1 to 60 minutes"),
+        ({"hung_after_minutes": 0}, "hung_after_minutes", 0, "1 to 1440 minutes"),
+        ({"hung_after_minutes": 1441}, "hung_after_minutes", 1441, "1 to 1440 minutes"),
+        ({"hung_after_minutes": True}, "hung_after_minutes", True, "1 to 1440 minutes"),
+        ({"hung_action": "kill"}, "hung_action", "kill", "alert, restart"),
+        ({"spot_fallback_after_minutes": 4}, "spot_fallback_after_minutes", 4, "None (no fallback) or 5"),
+        ({"spot_fallback_after_minutes": 1441}, "spot_fallback_after_minutes", 1441, "to 1440 minutes"),
+        ({"spot_fallback_on_demand_percentage": 101}, "spot_fallback_on_demand_percentage", 101, "at most 100"),
+        ({"on_demand_percentage": 50, "spot_fallback_on_demand_percentage": 50},
+         "spot_fallback_on_demand_percentage", 50, "more than on_demand_percentage (50)"),
         ({"instance_types": ("g5.xlarge", "g6.3xlarge")}, "instance_types", "g6.3xlarge",
          "GPUS_PER_INSTANCE_TYPE"),
         ({"training_signal": "SIGKILL"}, "training_signal", "SIGKILL", "SIGUSR1"),

@@ -9,7 +9,7 @@ import json
 import pytest
 from aws_cdk.assertions import Match, Template
 
-from constructs_lib import training_runs
+from constructs_lib import node_agent, training_runs
 from ml_runs import runs as cli_runs
 from ml_runs.stage import OUTPUTS
 from tests.conftest import STAGES, resources_of_type
@@ -39,6 +39,11 @@ def fleet_statements(template: dict) -> list[dict]:
 def actions(statement: dict) -> set[str]:
     value = statement["Action"]
     return {value} if isinstance(value, str) else set(value)
+
+
+def gpu_metrics_namespace(stage: str) -> str:
+    from constructs_lib.gpu_metrics import metric_definition
+    return metric_definition()["namespace"]
 
 
 def logical_id(template: dict, resource_type: str, prefix: str) -> str:
@@ -160,6 +165,9 @@ def test_user_data_passes_every_variable_of_both_contracts(synthesized, stage) -
         "ML_LEASE_SECONDS": str(training.lease_seconds),
         "ML_LEASE_RENEW_SECONDS": str(training.lease_renew_seconds),
         "ML_CLAIM_POLL_SECONDS": str(training.claim_poll_seconds),
+        "ML_HUNG_AFTER_SECONDS": str(training.hung_after_minutes * 60),
+        "ML_HUNG_ACTION": training.hung_action,
+        "ML_METRICS_NAMESPACE": "MlInfra/NodeAgent",
         "ML_AUTOSCALING_GROUP_NAME": f"ml-{stage}-training-gpu",
         "ML_LIFECYCLE_HOOK_NAME": f"ml-{stage}-training-gpu-terminating",
         "AWS_REGION": config.region,
@@ -248,7 +256,11 @@ def test_no_wider_grant_remains_on_the_instance_role(synthesized, stage) -> None
                           "events:*", "logs:*", "ecr:*", "kms:ReEncrypt*", "kms:GenerateDataKey*"}
     unscoped = sorted(a for s in statements if s["Resource"] == "*" for a in actions(s))
     # Neither supports resource-level permissions; PutMetricData is conditioned on its namespace.
-    assert unscoped == ["cloudwatch:PutMetricData", "ecr:GetAuthorizationToken"]
+    assert unscoped == ["cloudwatch:PutMetricData", "cloudwatch:PutMetricData", "ecr:GetAuthorizationToken"]
+    namespaces = sorted(s["Condition"]["StringEquals"]["cloudwatch:namespace"] for s in statements
+                        if "cloudwatch:PutMetricData" in actions(s))
+    # The CloudWatch agent's GPU metrics (gpu_metrics) and the node agent's own.
+    assert namespaces == sorted([node_agent.METRICS_NAMESPACE, gpu_metrics_namespace(stage)])
     assert "/i-*" not in flat(statements)
 
 
@@ -260,7 +272,8 @@ def test_lease_poll_and_log_retention_follow_the_config(tmp_path) -> None:
 
     dev = default_configs()["dev"]
     config = replace(dev, training=replace(dev.training, lease_seconds=120, lease_renew_seconds=40,
-                                           claim_poll_seconds=5, runs_log_retention_days=7))
+                                           claim_poll_seconds=5, runs_log_retention_days=7,
+                                           hung_after_minutes=7, hung_action="alert"))
     app = build_app([config], outdir=str(tmp_path))
     app.synth()
     template = Template.from_stack(app.node.find_child("dev").training)
@@ -268,6 +281,7 @@ def test_lease_poll_and_log_retention_follow_the_config(tmp_path) -> None:
     environment = install_environment(template.to_json())
     assert (environment["ML_LEASE_SECONDS"], environment["ML_LEASE_RENEW_SECONDS"],
             environment["ML_CLAIM_POLL_SECONDS"]) == ("120", "40", "5")
+    assert (environment["ML_HUNG_AFTER_SECONDS"], environment["ML_HUNG_ACTION"]) == ("420", "alert")
 
 
 @pytest.mark.parametrize("stage", STAGES)

@@ -193,7 +193,8 @@ def test_instance_role_reads_training_data_and_only_the_runs_prefix_of_the_check
     assert "/i-*" not in flat(fleet)  # no instance-ID prefix grant is left
     lifecycle = [s for s in fleet if "autoscaling:CompleteLifecycleAction" in flat(s["Action"])]
     assert lifecycle[0]["Action"] == ["autoscaling:CompleteLifecycleAction",
-                                      "autoscaling:RecordLifecycleActionHeartbeat"]
+                                      "autoscaling:RecordLifecycleActionHeartbeat",
+                                      "autoscaling:SetInstanceHealth"]
     assert flat(lifecycle[0]["Resource"]).endswith(':autoScalingGroup:*:autoScalingGroupName/ml-dev-training-gpu"]]}')
 
 
@@ -208,16 +209,42 @@ def test_termination_hook_sends_to_the_queue_with_continue_and_the_configured_ti
     assert hook["NotificationTargetARN"]["Fn::GetAtt"][0].startswith("InterruptionHandlerQueue")
 
 
-def test_spot_and_rebalance_rules_feed_the_queue_with_a_dead_letter_queue(dev) -> None:
+def test_every_interruption_rule_feeds_the_queue_with_a_dead_letter_queue(dev) -> None:
     rules = [r for r in resources_of_type(dev, "AWS::Events::Rule").values()
              if "EventPattern" in r["Properties"]]  # the runs capacity schedule has none
-    patterns = sorted(r["Properties"]["EventPattern"]["detail-type"][0] for r in rules)
-    assert patterns == ["EC2 Instance Rebalance Recommendation", "EC2 Spot Instance Interruption Warning"]
+    patterns = sorted((r["Properties"]["EventPattern"]["source"], r["Properties"]["EventPattern"]["detail-type"])
+                      for r in rules)
+    assert patterns == [
+        (["aws.ec2"], ["Capacity Block Expiration Warning", "Capacity Block Reservation Expiration Warning"]),
+        (["aws.ec2"], ["EC2 Capacity Reservation Instance Interruption Warning"]),
+        (["aws.ec2"], ["EC2 Instance Rebalance Recommendation"]),
+        (["aws.ec2"], ["EC2 Spot Instance Interruption Warning"]),
+        (["aws.health"], ["AWS Health Event"]),
+    ]
     for rule in rules:
-        assert rule["Properties"]["EventPattern"]["source"] == ["aws.ec2"]
         [target] = rule["Properties"]["Targets"]
         assert target["Arn"]["Fn::GetAtt"][0].startswith("InterruptionHandlerQueue")
         assert target["DeadLetterConfig"]["Arn"]["Fn::GetAtt"][0].startswith("InterruptionHandlerDeadLetterQueue")
+        assert target["RetryPolicy"]["MaximumRetryAttempts"] == 10
+        pattern = rule["Properties"]["EventPattern"]
+        # Only the Health rule needs a detail filter; the EC2 detail-types are exact already.
+        assert ("detail" in pattern) == (pattern["source"] == ["aws.health"])
+
+
+def test_health_rule_matches_only_ec2_scheduled_changes_that_stop_retire_or_reboot(dev) -> None:
+    from tests.interruption_lambda import messages
+
+    [rule] = [r for r in resources_of_type(dev, "AWS::Events::Rule").values()
+              if r["Properties"].get("EventPattern", {}).get("source") == ["aws.health"]]
+    detail = rule["Properties"]["EventPattern"]["detail"]
+    assert detail == {"service": ["EC2"], "eventTypeCategory": ["scheduledChange"],
+                      "eventTypeCode": list(messages.HEALTH_EVENT_TYPE_CODES),
+                      "statusCode": ["upcoming", "open"]}
+    assert not any("NETWORK" in c or "POWER" in c for c in detail["eventTypeCode"])
+    # A change days ahead still matters after an hour of failed deliveries; a
+    # two-minute notice does not.
+    [target] = rule["Properties"]["Targets"]
+    assert target["RetryPolicy"]["MaximumEventAgeInSeconds"] == 3600
 
 
 @pytest.mark.parametrize("stage", STAGES)
