@@ -963,18 +963,24 @@ def follow_kernel_log(source: str, stop: threading.Event, popen: Callable[..., A
                       poll_seconds: float = 0.2) -> Iterator[str]:
     """New kernel log lines from now on: `journalctl -k -f` or, for a file path, the lines appended to it."""
     if source == "journal":
-        process = popen(["journalctl", "-k", "-f", "-n", "0", "--no-pager", "-o", "cat"], stdout=subprocess.PIPE,
-                        stderr=subprocess.DEVNULL, text=True)
-        try:
-            for line in process.stdout:
-                if stop.is_set():
-                    return
-                yield line
-        finally:
-            process.kill()
-        return
+        return _follow_journal(stop, popen)
     path = Path(source)
-    position = path.stat().st_size if path.exists() else 0
+    return _follow_file(path, path.stat().st_size if path.exists() else 0, stop, poll_seconds)
+
+
+def _follow_journal(stop: threading.Event, popen: Callable[..., Any]) -> Iterator[str]:
+    process = popen(["journalctl", "-k", "-f", "-n", "0", "--no-pager", "-o", "cat"], stdout=subprocess.PIPE,
+                    stderr=subprocess.DEVNULL, text=True)
+    try:
+        for line in process.stdout:
+            if stop.is_set():
+                return
+            yield line
+    finally:
+        process.kill()
+
+
+def _follow_file(path: Path, position: int, stop: threading.Event, poll_seconds: float) -> Iterator[str]:
     pending = ""
     while not stop.is_set():
         try:
@@ -2124,21 +2130,25 @@ class RunLoop:
         mark_unhealthy(self.autoscaling, self.instance_id, self.log, reason)
 
     def _watch_xids(self) -> None:
-        """Every `NVRM: Xid` line: counted as a metric; a fatal one (FATAL_XIDS) takes the instance out."""
-        try:
-            for line in self._kernel_lines(self._watch_stop):
-                parsed = parse_xid(line)
-                if not parsed:
-                    continue
-                code, bus = parsed
-                fatal = code in FATAL_XIDS
-                self.log("xid", level="error" if fatal else "warning", xid=code, pci=bus, fatal=fatal,
-                         line=line.strip()[:300])
-                self.telemetry.metric("GpuXid", 1.0, Xid=str(code))
-                if fatal and not self.unhealthy.is_set():
-                    self._gpu_fault(code, bus, line.strip())
-        except Exception as error:  # noqa: BLE001 - the run loop keeps going without the watch
-            self.log("xid-watch", level="error", error=f"{type(error).__name__}: {error}")
+        """Every `NVRM: Xid` line: counted as a metric; a fatal one (FATAL_XIDS) takes the instance out.
+
+        A source that ends or fails (journald restarted) is followed again after 5 s."""
+        while not self._watch_stop.is_set():
+            try:
+                for line in self._kernel_lines(self._watch_stop):
+                    parsed = parse_xid(line)
+                    if not parsed:
+                        continue
+                    code, bus = parsed
+                    fatal = code in FATAL_XIDS
+                    self.log("xid", level="error" if fatal else "warning", xid=code, pci=bus, fatal=fatal,
+                             line=line.strip()[:300])
+                    self.telemetry.metric("GpuXid", 1.0, Xid=str(code))
+                    if fatal and not self.unhealthy.is_set():
+                        self._gpu_fault(code, bus, line.strip())
+            except Exception as error:  # noqa: BLE001 - the run loop keeps going; the watch starts again
+                self.log("xid-watch", level="error", error=f"{type(error).__name__}: {error}")
+            self._watch_stop.wait(5.0)
 
     def _gpu_fault(self, code: int, bus: str, line: str) -> None:
         """Checkpoint within the budget, release the run (detail gpu-xid-<code>), Unhealthy, claim nothing more."""

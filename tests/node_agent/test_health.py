@@ -340,3 +340,28 @@ def test_the_trainer_gets_the_progress_file_and_docker_mounts_its_directory(agen
 def test_bad_health_settings_are_named(agent, tmp_path, name, value, message):
     with pytest.raises(agent.ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         make_config(agent, tmp_path, **{name: value})
+
+
+def test_the_journal_is_followed_from_now_with_journalctl_and_a_file_from_its_end(agent, tmp_path):
+    started = []
+
+    class Process:
+        def __init__(self, argv, **kwargs):
+            started.append(argv)
+            self.stdout = iter(["NVRM: Xid (PCI:0000:10:1c): 79, pid=1, GPU has fallen off the bus.\n"])
+
+        def kill(self):
+            started.append("killed")
+
+    stop = threading.Event()
+    assert list(agent.follow_kernel_log("journal", stop, popen=Process)) == [
+        "NVRM: Xid (PCI:0000:10:1c): 79, pid=1, GPU has fallen off the bus.\n"]
+    assert started == [["journalctl", "-k", "-f", "-n", "0", "--no-pager", "-o", "cat"], "killed"]
+    log = tmp_path / "kern.log"
+    log.write_text("NVRM: Xid (PCI:0000:10:1c): 48, old line before the agent started\n")
+    lines = agent.follow_kernel_log(str(log), stop, poll_seconds=0.01)
+    with open(log, "a") as out:
+        out.write("NVRM: Xid (PCI:0000:10:1c): 79, new\npartial")
+    assert next(lines) == "NVRM: Xid (PCI:0000:10:1c): 79, new"  # the old line and the unfinished one are not
+    stop.set()
+    assert list(lines) == []
