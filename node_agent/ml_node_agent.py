@@ -9,7 +9,12 @@ library and boto3 only.
         with a lease, restore runs/<run-id>/LATEST into the checkpoint
         directory, start the trainer (``docker run --gpus all`` or, with
         ML_TRAINER_LAUNCHER=process, a local process), renew the lease, upload
-        every completed checkpoint, and record how the attempt ended.
+        every completed checkpoint, and record how the attempt ended. Before
+        the first claim it checks the GPUs (nvidia-smi, DCGM level 1, no fatal
+        Xid since boot; a failing instance marks itself Unhealthy and claims
+        nothing); while it runs it follows the kernel log for Xid errors (a
+        fatal one checkpoints, releases the run and marks the instance
+        Unhealthy) and the trainer's progress file (ML_HUNG_AFTER_SECONDS).
 
     ml_node_agent.py watch
         Poll IMDSv2 spot/instance-action every second; on a notice run the
@@ -925,7 +930,8 @@ class HealthGate:
         if expected is None:
             self._log("health-gate", check="gpu-count", skipped=True, instance_type=self._instance_type)
         elif len(rows) != expected:
-            problems.append(f"{len(rows)} GPUs visible, {expected} expected for {self._instance_type or 'this instance'}")
+            where = self._instance_type or "this instance"
+            problems.append(f"{len(rows)} GPUs visible, {expected} expected for {where}")
         for index, bus, ecc, sbe, dbe, pending in rows:
             gpu = f"GPU {index} ({bus})"
             if (_count(ecc) or 0) > self._settings.ecc_uncorrected_max:
@@ -2284,13 +2290,14 @@ class RunLoop:
             return False
         active.hung_alerted = True
         restart = self.config.health.hung_action == "restart"
-        log("hung", level="error", silent_seconds=round(silent, 3), hung_after_seconds=limit,
-            last_progress=active.progress_mark[1] if active.progress_mark else None, action=self.config.health.hung_action)
+        last = active.progress_mark[1] if active.progress_mark else None
+        log("hung", level="error", silent_seconds=round(silent, 3), hung_after_seconds=limit, last_progress=last,
+            action=self.config.health.hung_action)
         self.telemetry.metric("RunHung")
         self.telemetry.alert(f"run {active.run_id} hung", [
             f"Run {active.run_id} attempt {active.attempt} on {self.instance_id} reported no progress for "
             f"{silent:.0f} s (ML_HUNG_AFTER_SECONDS={limit:g}).",
-            f"Last progress report: {active.progress_mark[1] if active.progress_mark else 'none since the trainer started'}.",
+            f"Last progress report: {last or 'none since the trainer started'}.",
             "Action: " + ("the attempt is stopped and counted as a failure (detail hung); the run restarts from its "
                           "last checkpoint" if restart else "none (ML_HUNG_ACTION=alert); the trainer keeps running"),
             f'Inspect: make run ARGS="logs {active.run_id}"'])
