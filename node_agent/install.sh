@@ -43,6 +43,7 @@ OPTIONAL_VARS=(
   ML_HUNG_AFTER_SECONDS
   ML_HUNG_ACTION
   ML_METRICS_NAMESPACE
+  ML_GPU_POLL_SECONDS
 )
 UNITS=(ml-node-agent.service ml-node-agent-runs.service)
 SRC_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"

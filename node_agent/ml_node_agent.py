@@ -194,6 +194,7 @@ class HealthSettings:
     hung_after_seconds: float = 0.0
     hung_action: str = "alert"
     metrics_namespace: str = "ML/Training"
+    gpu_poll_seconds: float = 60.0
 
     @property
     def progress_file(self) -> Path:
@@ -217,7 +218,8 @@ class HealthSettings:
             kernel_log=kernel_log, progress_dir=Path(progress_dir),
             hung_after_seconds=check.number("ML_HUNG_AFTER_SECONDS", "0", 0, 7 * 86400),
             hung_action=check.choice("ML_HUNG_ACTION", "alert", ("alert", "restart")),
-            metrics_namespace=env.get("ML_METRICS_NAMESPACE", "").strip() or "ML/Training")
+            metrics_namespace=env.get("ML_METRICS_NAMESPACE", "").strip() or "ML/Training",
+            gpu_poll_seconds=check.number("ML_GPU_POLL_SECONDS", "60" if gate else "0", 0, 86400))
 
 
 @dataclass(frozen=True)
@@ -902,6 +904,10 @@ class HealthGate:
         except (OSError, subprocess.SubprocessError) as error:
             return 1, f"{argv[0]} failed: {error}"
         return result.returncode, result.stdout if result.returncode == 0 else (result.stderr or result.stdout)
+
+    def running_check(self) -> List[str]:
+        """The nvidia-smi checks alone (while a run trains: no DCGM diagnostic, no boot log)."""
+        return self._nvidia_smi()
 
     def check(self) -> List[str]:
         """Every problem found; empty means healthy."""
@@ -2034,6 +2040,7 @@ class RunLoop:
         self._kernel_lines = kernel_lines or (lambda stop: follow_kernel_log(config.health.kernel_log, stop))
         self._watch_stop = threading.Event()
         self.unhealthy = threading.Event()
+        self._fault_lock = threading.Lock()
         self.telemetry = Telemetry(config, cloudwatch, sns, log)
         self.imds = imds
         self.s3 = s3
@@ -2078,6 +2085,8 @@ class RunLoop:
             self._health_gate()
         if self.config.health.kernel_log != "off":
             threading.Thread(target=self._watch_xids, name="xid-watch", daemon=True).start()
+        if self.config.health.gpu_poll_seconds and not self.state.draining():
+            threading.Thread(target=self._poll_gpus, name="gpu-poll", daemon=True).start()
         executed, draining_logged = 0, False
         while not self._stop() and (max_runs is None or executed < max_runs):
             if self.state.draining():
@@ -2150,25 +2159,37 @@ class RunLoop:
                     self.log("xid", level="error" if fatal else "warning", xid=code, pci=bus, fatal=fatal,
                              line=line.strip()[:300])
                     self.telemetry.metric("GpuXid", 1.0, Xid=str(code))
-                    if fatal and not self.unhealthy.is_set():
-                        self._gpu_fault(code, bus, line.strip())
+                    if fatal:
+                        self._gpu_fault(f"gpu-xid-{code}", f"xid-{code}-{bus}", f"GPU fault Xid {code}", [
+                            f"Xid {code} ({FATAL_XIDS[code]}) on {bus}.", f"Kernel log: {line.strip()[:300]}"])
             except Exception as error:  # noqa: BLE001 - the run loop keeps going; the watch starts again
                 self.log("xid-watch", level="error", error=f"{type(error).__name__}: {error}")
             self._watch_stop.wait(5.0)
 
-    def _gpu_fault(self, code: int, bus: str, line: str) -> None:
-        """Checkpoint within the budget, release the run (detail gpu-xid-<code>), Unhealthy, claim nothing more."""
-        reason = f"gpu-xid-{code}"
-        current = self.state.current_run()
-        agent = Agent(self.config, imds=self.imds, s3=self.s3, autoscaling=self.autoscaling, log=self.log,
-                      dynamodb=self.dynamodb, sns=self.sns, events=self.events, run=self._run, clock=self._clock,
-                      sleep=self._sleep)
-        result = agent.checkpoint(reason, f"xid-{code}-{bus}-{int(self._clock())}",
-                                  on_leader=lambda: self._take_out(f"xid-{code}", reason))
-        self._take_out(f"xid-{code}", reason)  # a follower of another flow, or no run at all
-        self.telemetry.alert(f"instance {self.instance_id} GPU fault Xid {code}", [
-            f"Instance {self.instance_id} of group {self.config.autoscaling_group_name}: Xid {code} "
-            f"({FATAL_XIDS[code]}) on {bus}.", f"Kernel log: {line[:300]}",
+    def _poll_gpus(self) -> None:
+        """Every ML_GPU_POLL_SECONDS while running: the gate's nvidia-smi checks (a lost GPU, uncorrected ECC
+        errors, a pending or failed row remap) are a GPU fault (detail `gpu-nvidia-smi`)."""
+        gate = HealthGate(self.config.health, self._run, self.log, self._instance_type())
+        while not self._watch_stop.wait(self.config.health.gpu_poll_seconds) and not self.unhealthy.is_set():
+            problems = gate.running_check()
+            if problems:
+                self.log("gpu-poll", level="error", healthy=False, problems=problems)
+                self._gpu_fault("gpu-nvidia-smi", "nvidia-smi", "GPU fault (nvidia-smi)", problems)
+
+    def _gpu_fault(self, reason: str, event: str, subject: str, details: List[str]) -> None:
+        """Checkpoint within the budget, release the run (detail `reason`), Unhealthy, claim nothing more."""
+        with self._fault_lock:
+            if self.unhealthy.is_set():
+                return
+            current = self.state.current_run()
+            agent = Agent(self.config, imds=self.imds, s3=self.s3, autoscaling=self.autoscaling, log=self.log,
+                          dynamodb=self.dynamodb, sns=self.sns, events=self.events, run=self._run,
+                          clock=self._clock, sleep=self._sleep)
+            result = agent.checkpoint(reason, f"{event}-{int(self._clock())}",
+                                      on_leader=lambda: self._take_out(event, reason))
+            self._take_out(event, reason)  # a follower of another flow, or no run at all
+        self.telemetry.alert(f"instance {self.instance_id} {subject}", [
+            f"Instance {self.instance_id} of group {self.config.autoscaling_group_name}:", *details,
             f"Run: {current.get('run_id') or 'none'}; checkpoint flow exit code {result} (0: uploaded or nothing new).",
             "The run was released for another instance; this one is marked Unhealthy and is being replaced."])
 

@@ -365,3 +365,22 @@ def test_the_journal_is_followed_from_now_with_journalctl_and_a_file_from_its_en
     assert next(lines) == "NVRM: Xid (PCI:0000:10:1c): 79, new"  # the old line and the unfinished one are not
     stop.set()
     assert list(lines) == []
+
+
+def test_a_gpu_lost_while_training_is_a_gpu_fault_found_by_the_driver_poll(agent, cloud, tmp_path, logs):
+    cloud.put_run(command=trainer(), max_failures=1)
+    tools = GpuTools()
+    loop, autoscaling, _ = health_loop(agent, tmp_path, logs, cloud, tools, ML_GPU_POLL_SECONDS="0.2",
+                                       stop=lambda: bool(logs.steps("alert")) and len(logs.steps("claim")) > 1)
+    thread = in_thread(loop.serve)
+    wait_for(lambda: (tmp_path / "progress" / "PROGRESS").exists(), "the trainer to make progress")
+    tools.files["--query-gpu"] = "p4d-query-gpu-7-gpus.csv"  # GPU 7 fell off the bus
+    thread.join(timeout=60)
+    assert not thread.is_alive()
+    [attempt] = cloud.run()["attempts"]
+    assert (attempt["end_reason"], attempt["detail"]) == ("reclaimed", "gpu-nvidia-smi")
+    assert [c["HealthStatus"] for c in autoscaling.calls] == ["Unhealthy"]
+    assert logs.steps("gpu-poll")[0]["problems"] == ["7 GPUs visible, 8 expected for p4d.24xlarge"]
+    [alert] = cloud.alerts()
+    assert alert["Subject"] == f"[ml-dev] instance {INSTANCE} GPU fault (nvidia-smi)"
+    assert "7 GPUs visible" in alert["Message"]
