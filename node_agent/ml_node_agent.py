@@ -9,7 +9,12 @@ library and boto3 only.
         with a lease, restore runs/<run-id>/LATEST into the checkpoint
         directory, start the trainer (``docker run --gpus all`` or, with
         ML_TRAINER_LAUNCHER=process, a local process), renew the lease, upload
-        every completed checkpoint, and record how the attempt ended.
+        every completed checkpoint, and record how the attempt ended. Before
+        the first claim it checks the GPUs (nvidia-smi, DCGM level 1, no fatal
+        Xid since boot; a failing instance marks itself Unhealthy and claims
+        nothing); while it runs it follows the kernel log for Xid errors (a
+        fatal one checkpoints, releases the run and marks the instance
+        Unhealthy) and the trainer's progress file (ML_HUNG_AFTER_SECONDS).
 
     ml_node_agent.py watch
         Poll IMDSv2 spot/instance-action every second; on a notice run the
@@ -98,6 +103,8 @@ LEADER_LOST = "leader-lost"
 NO_INSTANCE_ID = "instance-id-unavailable"
 INTERNAL_ERROR = "internal-error"
 OK_RESULTS = (UPLOADED, NOTHING_NEW, NO_RUN)
+# The trainer's progress report (RUNS_CONTRACT.md "The trainer"): ML_PROGRESS_FILE.
+PROGRESS_FILE = "PROGRESS"
 
 
 class ConfigError(Exception):
@@ -175,6 +182,47 @@ class _Checker:
 
 
 @dataclass(frozen=True)
+class HealthSettings:
+    """GPU health and hung-run settings (RUNS_CONTRACT.md "Health"); every one has a default."""
+
+    gate: bool = True
+    expected_gpus: Optional[int] = None
+    ecc_uncorrected_max: int = 0
+    retired_pages_max: int = 60
+    kernel_log: str = "journal"
+    progress_dir: Path = Path("/opt/ml/progress")
+    hung_after_seconds: float = 0.0
+    hung_action: str = "alert"
+    metrics_namespace: str = "ML/Training"
+    gpu_poll_seconds: float = 60.0
+
+    @property
+    def progress_file(self) -> Path:
+        return self.progress_dir / PROGRESS_FILE
+
+    @classmethod
+    def from_env(cls, check: "_Checker", env: Mapping[str, str]) -> "HealthSettings":
+        gate = check.choice("ML_HEALTH_GATE", "on", ("on", "off")) == "on"
+        expected_raw = env.get("ML_EXPECTED_GPU_COUNT", "").strip()
+        expected = int(check.number("ML_EXPECTED_GPU_COUNT", expected_raw, 0, 64, "GPUs")) if expected_raw else None
+        kernel_log = env.get("ML_KERNEL_LOG", "").strip() or "journal"
+        if kernel_log not in ("journal", "off") and not kernel_log.startswith("/"):
+            check.problems.append(f"ML_KERNEL_LOG={kernel_log!r} is not 'journal', 'off' or an absolute file path")
+        progress_dir = env.get("ML_PROGRESS_DIR", "").strip() or "/opt/ml/progress"
+        if not progress_dir.startswith("/"):
+            check.problems.append(f"ML_PROGRESS_DIR={progress_dir!r} is not an absolute path")
+        return cls(
+            gate=gate, expected_gpus=expected,
+            ecc_uncorrected_max=int(check.number("ML_GPU_ECC_UNCORRECTED_MAX", "0", 0, 1e9, "errors")),
+            retired_pages_max=int(check.number("ML_GPU_RETIRED_PAGES_MAX", "60", 0, 1e6, "pages")),
+            kernel_log=kernel_log, progress_dir=Path(progress_dir),
+            hung_after_seconds=check.number("ML_HUNG_AFTER_SECONDS", "0", 0, 7 * 86400),
+            hung_action=check.choice("ML_HUNG_ACTION", "alert", ("alert", "restart")),
+            metrics_namespace=env.get("ML_METRICS_NAMESPACE", "").strip() or "ML/Training",
+            gpu_poll_seconds=check.number("ML_GPU_POLL_SECONDS", "60" if gate else "0", 0, 86400))
+
+
+@dataclass(frozen=True)
 class Config:
     bucket: str
     checkpoint_dir: Path
@@ -197,6 +245,7 @@ class Config:
     lease_renew_seconds: float
     claim_poll_seconds: float
     gpu_count: Optional[int]
+    health: HealthSettings = HealthSettings()
 
     @property
     def marker_path(self) -> Path:
@@ -240,6 +289,7 @@ class Config:
             else:
                 check.problems.append(f"ML_GPU_COUNT={gpu_raw!r} is not a whole number of GPUs (0 or more)")
         launcher = check.choice("ML_TRAINER_LAUNCHER", "docker", LAUNCHERS)
+        health = HealthSettings.from_env(check, env)
         if check.problems:
             raise ConfigError("invalid node agent configuration: " + "; ".join(check.problems))
         return cls(
@@ -253,7 +303,7 @@ class Config:
             stage=stage, runs_table=table, runs_log_group=log_group, alerts_topic_arn=topic,
             event_bus_name=env.get("ML_EVENT_BUS_NAME", "").strip() or "default",
             launcher=launcher, lease_seconds=lease, lease_renew_seconds=renew,
-            claim_poll_seconds=claim_poll, gpu_count=gpu_count,
+            claim_poll_seconds=claim_poll, gpu_count=gpu_count, health=health,
         )
 
 
@@ -687,7 +737,8 @@ class DockerLauncher:
                 "--log-driver", "awslogs", "--log-opt", f"awslogs-region={config.region}",
                 "--log-opt", f"awslogs-group={config.runs_log_group}",
                 "--log-opt", f"awslogs-stream={log_stream_name(run_id, attempt, instance_id)}",
-                "--volume", f"{ckpt}:{ckpt}"]
+                "--volume", f"{ckpt}:{ckpt}",
+                "--volume", f"{config.health.progress_dir}:{config.health.progress_dir}"]
         for name in sorted(env):
             argv += ["--env", name]  # the value comes from docker's own environment, never the command line
         command = list(spec.get("command") or [])
@@ -732,6 +783,23 @@ class DockerLauncher:
         return result.returncode == 0 and result.stdout.strip() == "true"
 
 
+def _reset_progress(path: Path) -> None:
+    """A new attempt starts with no progress report (the directory is shared with the trainer's container)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+
+
+def _progress_mark(path: Path) -> Optional[Tuple[int, str]]:
+    """(mtime ns, first 200 characters) of the progress file; a change of either is progress."""
+    try:
+        return path.stat().st_mtime_ns, path.read_text(errors="replace")[:200].strip()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
 def gpu_count(config: Config, run: Runner = subprocess.run) -> int:
     if config.gpu_count is not None:
         return config.gpu_count
@@ -740,6 +808,243 @@ def gpu_count(config: Config, run: Runner = subprocess.run) -> int:
     except (OSError, subprocess.SubprocessError):
         return 0
     return sum(1 for line in result.stdout.splitlines() if line.startswith("GPU ")) if result.returncode == 0 else 0
+
+
+# --------------------------------------------------------------------------- GPU health
+
+# THE list of fatal Xid codes (README "GPU health" points here). A fatal Xid
+# takes the instance out: checkpoint, release, Unhealthy. Source: NVIDIA's Xid
+# catalog for Ampere and newer (docs.nvidia.com/deploy/xid-errors/
+# analyzing-xid-catalog.html: immediate action RESET_GPU / RESTART_BM /
+# CONTACT_SUPPORT on A100/H100) and NVIDIA's Dynamic Page Retirement guide
+# (docs.nvidia.com/deploy/dynamic-page-retirement: 48 DBE, 63/64 page retired /
+# retirement failed, both needing a reset). 94 is "contained": NVIDIA only
+# restarts the application, but every GPU of a training run belongs to that
+# application and the row is remapped only at the next reset, so it counts
+# here. Every other Xid (13, 31, 43, 45: application faults) is counted as a
+# metric, never acted on.
+FATAL_XIDS: Dict[int, str] = {
+    48: "double-bit ECC error",
+    63: "ECC page retirement or row remapping recorded; GPU reset needed",
+    64: "ECC page retirement or row remapping failed",
+    74: "NVLink error",
+    79: "GPU has fallen off the bus",
+    92: "high single-bit ECC error rate",
+    94: "contained ECC error",
+    95: "uncontained ECC error",
+    119: "GSP RPC timeout",
+    120: "GSP error",
+}
+# `NVRM: Xid (PCI:0000:3b:00): 79, pid=..., GPU has fallen off the bus.` (the driver's kernel log line).
+XID_LINE = re.compile(r"NVRM: Xid \((?:PCI:)?([0-9A-Fa-f:.]+)\): (\d+)")
+# GPUs per instance type of the training fleet's families (EC2 accelerated computing instance specs);
+# ML_EXPECTED_GPU_COUNT overrides, an unknown type skips the count check (logged).
+INSTANCE_GPUS: Dict[str, int] = {
+    "p3.2xlarge": 1, "p3.8xlarge": 4, "p3.16xlarge": 8, "p3dn.24xlarge": 8,
+    "p4d.24xlarge": 8, "p4de.24xlarge": 8, "p5.48xlarge": 8, "p5e.48xlarge": 8, "p5en.48xlarge": 8,
+    **{f"{family}.{size}": 1 for family in ("g4dn", "g5", "g6", "g6e")
+       for size in ("xlarge", "2xlarge", "4xlarge", "8xlarge", "16xlarge")},
+    "g4dn.12xlarge": 4, "g4dn.metal": 8, "g5.12xlarge": 4, "g5.24xlarge": 4, "g5.48xlarge": 8,
+    "g6.12xlarge": 4, "g6.24xlarge": 4, "g6.48xlarge": 8, "g6e.12xlarge": 4, "g6e.24xlarge": 4,
+    "g6e.48xlarge": 8,
+}
+NVIDIA_SMI_GPU_QUERY = ("index,pci.bus_id,ecc.errors.uncorrected.volatile.total,retired_pages.sbe,"
+                        "retired_pages.dbe,retired_pages.pending")
+NVIDIA_SMI_ROWS_QUERY = "gpu_bus_id,remapped_rows.uncorrectable,remapped_rows.pending,remapped_rows.failure"
+DCGM_DIAG = ["dcgmi", "diag", "-r", "1", "-j"]
+
+
+def parse_xid(line: str) -> Optional[Tuple[int, str]]:
+    """(code, PCI address) of an `NVRM: Xid` kernel log line, None for any other line."""
+    match = XID_LINE.search(line)
+    return (int(match.group(2)), match.group(1)) if match else None
+
+
+def _csv_rows(text: str) -> List[List[str]]:
+    return [[cell.strip() for cell in line.split(",")] for line in text.splitlines() if line.strip()]
+
+
+def _count(value: str) -> Optional[int]:
+    """A counter cell of nvidia-smi's CSV; None for "[N/A]", "[Not Supported]" (no ECC, or rows not pages)."""
+    return int(value) if value.isdigit() else None
+
+
+def _dcgm_failures(output: str) -> List[str]:
+    """Failed tests of `dcgmi diag -j` (DCGM's JSON: "DCGM Diagnostic" > test_categories > tests > results)."""
+    try:
+        report = json.loads(output)
+    except ValueError:
+        return [f"dcgmi diag printed no JSON: {output.strip()[:200]!r}"]
+    failures = []
+    for category in (report.get("DCGM Diagnostic") or {}).get("test_categories", []):
+        for test in category.get("tests", []):
+            for result in test.get("results", []):
+                if str(result.get("status", "")).lower() == "fail":
+                    why = "; ".join(str(w.get("warning", w)) if isinstance(w, dict) else str(w)
+                                    for w in result.get("warnings", []))
+                    gpu = result.get("gpu_id", result.get("entity_id", result.get("gpu_ids", "?")))
+                    failures.append(f"DCGM {test.get('name')} failed on GPU {gpu}: {why or 'no detail'}")
+    return failures
+
+
+class HealthGate:
+    """The launch check: expected GPU count, ECC and retired pages/rows, no fatal Xid since boot, DCGM level 1."""
+
+    def __init__(self, settings: HealthSettings, run: Runner, log: JsonLog, instance_type: Optional[str]) -> None:
+        self._settings = settings
+        self._run = run
+        self._log = log
+        self._instance_type = instance_type
+
+    def _command(self, argv: List[str], timeout: float = 120) -> Tuple[Optional[int], str]:
+        try:
+            result = self._run(argv, capture_output=True, text=True, timeout=timeout)
+        except FileNotFoundError:
+            return None, f"{argv[0]} not found"
+        except (OSError, subprocess.SubprocessError) as error:
+            return 1, f"{argv[0]} failed: {error}"
+        return result.returncode, result.stdout if result.returncode == 0 else (result.stderr or result.stdout)
+
+    def running_check(self) -> List[str]:
+        """The nvidia-smi checks alone (while a run trains: no DCGM diagnostic, no boot log)."""
+        return self._nvidia_smi()
+
+    def check(self) -> List[str]:
+        """Every problem found; empty means healthy."""
+        problems = self._nvidia_smi()
+        problems += self._boot_xids()
+        code, output = self._command(DCGM_DIAG, timeout=600)
+        if code is None:
+            self._log("health-gate", check="dcgm", skipped=True, message="dcgmi not installed on this AMI")
+        elif code != 0 or _dcgm_failures(output):
+            problems += _dcgm_failures(output) or [f"dcgmi diag -r 1 exited {code}: {output.strip()[:300]}"]
+        return problems
+
+    def expected_gpus(self) -> Optional[int]:
+        if self._settings.expected_gpus is not None:
+            return self._settings.expected_gpus
+        return INSTANCE_GPUS.get(self._instance_type or "")
+
+    def _nvidia_smi(self) -> List[str]:
+        code, output = self._command(["nvidia-smi", f"--query-gpu={NVIDIA_SMI_GPU_QUERY}",
+                                      "--format=csv,noheader,nounits"])
+        if code != 0:
+            return [f"nvidia-smi --query-gpu failed: {output.strip()[:300]}"]
+        rows = [r for r in _csv_rows(output) if len(r) == 6]
+        problems = []
+        expected = self.expected_gpus()
+        if expected is None:
+            self._log("health-gate", check="gpu-count", skipped=True, instance_type=self._instance_type)
+        elif len(rows) != expected:
+            where = self._instance_type or "this instance"
+            problems.append(f"{len(rows)} GPUs visible, {expected} expected for {where}")
+        for index, bus, ecc, sbe, dbe, pending in rows:
+            gpu = f"GPU {index} ({bus})"
+            if (_count(ecc) or 0) > self._settings.ecc_uncorrected_max:
+                problems.append(f"{gpu}: {ecc} uncorrected ECC errors since the driver loaded "
+                                f"(max {self._settings.ecc_uncorrected_max})")
+            retired = (_count(sbe) or 0) + (_count(dbe) or 0)
+            if retired > self._settings.retired_pages_max:
+                problems.append(f"{gpu}: {retired} retired pages (max {self._settings.retired_pages_max})")
+            if pending.lower() == "yes":
+                problems.append(f"{gpu}: a page retirement is pending (needs a GPU reset)")
+        code, output = self._command(["nvidia-smi", f"--query-remapped-rows={NVIDIA_SMI_ROWS_QUERY}",
+                                      "--format=csv,noheader,nounits"])
+        for row in (_csv_rows(output) if code == 0 else []):  # GPUs before Ampere have no row remapping
+            if len(row) == 4 and row[2].lower() in ("yes", "1"):
+                problems.append(f"GPU {row[0]}: a row remapping is pending (needs a GPU reset)")
+            if len(row) == 4 and row[3].lower() in ("yes", "1"):
+                problems.append(f"GPU {row[0]}: row remapping failed")
+        return problems
+
+    def _boot_xids(self) -> List[str]:
+        source = self._settings.kernel_log
+        if source == "off":
+            return []
+        if source == "journal":
+            code, text = self._command(["journalctl", "-k", "-b", "--no-pager", "-o", "cat"])
+            if code != 0:
+                return [f"cannot read the kernel log: {text.strip()[:200]}"]
+        else:
+            text = _read_text(Path(source)) or ""
+        found = [parsed for parsed in map(parse_xid, text.splitlines()) if parsed]
+        return [f"Xid {code} ({FATAL_XIDS[code]}) on {bus} since boot" for code, bus in found if code in FATAL_XIDS]
+
+
+def follow_kernel_log(source: str, stop: threading.Event, popen: Callable[..., Any] = subprocess.Popen,
+                      poll_seconds: float = 0.2) -> Iterator[str]:
+    """New kernel log lines from now on: `journalctl -k -f` or, for a file path, the lines appended to it."""
+    if source == "journal":
+        return _follow_journal(stop, popen)
+    path = Path(source)
+    return _follow_file(path, path.stat().st_size if path.exists() else 0, stop, poll_seconds)
+
+
+def _follow_journal(stop: threading.Event, popen: Callable[..., Any]) -> Iterator[str]:
+    process = popen(["journalctl", "-k", "-f", "-n", "0", "--no-pager", "-o", "cat"], stdout=subprocess.PIPE,
+                    stderr=subprocess.DEVNULL, text=True)
+    try:
+        for line in process.stdout:
+            if stop.is_set():
+                return
+            yield line
+    finally:
+        process.kill()
+
+
+def _follow_file(path: Path, position: int, stop: threading.Event, poll_seconds: float) -> Iterator[str]:
+    pending = ""
+    while not stop.is_set():
+        try:
+            with open(path, "r", errors="replace") as handle:
+                handle.seek(position)
+                pending += handle.read()
+                position = handle.tell()
+        except FileNotFoundError:
+            pass
+        *lines, pending = pending.split("\n")
+        yield from lines
+        stop.wait(poll_seconds)
+
+
+class Telemetry:
+    """Metrics (PutMetricData, dimension AutoScalingGroupName) and alerts (the alerts topic); never raises."""
+
+    def __init__(self, config: Config, cloudwatch: Any, sns: Any, log: JsonLog) -> None:
+        self._config = config
+        self._cloudwatch = cloudwatch
+        self._sns = sns
+        self._log = log
+
+    def metric(self, name: str, value: float = 1.0, **dimensions: str) -> None:
+        dims = [{"Name": "AutoScalingGroupName", "Value": self._config.autoscaling_group_name or "none"}]
+        dims += [{"Name": k, "Value": str(v)} for k, v in sorted(dimensions.items())]
+        try:
+            self._cloudwatch.put_metric_data(Namespace=self._config.health.metrics_namespace, MetricData=[
+                {"MetricName": name, "Dimensions": dims, "Value": value, "Unit": "Count"}])
+            self._log("metric", name=name, value=value, **dimensions)
+        except Exception as error:  # noqa: BLE001 - a metric must never stop the reaction
+            self._log("metric", level="error", name=name, error=f"{type(error).__name__}: {error}")
+
+    def alert(self, subject: str, lines: List[str]) -> None:
+        subject = f"[ml-{self._config.stage}] {subject}"[:100]
+        try:
+            self._sns.publish(TopicArn=self._config.alerts_topic_arn, Subject=subject, Message="\n".join(lines))
+            self._log("alert", subject=subject, topic=self._config.alerts_topic_arn)
+        except Exception as error:  # noqa: BLE001
+            self._log("alert", level="error", subject=subject, error=f"{type(error).__name__}: {error}")
+
+
+def mark_unhealthy(autoscaling: Any, instance_id: str, log: JsonLog, why: str) -> bool:
+    """SetInstanceHealth(Unhealthy, ShouldRespectGracePeriod=False): the group replaces the instance now."""
+    try:
+        autoscaling.set_instance_health(InstanceId=instance_id, HealthStatus="Unhealthy",
+                                        ShouldRespectGracePeriod=False)
+    except Exception as error:  # noqa: BLE001 - logged; the instance still claims nothing
+        log("set-instance-health", level="error", health="Unhealthy", error=f"{type(error).__name__}: {error}")
+        return False
+    log("set-instance-health", health="Unhealthy", reason=why)
+    return True
 
 
 # --------------------------------------------------------------------------- lifecycle
@@ -1490,7 +1795,7 @@ def _aws_clients(config: Config) -> Dict[str, Any]:
     session = boto3.session.Session(region_name=config.region)
     clients = {name: session.client(service, config=boto_config) for name, service in (
         ("s3", "s3"), ("autoscaling", "autoscaling"), ("dynamodb", "dynamodb"), ("sns", "sns"),
-        ("events", "events"))}
+        ("events", "events"), ("cloudwatch", "cloudwatch"))}
     clients["ecr_factory"] = lambda region: session.client("ecr", region_name=region, config=boto_config)
     return clients
 
@@ -1522,7 +1827,11 @@ class Agent:
     def _flow_seconds(self) -> float:
         return self.config.budget_seconds + UPLOAD_GRACE_SECONDS
 
-    def checkpoint(self, reason: str, event_id: str, lifecycle: Optional[LifecycleAction] = None) -> int:
+    def checkpoint(self, reason: str, event_id: str, lifecycle: Optional[LifecycleAction] = None,
+                   on_leader: Callable[[], None] = _noop) -> int:
+        """The checkpoint flow; ``on_leader`` runs once this request leads it (a GPU fault marks the
+        instance Unhealthy there: the termination it starts finds this flow in progress and follows it)."""
+        self._on_leader = on_leader
         log = self.log.bind(reason=reason, event_id=event_id)
         log("start", lifecycle_hook=lifecycle.hook_name if lifecycle else None,
             autoscaling_group=lifecycle.autoscaling_group_name if lifecycle else None)
@@ -1587,6 +1896,7 @@ class Agent:
               tick: Callable[[], None]) -> Tuple[str, Dict[str, Any]]:
         """Signal, wait, upload, stop the trainer, release the run; the result and the fields to record."""
         log("dedupe", role="leader")
+        getattr(self, "_on_leader", _noop)()
         tick()
         current = self.state.current_run()
         if not current.get("run_id") or current.get("phase") not in ("starting", "running"):
@@ -1711,6 +2021,10 @@ class _ActiveRun:
         self.spec: Dict[str, Any] = dict(item.get("spec") or {})
         self.lease_valid_until = time.monotonic() + lease_seconds
         self.done = threading.Event()
+        # Hung-run watch: the progress file's last (mtime, content) and when it last changed.
+        self.progress_mark: Optional[Tuple[int, str]] = None
+        self.last_progress = time.monotonic()
+        self.hung_alerted = False
 
 
 class RunLoop:
@@ -1720,8 +2034,16 @@ class RunLoop:
                  launcher: Any, log: JsonLog, run: Runner = subprocess.run,
                  stop: Callable[[], bool] = lambda: False, clock: Callable[[], float] = time.time,
                  sleep: Callable[[float], None] = time.sleep, monitor_poll_seconds: float = 0.5,
-                 upload_poll_seconds: float = 1.0) -> None:
+                 upload_poll_seconds: float = 1.0, autoscaling: Any = None, cloudwatch: Any = None,
+                 kernel_lines: Optional[Callable[[threading.Event], Iterator[str]]] = None) -> None:
         self.config = config
+        self.autoscaling = autoscaling
+        self.cloudwatch = cloudwatch
+        self._kernel_lines = kernel_lines or (lambda stop: follow_kernel_log(config.health.kernel_log, stop))
+        self._watch_stop = threading.Event()
+        self.unhealthy = threading.Event()
+        self._fault_lock = threading.Lock()
+        self.telemetry = Telemetry(config, cloudwatch, sns, log)
         self.imds = imds
         self.s3 = s3
         self.dynamodb = dynamodb
@@ -1759,7 +2081,14 @@ class RunLoop:
                               clock=self._clock)
         gpus = gpu_count(self.config, run=self._run)
         self.log("run-loop-start", gpus=gpus, launcher=self.config.launcher, table=self.config.runs_table)
+        self.telemetry = Telemetry(self.config, self.cloudwatch, self.sns, self.log)
         self._recover()
+        if not self.state.draining() and self.config.health.gate:
+            self._health_gate()
+        if self.config.health.kernel_log != "off":
+            threading.Thread(target=self._watch_xids, name="xid-watch", daemon=True).start()
+        if self.config.health.gpu_poll_seconds and not self.state.draining():
+            threading.Thread(target=self._poll_gpus, name="gpu-poll", daemon=True).start()
         executed, draining_logged = 0, False
         while not self._stop() and (max_runs is None or executed < max_runs):
             if self.state.draining():
@@ -1778,8 +2107,93 @@ class RunLoop:
                 continue
             executed += 1
             self._execute(_ActiveRun(item, self.config.lease_seconds))
+        self._watch_stop.set()
         self.log("run-loop-stop")
         return 0
+
+    # ------------------------------------------------------------------ GPU health
+
+    def _instance_type(self) -> Optional[str]:
+        try:
+            return (self.imds.get("/latest/meta-data/instance-type") or "").strip() or None
+        except ImdsError as error:
+            self.log("instance-type", level="warning", error=str(error))
+            return None
+
+    def _health_gate(self) -> bool:
+        """Before the first claim: a failing instance says why, marks itself Unhealthy and never claims."""
+        instance_type = self._instance_type()
+        gate = HealthGate(self.config.health, self._run, self.log, instance_type)
+        problems = gate.check()
+        self.log("health-gate", level="error" if problems else "info", healthy=not problems,
+                 instance_type=instance_type, expected_gpus=gate.expected_gpus(), problems=problems or None)
+        self.telemetry.metric("GpuHealthCheckFailed", 1.0 if problems else 0.0)
+        if not problems:
+            return True
+        self._take_out("health-gate", "gpu-health-gate")
+        self.telemetry.alert(f"instance {self.instance_id} failed the GPU health gate", [
+            f"Instance {self.instance_id} ({instance_type or 'unknown type'}) of group "
+            f"{self.config.autoscaling_group_name} failed its GPU health check at launch and claims no run:",
+            *[f"  - {p}" for p in problems],
+            "It marked itself Unhealthy; the Auto Scaling group replaces it."])
+        return False
+
+    def _take_out(self, event_id: str, reason: str) -> None:
+        """Claim nothing from now on and tell the group to replace this instance (once)."""
+        self.state.start_draining(reason, event_id, self._clock())
+        if self.unhealthy.is_set():
+            return
+        self.unhealthy.set()
+        mark_unhealthy(self.autoscaling, self.instance_id, self.log, reason)
+
+    def _watch_xids(self) -> None:
+        """Every `NVRM: Xid` line: counted as a metric; a fatal one (FATAL_XIDS) takes the instance out.
+
+        A source that ends or fails (journald restarted) is followed again after 5 s."""
+        while not self._watch_stop.is_set():
+            try:
+                for line in self._kernel_lines(self._watch_stop):
+                    parsed = parse_xid(line)
+                    if not parsed:
+                        continue
+                    code, bus = parsed
+                    fatal = code in FATAL_XIDS
+                    self.log("xid", level="error" if fatal else "warning", xid=code, pci=bus, fatal=fatal,
+                             line=line.strip()[:300])
+                    self.telemetry.metric("GpuXid", 1.0, Xid=str(code))
+                    if fatal:
+                        self._gpu_fault(f"gpu-xid-{code}", f"xid-{code}-{bus}", f"GPU fault Xid {code}", [
+                            f"Xid {code} ({FATAL_XIDS[code]}) on {bus}.", f"Kernel log: {line.strip()[:300]}"])
+            except Exception as error:  # noqa: BLE001 - the run loop keeps going; the watch starts again
+                self.log("xid-watch", level="error", error=f"{type(error).__name__}: {error}")
+            self._watch_stop.wait(5.0)
+
+    def _poll_gpus(self) -> None:
+        """Every ML_GPU_POLL_SECONDS while running: the gate's nvidia-smi checks (a lost GPU, uncorrected ECC
+        errors, a pending or failed row remap) are a GPU fault (detail `gpu-nvidia-smi`)."""
+        gate = HealthGate(self.config.health, self._run, self.log, self._instance_type())
+        while not self._watch_stop.wait(self.config.health.gpu_poll_seconds) and not self.unhealthy.is_set():
+            problems = gate.running_check()
+            if problems:
+                self.log("gpu-poll", level="error", healthy=False, problems=problems)
+                self._gpu_fault("gpu-nvidia-smi", "nvidia-smi", "GPU fault (nvidia-smi)", problems)
+
+    def _gpu_fault(self, reason: str, event: str, subject: str, details: List[str]) -> None:
+        """Checkpoint within the budget, release the run (detail `reason`), Unhealthy, claim nothing more."""
+        with self._fault_lock:
+            if self.unhealthy.is_set():
+                return
+            current = self.state.current_run()
+            agent = Agent(self.config, imds=self.imds, s3=self.s3, autoscaling=self.autoscaling, log=self.log,
+                          dynamodb=self.dynamodb, sns=self.sns, events=self.events, run=self._run,
+                          clock=self._clock, sleep=self._sleep)
+            result = agent.checkpoint(reason, f"{event}-{int(self._clock())}",
+                                      on_leader=lambda: self._take_out(event, reason))
+            self._take_out(event, reason)  # a follower of another flow, or no run at all
+        self.telemetry.alert(f"instance {self.instance_id} {subject}", [
+            f"Instance {self.instance_id} of group {self.config.autoscaling_group_name}:", *details,
+            f"Run: {current.get('run_id') or 'none'}; checkpoint flow exit code {result} (0: uploaded or nothing new).",
+            "The run was released for another instance; this one is marked Unhealthy and is being replaced."])
 
     def _claim_one(self, gpus: int) -> Optional[Dict[str, Any]]:
         assert self.runs is not None
@@ -1808,7 +2222,8 @@ class RunLoop:
         env = {str(k): str(v) for k, v in (active.spec.get("environment") or {}).items()}
         env.update({"ML_RUN_ID": active.run_id, "ML_CHECKPOINT_DIR": str(self.config.checkpoint_dir),
                     "ML_RESUME_FROM": resume_from, "ML_CHECKPOINT_DONE_MARKER": self.config.done_marker,
-                    "ML_TRAINING_SIGNAL": self.config.training_signal})
+                    "ML_TRAINING_SIGNAL": self.config.training_signal,
+                    "ML_PROGRESS_FILE": str(self.config.health.progress_file)})
         return env
 
     def _execute(self, active: _ActiveRun) -> None:
@@ -1841,6 +2256,7 @@ class RunLoop:
                 log("trainer-start", started=False, message="instance is draining; the interruption releases the run")
                 return
             try:
+                _reset_progress(self.config.health.progress_file)
                 trainer = self.launcher.start(active.run_id, active.attempt, self.instance_id, active.spec,
                                               self._trainer_env(active, resume_from), log)
             except LaunchError as error:
@@ -1873,11 +2289,56 @@ class RunLoop:
                         return
                     next_renew = time.monotonic() + (self.config.lease_renew_seconds if verdict == "ok"
                                                      else min(self.config.lease_renew_seconds, 5.0))
+                if self._hung(active, log):
+                    return
                 self._sleep(self._monitor_poll)
         finally:
             active.done.set()
             uploader.join(timeout=BACKGROUND_UPLOAD_SECONDS)
         self._trainer_exited(active, code, log)
+
+    def _hung(self, active: _ActiveRun, log: JsonLog) -> bool:
+        """No progress report for ML_HUNG_AFTER_SECONDS: alert once per attempt; with
+        ML_HUNG_ACTION=restart also stop the trainer and end the attempt `failed`/`hung` (True)."""
+        limit = self.config.health.hung_after_seconds
+        if not limit or self.state.draining():
+            return False
+        mark = _progress_mark(self.config.health.progress_file)
+        now = time.monotonic()
+        if mark is not None and mark != active.progress_mark:
+            active.progress_mark, active.last_progress = mark, now
+            return False
+        silent = now - active.last_progress
+        if silent < limit or active.hung_alerted:
+            return False
+        active.hung_alerted = True
+        restart = self.config.health.hung_action == "restart"
+        last = active.progress_mark[1] if active.progress_mark else None
+        log("hung", level="error", silent_seconds=round(silent, 3), hung_after_seconds=limit, last_progress=last,
+            action=self.config.health.hung_action)
+        self.telemetry.metric("RunHung")
+        self.telemetry.alert(f"run {active.run_id} hung", [
+            f"Run {active.run_id} attempt {active.attempt} on {self.instance_id} reported no progress for "
+            f"{silent:.0f} s (ML_HUNG_AFTER_SECONDS={limit:g}).",
+            f"Last progress report: {last or 'none since the trainer started'}.",
+            "Action: " + ("the attempt is stopped and counted as a failure (detail hung); the run restarts from its "
+                          "last checkpoint" if restart else "none (ML_HUNG_ACTION=alert); the trainer keeps running"),
+            f'Inspect: make run ARGS="logs {active.run_id}"'])
+        if not restart:
+            return False
+        active.done.set()
+        with self.state.run_lock:
+            if self.state.draining():
+                return False
+            self.state.update_current_run(phase="finishing")
+        stop_trainer(self.state.current_run(), log, run=self._run)
+        uploader = CheckpointUploader(self.config, self.state, self.s3, clock=self._clock)
+        for _ in range(20):  # a checkpoint completed before it hung and not uploaded yet
+            if self._upload_once(active, uploader, log):
+                break
+            self._sleep(0.2)
+        self._finished(active, None, log, detail="hung")
+        return True
 
     def _renew(self, active: _ActiveRun, trainer: TrainerProcess, log: JsonLog) -> str:
         """"ok", "retry" (transient error) or "stop" (lease lost, cancelled, out of time: the attempt is over)."""
@@ -2120,7 +2581,8 @@ def main(argv: Optional[List[str]] = None, environ: Optional[Mapping[str, str]] 
     launcher: Any = (ProcessLauncher(config.state_dir / "trainer-logs") if config.launcher == "process"
                      else DockerLauncher(config, clients["ecr_factory"]))
     loop = RunLoop(config, imds=imds, s3=clients["s3"], dynamodb=clients["dynamodb"], sns=clients["sns"],
-                   events=clients["events"], launcher=launcher, log=log, stop=lambda: stopper.requested)
+                   events=clients["events"], launcher=launcher, log=log, stop=lambda: stopper.requested,
+                   autoscaling=clients["autoscaling"], cloudwatch=clients["cloudwatch"])
     return loop.serve()
 
 

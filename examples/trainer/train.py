@@ -14,6 +14,8 @@ The contract (node_agent/RUNS_CONTRACT.md):
 * ``ML_RESUME_FROM``: non-empty when a checkpoint was restored: resume from it.
 * ``ML_CHECKPOINT_DONE_MARKER``: touched after every complete checkpoint.
 * ``ML_TRAINING_SIGNAL`` (default SIGUSR1): finish the step, checkpoint, go on.
+* ``ML_PROGRESS_FILE``: rewritten after every step (the step number); the agent
+  treats a run whose file stops changing for ``ML_HUNG_AFTER_SECONDS`` as hung.
 * Exit 0 when the run is complete, non-zero on a real failure.
 
 One JSON line per event on stdout (``resume``, ``step``, ``checkpoint``,
@@ -102,6 +104,13 @@ def save_checkpoint(directory: Path, marker: str, state: Dict[str, Any], extra_b
     _write_atomically(directory / marker, lambda out: out.write(str(state["step"]).encode()))
 
 
+def report_progress(path: Path, step: int) -> None:
+    """The step number, atomically: the agent watches this file's content and mtime to tell a hung run."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(f"{step} {time.time():.3f}\n")
+    os.replace(tmp, path)
+
+
 def load_checkpoint(directory: Path) -> Dict[str, Any]:
     return json.loads((directory / STATE_FILE).read_text())
 
@@ -116,6 +125,9 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     parser.add_argument("--step-seconds", type=float, default=0.0, help="extra time per step (simulates a GPU step)")
     parser.add_argument("--checkpoint-bytes", type=int, default=0,
                         help="add a weights file of this many bytes to every checkpoint (e.g. 1073741824)")
+    parser.add_argument("--hang-at-step", type=int, default=0,
+                        help="drills only: stop making progress after this step, as a collective that never "
+                             "returns does (0 = never)")
     return parser.parse_args(argv)
 
 
@@ -130,6 +142,8 @@ def main(argv: List[str]) -> int:
     requested: List[int] = []
     signal.signal(signum, lambda signo, frame: requested.append(signo))
 
+    progress_env = os.environ.get("ML_PROGRESS_FILE", "")
+    progress = Path(progress_env) if progress_env else None
     resume_from = os.environ.get("ML_RESUME_FROM", "")
     if resume_from:
         state = load_checkpoint(directory)
@@ -146,12 +160,18 @@ def main(argv: List[str]) -> int:
         if args.step_seconds:
             time.sleep(args.step_seconds)
         emit("step", step=state["step"], loss=round(loss, 6))
+        if progress is not None:
+            report_progress(progress, state["step"])
         periodic = args.checkpoint_every and state["step"] % args.checkpoint_every == 0
         if requested or periodic:
             reason = "signal" if requested else "periodic"
             requested.clear()
             save_checkpoint(directory, marker, state, args.checkpoint_bytes)
             emit("checkpoint", step=state["step"], reason=reason)
+        if state["step"] == args.hang_at_step:
+            emit("hang", step=state["step"])
+            while True:
+                time.sleep(3600)
     if not (args.checkpoint_every and state["step"] % args.checkpoint_every == 0):
         save_checkpoint(directory, marker, state, args.checkpoint_bytes)
         emit("checkpoint", step=state["step"], reason="final")

@@ -53,6 +53,8 @@ HOOK = "ml-drill-terminate-hook"
 GROUP = "ml-drill-gpu-fleet"
 STAGE = "drill"
 MARKER = "CHECKPOINT_DONE"
+INSTANCE_TYPE = "g5.xlarge"  # one A10G: the drill's fake nvidia-smi answers for one GPU
+GPU_FIXTURES = Path(__file__).resolve().parent / "fixtures" / "gpu"
 SPOT_NOTICE_SECONDS = 120.0
 WAIT_SECONDS = 180.0  # only a hang reaches this: the drill asserts order and content, never speed
 
@@ -151,6 +153,8 @@ class _ImdsHandler(BaseHTTPRequestHandler):
             return
         if self.path == "/latest/meta-data/instance-id":
             self._send(200, imds.instance_id.encode())
+        elif self.path == "/latest/meta-data/instance-type":
+            self._send(200, imds.instance_type.encode())
         elif self.path == "/latest/meta-data/spot/instance-action" and notice is not None:
             self._send(200, json.dumps(notice).encode())
         else:
@@ -170,6 +174,7 @@ class FakeImds(_Server):
                  timeout_fault_seconds: float = 1.5) -> None:
         super().__init__()
         self.instance_id = instance_id
+        self.instance_type = INSTANCE_TYPE
         self.token = "imds-token-" + uuid.uuid4().hex
         self.lock = threading.Lock()
         self.notice: Optional[dict] = None
@@ -215,8 +220,8 @@ class _LifecycleHandler(BaseHTTPRequestHandler):
         with stub.lock:
             stub.calls.append({"action": action, "params": params, "at": time.time()})
             token = params.get("LifecycleActionToken")
-            known = action in ("CompleteLifecycleAction", "RecordLifecycleActionHeartbeat")
-            active = token in stub.active_tokens
+            known = action in ("CompleteLifecycleAction", "RecordLifecycleActionHeartbeat", "SetInstanceHealth")
+            active = token in stub.active_tokens or action == "SetInstanceHealth"
             if action == "CompleteLifecycleAction" and active:
                 stub.active_tokens.discard(token)
         if not known:
@@ -407,6 +412,11 @@ class Cloud:
         """SNS notifications (Subject, Message) delivered to the alerts queue."""
         return self._drain(self.alerts_queue)
 
+    def alerts_seen(self) -> List[dict]:
+        """Every alert so far (kept: a drill may poll for them and still read them afterwards)."""
+        self._seen_alerts = getattr(self, "_seen_alerts", []) + self._drain(self.alerts_queue)
+        return list(self._seen_alerts)
+
     def finished_events(self) -> List[dict]:
         return self._drain(self.events_queue)
 
@@ -444,6 +454,8 @@ class AgentSettings:
     imds_poll_seconds: float = 0.2
     budget_seconds: int = 60
     heartbeat_seconds: int = 1
+    hung_after_seconds: float = 0.0
+    hung_action: str = "alert"
     # The interpreter that runs the agent, e.g. a Python 3.9 with boto3 (the oldest the agent supports).
     agent_python: str = sys.executable
 
@@ -452,10 +464,13 @@ class SimInstance:
     """One GPU instance: own instance ID, IMDS, directories; the agent's processes in their own sessions."""
 
     def __init__(self, workdir: Path, instance_id: str, cloud: Cloud, lifecycle: LifecycleStub,
-                 settings: AgentSettings) -> None:
+                 settings: AgentSettings, query_gpu: str = "g5-query-gpu-healthy.csv") -> None:
         self.instance_id = instance_id
         self.dir = workdir / instance_id
         self.dir.mkdir(parents=True, exist_ok=True)
+        self.kernel_log = self.dir / "kern.log"
+        self.kernel_log.write_text((GPU_FIXTURES / "kern-boot-clean.log").read_text())
+        bin_dir = self._gpu_tools(query_gpu)
         self.state_dir = self.dir / "state"
         self.lifecycle = lifecycle
         self.settings = settings
@@ -463,7 +478,9 @@ class SimInstance:
         self.processes: Dict[str, subprocess.Popen] = {}
         self.token: Optional[str] = None
         self.env = {
-            "PATH": os.environ.get("PATH", ""), "HOME": str(self.dir), "PYTHONDONTWRITEBYTECODE": "1",
+            "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}", "HOME": str(self.dir), "PYTHONDONTWRITEBYTECODE": "1",
+            "ML_KERNEL_LOG": str(self.kernel_log), "ML_PROGRESS_DIR": str(self.dir / "progress"),
+            "ML_HUNG_AFTER_SECONDS": str(settings.hung_after_seconds), "ML_HUNG_ACTION": settings.hung_action,
             "ML_ENV_FILE": str(self.dir / "no-such.env"), "ML_STATE_DIR": str(self.state_dir),
             "ML_IMDS_ENDPOINT": self.imds.url, "ML_CHECKPOINT_BUCKET": BUCKET,
             "ML_CHECKPOINT_DIR": str(self.dir / "checkpoints"), "ML_CHECKPOINT_DONE_MARKER": MARKER,
@@ -477,6 +494,34 @@ class SimInstance:
             "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_EC2_METADATA_DISABLED": "true",
             "AWS_ENDPOINT_URL": cloud.url, "AWS_ENDPOINT_URL_AUTO_SCALING": lifecycle.url,
         }
+
+    def _gpu_tools(self, query_gpu: str) -> Path:
+        """A fake `nvidia-smi` on the instance's PATH answering from the recorded fixtures (no dcgmi: skipped)."""
+        bin_dir = self.dir / "bin"
+        bin_dir.mkdir(exist_ok=True)
+        script = bin_dir / "nvidia-smi"
+        script.write_text("#!/bin/sh\n"
+                          'case "$*" in\n'
+                          f"  *--query-gpu=*) cat '{GPU_FIXTURES / query_gpu}' ;;\n"
+                          f"  *--query-remapped-rows=*) cat '{GPU_FIXTURES / 'g5-remapped-rows-healthy.csv'}' ;;\n"
+                          "  -L) echo 'GPU 0: NVIDIA A10G (UUID: GPU-5c2b3f0e-8d1a-4b7e-9c2d-1f0e3a4b5c6d)' ;;\n"
+                          '  *) echo "fake nvidia-smi: unsupported arguments: $*" >&2; exit 2 ;;\n'
+                          "esac\n")
+        script.chmod(0o755)
+        return bin_dir
+
+    def inject_xid(self, code: int, text: str = "GPU has fallen off the bus.") -> float:
+        """The driver's kernel log line for an Xid on this instance's GPU; when it was written."""
+        with open(self.kernel_log, "a") as log:
+            log.write(f"NVRM: Xid (PCI:0000:00:1e): {code}, pid='<unknown>', name=<unknown>, {text}\n")
+        return time.time()
+
+    def replace(self) -> None:
+        """What the group does to an Unhealthy instance: terminate it through the termination hook's Run Command."""
+        self.token = self.lifecycle.open_action()
+        self._spawn("checkpoint", "checkpoint", "--reason", "lifecycle-terminate", "--event-id",
+                    f"drill-{uuid.uuid4()}", "--lifecycle-hook-name", HOOK, "--lifecycle-action-token", self.token,
+                    "--autoscaling-group-name", GROUP)
 
     def _spawn(self, name: str, *args: str) -> None:
         with open(self.dir / f"{name}.log", "w") as out:
@@ -735,5 +780,156 @@ def run_failure_drill(workdir: Path, *, max_failures: int = 2, exit_code: int = 
             instance.stop()
             return FailureResult(run=run, alerts=cloud.alerts(), events=cloud.finished_events(),
                                  run_log=instance.log("run"))
+        finally:
+            instance.close()
+
+
+# ----------------------------------------------------------------------------- GPU faults and hung runs
+
+
+@dataclass
+class XidResult:
+    run_id: str
+    run: dict
+    steps: int
+    reference_state: bytes
+    final_state: bytes
+    attempts: List[Attempt]
+    health_calls: List[dict]
+    completes: List[dict]
+    alerts: List[dict]
+    timings: Dict[str, float]
+    logs: Dict[str, Dict[str, List[dict]]]
+
+
+def _health_calls(lifecycle: LifecycleStub) -> List[dict]:
+    return [{**c["params"], "at": c["at"]} for c in lifecycle.calls_of("SetInstanceHealth")]
+
+
+def run_xid_drill(workdir: Path, *, xid: int = 79, steps: int = 200, checkpoint_every: int = 40,
+                  step_seconds: float = 0.02, fault_at: float = 0.4,
+                  settings: Optional[AgentSettings] = None) -> XidResult:
+    """One run, two instances: a fatal Xid on the first at `fault_at` of the steps; the second finishes.
+
+    After the first marks itself Unhealthy, the drill plays the group: it
+    terminates the instance through the termination hook's Run Command (which
+    follows the Xid's checkpoint flow and completes the lifecycle action).
+    """
+    settings = settings or AgentSettings()
+    workdir.mkdir(parents=True, exist_ok=True)
+    command = trainer_command(steps=steps, checkpoint_every=checkpoint_every, step_seconds=step_seconds,
+                              checkpoint_bytes=0)
+    with Cloud() as cloud, LifecycleStub() as lifecycle:
+        reference_dir = workdir / "reference"
+        reference = subprocess.Popen(command, env={**os.environ, "ML_CHECKPOINT_DIR": str(reference_dir),
+                                                   "ML_RESUME_FROM": ""},
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        run_id = f"xid-{uuid.uuid4().hex[:8]}"
+        cloud.put_run(run_item(run_id, run_spec(command, max_failures=1)))
+        faulty, spare = (SimInstance(workdir, iid, cloud, lifecycle, settings) for iid in INSTANCE_IDS[:2])
+        try:
+            faulty.start()
+            wait_until(lambda: faulty.check_alive() or first(faulty.log("run"), "claim", claimed=True),
+                       f"{faulty.instance_id} to claim the run")
+            spare.start()
+            wait_until(lambda: first(spare.log("run"), "health-gate", healthy=True), f"{spare.instance_id}'s gate")
+            wait_until(lambda: faulty.progressed_to(int(steps * fault_at)), "the run to make progress")
+            xid_at = faulty.inject_xid(xid)
+            wait_until(lambda: _health_calls(lifecycle), "SetInstanceHealth")
+            faulty.replace()
+            faulty.processes["checkpoint"].wait(timeout=WAIT_SECONDS)
+            wait_until(lambda: first(faulty.log("run"), "alert"), "the GPU fault alert")
+            faulty.terminate()
+            run = wait_until(lambda: (lambda r: r if r.get("state") in ("SUCCEEDED", "FAILED", "CANCELLED")
+                                      else None)(cloud.run(run_id)), f"run {run_id} to end")
+            wait_until(lambda: first(spare.log("run"), "job-finished"), "the job-finished decision")
+            spare.stop()
+            if reference.wait(timeout=WAIT_SECONDS) != 0:
+                raise RuntimeError("drill: the uninterrupted reference run failed")
+            attempts = _attempts([faulty, spare])
+            resumed = next((a for a in attempts if a.instance_id == spare.instance_id), None)
+            run_log = faulty.log("run")
+            marks = {"detected": first(run_log, "xid", fatal=True), "released": first(run_log, "release"),
+                     "claimed": first(spare.log("run"), "claim", claimed=True)}
+            timings = {f"xid_to_{name}_s": log_epoch(line) - xid_at for name, line in marks.items() if line}
+            timings["xid_to_unhealthy_s"] = _health_calls(lifecycle)[0]["at"] - xid_at
+            if resumed and resumed.first_step_at:
+                timings["xid_to_resumed_s"] = resumed.first_step_at - xid_at
+            final_prefix = cloud.read(f"runs/{run_id}/LATEST").decode()
+            return XidResult(
+                run_id=run_id, run=run, steps=steps, reference_state=(reference_dir / "state.json").read_bytes(),
+                final_state=cloud.read(final_prefix + "state.json"), attempts=attempts,
+                health_calls=_health_calls(lifecycle), completes=lifecycle.calls_of("CompleteLifecycleAction"),
+                alerts=cloud.alerts(), timings=timings,
+                logs={i.instance_id: {n: i.log(n) for n in ("run", "watch", "checkpoint")} for i in (faulty, spare)})
+        finally:
+            for instance in (faulty, spare):
+                instance.close()
+            if reference.poll() is None:
+                reference.kill()
+                reference.wait()
+
+
+@dataclass
+class GateResult:
+    run: dict
+    health_calls: List[dict]
+    alerts: List[dict]
+    run_log: List[dict]
+
+
+def run_gate_drill(workdir: Path, *, query_gpu: str = "g5-query-gpu-uncorrected-ecc.csv",
+                   settings: Optional[AgentSettings] = None) -> GateResult:
+    """One instance whose GPU reports uncorrected ECC errors at launch, one PENDING run."""
+    settings = settings or AgentSettings()
+    with Cloud() as cloud, LifecycleStub() as lifecycle:
+        run_id = f"gate-{uuid.uuid4().hex[:8]}"
+        cloud.put_run(run_item(run_id, run_spec(trainer_command(steps=10, checkpoint_every=5, step_seconds=0,
+                                                                checkpoint_bytes=0), max_failures=1)))
+        instance = SimInstance(workdir, INSTANCE_IDS[0], cloud, lifecycle, settings, query_gpu=query_gpu)
+        try:
+            instance.start(watch=False)
+            # The loop's first turn after the gate: "instance is draining: no new run".
+            wait_until(lambda: instance.check_alive() or first(instance.log("run"), "claim"), "the first claim turn")
+            wait_until(lambda: cloud.alerts_seen(), "the gate's alert")
+            instance.stop()
+            return GateResult(run=cloud.run(run_id), health_calls=_health_calls(lifecycle),
+                              alerts=cloud.alerts_seen(), run_log=instance.log("run"))
+        finally:
+            instance.close()
+
+
+@dataclass
+class HungResult:
+    run: dict
+    alerts: List[dict]
+    run_log: List[dict]
+    last_progress_to_alert_s: List[float]
+
+
+def run_hung_drill(workdir: Path, *, hung_after_seconds: float = 2.0, hang_at_step: int = 30,
+                   max_failures: int = 1, settings: Optional[AgentSettings] = None) -> HungResult:
+    """One instance, a trainer that stops making progress at `hang_at_step`; ML_HUNG_ACTION=restart."""
+    settings = settings or AgentSettings()
+    settings.hung_after_seconds, settings.hung_action = hung_after_seconds, "restart"
+    command = trainer_command(steps=1000, checkpoint_every=20, step_seconds=0.01, checkpoint_bytes=0) + [
+        "--hang-at-step", str(hang_at_step)]
+    with Cloud() as cloud, LifecycleStub() as lifecycle:
+        run_id = f"hung-{uuid.uuid4().hex[:8]}"
+        cloud.put_run(run_item(run_id, run_spec(command, max_failures=max_failures)))
+        instance = SimInstance(workdir, INSTANCE_IDS[0], cloud, lifecycle, settings)
+        try:
+            instance.start(watch=False)
+            run = wait_until(lambda: (lambda r: r if r.get("state") == "FAILED" else None)(cloud.run(run_id)),
+                             f"run {run_id} to fail as hung")
+            wait_until(lambda: first(instance.log("run"), "job-finished"), "the job-finished decision")
+            instance.stop()
+            run_log = instance.log("run")
+            lasts = [max(e["t"] for e in events if e["event"] == "step")
+                     for _, events in sorted(instance.trainer_logs().items())]
+            alerts_at = [log_epoch(line) for line in run_log if line.get("step") == "alert"
+                         and line.get("subject", "").endswith(" hung")]
+            return HungResult(run=run, alerts=cloud.alerts(), run_log=run_log,
+                              last_progress_to_alert_s=[a - p for p, a in zip(lasts, alerts_at)])
         finally:
             instance.close()

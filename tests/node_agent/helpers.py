@@ -57,6 +57,9 @@ class StaticImds:
             raise value
         return value
 
+    def get(self, path, retry_seconds=None):
+        return None
+
 
 class Runner:
     """Stands in for subprocess.run of `docker kill/stop`; `on_signal` plays the trainer answering."""

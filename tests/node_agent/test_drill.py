@@ -76,3 +76,57 @@ def test_a_trainer_exiting_non_zero_is_retried_up_to_max_failures_then_failed_wi
     assert alert["Subject"] == f"[ml-{drill.STAGE}] run {run['run_id']} FAILED"
     assert "max-failures" in alert["Message"]
     assert [e["detail"]["state"] for e in result.events] == ["FAILED"]
+
+
+# ----------------------------------------------------------------------------- GPU faults and hung runs
+
+
+@pytest.fixture(scope="module")
+def xid_fault(tmp_path_factory):
+    return drill.run_xid_drill(tmp_path_factory.mktemp("xid"), xid=79, steps=200, checkpoint_every=40,
+                               step_seconds=0.02, fault_at=0.4)
+
+
+def test_a_fatal_xid_moves_the_run_to_another_instance_and_it_ends_with_the_uninterrupted_model(xid_fault):
+    assert xid_fault.final_state == xid_fault.reference_state
+    run = xid_fault.run
+    assert run["state"] == "SUCCEEDED" and run.get("failures", 0) == 0
+    assert [(a["instance_id"], a["end_reason"], a.get("detail")) for a in run["attempts"]] == [
+        (drill.INSTANCE_IDS[0], "reclaimed", "gpu-xid-79"), (drill.INSTANCE_IDS[1], "finished", None)]
+    first_attempt, resumed = xid_fault.attempts
+    assert resumed.resumed_from_step == first_attempt.last_checkpoint_step > 0  # the answer to the signal
+
+
+def test_the_faulty_instance_is_marked_unhealthy_once_and_its_termination_follows_the_xid_checkpoint(xid_fault):
+    [call] = xid_fault.health_calls
+    assert (call["InstanceId"], call["HealthStatus"], call["ShouldRespectGracePeriod"]) == (
+        drill.INSTANCE_IDS[0], "Unhealthy", "false")
+    logs = xid_fault.logs[drill.INSTANCE_IDS[0]]
+    assert drill.first(logs["run"], "dedupe")["role"] == "leader"
+    assert drill.first(logs["checkpoint"], "dedupe")["role"] == "follower"
+    [complete] = xid_fault.completes
+    assert complete["params"]["InstanceId"] == drill.INSTANCE_IDS[0]
+    assert [a["Subject"] for a in xid_fault.alerts] == [
+        f"[ml-{drill.STAGE}] instance {drill.INSTANCE_IDS[0]} GPU fault Xid 79"]
+
+
+def test_an_instance_failing_its_launch_gate_never_claims_the_run(tmp_path):
+    result = drill.run_gate_drill(tmp_path)
+    assert (result.run["state"], result.run["attempt_count"]) == ("PENDING", 0)
+    [call] = result.health_calls
+    assert (call["InstanceId"], call["HealthStatus"]) == (drill.INSTANCE_IDS[0], "Unhealthy")
+    verdict = drill.first(result.run_log, "health-gate", healthy=False)
+    assert verdict["problems"] == ["GPU 0 (00000000:00:1E.0): 3 uncorrected ECC errors since the driver loaded (max 0)"]
+    assert drill.first(result.run_log, "claim", claimed=True) is None
+    assert [a["Subject"] for a in result.alerts] == [
+        f"[ml-{drill.STAGE}] instance {drill.INSTANCE_IDS[0]} failed the GPU health gate"]
+
+
+def test_a_hung_trainer_is_detected_alerted_and_its_attempt_fails_as_hung(tmp_path):
+    result = drill.run_hung_drill(tmp_path, hung_after_seconds=1.0, hang_at_step=30, max_failures=1)
+    run = result.run
+    assert (run["state"], run["end_reason"]) == ("FAILED", "max-failures")
+    assert [(a["end_reason"], a.get("detail")) for a in run["attempts"]] == [("failed", "hung")]
+    assert [a["Subject"] for a in result.alerts] == [f"[ml-{drill.STAGE}] run {run['run_id']} hung",
+                                                     f"[ml-{drill.STAGE}] run {run['run_id']} FAILED"]
+    assert len(result.last_progress_to_alert_s) == 1

@@ -87,9 +87,11 @@ def test_install_writes_the_env_file_both_units_and_starts_them(agent, root):
 
 
 def test_install_writes_optional_run_settings_only_when_given(agent, root):
-    assert root.run({**CONTRACT_VARS, "ML_LEASE_SECONDS": "60", "ML_GPU_COUNT": "4"}).returncode == 0
+    assert root.run({**CONTRACT_VARS, "ML_LEASE_SECONDS": "60", "ML_GPU_COUNT": "4", "ML_HUNG_AFTER_SECONDS": "1800",
+                     "ML_HUNG_ACTION": "restart"}).returncode == 0
     written = agent.read_env_file(root.env_file)
     assert (written["ML_LEASE_SECONDS"], written["ML_GPU_COUNT"]) == ("60", "4")
+    assert (written["ML_HUNG_AFTER_SECONDS"], written["ML_HUNG_ACTION"]) == ("1800", "restart")
     assert "ML_TRAINER_LAUNCHER" not in written and "ML_EVENT_BUS_NAME" not in written
 
 

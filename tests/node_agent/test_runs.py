@@ -33,7 +33,8 @@ def table(agent, cloud, instance=INSTANCE, lease_seconds=90):
 
 def make_loop(agent, tmp_path, logs, cloud, *, stop=lambda: False, **env):
     settings = {"ML_TRAINER_LAUNCHER": "process", "ML_LEASE_SECONDS": "5", "ML_LEASE_RENEW_SECONDS": "0.2",
-                "ML_CLAIM_POLL_SECONDS": "0.05", "ML_GPU_COUNT": "1", **env}
+                "ML_CLAIM_POLL_SECONDS": "0.05", "ML_GPU_COUNT": "1", "ML_HEALTH_GATE": "off",
+                "ML_KERNEL_LOG": "off", "ML_PROGRESS_DIR": str(tmp_path / "progress"), **env}
     config = make_config(agent, tmp_path, **settings)
     return agent.RunLoop(config, imds=StaticImds(), s3=cloud.s3, dynamodb=cloud.dynamodb, sns=cloud.sns,
                          events=cloud.events, launcher=agent.ProcessLauncher(tmp_path / "trainer-logs"),
@@ -371,7 +372,8 @@ def test_after_an_agent_restart_a_still_running_container_is_adopted_and_its_exi
 
             return agent.TrainerProcess({"container": name}, poll)
 
-    config = make_config(agent, tmp_path, ML_LEASE_SECONDS="5", ML_LEASE_RENEW_SECONDS="0.2", ML_GPU_COUNT="1")
+    config = make_config(agent, tmp_path, ML_LEASE_SECONDS="5", ML_LEASE_RENEW_SECONDS="0.2", ML_GPU_COUNT="1",
+                         ML_HEALTH_GATE="off", ML_KERNEL_LOG="off")
     loop = agent.RunLoop(config, imds=StaticImds(), s3=cloud.s3, dynamodb=cloud.dynamodb, sns=cloud.sns,
                          events=cloud.events, launcher=Docker(config, lambda region: None, run=Runner()),
                          log=agent.JsonLog(logs.stream), monitor_poll_seconds=0.05, upload_poll_seconds=0.1)
