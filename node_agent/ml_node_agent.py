@@ -68,7 +68,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, TextIO, Tuple
 
-CHECKPOINT_REASONS = ("spot-interruption", "rebalance-recommendation", "lifecycle-terminate")
+# What Run Command may pass as --reason: the SSM document's allowedPattern
+# (constructs_lib/interruption_handler.py) admits exactly these.
+CHECKPOINT_REASONS = ("spot-interruption", "rebalance-recommendation", "lifecycle-terminate",
+                      "health-scheduled-change", "capacity-block-expiring",
+                      "capacity-reservation-interruption")
+# Notices of a host that AWS will take away later (a retirement or maintenance
+# days ahead, a Capacity Block ending in 40 minutes): after the checkpoint the
+# instance marks itself Unhealthy, so the group replaces it now and the run
+# resumes elsewhere instead of waiting on a draining instance. A spot or
+# capacity-reservation interruption needs no such step (AWS reclaims the
+# instance within two minutes and the group replaces it), nor does a
+# rebalance recommendation (the group's capacity rebalancing replaces it).
+REPLACE_AFTER_CHECKPOINT = ("health-scheduled-change", "capacity-block-expiring")
 WATCH_REASON = "spot-imds"
 DEFAULT_ENV_FILE = "/etc/ml-node-agent.env"
 DEFAULT_STATE_DIR = "/run/ml-node-agent"
@@ -1841,6 +1853,10 @@ class Agent:
             instance_id = None
             log("instance-id", level="error", error=str(error))
         log = log.bind(instance_id=instance_id)
+        if instance_id and reason in REPLACE_AFTER_CHECKPOINT and on_leader is _noop:
+            # As for a GPU fault: the termination this starts runs the hook's
+            # checkpoint, which finds this flow in progress and follows it.
+            self._on_leader = lambda: mark_unhealthy(self.autoscaling, instance_id, log, reason)
 
         heartbeat = (Heartbeat(self.autoscaling, lifecycle, instance_id, self.config.heartbeat_seconds, log,
                                clock=self._clock) if lifecycle else None)

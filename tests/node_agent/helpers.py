@@ -96,6 +96,10 @@ class RecordingAutoscaling:
         with self.lock:
             self.calls.append(("complete", params, time.time()))
 
+    def set_instance_health(self, **params):
+        with self.lock:
+            self.calls.append(("health", params, time.time()))
+
     def names(self) -> list[str]:
         return [name for name, _, _ in self.calls]
 

@@ -862,3 +862,39 @@ def test_one_bad_imds_answer_for_the_instance_id_still_signals_uploads_and_relea
     assert len(runner.of("kill")) == 1 and logs.steps("latest")
     assert cloud.run()["state"] == "PENDING"
     assert autoscaling.calls[-1][1]["InstanceId"] == INSTANCE
+
+
+def test_agent_accepts_every_reason_the_checkpoint_document_may_send(agent) -> None:
+    """The SSM document's Reason pattern and the agent's --reason choices are one set:
+    a reason the interruption handler sends but the agent rejects would be a
+    checkpoint that never happens."""
+    import re
+
+    from constructs_lib.interruption_handler import REASON_PATTERN
+
+    alternatives = re.fullmatch(r"\^\((.*)\)\$", REASON_PATTERN).group(1).split("|")
+    assert set(alternatives) == set(agent.CHECKPOINT_REASONS)
+
+
+@pytest.mark.parametrize("reason", ["health-scheduled-change", "capacity-block-expiring"])
+def test_a_scheduled_host_change_checkpoints_then_asks_the_group_for_a_replacement(
+        agent, cloud, tmp_path, logs, reason):
+    hold_current_run(agent, tmp_path, cloud)
+    write_checkpoint(tmp_path / "ckpt", step=40)
+    autoscaling = RecordingAutoscaling()
+    node = make_agent(agent, tmp_path, logs, cloud, runner=Runner(), autoscaling=autoscaling,
+                      ML_CHECKPOINT_BUDGET_SECONDS="1")
+    node.checkpoint(reason, "evt-1")
+    [(name, params, _)] = [c for c in autoscaling.calls if c[0] == "health"]
+    assert params == {"InstanceId": INSTANCE, "HealthStatus": "Unhealthy", "ShouldRespectGracePeriod": False}
+    assert cloud.objects(f"runs/{RUN_ID}/"), "the checkpoint is uploaded before the instance goes"
+    assert agent.NodeState(tmp_path / "state").draining()["reason"] == reason
+
+
+@pytest.mark.parametrize("reason", ["spot-interruption", "rebalance-recommendation",
+                                    "capacity-reservation-interruption"])
+def test_a_reclaim_notice_leaves_the_replacement_to_aws_and_the_group(agent, cloud, tmp_path, logs, reason):
+    autoscaling = RecordingAutoscaling()
+    node = make_agent(agent, tmp_path, logs, cloud, runner=Runner(), autoscaling=autoscaling)
+    node.checkpoint(reason, "evt-1")
+    assert "health" not in autoscaling.names()
