@@ -17,8 +17,7 @@ import boto3
 from botocore.awsrequest import AWSResponse
 from botocore.validate import validate_parameters
 
-from ml_stacks.addon_versions import known_versions
-from ml_stacks.config import ADDON_NAMES
+from ml_stacks.addon_versions import KNOWN_ADDON_VERSIONS, known_versions
 
 REGION = "us-east-1"
 CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
@@ -130,7 +129,8 @@ def new_account() -> FreshAccount:
         sagemaker_quotas={"ml.m5.large for endpoint usage": 2, "ml.g5.xlarge for endpoint usage": 0,
                           "ml.g6.xlarge for endpoint usage": 0},
         lambda_limit=10, lambda_unreserved=10,
-        addon_versions={name: list(known_versions("1.34", name)) for name in ADDON_NAMES},
+        addon_versions={name: list(known_versions("1.34", name))
+                        for version, name in KNOWN_ADDON_VERSIONS if version == "1.34"},
         images=pinned_images(),
     )
 
