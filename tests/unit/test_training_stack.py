@@ -198,6 +198,21 @@ def test_instance_role_reads_training_data_and_only_the_runs_prefix_of_the_check
     assert flat(lifecycle[0]["Resource"]).endswith(':autoScalingGroup:*:autoScalingGroupName/ml-dev-training-gpu"]]}')
 
 
+def test_instance_role_reads_the_node_agent_asset_object_and_nothing_else_of_the_asset_bucket(
+        dev, synthesized) -> None:
+    asset = synthesized.app.node.find_child("dev").training.node_agent.asset
+    fleet = [s for p in resources_of_type(dev, "AWS::IAM::Policy").values()
+             if p["Properties"]["Roles"][0]["Ref"].startswith("FleetRole")
+             for s in p["Properties"]["PolicyDocument"]["Statement"]]
+    on_assets = [s for s in fleet if "-assets-" in flat(s["Resource"])]
+    [read] = on_assets
+    assert read["Action"] == "s3:GetObject"
+    [_, parts] = read["Resource"]["Fn::Join"]
+    assert parts[-1] == f"/{asset.s3_object_key}" and asset.s3_object_key.endswith(".zip")
+    metadata = flat([r.get("Metadata", {}) for r in dev["Resources"].values()])
+    assert "-assets-" not in metadata  # no acknowledgement names the asset bucket
+
+
 # --- interruption path -----------------------------------------------------------------
 
 def test_termination_hook_sends_to_the_queue_with_continue_and_the_configured_timeout(dev) -> None:
