@@ -23,6 +23,34 @@ FLEET_TAG_KEY = "ml:training-fleet"
 # (node_agent/RUNS_CONTRACT.md): instances may read and write only there.
 CHECKPOINT_PREFIX = "runs/"
 CHECKPOINT_KEY_PATTERN = f"{CHECKPOINT_PREFIX}*"
+# What the SSM agent calls to register, take Run Command messages (the
+# checkpoint document), open Session Manager channels and report
+# association status: AmazonSSMManagedInstanceCore (v2) without its
+# parameter reads (ssm:GetParameter, ssm:GetParameters) and its Distributor
+# calls (ssm:GetManifest, ssm:PutConfigurePackageResult).
+SSM_AGENT_ACTIONS = (
+    "ssm:UpdateInstanceInformation",
+    "ssm:ListAssociations",
+    "ssm:ListInstanceAssociations",
+    "ssm:DescribeAssociation",
+    "ssm:DescribeDocument",
+    "ssm:GetDeployablePatchSnapshotForInstance",
+    "ssm:GetDocument",
+    "ssm:PutInventory",
+    "ssm:PutComplianceItems",
+    "ssm:UpdateAssociationStatus",
+    "ssm:UpdateInstanceAssociationStatus",
+    "ssmmessages:CreateControlChannel",
+    "ssmmessages:CreateDataChannel",
+    "ssmmessages:OpenControlChannel",
+    "ssmmessages:OpenDataChannel",
+    "ec2messages:AcknowledgeMessage",
+    "ec2messages:DeleteMessage",
+    "ec2messages:FailMessage",
+    "ec2messages:GetEndpoint",
+    "ec2messages:GetMessages",
+    "ec2messages:SendReply",
+)
 AUTOSCALING_SERVICE_LINKED_ROLE = (
     "role/aws-service-role/autoscaling.amazonaws.com/AWSServiceRoleForAutoScaling"
 )
@@ -94,13 +122,8 @@ class GpuTrainingFleet(Construct):
             "Role",
             assumed_by=iam.ServicePrincipal("ec2.amazonaws.com"),
             description=f"GPU training instances of {autoscaling_group_name}",
-            managed_policies=[iam.ManagedPolicy.from_aws_managed_policy_name(
-                "AmazonSSMManagedInstanceCore")],
         )
-        acknowledge(self.role, "AwsSolutions::AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:"
-                    "policy/AmazonSSMManagedInstanceCore]",
-                    "AmazonSSMManagedInstanceCore is what the SSM agent needs to register and run "
-                    "the checkpoint command; AWS maintains it as the agent's API surface changes.")
+        self._grant_systems_manager_agent()
         training_data_bucket.grant_read(self.role)
         for action in ("s3:GetObject*", "s3:GetBucket*", "s3:List*"):
             acknowledge(self.role, f"AwsSolutions::AwsSolutions-IAM5[Action::{action}]",
@@ -216,6 +239,26 @@ class GpuTrainingFleet(Construct):
         # notifications vanish.
         for key in {id(k): k for k in (volume_key, notification_key) if k is not None}.values():
             _allow_autoscaling_service_role(key)
+
+    def _grant_systems_manager_agent(self) -> None:
+        """What the SSM agent needs for Run Command and Session Manager, nothing more.
+
+        Replaces ``AmazonSSMManagedInstanceCore``, which also reads every SSM
+        parameter of the account (``ssm:GetParameter(s)`` on ``*``,
+        SecureStrings under the default key included). The one parameter the
+        instances read, the GPU metrics agent config, has its own scoped
+        grant (``GpuMetricsAgent.install_on``).
+        """
+        self.systems_manager_policy = iam.Policy(
+            self, "SystemsManagerAgentPolicy",
+            roles=[self.role],
+            statements=[iam.PolicyStatement(sid="SsmAgentCore", actions=list(SSM_AGENT_ACTIONS),
+                                            resources=["*"])],
+        )
+        acknowledge(self.systems_manager_policy, "AwsSolutions::AwsSolutions-IAM5[Resource::*]",
+                    "The SSM agent's own APIs (ec2messages, ssmmessages, instance registration "
+                    "and association status) have no resource-level permissions; no parameter "
+                    "read and no other SSM action is granted here.")
 
     def _grant_checkpoints(self, bucket: s3.IBucket) -> None:
         """Read, write and list ``runs/`` of the checkpoint bucket, nothing else.

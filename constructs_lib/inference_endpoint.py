@@ -36,6 +36,7 @@ from constructs import Construct
 
 from constructs_lib.acknowledge import acknowledge
 from constructs_lib.acknowledge_resolved import acknowledge_resources
+from constructs_lib.object_read import grant_read_object
 
 VARIANT_NAME = "AllTraffic"
 SAGEMAKER_NAMESPACE = "AWS/SageMaker"
@@ -222,15 +223,10 @@ class InferenceEndpoint(Construct):
             assumed_by=iam.ServicePrincipal("sagemaker.amazonaws.com"),
             description=f"SageMaker execution role of endpoint {endpoint_name}",
         )
-        # One object, wherever it lives. In the CDK bootstrap bucket (an
-        # asset) no KMS grant is needed: its default key, AWS managed or the
-        # one `cdk bootstrap --bootstrap-customer-key` creates, lets every
-        # principal of the account decrypt through S3.
-        self.role.add_to_policy(iam.PolicyStatement(
-            sid="ReadItsModelArtifact",
-            actions=["s3:GetObject"],
-            resources=[model_data_bucket.arn_for_objects(model_data_key)],
-        ))
+        # One object, wherever it lives (no KMS grant for the bootstrap
+        # bucket: constructs_lib/object_read.py says why).
+        grant_read_object(self.role, bucket=model_data_bucket, key=model_data_key,
+                          sid="ReadItsModelArtifact")
         # Data capture writes objects whose keys SageMaker chooses, under the
         # model's own prefix: a policy of its own carries that one wildcard.
         self.capture_policy = iam.Policy(

@@ -63,8 +63,11 @@ class MlVpc(Construct):
                                         cidr_mask=prefix + az_bits + 1),
                 ec2.SubnetConfiguration(name="isolated", subnet_type=ec2.SubnetType.PRIVATE_ISOLATED,
                                         cidr_mask=prefix + az_bits + 2),
+                # Only the NAT gateways live here, with Elastic IPs: nothing
+                # launched into a public subnet gets a public address by itself.
                 ec2.SubnetConfiguration(name="public", subnet_type=ec2.SubnetType.PUBLIC,
-                                        cidr_mask=prefix + az_bits + 3),
+                                        cidr_mask=prefix + az_bits + 3,
+                                        map_public_ip_on_launch=False),
             ],
             gateway_endpoints={
                 "S3": ec2.GatewayVpcEndpointOptions(service=ec2.GatewayVpcEndpointAwsService.S3),

@@ -23,7 +23,7 @@ from aws_cdk import aws_sns as sns
 from constructs import Construct
 
 from constructs_lib.acknowledge import acknowledge
-from constructs_lib.acknowledge_resolved import acknowledge_resources
+from constructs_lib.object_read import grant_read_object
 from constructs_lib.training_runs import TrainingRuns
 
 AGENT_DIR = "/opt/ml-node-agent"
@@ -120,16 +120,13 @@ class NodeAgent(Construct):
     ) -> None:
         """Download, unpack and install the agent at boot, as CONTRACT.md says.
 
-        ``role`` gets read access to the asset and what carrying a run
+        ``role`` may read the asset's one object and what carrying a run
         needs (``grant_run_permissions``); the lifecycle permissions come
         from the fleet (``grant_*_lifecycle_*``).
         """
-        self.asset.grant_read(role)
+        grant_read_object(role, bucket=self.asset.bucket, key=self.asset.s3_object_key,
+                          sid="ReadTheNodeAgentAsset")
         self.grant_run_permissions(role)
-        acknowledge_resources(
-            role, "AwsSolutions::AwsSolutions-IAM5", [self.asset.bucket.arn_for_objects("*")],
-            "The node agent asset is read from CDK's bootstrap asset bucket, whose object "
-            "keys are content hashes; the instance only reads from that bucket.")
         zip_path = user_data.add_s3_download_command(
             bucket=self.asset.bucket, bucket_key=self.asset.s3_object_key,
             local_file="/tmp/ml-node-agent.zip")

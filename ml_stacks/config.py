@@ -237,6 +237,8 @@ class StorageConfig:
     ``retain`` keeps buckets, the key and the repository when their stack is
     deleted and turns on termination protection; only dev may set it False
     (and then ``cdk destroy`` empties and removes them).
+    ``ecr_immutable_tags`` (default True): a pushed tag can never be moved to
+    another image. Only dev may set it False; staging and prod promote images.
     ``data_capture_expiration_days``: how long endpoint request/response
     captures (which may hold personal data) are kept.
     ``image_repository_name``: None (the default) lets CloudFormation name
@@ -263,6 +265,10 @@ class StorageConfig:
                  f"None (CloudFormation names it) or an ECR repository name such as 'ml-{stage}/images'")
         _require(self.retain or stage == "dev", f"{prefix}.retain", self.retain,
                  "True outside dev: staging and prod never delete stateful data with their stack")
+        # Staging and prod promote images (a tag tested in staging is what prod
+        # serves and trains): there a tag must name one image for good.
+        _require(self.ecr_immutable_tags is True or stage == "dev", f"{prefix}.ecr_immutable_tags",
+                 self.ecr_immutable_tags, "True outside dev: stages that promote images need immutable tags")
         for name, low, high in (
             ("checkpoint_expiration_days", 1, 3650),
             ("model_noncurrent_expiration_days", 1, 3650),
@@ -1556,7 +1562,7 @@ def default_configs(*, account: str | None = None,
             interface_endpoints=("ecr.api", "ecr.dkr", "sts", "logs"),
             flow_log_retention_days=90,
         ),
-        storage=StorageConfig(retain=True, ecr_immutable_tags=False),
+        storage=StorageConfig(retain=True, ecr_immutable_tags=True),
         training=TrainingConfig(max_capacity=4, log_retention_days=90),
         idle_shutdown=IdleShutdownConfig(
             off_hours_scale_in_cron="0 22 * * MON-FRI",

@@ -47,6 +47,17 @@ def test_three_subnet_tiers_in_every_configured_az(synthesized, stage, all_templ
 
 
 @pytest.mark.parametrize("stage", STAGES)
+def test_no_subnet_assigns_public_ips_and_only_nat_gateways_hold_elastic_ips(all_templates, stage) -> None:
+    template = all_templates[(stage, "network")]
+    subnets = resources_of_type(template, "AWS::EC2::Subnet").values()
+    assert subnets and all(s["Properties"].get("MapPublicIpOnLaunch") is False for s in subnets)
+    eips = resources_of_type(template, "AWS::EC2::EIP")
+    nats = resources_of_type(template, "AWS::EC2::NatGateway").values()
+    assert len(eips) == len(nats)
+    assert sorted(n["Properties"]["AllocationId"]["Fn::GetAtt"][0] for n in nats) == sorted(eips)
+
+
+@pytest.mark.parametrize("stage", STAGES)
 def test_private_subnets_get_the_largest_share_of_addresses(all_templates, stage) -> None:
     subnets = resources_of_type(all_templates[(stage, "network")], "AWS::EC2::Subnet").values()
     size = {}

@@ -113,12 +113,19 @@ def test_model_artifacts_are_versioned_and_old_versions_expire(all_templates, st
     assert rule["NoncurrentVersionExpiration"] == {"NoncurrentDays": 30}
 
 
-@pytest.mark.parametrize(("stage", "mutability"), [("dev", "MUTABLE"), ("staging", "MUTABLE"), ("prod", "IMMUTABLE")])
-def test_image_repository_scans_encrypts_and_keeps_ten_tagged_images(all_templates, stage, mutability) -> None:
+@pytest.mark.parametrize("stage", ("staging", "prod"))
+def test_stages_that_promote_images_have_immutable_tags(all_templates, stage) -> None:
+    [repo] = resources_of_type(all_templates[(stage, "storage")], "AWS::ECR::Repository").values()
+    assert repo["Properties"]["ImageTagMutability"] == "IMMUTABLE"
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_image_repository_scans_encrypts_and_keeps_ten_tagged_images(synthesized, all_templates, stage) -> None:
     [repo] = resources_of_type(all_templates[(stage, "storage")], "AWS::ECR::Repository").values()
     props = repo["Properties"]
     assert props["ImageScanningConfiguration"] == {"ScanOnPush": True}
-    assert props["ImageTagMutability"] == mutability
+    immutable = synthesized.configs[stage].storage.ecr_immutable_tags
+    assert props["ImageTagMutability"] == ("IMMUTABLE" if immutable else "MUTABLE")
     assert props["EncryptionConfiguration"] == {
         "EncryptionType": "KMS", "KmsKey": {"Fn::GetAtt": ["Key961B73FD", "Arn"]}}
     assert "RepositoryName" not in props  # generated: a rebuilt stage never collides

@@ -10,6 +10,7 @@ import pytest
 from aws_cdk.assertions import Match, Template
 
 from constructs_lib import node_agent, training_runs
+from constructs_lib.gpu_training_fleet import SSM_AGENT_ACTIONS
 from ml_runs import runs as cli_runs
 from ml_runs.stage import OUTPUTS
 from tests.conftest import STAGES, resources_of_type
@@ -255,8 +256,11 @@ def test_no_wider_grant_remains_on_the_instance_role(synthesized, stage) -> None
                           "dynamodb:*", "s3:DeleteObject", "s3:*", "s3:PutObject*", "kms:*", "sns:*",
                           "events:*", "logs:*", "ecr:*", "kms:ReEncrypt*", "kms:GenerateDataKey*"}
     unscoped = sorted(a for s in statements if s["Resource"] == "*" for a in actions(s))
-    # Neither supports resource-level permissions; PutMetricData is conditioned on its namespace.
-    assert unscoped == ["cloudwatch:PutMetricData", "cloudwatch:PutMetricData", "ecr:GetAuthorizationToken"]
+    # None supports resource-level permissions; PutMetricData is conditioned on its namespace;
+    # the SSM agent's own calls (no parameter read among them).
+    assert unscoped == sorted(["cloudwatch:PutMetricData", "cloudwatch:PutMetricData",
+                               "ecr:GetAuthorizationToken", *SSM_AGENT_ACTIONS])
+    assert not {a for a in SSM_AGENT_ACTIONS if a.startswith("ssm:GetParameter")}
     namespaces = sorted(s["Condition"]["StringEquals"]["cloudwatch:namespace"] for s in statements
                         if "cloudwatch:PutMetricData" in actions(s))
     # The CloudWatch agent's GPU metrics (gpu_metrics) and the node agent's own.

@@ -12,6 +12,7 @@ from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_iam as iam
 from aws_cdk.assertions import Match, Template
 
+from constructs_lib.gpu_training_fleet import SSM_AGENT_ACTIONS
 from constructs_lib.interruption_handler import checkpoint_document
 from ml_stacks.app_factory import build_app
 from ml_stacks.config import TrainingConfig, default_configs
@@ -180,7 +181,7 @@ def test_autoscaling_service_role_may_use_the_stage_key_before_it_even_exists(sy
 def test_instance_role_reads_training_data_and_only_the_runs_prefix_of_the_checkpoints(dev) -> None:
     role = only({"Resources": {k: v for k, v in dev["Resources"].items() if k.startswith("FleetRole")
                                and v["Type"] == "AWS::IAM::Role"}}, "AWS::IAM::Role")
-    assert flat(role["Properties"]["ManagedPolicyArns"]).count("AmazonSSMManagedInstanceCore") == 1
+    assert "AmazonSSMManagedInstanceCore" not in flat(role["Properties"].get("ManagedPolicyArns", []))
     fleet = policy_of(dev, "FleetRole")
     writes = [s for s in fleet if "s3:PutObject" in s["Action"]]
     [write] = writes
@@ -196,6 +197,46 @@ def test_instance_role_reads_training_data_and_only_the_runs_prefix_of_the_check
                                       "autoscaling:RecordLifecycleActionHeartbeat",
                                       "autoscaling:SetInstanceHealth"]
     assert flat(lifecycle[0]["Resource"]).endswith(':autoScalingGroup:*:autoScalingGroupName/ml-dev-training-gpu"]]}')
+
+
+def test_instance_role_reads_the_node_agent_asset_object_and_nothing_else_of_the_asset_bucket(
+        dev, synthesized) -> None:
+    asset = synthesized.app.node.find_child("dev").training.node_agent.asset
+    fleet = [s for p in resources_of_type(dev, "AWS::IAM::Policy").values()
+             if p["Properties"]["Roles"][0]["Ref"].startswith("FleetRole")
+             for s in p["Properties"]["PolicyDocument"]["Statement"]]
+    on_assets = [s for s in fleet if "-assets-" in flat(s["Resource"])]
+    [read] = on_assets
+    assert read["Action"] == "s3:GetObject"
+    [_, parts] = read["Resource"]["Fn::Join"]
+    assert parts[-1] == f"/{asset.s3_object_key}" and asset.s3_object_key.endswith(".zip")
+    metadata = flat([r.get("Metadata", {}) for r in dev["Resources"].values()])
+    assert "-assets-" not in metadata  # no acknowledgement names the asset bucket
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_instance_role_has_the_ssm_agent_actions_and_reads_no_parameter_but_its_own(synthesized, stage) -> None:
+    template = synthesized.stack(stage, "training").template_json
+    roles = {lid: r for lid, r in resources_of_type(template, "AWS::IAM::Role").items()
+             if lid.startswith("FleetRole")}
+    [(role_id, role)] = roles.items()
+    assert "ManagedPolicyArns" not in role["Properties"]  # no AmazonSSMManagedInstanceCore
+    fleet = [s for p in resources_of_type(template, "AWS::IAM::Policy").values()
+             if {"Ref": role_id} in p["Properties"]["Roles"]
+             for s in p["Properties"]["PolicyDocument"]["Statement"]]
+    [agent] = [s for s in fleet if s.get("Sid") == "SsmAgentCore"]
+    assert set(agent["Action"]) == set(SSM_AGENT_ACTIONS)
+    assert {"ssm:UpdateInstanceInformation", "ssmmessages:OpenDataChannel",
+            "ec2messages:GetMessages"} <= set(agent["Action"])
+    def actions(statement: dict) -> set[str]:
+        action = statement["Action"]
+        return set(action if isinstance(action, list) else [action])
+
+    # The only parameter read: the GPU metrics agent config, one ARN.
+    [read] = [s for s in fleet if any(a.startswith("ssm:GetParameter") or a == "ssm:*" for a in actions(s))]
+    assert actions(read) == {"ssm:GetParameter"}
+    [_, parts] = read["Resource"]["Fn::Join"]
+    assert parts[2] == ":parameter" and "GpuMetrics" in flat(parts[3])
 
 
 # --- interruption path -----------------------------------------------------------------
