@@ -1,9 +1,10 @@
 """EKS stack: the stage's cluster (aws_eks_v2, native AWS::EKS::Cluster) and
 its GPU node groups.
 
-Access is by EKS access entries only (no aws-auth ConfigMap): the stack
-creates an admin and a read-only role that IAM principals of the account may
-assume, and config can add more principals.
+Access is by EKS access entries only (no aws-auth ConfigMap), one per
+principal named in stage config (``eks.admin_principal_arns`` /
+``eks.readonly_principal_arns``): no role the whole account may assume, and
+no implicit admin for whoever runs CloudFormation.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import json
 import aws_cdk as cdk
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_eks_v2 as eks
-from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_logs as logs
 from aws_cdk.lambda_layer_kubectl_v34 import KubectlV34Layer
@@ -39,7 +39,8 @@ READONLY_ACCESS_POLICY = "AmazonEKSViewPolicy"
 
 class EksStack(StageStack):
     """Exposes ``cluster`` (``eks.Cluster``), ``nodegroups`` (``GpuNodegroups``),
-    ``addons`` (name -> ``eks.Addon``), ``admin_role`` and ``readonly_role``."""
+    ``addons`` (name -> ``eks.Addon``) and ``access_entries`` (principal ARN ->
+    ``eks.AccessEntry``)."""
 
     def __init__(self, scope: Construct, construct_id: str, *, config: StageConfig,
                  vpc: ec2.IVpc, key: kms.IKey) -> None:
@@ -84,15 +85,16 @@ class EksStack(StageStack):
             # Managed node groups below, not EKS Auto Mode, and no default group.
             default_capacity_type=eks.DefaultCapacityType.NODEGROUP,
             default_capacity=0,
-            # Whoever runs CloudFormation gets no cluster access by accident:
-            # access is the access entries below.
+            # Whoever runs CloudFormation (CDK's deploy role, admin of the
+            # account) would otherwise stay cluster admin for the cluster's
+            # life, outside config: access is only the entries below.
             bootstrap_cluster_creator_admin_permissions=False,
             kubectl_provider_options=kubectl_options,
             output_config_command=False,
         )
         self.cluster.node.add_dependency(log_group)
 
-        self.admin_role, self.readonly_role = self._add_access()
+        self.access_entries = self._add_access()
 
         self.nodegroups = GpuNodegroups(
             self,
@@ -120,11 +122,9 @@ class EksStack(StageStack):
         cdk.CfnOutput(
             self,
             "UpdateKubeconfigCommand",
-            value=cdk.Fn.join("", [
-                f"aws eks update-kubeconfig --name {cluster_name} --region {self.region} --role-arn ",
-                self.admin_role.role_arn,
-            ]),
-            description="kubeconfig for cluster admins (assume the admin role)",
+            value=f"aws eks update-kubeconfig --name {cluster_name} --region {self.region}",
+            description="kubeconfig for a principal in eks.admin_principal_arns or "
+                        "eks.readonly_principal_arns (run it as that principal)",
         )
 
     def _release_versions(self) -> dict[str, str]:
@@ -171,41 +171,26 @@ class EksStack(StageStack):
             addons[name] = addon
         return addons
 
-    def _add_access(self) -> tuple[iam.Role, iam.Role]:
+    def _add_access(self) -> dict[str, eks.AccessEntry]:
+        """One access entry per configured principal, each with its policy
+        and scope: admins ``AmazonEKSClusterAdminPolicy``, readers
+        ``AmazonEKSViewPolicy`` (no Secrets), both cluster-wide. None
+        configured: no human can reach the cluster."""
         eks_config = self.config.eks
-        prefix = self.config.stack_prefix
-
-        def assumable_role(construct_id: str, name: str, description: str) -> iam.Role:
-            role = iam.Role(
-                self,
-                construct_id,
-                role_name=f"{prefix}-eks-{name}",
-                # Any principal of this account whose own policy allows
-                # sts:AssumeRole on this role: access is managed in IAM.
-                assumed_by=iam.AccountRootPrincipal(),
-                description=description,
-                max_session_duration=cdk.Duration.hours(4),
-            )
-            # `aws eks update-kubeconfig` describes the cluster.
-            role.add_to_policy(iam.PolicyStatement(actions=["eks:DescribeCluster"],
-                                                   resources=[self.cluster.cluster_arn]))
-            return role
-
-        admin = assumable_role("AdminRole", "admin", "Cluster admin of the stage's EKS cluster")
-        readonly = assumable_role("ReadOnlyRole", "readonly",
-                                  "Read-only (no Secrets) access to the stage's EKS cluster")
         cluster_scope = eks.AccessScopeType.CLUSTER
-        admin_policy = [eks.AccessPolicy.from_access_policy_name(ADMIN_ACCESS_POLICY,
-                                                                 access_scope_type=cluster_scope)]
-        view_policy = [eks.AccessPolicy.from_access_policy_name(READONLY_ACCESS_POLICY,
-                                                                access_scope_type=cluster_scope)]
-        self.cluster.grant_access("AdminRoleAccess", admin.role_arn, admin_policy)
-        self.cluster.grant_access("ReadOnlyRoleAccess", readonly.role_arn, view_policy)
-        for index, arn in enumerate(eks_config.admin_principal_arns):
-            self.cluster.grant_access(f"AdminAccess{index}", arn, admin_policy)
-        for index, arn in enumerate(eks_config.readonly_principal_arns):
-            self.cluster.grant_access(f"ReadOnlyAccess{index}", arn, view_policy)
-        return admin, readonly
+        grants = (("Admin", eks_config.admin_principal_arns, ADMIN_ACCESS_POLICY),
+                  ("ReadOnly", eks_config.readonly_principal_arns, READONLY_ACCESS_POLICY))
+        entries = {}
+        for kind, arns, policy_name in grants:
+            policy = eks.AccessPolicy.from_access_policy_name(policy_name, access_scope_type=cluster_scope)
+            for index, arn in enumerate(arns):
+                # Under the cluster, as before: an unchanged principal keeps
+                # its logical ID (a replacement would collide with itself).
+                self.cluster.grant_access(f"{kind}Access{index}", arn, [policy])
+                entry = self.cluster.node.find_child(f"{kind}Access{index}")
+                assert isinstance(entry, eks.AccessEntry)
+                entries[arn] = entry
+        return entries
 
     def _acknowledge_kubectl_provider(self) -> None:
         """The kubectl provider is aws-cdk-lib's own (two Lambda functions in

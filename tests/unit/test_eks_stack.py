@@ -127,35 +127,52 @@ def test_cluster_uses_access_entries_and_managed_node_groups_only(synthesized, s
     })
 
 
+def principal_trusts_the_account(statement: dict) -> bool:
+    """A trust statement any principal of the account may use (with its own
+    sts:AssumeRole allowance): the account root, in any spelling."""
+    aws = statement.get("Principal", {}).get("AWS")
+    return aws is not None and ":root" in json.dumps(aws)
+
+
 @pytest.mark.parametrize("stage", STAGES)
-def test_admin_and_readonly_roles_have_access_entries(synthesized, stage) -> None:
+def test_cluster_access_comes_only_from_configured_principals(synthesized, stage) -> None:
     template = synthesized.template(stage, "eks")
     template_json = synthesized.stack(stage, "eks").template_json
-    roles = {r["Properties"].get("RoleName"): lid
-             for lid, r in resources_of_type(template_json, "AWS::IAM::Role").items()}
-    for name, policy in ((f"ml-{stage}-eks-admin", "AmazonEKSClusterAdminPolicy"),
-                         (f"ml-{stage}-eks-readonly", "AmazonEKSViewPolicy")):
-        template.has_resource_properties("AWS::EKS::AccessEntry", {
-            "PrincipalArn": {"Fn::GetAtt": [roles[name], "Arn"]},
-            "AccessPolicies": [{"AccessScope": {"Type": "cluster"}, "PolicyArn": {"Fn::Join": ["", [
-                "arn:", {"Ref": "AWS::Partition"}, f":eks::aws:cluster-access-policy/{policy}"]]}}],
-        })
-    template.resource_count_is("AWS::EKS::AccessEntry", 2)
+    eks_config = synthesized.configs[stage].eks
+    expected = len(eks_config.admin_principal_arns) + len(eks_config.readonly_principal_arns)
+    template.resource_count_is("AWS::EKS::AccessEntry", expected)
+    for lid, role in resources_of_type(template_json, "AWS::IAM::Role").items():
+        trust = role["Properties"]["AssumeRolePolicyDocument"]["Statement"]
+        assert not any(principal_trusts_the_account(s) for s in trust), lid
+    [cluster] = resources_of_type(template_json, "AWS::EKS::Cluster").values()
+    assert cluster["Properties"]["AccessConfig"]["BootstrapClusterCreatorAdminPermissions"] is False
     assert not any(r["Type"] == "Custom::AWSCDK-EKS-KubernetesResource" for r in template_json["Resources"].values())
 
 
+def test_stage_without_principals_has_no_access_entry(tmp_path) -> None:
+    stage = build_stage(tmp_path, with_eks("staging", admin_principal_arns=(), readonly_principal_arns=()))
+    template = Template.from_stack(stage.eks)
+    template.resource_count_is("AWS::EKS::AccessEntry", 0)
+    assert stage.eks.access_entries == {}
+
+
 def test_configured_principals_get_their_access_entries(tmp_path) -> None:
-    admin = "arn:aws:iam::123456789012:role/ml-platform-admins"
-    reader = "arn:aws:iam::123456789012:role/ml-researchers"
-    stage = build_stage(tmp_path, with_eks("staging", admin_principal_arns=(admin,),
+    admins = ("arn:aws:iam::123456789012:role/ml-platform-admins",
+              "arn:aws:iam::123456789012:role/aws-reserved/sso.amazonaws.com/AWSReservedSSO_Admin_0123")
+    reader = "arn:aws:iam::123456789012:user/ml-researcher"
+    stage = build_stage(tmp_path, with_eks("staging", admin_principal_arns=admins,
                                            readonly_principal_arns=(reader,)))
     template = Template.from_stack(stage.eks)
-    template.resource_count_is("AWS::EKS::AccessEntry", 4)
-    for principal, policy in ((admin, "AmazonEKSClusterAdminPolicy"), (reader, "AmazonEKSViewPolicy")):
+    template.resource_count_is("AWS::EKS::AccessEntry", 3)
+    assert set(stage.eks.access_entries) == {*admins, reader}
+    for principal, policy in ((admins[0], "AmazonEKSClusterAdminPolicy"),
+                              (admins[1], "AmazonEKSClusterAdminPolicy"),
+                              (reader, "AmazonEKSViewPolicy")):
         template.has_resource_properties("AWS::EKS::AccessEntry", {
             "PrincipalArn": principal,
-            "AccessPolicies": [Match.object_like({"PolicyArn": Match.object_like({
-                "Fn::Join": ["", Match.array_with([f":eks::aws:cluster-access-policy/{policy}"])]})})],
+            "Type": Match.absent(),
+            "AccessPolicies": [{"AccessScope": {"Type": "cluster"}, "PolicyArn": {"Fn::Join": ["", [
+                "arn:", {"Ref": "AWS::Partition"}, f":eks::aws:cluster-access-policy/{policy}"]]}}],
         })
 
 
@@ -375,11 +392,10 @@ def test_eks_can_be_disabled_per_stage(tmp_path) -> None:
     assert {s.node.id for s in stage.stacks} == set(STACKS) - {"eks"}
 
 
-def test_kubeconfig_output_assumes_the_admin_role(synthesized) -> None:
+def test_kubeconfig_output_uses_the_callers_own_identity(synthesized) -> None:
     outputs = synthesized.stack("prod", "eks").template_json["Outputs"]
-    command = outputs["UpdateKubeconfigCommand"]["Value"]["Fn::Join"][1]
-    assert command[0] == "aws eks update-kubeconfig --name ml-prod --region us-east-1 --role-arn "
-    assert command[1]["Fn::GetAtt"][1] == "Arn"
+    assert outputs["UpdateKubeconfigCommand"]["Value"] == \
+        "aws eks update-kubeconfig --name ml-prod --region us-east-1"
 
 
 def test_prod_meets_eks1_and_eks2_without_acknowledgements(synthesized) -> None:
@@ -397,11 +413,11 @@ def test_prod_meets_eks1_and_eks2_without_acknowledgements(synthesized) -> None:
     assert sorted(enabled) == sorted(ALL_LOG_TYPES)  # EKS2
 
 
-def test_stack_exposes_cluster_nodegroups_and_roles(synthesized) -> None:
+def test_stack_exposes_cluster_nodegroups_and_access_entries(synthesized) -> None:
     eks_stack = synthesized.app.node.find_child("prod").eks
     assert set(eks_stack.nodegroups.nodegroups) == set(expected_groups("prod"))
     assert eks_stack.cluster.cluster_name
-    assert callable(eks_stack.admin_role.grant_assume_role)
+    assert eks_stack.access_entries == {}
 
 
 def test_al2023_group_without_a_kubectl_provider_is_refused() -> None:
