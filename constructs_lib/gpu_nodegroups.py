@@ -2,7 +2,7 @@
 
 Every group gets its own launch template (IMDSv2 required with a hop limit
 of 1, so pods cannot read the node role's credentials from instance
-metadata; encrypted gp3 volumes sized from config) and carries
+metadata; gp3 volumes sized from config, encrypted with the stage key) and carries
 cluster-autoscaler ``node-template`` tags for its labels and taints, so the
 autoscaler can scale a group up from zero nodes.
 
@@ -22,11 +22,15 @@ import aws_cdk as cdk
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_eks_v2 as eks
 from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
 from aws_cdk import aws_logs as logs
 from aws_cdk import custom_resources as cr
 from constructs import Construct
 
 from constructs_lib.acknowledge import acknowledge
+# Managed node groups launch through an Auto Scaling group as well: the same
+# key policy the training fleet's volumes need.
+from constructs_lib.gpu_training_fleet import _allow_autoscaling_service_role
 from ml_stacks.config import (
     BOTTLEROCKET_DATA_DEVICE,
     ROOT_DEVICE,
@@ -100,6 +104,11 @@ class GpuNodegroups(Construct):
     repaired at once, stop above 50 % unhealthy). Repair acts on the
     conditions the node monitoring agent add-on reports.
 
+    ``volume_key`` encrypts every node volume (root and, on Bottlerocket,
+    data); its key policy gets statements for EC2 Auto Scaling's
+    service-linked role, which launches the nodes of a managed node group.
+    Default: None, EBS's AWS managed key (``aws/ebs``).
+
     Attributes: ``nodegroups`` (role -> ``eks.Nodegroup``),
     ``launch_templates`` (role -> ``ec2.LaunchTemplate``), ``device_plugin``
     (``eks.HelmChart`` or None).
@@ -118,11 +127,15 @@ class GpuNodegroups(Construct):
         device_plugin_chart_version: str,
         release_versions: Mapping[str, str] | None = None,
         node_repair: NodeRepairConfig | None = None,
+        volume_key: kms.IKey | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
         self.cluster = cluster
         self._node_repair = node_repair if node_repair is not None else NodeRepairConfig()
         self._release_versions = dict(release_versions or {})
+        self._volume_key = volume_key
+        if volume_key is not None:
+            _allow_autoscaling_service_role(volume_key)
         self.nodegroups: dict[str, eks.Nodegroup] = {}
         self.launch_templates: dict[str, ec2.LaunchTemplate] = {}
         # One log group for the tagging custom resources' singleton function.
@@ -175,7 +188,7 @@ class GpuNodegroups(Construct):
             # extra hop does not (pods use EKS Pod Identity instead).
             http_put_response_hop_limit=1,
             http_tokens=ec2.LaunchTemplateHttpTokens.REQUIRED,
-            block_devices=_block_devices(config),
+            block_devices=_block_devices(config, self._volume_key),
         )
         nodegroup = eks.Nodegroup(
             self,
@@ -315,12 +328,13 @@ class GpuNodegroups(Construct):
         )
 
 
-def _block_devices(config: NodegroupConfig) -> list[ec2.BlockDevice]:
+def _block_devices(config: NodegroupConfig, key: kms.IKey | None) -> list[ec2.BlockDevice]:
     def gp3(size_gib: int | None) -> ec2.BlockDeviceVolume:
         return ec2.BlockDeviceVolume(ebs_device=ec2.EbsDeviceProps(
             volume_type=ec2.EbsDeviceVolumeType.GP3,
             volume_size=size_gib,
             encrypted=True,
+            kms_key=key,
             delete_on_termination=True,
         ))
 

@@ -107,6 +107,9 @@ class EksStack(StageStack):
             device_plugin_chart_version=eks_config.device_plugin_chart_version,
             release_versions=self._release_versions(),
             node_repair=eks_config.node_repair,
+            # Node volumes hold images, container layers and pod scratch
+            # data (datasets and weights a pod stages): the stage key, not aws/ebs.
+            volume_key=key,
         )
         self.addons = self._add_addons()
         if self.cluster.kubectl_provider is not None:

@@ -236,6 +236,12 @@ def test_cloudwatch_observability_addon_is_optional(tmp_path) -> None:
 
 # --- node groups ---------------------------------------------------------------
 
+def is_stage_key_arn(value, stage: str) -> bool:
+    """The ARN of the storage stack's ``Key``, read across stacks."""
+    ref = value.get("Fn::GetStackOutput", {}) if isinstance(value, dict) else {}
+    return ref.get("StackName") == f"ml-{stage}-storage" and "GetAttKey" in ref.get("OutputName", "")
+
+
 def expected_groups(stage: str) -> list[str]:
     return ["system", "gpu_inference", "gpu_training"] + (
         ["serving_baseline", "serving_burst"] if stage == "prod" else [])
@@ -331,6 +337,8 @@ def test_launch_templates_require_imdsv2_with_hop_limit_1_and_encrypted_gp3(synt
         assert "IamInstanceProfile" not in data and "UserData" not in data
         devices = {d["DeviceName"]: d["Ebs"] for d in data["BlockDeviceMappings"]}
         assert all(e["Encrypted"] is True and e["VolumeType"] == "gp3" for e in devices.values())
+        # The stage key (storage stack), not EBS's AWS managed key.
+        assert all(is_stage_key_arn(e.get("KmsKeyId"), stage) for e in devices.values()), role
         # Bottlerocket: images and containers live on the data volume.
         assert devices["/dev/xvdb"]["VolumeSize"] == configs[role].disk_size_gib, role
         assert "VolumeSize" not in devices["/dev/xvda"]
@@ -370,9 +378,11 @@ def test_al2023_nvidia_installs_the_pinned_device_plugin_only_on_its_nodes(tmp_p
     # AL2023 has one root volume: it is the one sized from config.
     lt_id = nodegroup(template_json, "NodegroupsGpuTraining")["LaunchTemplate"]["Id"]["Ref"]
     data = template_json["Resources"][lt_id]["Properties"]["LaunchTemplateData"]
-    assert data["BlockDeviceMappings"] == [{"DeviceName": "/dev/xvda", "Ebs": {
+    [device] = data["BlockDeviceMappings"]
+    assert is_stage_key_arn(device["Ebs"].pop("KmsKeyId"), "dev")
+    assert device == {"DeviceName": "/dev/xvda", "Ebs": {
         "DeleteOnTermination": True, "Encrypted": True, "VolumeSize": training.disk_size_gib,
-        "VolumeType": "gp3"}}]
+        "VolumeType": "gp3"}}
 
 
 def test_gpu_families_cdk_does_not_know_still_get_the_nvidia_ami(tmp_path) -> None:
@@ -437,6 +447,43 @@ def test_al2023_group_without_a_kubectl_provider_is_refused() -> None:
                       gpu_inference=replace(eks_config.gpu_inference, ami_type="AL2023_x86_64_NVIDIA"),
                       gpu_training=eks_config.gpu_training,
                       device_plugin_chart_version="0.17.1")
+
+
+def test_node_volume_key_admits_the_auto_scaling_service_role_that_launches_the_nodes() -> None:
+    import aws_cdk as cdk
+    from aws_cdk import aws_ec2 as ec2
+    from aws_cdk import aws_eks_v2 as eks
+    from aws_cdk import aws_kms as kms
+
+    from constructs_lib.gpu_nodegroups import GpuNodegroups
+
+    eks_config = default_configs()["dev"].eks
+    stack = cdk.Stack(cdk.App(), "Bare", env=cdk.Environment(account="123456789012", region="us-east-1"))
+    vpc = ec2.Vpc(stack, "Vpc", availability_zones=["us-east-1a", "us-east-1b"], nat_gateways=1)
+    cluster = eks.Cluster(stack, "Cluster", version=eks.KubernetesVersion.V1_34, vpc=vpc,
+                          default_capacity_type=eks.DefaultCapacityType.NODEGROUP, default_capacity=0)
+    key = kms.Key(stack, "VolumeKey")
+    GpuNodegroups(stack, "Nodegroups", cluster=cluster, system=eks_config.system,
+                  gpu_inference=eks_config.gpu_inference, gpu_training=eks_config.gpu_training,
+                  device_plugin_chart_version="0.17.1", volume_key=key)
+    template_json = Template.from_stack(stack).to_json()
+    key_id = stack.get_logical_id(key.node.default_child)
+    for data in (t["Properties"]["LaunchTemplateData"]
+                 for t in resources_of_type(template_json, "AWS::EC2::LaunchTemplate").values()):
+        for device in data["BlockDeviceMappings"]:
+            assert device["Ebs"]["KmsKeyId"] == {"Fn::GetAtt": [key_id, "Arn"]}
+    statements = {s.get("Sid"): s for s in
+                  template_json["Resources"][key_id]["Properties"]["KeyPolicy"]["Statement"]}
+    service_role = {"Fn::Join": ["", ["arn:", {"Ref": "AWS::Partition"}, ":iam::123456789012:role/"
+                                      "aws-service-role/autoscaling.amazonaws.com/AWSServiceRoleForAutoScaling"]]}
+    use = statements["AllowAutoScalingServiceRoleToUseKey"]
+    grant = statements["AllowAutoScalingServiceRoleToGrantKeyToEbs"]
+    for statement in (use, grant):
+        assert statement["Condition"]["StringEquals"] == {"aws:PrincipalArn": service_role,
+                                                          "kms:CallerAccount": "123456789012"}
+    assert {"kms:Decrypt", "kms:GenerateDataKey*", "kms:ReEncrypt*", "kms:DescribeKey"} <= set(use["Action"])
+    assert grant["Action"] == "kms:CreateGrant"
+    assert grant["Condition"]["Bool"] == {"kms:GrantIsForAWSResource": "true"}
 
 
 def test_kubectl_provider_runs_in_the_private_subnets_to_reach_the_private_endpoint(tmp_path) -> None:
