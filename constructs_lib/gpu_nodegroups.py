@@ -53,6 +53,11 @@ AUTOSCALER_TAINT_TAG = "k8s.io/cluster-autoscaler/node-template/taint/"
 DEVICE_PLUGIN_CHART = "nvidia-device-plugin"
 DEVICE_PLUGIN_REPOSITORY = "https://nvidia.github.io/k8s-device-plugin"
 
+# What a node's own identity needs: kubelet's (join, describe) and pulling
+# images. Not AmazonEKS_CNI_Policy (modify any network interface in the
+# account): the vpc-cni add-on has its own Pod Identity role.
+NODE_MANAGED_POLICIES = ("AmazonEKSWorkerNodePolicy", "AmazonEC2ContainerRegistryPullOnly")
+
 _K8S_TAINT_EFFECT = {eks.TaintEffect.NO_SCHEDULE: "NoSchedule",
                      eks.TaintEffect.PREFER_NO_SCHEDULE: "PreferNoSchedule",
                      eks.TaintEffect.NO_EXECUTE: "NoExecute"}
@@ -108,6 +113,12 @@ class GpuNodegroups(Construct):
     data); its key policy gets statements for EC2 Auto Scaling's
     service-linked role, which launches the nodes of a managed node group.
     Default: None, EBS's AWS managed key (``aws/ebs``).
+
+    Node roles hold ``NODE_MANAGED_POLICIES`` only: the VPC CNI's
+    permissions must come from the ``vpc-cni`` add-on's own identity (a Pod
+    Identity association for ``kube-system/aws-node``); the caller makes
+    each node group's ``role`` depend on that add-on, so existing nodes keep
+    the CNI policy until the add-on has its own.
 
     Attributes: ``nodegroups`` (role -> ``eks.Nodegroup``),
     ``launch_templates`` (role -> ``ec2.LaunchTemplate``), ``device_plugin``
@@ -230,15 +241,12 @@ class GpuNodegroups(Construct):
             "AwsSolutions::AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/AmazonEKSWorkerNodePolicy]",
             "EKS's documented node role policy; AWS keeps it in step with what kubelet needs.",
         )
+        _limit_node_role(nodegroup.role)
         acknowledge(
             nodegroup.role,
-            "AwsSolutions::AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/AmazonEKS_CNI_Policy]",
-            "The VPC CNI on every node assigns pod IPs with it; AWS maintains the policy per CNI release.",
-        )
-        acknowledge(
-            nodegroup.role,
-            "AwsSolutions::AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/AmazonEC2ContainerRegistryReadOnly]",
-            "Nodes pull images from the stage's ECR repository and EKS's own add-on registries (read-only).",
+            "AwsSolutions::AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/AmazonEC2ContainerRegistryPullOnly]",
+            "Nodes pull images from the stage's ECR repository and EKS's own add-on registries: "
+            "AWS's pull-only policy (no listing or describing of repositories).",
         )
         self.nodegroups[name] = nodegroup
         self.launch_templates[name] = template
@@ -326,6 +334,20 @@ class GpuNodegroups(Construct):
                 "tolerations": [{"key": GPU_TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"}],
             },
         )
+
+
+def _limit_node_role(role: iam.IRole) -> None:
+    """Replace the managed policies aws_eks_v2 gives a node group's role
+    (worker, CNI, ECR read-only) with ``NODE_MANAGED_POLICIES``.
+
+    On the role's resource rather than a role of our own: a node group's
+    ``NodeRole`` cannot change in place, so a new role would replace every
+    node group; this updates the existing role's policies instead.
+    """
+    cfn_role = role.node.default_child
+    assert isinstance(cfn_role, iam.CfnRole)
+    cfn_role.managed_policy_arns = [iam.ManagedPolicy.from_aws_managed_policy_name(name).managed_policy_arn
+                                    for name in NODE_MANAGED_POLICIES]
 
 
 def _block_devices(config: NodegroupConfig, key: kms.IKey | None) -> list[ec2.BlockDevice]:

@@ -14,6 +14,7 @@ import json
 import aws_cdk as cdk
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_eks_v2 as eks
+from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_logs as logs
 from aws_cdk.lambda_layer_kubectl_v34 import KubectlV34Layer
@@ -35,11 +36,15 @@ ALL_CONTROL_PLANE_LOGS = [
 ADMIN_ACCESS_POLICY = "AmazonEKSClusterAdminPolicy"
 # View, not AdminView: read-only users do not read Secrets.
 READONLY_ACCESS_POLICY = "AmazonEKSViewPolicy"
+VPC_CNI_ADDON = "vpc-cni"
+# The VPC CNI's daemon (ipamd) runs as this service account in kube-system.
+VPC_CNI_SERVICE_ACCOUNT = "aws-node"
+VPC_CNI_POLICY = "AmazonEKS_CNI_Policy"
 
 
 class EksStack(StageStack):
     """Exposes ``cluster`` (``eks.Cluster``), ``nodegroups`` (``GpuNodegroups``),
-    ``addons`` (name -> ``eks.Addon``) and ``access_entries`` (principal ARN ->
+    ``addons`` (name -> ``eks.Addon``), ``vpc_cni_role`` and ``access_entries`` (principal ARN ->
     ``eks.AccessEntry``)."""
 
     def __init__(self, scope: Construct, construct_id: str, *, config: StageConfig,
@@ -111,7 +116,11 @@ class EksStack(StageStack):
             # data (datasets and weights a pod stages): the stage key, not aws/ebs.
             volume_key=key,
         )
+        self.vpc_cni_role = self._vpc_cni_role()
         self.addons = self._add_addons()
+        for nodegroup in self.nodegroups.nodegroups.values():
+            # Nodes lose the CNI policy only once the add-on has its own.
+            nodegroup.role.node.add_dependency(self.addons[VPC_CNI_ADDON])
         if self.cluster.kubectl_provider is not None:
             self._acknowledge_kubectl_provider()
 
@@ -165,6 +174,11 @@ class EksStack(StageStack):
             # EKS installs self-managed vpc-cni, coredns and kube-proxy at
             # creation: the managed add-on takes them over.
             cfn.resolve_conflicts = "OVERWRITE"
+            if name == VPC_CNI_ADDON:
+                # aws-node gets its credentials through the agent's DaemonSet.
+                addon.node.add_dependency(agent)
+                cfn.pod_identity_associations = [eks.CfnAddon.PodIdentityAssociationProperty(
+                    role_arn=self.vpc_cni_role.role_arn, service_account=VPC_CNI_SERVICE_ACCOUNT)]
             if name == NODE_MONITORING_ADDON:
                 cfn.configuration_values = json.dumps(node_monitoring_values(), sort_keys=True)
             if name in ADDONS_NEEDING_NODES:
@@ -173,6 +187,27 @@ class EksStack(StageStack):
                 addon.node.add_dependency(self.nodegroups.nodegroups["system"])
             addons[name] = addon
         return addons
+
+    def _vpc_cni_role(self) -> iam.Role:
+        """The VPC CNI's own identity (EKS Pod Identity for
+        ``kube-system/aws-node``): the network-interface permissions it needs
+        to give pods IPs, held by the CNI alone instead of by every node."""
+        role = iam.Role(
+            self,
+            "VpcCniRole",
+            # Pod Identity assumes the role and tags the session.
+            assumed_by=iam.ServicePrincipal("pods.eks.amazonaws.com").with_session_tags(),
+            description="VPC CNI (kube-system/aws-node) of the stage's EKS cluster, through EKS Pod Identity",
+            managed_policies=[iam.ManagedPolicy.from_aws_managed_policy_name(VPC_CNI_POLICY)],
+        )
+        acknowledge(
+            role,
+            f"AwsSolutions::AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/{VPC_CNI_POLICY}]",
+            "The VPC CNI's documented policy (assign and release pod IPs on the nodes' network "
+            "interfaces); AWS keeps it in step with each CNI release. Held by the CNI's own "
+            "Pod Identity role only, not by the nodes.",
+        )
+        return role
 
     def _add_access(self) -> dict[str, eks.AccessEntry]:
         """One access entry per configured principal, each with its policy

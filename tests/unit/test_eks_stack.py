@@ -394,6 +394,34 @@ def test_gpu_families_cdk_does_not_know_still_get_the_nvidia_ami(tmp_path) -> No
     assert props["AmiType"] == "BOTTLEROCKET_x86_64_NVIDIA"
 
 
+def managed_policy_names(role: dict) -> set[str]:
+    return {arn["Fn::Join"][1][-1].rsplit("/", 1)[1] for arn in role["Properties"].get("ManagedPolicyArns", [])}
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_vpc_cni_policy_is_held_by_the_cni_pod_identity_not_by_nodes(synthesized, stage) -> None:
+    template_json = synthesized.stack(stage, "eks").template_json
+    roles = resources_of_type(template_json, "AWS::IAM::Role")
+    [(cni_id, cni)] = [(lid, r) for lid, r in resources_of_type(template_json, "AWS::EKS::Addon").items()
+                       if r["Properties"]["AddonName"] == "vpc-cni"]
+    [association] = cni["Properties"]["PodIdentityAssociations"]
+    assert association["ServiceAccount"] == "aws-node"
+    cni_role = roles[association["RoleArn"]["Fn::GetAtt"][0]]
+    assert cni_role["Properties"]["AssumeRolePolicyDocument"]["Statement"] == [{
+        "Action": ["sts:AssumeRole", "sts:TagSession"], "Effect": "Allow",
+        "Principal": {"Service": "pods.eks.amazonaws.com"}}]
+    assert managed_policy_names(cni_role) == {"AmazonEKS_CNI_Policy"}
+    holders = [lid for lid, r in roles.items() if "AmazonEKS_CNI_Policy" in managed_policy_names(r)]
+    assert holders == [association["RoleArn"]["Fn::GetAtt"][0]]
+    for role in expected_groups(stage):
+        props = nodegroup(template_json, GROUPS[role][0])
+        node_role_id = props["NodeRole"]["Fn::GetAtt"][0]
+        assert managed_policy_names(roles[node_role_id]) == {
+            "AmazonEKSWorkerNodePolicy", "AmazonEC2ContainerRegistryPullOnly"}, role
+        # Existing nodes keep the CNI policy until the add-on has its own identity.
+        assert cni_id in roles[node_role_id].get("DependsOn", []), role
+
+
 # --- stage wiring, outputs, cdk-nag ------------------------------------------------
 
 def test_eks_can_be_disabled_per_stage(tmp_path) -> None:
