@@ -22,47 +22,124 @@ CODE_DIR = Path(__file__).resolve().parent.parent / "lambda" / "drift_detector"
 # DetectStackDrift compares each resource with what its service reports,
 # using the caller's permissions: the function must be able to read the
 # configuration (never the data) of every resource type the stage's stacks
-# contain. Reads of configuration only: no s3:GetObject, no secret values.
+# contain. The actions are the read handlers' permissions of those types
+# (CloudFormation resource schemas, `handlers.read.permissions`), spelled out:
+# no `Verb*` wildcards. Left out on purpose: `kms:Decrypt` (Lambda lists it to
+# show a function's environment decrypted: data, not configuration),
+# `iam:PassRole` (the Events rule schema lists it; not a read) and
+# `managed-fleets:Get*` (Auto Scaling features we do not use).
+# tests/unit/test_guardrails.py checks this list against the schemas of every
+# resource type the stages deploy.
 DRIFT_READ_ACTIONS = (
-    "application-autoscaling:Describe*",
-    "autoscaling:Describe*",
+    "application-autoscaling:DescribeScalableTargets",
+    "application-autoscaling:DescribeScalingPolicies",
+    "application-autoscaling:DescribeScheduledActions",
+    "application-autoscaling:ListTagsForResource",
+    "autoscaling:DescribeAutoScalingGroups",
+    "autoscaling:DescribeLifecycleHooks",
+    "autoscaling:DescribeNotificationConfigurations",
+    "autoscaling:DescribePolicies",
+    "autoscaling:DescribeScheduledActions",
+    "autoscaling:DescribeTags",
+    "autoscaling:DescribeTrafficSources",
+    "autoscaling:DescribeWarmPool",
+    "billing:GetBillingViewData",
+    "budgets:ListTagsForResource",
     "budgets:ViewBudget",
-    "cloudwatch:Describe*",
+    "cloudwatch:DescribeAlarms",
+    "cloudwatch:GetDashboard",
     "cloudwatch:ListTagsForResource",
-    "ec2:Describe*",
-    "ecr:Describe*",
+    "dynamodb:DescribeContinuousBackups",
+    "dynamodb:DescribeContributorInsights",
+    "dynamodb:DescribeKinesisStreamingDestination",
+    "dynamodb:DescribeTable",
+    "dynamodb:DescribeTimeToLive",
+    "dynamodb:GetResourcePolicy",
+    "dynamodb:ListTagsOfResource",
+    "ec2:DescribeAddresses",
+    "ec2:DescribeFlowLogs",
+    "ec2:DescribeInternetGateways",
+    "ec2:DescribeLaunchTemplateVersions",
+    "ec2:DescribeLaunchTemplates",
+    "ec2:DescribeNatGateways",
+    "ec2:DescribeNetworkAcls",
+    "ec2:DescribeRouteTables",
+    "ec2:DescribeSecurityGroupRules",
+    "ec2:DescribeSecurityGroups",
+    "ec2:DescribeSubnets",
+    "ec2:DescribeVpcAttribute",
+    "ec2:DescribeVpcEncryptionControls",
+    "ec2:DescribeVpcEndpoints",
+    "ec2:DescribeVpcs",
+    "ec2:DescribeVpnGateways",
+    "ecr:DescribeRepositories",
     "ecr:GetLifecyclePolicy",
     "ecr:GetRepositoryPolicy",
     "ecr:ListTagsForResource",
-    "eks:Describe*",
-    "eks:List*",
-    "events:Describe*",
-    "events:List*",
-    "iam:Get*",
-    "iam:List*",
-    "kms:Describe*",
-    "kms:Get*",
-    "kms:List*",
-    "lambda:Get*",
-    "lambda:List*",
-    "logs:Describe*",
+    "eks:DescribeAccessEntry",
+    "eks:DescribeAddon",
+    "eks:DescribeCluster",
+    "eks:DescribeNodegroup",
+    "eks:ListAssociatedAccessPolicies",
+    "eks:ListTagsForResource",
+    "events:DescribeEventBus",
+    "events:DescribeRule",
+    "events:ListTagsForResource",
+    "events:ListTargetsByRule",
+    "kms:DescribeKey",
+    "kms:GetKeyPolicy",
+    "kms:GetKeyRotationStatus",
+    "kms:ListAliases",
+    "kms:ListResourceTags",
+    "logs:DescribeIndexPolicies",
+    "logs:DescribeLogGroups",
+    "logs:DescribeResourcePolicies",
+    "logs:GetDataProtectionPolicy",
     "logs:ListTagsForResource",
-    "logs:ListTagsLogGroup",
-    "s3:GetAccelerateConfiguration",
-    "s3:GetBucket*",
-    "s3:GetEncryptionConfiguration",
-    "s3:GetLifecycleConfiguration",
-    "s3:GetReplicationConfiguration",
-    "sagemaker:Describe*",
-    "sagemaker:List*",
-    "sns:Get*",
-    "sns:List*",
+    "sagemaker:DescribeEndpoint",
+    "sagemaker:DescribeEndpointConfig",
+    "sagemaker:DescribeInferenceComponent",
+    "sagemaker:DescribeModel",
+    "sagemaker:ListTags",
+    "sns:GetDataProtectionPolicy",
+    "sns:GetTopicAttributes",
+    "sns:ListSubscriptionsByTopic",
+    "sns:ListTagsForResource",
     "sqs:GetQueueAttributes",
     "sqs:ListQueueTags",
-    "ssm:Describe*",
+    "ssm:DescribeDocument",
     "ssm:GetDocument",
     "ssm:ListTagsForResource",
+    "vpc-lattice:DescribeServiceNetworkVpcEndpointAssociation",
 )
+# Reads whose API takes a resource ARN, scoped to the stage's own resources:
+# CloudFormation names them after their stack (``<stack>-<logical id>-<suffix>``,
+# buckets in lower case), and every stack of the stage starts with the prefix.
+# (resource ARN pattern, with {p} the stack name prefix) -> actions
+DRIFT_STAGE_SCOPED_READS: dict[str, tuple[str, ...]] = {
+    "arn:{partition}:lambda:{region}:{account}:function:{p}*": (
+        "lambda:GetFunction", "lambda:GetFunctionCodeSigningConfig",
+        "lambda:GetFunctionEventInvokeConfig", "lambda:GetFunctionRecursionConfig",
+        "lambda:GetFunctionScalingConfig", "lambda:GetPolicy",
+        "lambda:GetRuntimeManagementConfig", "lambda:ListTags"),
+    "arn:{partition}:lambda:{region}:{account}:event-source-mapping:*": (
+        "lambda:GetEventSourceMapping", "lambda:ListTags"),
+    "arn:{partition}:iam::{account}:role/{p}*": (
+        "iam:GetRole", "iam:GetRolePolicy", "iam:ListAttachedRolePolicies", "iam:ListRolePolicies"),
+    "arn:{partition}:iam::{account}:instance-profile/{p}*": ("iam:GetInstanceProfile",),
+    "arn:{partition}:s3:::{p}*": (
+        "s3:GetAccelerateConfiguration", "s3:GetAnalyticsConfiguration", "s3:GetBucketAbac",
+        "s3:GetBucketCORS", "s3:GetBucketLogging", "s3:GetBucketMetadataTableConfiguration",
+        "s3:GetBucketNotification", "s3:GetBucketObjectLockConfiguration",
+        "s3:GetBucketOwnershipControls", "s3:GetBucketPolicy", "s3:GetBucketPublicAccessBlock",
+        "s3:GetBucketTagging", "s3:GetBucketVersioning", "s3:GetBucketWebsite",
+        "s3:GetEncryptionConfiguration", "s3:GetIntelligentTieringConfiguration",
+        "s3:GetInventoryConfiguration", "s3:GetLifecycleConfiguration",
+        "s3:GetMetricsConfiguration", "s3:GetReplicationConfiguration", "s3:ListBucket",
+        "s3:ListTagsForResource"),
+    # Our parameters are named /<prefix>/...: no other parameter's value.
+    "arn:{partition}:ssm:{region}:{account}:parameter/{p_path}/*": ("ssm:GetParameters",),
+}
 
 
 class StackDriftDetection(Construct):
@@ -140,12 +217,10 @@ class StackDriftDetection(Construct):
         ))
         acknowledge(role, "AwsSolutions::AwsSolutions-IAM5[Resource::*]",
                     "ListStacks and DescribeStackDriftDetectionStatus have no resource-level "
-                    "permissions, and drift detection reads the configuration of every resource "
-                    "of the stage's stacks, whatever their names")
-        for action in sorted({a for a in DRIFT_READ_ACTIONS if a.endswith("*")}):
-            acknowledge(role, f"AwsSolutions::AwsSolutions-IAM5[Action::{action}]",
-                        "drift detection calls the read (Describe/Get/List) APIs of each "
-                        "resource type it checks; configuration reads only, no data reads")
+                    "permissions, and drift detection reads the configuration (Describe/Get/List "
+                    "actions named one by one) of every resource of the stage's stacks, whose "
+                    "IDs are generated")
+        self._add_stage_scoped_reads(role, stack, stack_name_prefix)
         acknowledge(role, f"AwsSolutions::AwsSolutions-IAM5[Resource::{_as_nag_prints(stack, stage_stacks)}]",
                     "every stack of the stage (its name prefix), including stacks added to the "
                     "stage later: the function finds them with ListStacks")
@@ -167,6 +242,23 @@ class StackDriftDetection(Construct):
             alarm_description=f"The {stage} drift detection function failed: drift is not being checked",
         )
         self.errors_alarm.add_alarm_action(cw_actions.SnsAction(alerts_topic))
+
+    def _add_stage_scoped_reads(self, role: iam.Role, stack: cdk.Stack, stack_name_prefix: str) -> None:
+        """Reads of functions, roles, buckets and parameters: only the stage's own."""
+        for index, (pattern, actions) in enumerate(DRIFT_STAGE_SCOPED_READS.items()):
+            resource = _stage_scoped_resource(pattern, stack, stack_name_prefix)
+            role.add_to_policy(iam.PolicyStatement(
+                sid=f"ReadConfigurationOfStageResources{index}", actions=list(actions),
+                resources=[resource]))
+            acknowledge(role, f"AwsSolutions::AwsSolutions-IAM5[Resource::{_as_nag_prints(stack, resource)}]",
+                        "the stage's own resources of this type: CloudFormation names them after "
+                        "their stack, and every stack of the stage starts with the stage prefix")
+
+
+def _stage_scoped_resource(pattern: str, stack: cdk.Stack, stack_name_prefix: str) -> str:
+    prefix = stack_name_prefix.rstrip("-")
+    return pattern.format(partition=stack.partition, region=stack.region, account=stack.account,
+                          p=stack_name_prefix, p_path=prefix)
 
 
 def _as_nag_prints(stack: cdk.Stack, value: str) -> str:

@@ -2,7 +2,7 @@
 
 Every group gets its own launch template (IMDSv2 required with a hop limit
 of 1, so pods cannot read the node role's credentials from instance
-metadata; encrypted gp3 volumes sized from config) and carries
+metadata; gp3 volumes sized from config, encrypted with the stage key) and carries
 cluster-autoscaler ``node-template`` tags for its labels and taints, so the
 autoscaler can scale a group up from zero nodes.
 
@@ -22,11 +22,15 @@ import aws_cdk as cdk
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_eks_v2 as eks
 from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
 from aws_cdk import aws_logs as logs
 from aws_cdk import custom_resources as cr
 from constructs import Construct
 
 from constructs_lib.acknowledge import acknowledge
+# Managed node groups launch through an Auto Scaling group as well: the same
+# key policy the training fleet's volumes need.
+from constructs_lib.gpu_training_fleet import _allow_autoscaling_service_role
 from ml_stacks.config import (
     BOTTLEROCKET_DATA_DEVICE,
     ROOT_DEVICE,
@@ -48,6 +52,11 @@ AUTOSCALER_TAINT_TAG = "k8s.io/cluster-autoscaler/node-template/taint/"
 
 DEVICE_PLUGIN_CHART = "nvidia-device-plugin"
 DEVICE_PLUGIN_REPOSITORY = "https://nvidia.github.io/k8s-device-plugin"
+
+# What a node's own identity needs: kubelet's (join, describe) and pulling
+# images. Not AmazonEKS_CNI_Policy (modify any network interface in the
+# account): the vpc-cni add-on has its own Pod Identity role.
+NODE_MANAGED_POLICIES = ("AmazonEKSWorkerNodePolicy", "AmazonEC2ContainerRegistryPullOnly")
 
 _K8S_TAINT_EFFECT = {eks.TaintEffect.NO_SCHEDULE: "NoSchedule",
                      eks.TaintEffect.PREFER_NO_SCHEDULE: "PreferNoSchedule",
@@ -100,6 +109,17 @@ class GpuNodegroups(Construct):
     repaired at once, stop above 50 % unhealthy). Repair acts on the
     conditions the node monitoring agent add-on reports.
 
+    ``volume_key`` encrypts every node volume (root and, on Bottlerocket,
+    data); its key policy gets statements for EC2 Auto Scaling's
+    service-linked role, which launches the nodes of a managed node group.
+    Default: None, EBS's AWS managed key (``aws/ebs``).
+
+    Node roles hold ``NODE_MANAGED_POLICIES`` only: the VPC CNI's
+    permissions must come from the ``vpc-cni`` add-on's own identity (a Pod
+    Identity association for ``kube-system/aws-node``); the caller makes
+    each node group's ``role`` depend on that add-on, so existing nodes keep
+    the CNI policy until the add-on has its own.
+
     Attributes: ``nodegroups`` (role -> ``eks.Nodegroup``),
     ``launch_templates`` (role -> ``ec2.LaunchTemplate``), ``device_plugin``
     (``eks.HelmChart`` or None).
@@ -118,11 +138,15 @@ class GpuNodegroups(Construct):
         device_plugin_chart_version: str,
         release_versions: Mapping[str, str] | None = None,
         node_repair: NodeRepairConfig | None = None,
+        volume_key: kms.IKey | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
         self.cluster = cluster
         self._node_repair = node_repair if node_repair is not None else NodeRepairConfig()
         self._release_versions = dict(release_versions or {})
+        self._volume_key = volume_key
+        if volume_key is not None:
+            _allow_autoscaling_service_role(volume_key)
         self.nodegroups: dict[str, eks.Nodegroup] = {}
         self.launch_templates: dict[str, ec2.LaunchTemplate] = {}
         # One log group for the tagging custom resources' singleton function.
@@ -175,7 +199,7 @@ class GpuNodegroups(Construct):
             # extra hop does not (pods use EKS Pod Identity instead).
             http_put_response_hop_limit=1,
             http_tokens=ec2.LaunchTemplateHttpTokens.REQUIRED,
-            block_devices=_block_devices(config),
+            block_devices=_block_devices(config, self._volume_key),
         )
         nodegroup = eks.Nodegroup(
             self,
@@ -217,15 +241,12 @@ class GpuNodegroups(Construct):
             "AwsSolutions::AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/AmazonEKSWorkerNodePolicy]",
             "EKS's documented node role policy; AWS keeps it in step with what kubelet needs.",
         )
+        _limit_node_role(nodegroup.role)
         acknowledge(
             nodegroup.role,
-            "AwsSolutions::AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/AmazonEKS_CNI_Policy]",
-            "The VPC CNI on every node assigns pod IPs with it; AWS maintains the policy per CNI release.",
-        )
-        acknowledge(
-            nodegroup.role,
-            "AwsSolutions::AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/AmazonEC2ContainerRegistryReadOnly]",
-            "Nodes pull images from the stage's ECR repository and EKS's own add-on registries (read-only).",
+            "AwsSolutions::AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/AmazonEC2ContainerRegistryPullOnly]",
+            "Nodes pull images from the stage's ECR repository and EKS's own add-on registries: "
+            "AWS's pull-only policy (no listing or describing of repositories).",
         )
         self.nodegroups[name] = nodegroup
         self.launch_templates[name] = template
@@ -315,12 +336,27 @@ class GpuNodegroups(Construct):
         )
 
 
-def _block_devices(config: NodegroupConfig) -> list[ec2.BlockDevice]:
+def _limit_node_role(role: iam.IRole) -> None:
+    """Replace the managed policies aws_eks_v2 gives a node group's role
+    (worker, CNI, ECR read-only) with ``NODE_MANAGED_POLICIES``.
+
+    On the role's resource rather than a role of our own: a node group's
+    ``NodeRole`` cannot change in place, so a new role would replace every
+    node group; this updates the existing role's policies instead.
+    """
+    cfn_role = role.node.default_child
+    assert isinstance(cfn_role, iam.CfnRole)
+    cfn_role.managed_policy_arns = [iam.ManagedPolicy.from_aws_managed_policy_name(name).managed_policy_arn
+                                    for name in NODE_MANAGED_POLICIES]
+
+
+def _block_devices(config: NodegroupConfig, key: kms.IKey | None) -> list[ec2.BlockDevice]:
     def gp3(size_gib: int | None) -> ec2.BlockDeviceVolume:
         return ec2.BlockDeviceVolume(ebs_device=ec2.EbsDeviceProps(
             volume_type=ec2.EbsDeviceVolumeType.GP3,
             volume_size=size_gib,
             encrypted=True,
+            kms_key=key,
             delete_on_termination=True,
         ))
 

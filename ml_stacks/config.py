@@ -1251,8 +1251,9 @@ class EksConfig:
     Endpoint: always private; ``public_access_cidrs`` adds a public endpoint
     reachable only from those CIDRs. Outside dev a public endpoint also needs
     ``allow_public_endpoint=True``, stated on purpose. ``admin_principal_arns``
-    and ``readonly_principal_arns`` get access entries in addition to the
-    admin and read-only roles the stack creates. ``enabled=False`` leaves the
+    (``AmazonEKSClusterAdminPolicy``) and ``readonly_principal_arns``
+    (``AmazonEKSViewPolicy``), both cluster scope, are the only cluster
+    access: none configured, no human access entry. ``enabled=False`` leaves the
     eks stack out of the stage (the control plane alone is $0.10/h).
     """
 

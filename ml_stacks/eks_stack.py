@@ -1,9 +1,10 @@
 """EKS stack: the stage's cluster (aws_eks_v2, native AWS::EKS::Cluster) and
 its GPU node groups.
 
-Access is by EKS access entries only (no aws-auth ConfigMap): the stack
-creates an admin and a read-only role that IAM principals of the account may
-assume, and config can add more principals.
+Access is by EKS access entries only (no aws-auth ConfigMap), one per
+principal named in stage config (``eks.admin_principal_arns`` /
+``eks.readonly_principal_arns``): no role the whole account may assume, and
+no implicit admin for whoever runs CloudFormation.
 """
 
 from __future__ import annotations
@@ -35,11 +36,16 @@ ALL_CONTROL_PLANE_LOGS = [
 ADMIN_ACCESS_POLICY = "AmazonEKSClusterAdminPolicy"
 # View, not AdminView: read-only users do not read Secrets.
 READONLY_ACCESS_POLICY = "AmazonEKSViewPolicy"
+VPC_CNI_ADDON = "vpc-cni"
+# The VPC CNI's daemon (ipamd) runs as this service account in kube-system.
+VPC_CNI_SERVICE_ACCOUNT = "aws-node"
+VPC_CNI_POLICY = "AmazonEKS_CNI_Policy"
 
 
 class EksStack(StageStack):
     """Exposes ``cluster`` (``eks.Cluster``), ``nodegroups`` (``GpuNodegroups``),
-    ``addons`` (name -> ``eks.Addon``), ``admin_role`` and ``readonly_role``."""
+    ``addons`` (name -> ``eks.Addon``), ``vpc_cni_role`` and ``access_entries`` (principal ARN ->
+    ``eks.AccessEntry``)."""
 
     def __init__(self, scope: Construct, construct_id: str, *, config: StageConfig,
                  vpc: ec2.IVpc, key: kms.IKey) -> None:
@@ -84,15 +90,16 @@ class EksStack(StageStack):
             # Managed node groups below, not EKS Auto Mode, and no default group.
             default_capacity_type=eks.DefaultCapacityType.NODEGROUP,
             default_capacity=0,
-            # Whoever runs CloudFormation gets no cluster access by accident:
-            # access is the access entries below.
+            # Whoever runs CloudFormation (CDK's deploy role, admin of the
+            # account) would otherwise stay cluster admin for the cluster's
+            # life, outside config: access is only the entries below.
             bootstrap_cluster_creator_admin_permissions=False,
             kubectl_provider_options=kubectl_options,
             output_config_command=False,
         )
         self.cluster.node.add_dependency(log_group)
 
-        self.admin_role, self.readonly_role = self._add_access()
+        self.access_entries = self._add_access()
 
         self.nodegroups = GpuNodegroups(
             self,
@@ -105,8 +112,15 @@ class EksStack(StageStack):
             device_plugin_chart_version=eks_config.device_plugin_chart_version,
             release_versions=self._release_versions(),
             node_repair=eks_config.node_repair,
+            # Node volumes hold images, container layers and pod scratch
+            # data (datasets and weights a pod stages): the stage key, not aws/ebs.
+            volume_key=key,
         )
+        self.vpc_cni_role = self._vpc_cni_role()
         self.addons = self._add_addons()
+        for nodegroup in self.nodegroups.nodegroups.values():
+            # Nodes lose the CNI policy only once the add-on has its own.
+            nodegroup.role.node.add_dependency(self.addons[VPC_CNI_ADDON])
         if self.cluster.kubectl_provider is not None:
             self._acknowledge_kubectl_provider()
 
@@ -120,11 +134,9 @@ class EksStack(StageStack):
         cdk.CfnOutput(
             self,
             "UpdateKubeconfigCommand",
-            value=cdk.Fn.join("", [
-                f"aws eks update-kubeconfig --name {cluster_name} --region {self.region} --role-arn ",
-                self.admin_role.role_arn,
-            ]),
-            description="kubeconfig for cluster admins (assume the admin role)",
+            value=f"aws eks update-kubeconfig --name {cluster_name} --region {self.region}",
+            description="kubeconfig for a principal in eks.admin_principal_arns or "
+                        "eks.readonly_principal_arns (run it as that principal)",
         )
 
     def _release_versions(self) -> dict[str, str]:
@@ -162,6 +174,11 @@ class EksStack(StageStack):
             # EKS installs self-managed vpc-cni, coredns and kube-proxy at
             # creation: the managed add-on takes them over.
             cfn.resolve_conflicts = "OVERWRITE"
+            if name == VPC_CNI_ADDON:
+                # aws-node gets its credentials through the agent's DaemonSet.
+                addon.node.add_dependency(agent)
+                cfn.pod_identity_associations = [eks.CfnAddon.PodIdentityAssociationProperty(
+                    role_arn=self.vpc_cni_role.role_arn, service_account=VPC_CNI_SERVICE_ACCOUNT)]
             if name == NODE_MONITORING_ADDON:
                 cfn.configuration_values = json.dumps(node_monitoring_values(), sort_keys=True)
             if name in ADDONS_NEEDING_NODES:
@@ -171,41 +188,47 @@ class EksStack(StageStack):
             addons[name] = addon
         return addons
 
-    def _add_access(self) -> tuple[iam.Role, iam.Role]:
+    def _vpc_cni_role(self) -> iam.Role:
+        """The VPC CNI's own identity (EKS Pod Identity for
+        ``kube-system/aws-node``): the network-interface permissions it needs
+        to give pods IPs, held by the CNI alone instead of by every node."""
+        role = iam.Role(
+            self,
+            "VpcCniRole",
+            # Pod Identity assumes the role and tags the session.
+            assumed_by=iam.ServicePrincipal("pods.eks.amazonaws.com").with_session_tags(),
+            description="VPC CNI (kube-system/aws-node) of the stage's EKS cluster, through EKS Pod Identity",
+            managed_policies=[iam.ManagedPolicy.from_aws_managed_policy_name(VPC_CNI_POLICY)],
+        )
+        acknowledge(
+            role,
+            f"AwsSolutions::AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/{VPC_CNI_POLICY}]",
+            "The VPC CNI's documented policy (assign and release pod IPs on the nodes' network "
+            "interfaces); AWS keeps it in step with each CNI release. Held by the CNI's own "
+            "Pod Identity role only, not by the nodes.",
+        )
+        return role
+
+    def _add_access(self) -> dict[str, eks.AccessEntry]:
+        """One access entry per configured principal, each with its policy
+        and scope: admins ``AmazonEKSClusterAdminPolicy``, readers
+        ``AmazonEKSViewPolicy`` (no Secrets), both cluster-wide. None
+        configured: no human can reach the cluster."""
         eks_config = self.config.eks
-        prefix = self.config.stack_prefix
-
-        def assumable_role(construct_id: str, name: str, description: str) -> iam.Role:
-            role = iam.Role(
-                self,
-                construct_id,
-                role_name=f"{prefix}-eks-{name}",
-                # Any principal of this account whose own policy allows
-                # sts:AssumeRole on this role: access is managed in IAM.
-                assumed_by=iam.AccountRootPrincipal(),
-                description=description,
-                max_session_duration=cdk.Duration.hours(4),
-            )
-            # `aws eks update-kubeconfig` describes the cluster.
-            role.add_to_policy(iam.PolicyStatement(actions=["eks:DescribeCluster"],
-                                                   resources=[self.cluster.cluster_arn]))
-            return role
-
-        admin = assumable_role("AdminRole", "admin", "Cluster admin of the stage's EKS cluster")
-        readonly = assumable_role("ReadOnlyRole", "readonly",
-                                  "Read-only (no Secrets) access to the stage's EKS cluster")
         cluster_scope = eks.AccessScopeType.CLUSTER
-        admin_policy = [eks.AccessPolicy.from_access_policy_name(ADMIN_ACCESS_POLICY,
-                                                                 access_scope_type=cluster_scope)]
-        view_policy = [eks.AccessPolicy.from_access_policy_name(READONLY_ACCESS_POLICY,
-                                                                access_scope_type=cluster_scope)]
-        self.cluster.grant_access("AdminRoleAccess", admin.role_arn, admin_policy)
-        self.cluster.grant_access("ReadOnlyRoleAccess", readonly.role_arn, view_policy)
-        for index, arn in enumerate(eks_config.admin_principal_arns):
-            self.cluster.grant_access(f"AdminAccess{index}", arn, admin_policy)
-        for index, arn in enumerate(eks_config.readonly_principal_arns):
-            self.cluster.grant_access(f"ReadOnlyAccess{index}", arn, view_policy)
-        return admin, readonly
+        grants = (("Admin", eks_config.admin_principal_arns, ADMIN_ACCESS_POLICY),
+                  ("ReadOnly", eks_config.readonly_principal_arns, READONLY_ACCESS_POLICY))
+        entries = {}
+        for kind, arns, policy_name in grants:
+            policy = eks.AccessPolicy.from_access_policy_name(policy_name, access_scope_type=cluster_scope)
+            for index, arn in enumerate(arns):
+                # Under the cluster, as before: an unchanged principal keeps
+                # its logical ID (a replacement would collide with itself).
+                self.cluster.grant_access(f"{kind}Access{index}", arn, [policy])
+                entry = self.cluster.node.find_child(f"{kind}Access{index}")
+                assert isinstance(entry, eks.AccessEntry)
+                entries[arn] = entry
+        return entries
 
     def _acknowledge_kubectl_provider(self) -> None:
         """The kubectl provider is aws-cdk-lib's own (two Lambda functions in

@@ -127,35 +127,52 @@ def test_cluster_uses_access_entries_and_managed_node_groups_only(synthesized, s
     })
 
 
+def principal_trusts_the_account(statement: dict) -> bool:
+    """A trust statement any principal of the account may use (with its own
+    sts:AssumeRole allowance): the account root, in any spelling."""
+    aws = statement.get("Principal", {}).get("AWS")
+    return aws is not None and ":root" in json.dumps(aws)
+
+
 @pytest.mark.parametrize("stage", STAGES)
-def test_admin_and_readonly_roles_have_access_entries(synthesized, stage) -> None:
+def test_cluster_access_comes_only_from_configured_principals(synthesized, stage) -> None:
     template = synthesized.template(stage, "eks")
     template_json = synthesized.stack(stage, "eks").template_json
-    roles = {r["Properties"].get("RoleName"): lid
-             for lid, r in resources_of_type(template_json, "AWS::IAM::Role").items()}
-    for name, policy in ((f"ml-{stage}-eks-admin", "AmazonEKSClusterAdminPolicy"),
-                         (f"ml-{stage}-eks-readonly", "AmazonEKSViewPolicy")):
-        template.has_resource_properties("AWS::EKS::AccessEntry", {
-            "PrincipalArn": {"Fn::GetAtt": [roles[name], "Arn"]},
-            "AccessPolicies": [{"AccessScope": {"Type": "cluster"}, "PolicyArn": {"Fn::Join": ["", [
-                "arn:", {"Ref": "AWS::Partition"}, f":eks::aws:cluster-access-policy/{policy}"]]}}],
-        })
-    template.resource_count_is("AWS::EKS::AccessEntry", 2)
+    eks_config = synthesized.configs[stage].eks
+    expected = len(eks_config.admin_principal_arns) + len(eks_config.readonly_principal_arns)
+    template.resource_count_is("AWS::EKS::AccessEntry", expected)
+    for lid, role in resources_of_type(template_json, "AWS::IAM::Role").items():
+        trust = role["Properties"]["AssumeRolePolicyDocument"]["Statement"]
+        assert not any(principal_trusts_the_account(s) for s in trust), lid
+    [cluster] = resources_of_type(template_json, "AWS::EKS::Cluster").values()
+    assert cluster["Properties"]["AccessConfig"]["BootstrapClusterCreatorAdminPermissions"] is False
     assert not any(r["Type"] == "Custom::AWSCDK-EKS-KubernetesResource" for r in template_json["Resources"].values())
 
 
+def test_stage_without_principals_has_no_access_entry(tmp_path) -> None:
+    stage = build_stage(tmp_path, with_eks("staging", admin_principal_arns=(), readonly_principal_arns=()))
+    template = Template.from_stack(stage.eks)
+    template.resource_count_is("AWS::EKS::AccessEntry", 0)
+    assert stage.eks.access_entries == {}
+
+
 def test_configured_principals_get_their_access_entries(tmp_path) -> None:
-    admin = "arn:aws:iam::123456789012:role/ml-platform-admins"
-    reader = "arn:aws:iam::123456789012:role/ml-researchers"
-    stage = build_stage(tmp_path, with_eks("staging", admin_principal_arns=(admin,),
+    admins = ("arn:aws:iam::123456789012:role/ml-platform-admins",
+              "arn:aws:iam::123456789012:role/aws-reserved/sso.amazonaws.com/AWSReservedSSO_Admin_0123")
+    reader = "arn:aws:iam::123456789012:user/ml-researcher"
+    stage = build_stage(tmp_path, with_eks("staging", admin_principal_arns=admins,
                                            readonly_principal_arns=(reader,)))
     template = Template.from_stack(stage.eks)
-    template.resource_count_is("AWS::EKS::AccessEntry", 4)
-    for principal, policy in ((admin, "AmazonEKSClusterAdminPolicy"), (reader, "AmazonEKSViewPolicy")):
+    template.resource_count_is("AWS::EKS::AccessEntry", 3)
+    assert set(stage.eks.access_entries) == {*admins, reader}
+    for principal, policy in ((admins[0], "AmazonEKSClusterAdminPolicy"),
+                              (admins[1], "AmazonEKSClusterAdminPolicy"),
+                              (reader, "AmazonEKSViewPolicy")):
         template.has_resource_properties("AWS::EKS::AccessEntry", {
             "PrincipalArn": principal,
-            "AccessPolicies": [Match.object_like({"PolicyArn": Match.object_like({
-                "Fn::Join": ["", Match.array_with([f":eks::aws:cluster-access-policy/{policy}"])]})})],
+            "Type": Match.absent(),
+            "AccessPolicies": [{"AccessScope": {"Type": "cluster"}, "PolicyArn": {"Fn::Join": ["", [
+                "arn:", {"Ref": "AWS::Partition"}, f":eks::aws:cluster-access-policy/{policy}"]]}}],
         })
 
 
@@ -218,6 +235,12 @@ def test_cloudwatch_observability_addon_is_optional(tmp_path) -> None:
 
 
 # --- node groups ---------------------------------------------------------------
+
+def is_stage_key_arn(value, stage: str) -> bool:
+    """The ARN of the storage stack's ``Key``, read across stacks."""
+    ref = value.get("Fn::GetStackOutput", {}) if isinstance(value, dict) else {}
+    return ref.get("StackName") == f"ml-{stage}-storage" and "GetAttKey" in ref.get("OutputName", "")
+
 
 def expected_groups(stage: str) -> list[str]:
     return ["system", "gpu_inference", "gpu_training"] + (
@@ -314,6 +337,8 @@ def test_launch_templates_require_imdsv2_with_hop_limit_1_and_encrypted_gp3(synt
         assert "IamInstanceProfile" not in data and "UserData" not in data
         devices = {d["DeviceName"]: d["Ebs"] for d in data["BlockDeviceMappings"]}
         assert all(e["Encrypted"] is True and e["VolumeType"] == "gp3" for e in devices.values())
+        # The stage key (storage stack), not EBS's AWS managed key.
+        assert all(is_stage_key_arn(e.get("KmsKeyId"), stage) for e in devices.values()), role
         # Bottlerocket: images and containers live on the data volume.
         assert devices["/dev/xvdb"]["VolumeSize"] == configs[role].disk_size_gib, role
         assert "VolumeSize" not in devices["/dev/xvda"]
@@ -353,9 +378,11 @@ def test_al2023_nvidia_installs_the_pinned_device_plugin_only_on_its_nodes(tmp_p
     # AL2023 has one root volume: it is the one sized from config.
     lt_id = nodegroup(template_json, "NodegroupsGpuTraining")["LaunchTemplate"]["Id"]["Ref"]
     data = template_json["Resources"][lt_id]["Properties"]["LaunchTemplateData"]
-    assert data["BlockDeviceMappings"] == [{"DeviceName": "/dev/xvda", "Ebs": {
+    [device] = data["BlockDeviceMappings"]
+    assert is_stage_key_arn(device["Ebs"].pop("KmsKeyId"), "dev")
+    assert device == {"DeviceName": "/dev/xvda", "Ebs": {
         "DeleteOnTermination": True, "Encrypted": True, "VolumeSize": training.disk_size_gib,
-        "VolumeType": "gp3"}}]
+        "VolumeType": "gp3"}}
 
 
 def test_gpu_families_cdk_does_not_know_still_get_the_nvidia_ami(tmp_path) -> None:
@@ -367,6 +394,34 @@ def test_gpu_families_cdk_does_not_know_still_get_the_nvidia_ami(tmp_path) -> No
     assert props["AmiType"] == "BOTTLEROCKET_x86_64_NVIDIA"
 
 
+def managed_policy_names(role: dict) -> set[str]:
+    return {arn["Fn::Join"][1][-1].rsplit("/", 1)[1] for arn in role["Properties"].get("ManagedPolicyArns", [])}
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_vpc_cni_policy_is_held_by_the_cni_pod_identity_not_by_nodes(synthesized, stage) -> None:
+    template_json = synthesized.stack(stage, "eks").template_json
+    roles = resources_of_type(template_json, "AWS::IAM::Role")
+    [(cni_id, cni)] = [(lid, r) for lid, r in resources_of_type(template_json, "AWS::EKS::Addon").items()
+                       if r["Properties"]["AddonName"] == "vpc-cni"]
+    [association] = cni["Properties"]["PodIdentityAssociations"]
+    assert association["ServiceAccount"] == "aws-node"
+    cni_role = roles[association["RoleArn"]["Fn::GetAtt"][0]]
+    assert cni_role["Properties"]["AssumeRolePolicyDocument"]["Statement"] == [{
+        "Action": ["sts:AssumeRole", "sts:TagSession"], "Effect": "Allow",
+        "Principal": {"Service": "pods.eks.amazonaws.com"}}]
+    assert managed_policy_names(cni_role) == {"AmazonEKS_CNI_Policy"}
+    holders = [lid for lid, r in roles.items() if "AmazonEKS_CNI_Policy" in managed_policy_names(r)]
+    assert holders == [association["RoleArn"]["Fn::GetAtt"][0]]
+    for role in expected_groups(stage):
+        props = nodegroup(template_json, GROUPS[role][0])
+        node_role_id = props["NodeRole"]["Fn::GetAtt"][0]
+        assert managed_policy_names(roles[node_role_id]) == {
+            "AmazonEKSWorkerNodePolicy", "AmazonEC2ContainerRegistryPullOnly"}, role
+        # Existing nodes keep the CNI policy until the add-on has its own identity.
+        assert cni_id in roles[node_role_id].get("DependsOn", []), role
+
+
 # --- stage wiring, outputs, cdk-nag ------------------------------------------------
 
 def test_eks_can_be_disabled_per_stage(tmp_path) -> None:
@@ -375,11 +430,10 @@ def test_eks_can_be_disabled_per_stage(tmp_path) -> None:
     assert {s.node.id for s in stage.stacks} == set(STACKS) - {"eks"}
 
 
-def test_kubeconfig_output_assumes_the_admin_role(synthesized) -> None:
+def test_kubeconfig_output_uses_the_callers_own_identity(synthesized) -> None:
     outputs = synthesized.stack("prod", "eks").template_json["Outputs"]
-    command = outputs["UpdateKubeconfigCommand"]["Value"]["Fn::Join"][1]
-    assert command[0] == "aws eks update-kubeconfig --name ml-prod --region us-east-1 --role-arn "
-    assert command[1]["Fn::GetAtt"][1] == "Arn"
+    assert outputs["UpdateKubeconfigCommand"]["Value"] == \
+        "aws eks update-kubeconfig --name ml-prod --region us-east-1"
 
 
 def test_prod_meets_eks1_and_eks2_without_acknowledgements(synthesized) -> None:
@@ -397,11 +451,11 @@ def test_prod_meets_eks1_and_eks2_without_acknowledgements(synthesized) -> None:
     assert sorted(enabled) == sorted(ALL_LOG_TYPES)  # EKS2
 
 
-def test_stack_exposes_cluster_nodegroups_and_roles(synthesized) -> None:
+def test_stack_exposes_cluster_nodegroups_and_access_entries(synthesized) -> None:
     eks_stack = synthesized.app.node.find_child("prod").eks
     assert set(eks_stack.nodegroups.nodegroups) == set(expected_groups("prod"))
     assert eks_stack.cluster.cluster_name
-    assert callable(eks_stack.admin_role.grant_assume_role)
+    assert eks_stack.access_entries == {}
 
 
 def test_al2023_group_without_a_kubectl_provider_is_refused() -> None:
@@ -421,6 +475,43 @@ def test_al2023_group_without_a_kubectl_provider_is_refused() -> None:
                       gpu_inference=replace(eks_config.gpu_inference, ami_type="AL2023_x86_64_NVIDIA"),
                       gpu_training=eks_config.gpu_training,
                       device_plugin_chart_version="0.17.1")
+
+
+def test_node_volume_key_admits_the_auto_scaling_service_role_that_launches_the_nodes() -> None:
+    import aws_cdk as cdk
+    from aws_cdk import aws_ec2 as ec2
+    from aws_cdk import aws_eks_v2 as eks
+    from aws_cdk import aws_kms as kms
+
+    from constructs_lib.gpu_nodegroups import GpuNodegroups
+
+    eks_config = default_configs()["dev"].eks
+    stack = cdk.Stack(cdk.App(), "Bare", env=cdk.Environment(account="123456789012", region="us-east-1"))
+    vpc = ec2.Vpc(stack, "Vpc", availability_zones=["us-east-1a", "us-east-1b"], nat_gateways=1)
+    cluster = eks.Cluster(stack, "Cluster", version=eks.KubernetesVersion.V1_34, vpc=vpc,
+                          default_capacity_type=eks.DefaultCapacityType.NODEGROUP, default_capacity=0)
+    key = kms.Key(stack, "VolumeKey")
+    GpuNodegroups(stack, "Nodegroups", cluster=cluster, system=eks_config.system,
+                  gpu_inference=eks_config.gpu_inference, gpu_training=eks_config.gpu_training,
+                  device_plugin_chart_version="0.17.1", volume_key=key)
+    template_json = Template.from_stack(stack).to_json()
+    key_id = stack.get_logical_id(key.node.default_child)
+    for data in (t["Properties"]["LaunchTemplateData"]
+                 for t in resources_of_type(template_json, "AWS::EC2::LaunchTemplate").values()):
+        for device in data["BlockDeviceMappings"]:
+            assert device["Ebs"]["KmsKeyId"] == {"Fn::GetAtt": [key_id, "Arn"]}
+    statements = {s.get("Sid"): s for s in
+                  template_json["Resources"][key_id]["Properties"]["KeyPolicy"]["Statement"]}
+    service_role = {"Fn::Join": ["", ["arn:", {"Ref": "AWS::Partition"}, ":iam::123456789012:role/"
+                                      "aws-service-role/autoscaling.amazonaws.com/AWSServiceRoleForAutoScaling"]]}
+    use = statements["AllowAutoScalingServiceRoleToUseKey"]
+    grant = statements["AllowAutoScalingServiceRoleToGrantKeyToEbs"]
+    for statement in (use, grant):
+        assert statement["Condition"]["StringEquals"] == {"aws:PrincipalArn": service_role,
+                                                          "kms:CallerAccount": "123456789012"}
+    assert {"kms:Decrypt", "kms:GenerateDataKey*", "kms:ReEncrypt*", "kms:DescribeKey"} <= set(use["Action"])
+    assert grant["Action"] == "kms:CreateGrant"
+    assert grant["Condition"]["Bool"] == {"kms:GrantIsForAWSResource": "true"}
 
 
 def test_kubectl_provider_runs_in_the_private_subnets_to_reach_the_private_endpoint(tmp_path) -> None:

@@ -3,6 +3,7 @@ and their config sections."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import pytest
@@ -10,7 +11,7 @@ from aws_cdk.assertions import Match, Template
 
 from ml_stacks.app_factory import build_app
 from ml_stacks.config import BudgetConfig, ConfigError, DriftConfig, default_configs
-from tests.conftest import STAGES, resources_of_type
+from tests.conftest import STACKS, STAGES, resources_of_type
 
 
 @pytest.mark.parametrize("stage,limit", [("dev", 1500), ("staging", 5000), ("prod", 60000)])
@@ -91,6 +92,60 @@ def test_drift_function_may_detect_drift_only_on_its_stages_stacks(synthesized, 
     assert all(a.split(":")[1].startswith(("Describe", "Get", "List", "View")) for a in reads)
     [publish] = [s for s in statements if s["Action"] == "sns:Publish"]
     assert publish["Resource"]["Ref"].startswith("Alerts")
+
+
+# Read-handler permissions the drift function deliberately lacks
+# (constructs_lib/drift_detection.py says why).
+NOT_GRANTED_TO_DRIFT = {"kms:Decrypt", "iam:PassRole", "managed-fleets:Get*"}
+STAGE_SCOPED_SERVICES = ("lambda:", "iam:", "s3:", "ssm:GetParameter")
+
+
+def read_handler_permissions() -> dict[str, list[str]]:
+    """resource type -> its CloudFormation read handler's permissions, from
+    the resource schemas cfn-lint ships (what drift detection calls)."""
+    import glob
+    import os
+
+    import cfnlint
+
+    permissions = {}
+    for path in glob.glob(os.path.join(os.path.dirname(cfnlint.__file__), "data", "schemas", "resources", "*.json")):
+        with open(path, encoding="utf-8") as f:
+            schema = json.load(f)
+        if isinstance(schema, dict) and "typeName" in schema:
+            permissions[schema["typeName"]] = schema.get("handlers", {}).get("read", {}).get("permissions", [])
+    return permissions
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_drift_function_holds_every_read_its_stages_resource_types_need_and_no_wildcard(synthesized, stage) -> None:
+    [policy] = resources_of_type(synthesized.template(stage, "ops").to_json(), "AWS::IAM::Policy").values()
+    reads = [s for s in policy["Properties"]["PolicyDocument"]["Statement"]
+             if s.get("Sid", "").startswith("ReadConfiguration")]
+    granted = {a for s in reads for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])}
+    assert not [a for a in granted if "*" in a]
+    schemas = read_handler_permissions()
+    types = {r["Type"] for name in STACKS
+             for r in synthesized.stack(stage, name).template_json["Resources"].values()}
+    missing = {}
+    for resource_type in sorted(t for t in types if t.startswith("AWS::")):
+        for permission in schemas[resource_type]:
+            if permission in NOT_GRANTED_TO_DRIFT:
+                continue
+            covered = (any(a.startswith(permission[:-1]) for a in granted) if permission.endswith("*")
+                       else permission in granted)
+            if not covered:
+                missing.setdefault(resource_type, []).append(permission)
+    assert not missing
+    # Functions, roles, buckets and parameter values: the stage's own only.
+    prefix = f"ml-{stage}"
+    for statement in reads:
+        actions = [statement["Action"]] if isinstance(statement["Action"], str) else statement["Action"]
+        if any(a.startswith(STAGE_SCOPED_SERVICES) for a in actions):
+            resource = json.dumps(statement["Resource"])
+            assert f":function:{prefix}-*" in resource or ":event-source-mapping:*" in resource \
+                or f"/{prefix}-*" in resource or f":::{prefix}-*" in resource \
+                or f":parameter/{prefix}/*" in resource, statement
 
 
 @pytest.mark.parametrize("stage", STAGES)
