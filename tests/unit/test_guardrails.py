@@ -96,7 +96,8 @@ def test_drift_function_may_detect_drift_only_on_its_stages_stacks(synthesized, 
 
 # Read-handler permissions the drift function deliberately lacks
 # (constructs_lib/drift_detection.py says why).
-NOT_GRANTED_TO_DRIFT = {"kms:Decrypt", "iam:PassRole", "managed-fleets:Get*"}
+NOT_GRANTED_TO_DRIFT = {"kms:Decrypt", "iam:PassRole", "managed-fleets:Get*",
+                        "vpc-lattice:DescribeServiceNetworkVpcEndpointAssociation"}
 STAGE_SCOPED_SERVICES = ("lambda:", "iam:", "s3:", "ssm:GetParameter")
 
 
