@@ -858,6 +858,15 @@ class ModelConfig:
                  "a letter or digit (it names the SageMaker endpoint ml-<stage>-<name>)")
         path = f"{prefix}.{name}"
 
+        self._validate_image(path, region)
+        self._validate_artifact(path)
+        self._validate_environment(path)
+        self._validate_capacity(path, stage)
+        self._validate_scaling(path)
+        self._validate_capture_and_alarms(path)
+        self._validate_deployment(path)
+
+    def _validate_image(self, path: str, region: str) -> None:
         has_tag, has_uri = self.image_tag is not None, self.image_uri is not None
         _require(has_tag != has_uri, f"{path}.image_tag", self.image_tag,
                  "exactly one of image_tag (in the stage's ECR repository) or image_uri")
@@ -873,8 +882,7 @@ class ModelConfig:
             _require(match["region"] == region, f"{path}.image_uri", self.image_uri,
                      f"an image in the stage's region {region!r} (SageMaker pulls from its own region)")
 
-        self._validate_artifact(path)
-
+    def _validate_environment(self, path: str) -> None:
         env = self.environment
         _require(isinstance(env, Mapping) and len(env) <= MAX_ENVIRONMENT, f"{path}.environment",
                  env, f"a mapping of at most {MAX_ENVIRONMENT} variables")
@@ -885,6 +893,7 @@ class ModelConfig:
             _require(isinstance(env_value, str) and len(env_value) <= 1024,
                      f"{path}.environment.{env_key}", env_value, "a string of at most 1024 characters")
 
+    def _validate_capacity(self, path: str, stage: str) -> None:
         _require(isinstance(self.instance_type, str) and self.instance_type.startswith("ml.")
                  and bool(_ML_INSTANCE_TYPE_RE.match(self.instance_type)), f"{path}.instance_type",
                  self.instance_type, "a SageMaker instance type starting with 'ml.', e.g. 'ml.g5.xlarge'")
@@ -924,6 +933,7 @@ class ModelConfig:
                      self.min_instance_count,
                      "at least 1 (only scale_to_zero endpoints in dev may scale in to 0)")
 
+    def _validate_scaling(self, path: str) -> None:
         _require(_is_int(self.target_invocations_per_instance)
                  and 1 <= self.target_invocations_per_instance <= 100_000,
                  f"{path}.target_invocations_per_instance", self.target_invocations_per_instance,
@@ -941,6 +951,7 @@ class ModelConfig:
             _require(not self.scale_to_zero, f"{path}.gpu_utilization_target_percent", gpu,
                      "None with scale_to_zero (inference components scale on invocations per copy)")
 
+    def _validate_capture_and_alarms(self, path: str) -> None:
         _require(_is_int(self.capture_sampling_percent) and 0 <= self.capture_sampling_percent <= 100,
                  f"{path}.capture_sampling_percent", self.capture_sampling_percent,
                  "an integer from 0 to 100")
@@ -964,6 +975,7 @@ class ModelConfig:
                  f"{path}.alarm_latency_p99_ms", self.alarm_latency_p99_ms,
                  f"an integer from 1 to {MAX_LATENCY_MS} ms (invocations time out after 60 s)")
 
+    def _validate_deployment(self, path: str) -> None:
         _require(self.deployment in DEPLOYMENT_STRATEGIES, f"{path}.deployment", self.deployment,
                  "one of " + ", ".join(DEPLOYMENT_STRATEGIES))
         _require(_is_int(self.deployment_step_percent) and 1 <= self.deployment_step_percent <= 50,
@@ -1482,15 +1494,9 @@ DEFAULT_TAGS = StageTags(
 )
 
 
-def default_configs(*, account: str | None = None,
-                    eks_public_access_cidrs: tuple[str, ...] = ()) -> dict[str, StageConfig]:
-    """The three stages as this repository deploys them.
-
-    ``eks_public_access_cidrs`` (``-c eks_public_access_cidrs=...``) opens dev's
-    EKS API endpoint publicly to those CIDRs only (the team's VPN or office
-    egress); without it dev's endpoint is private like the others.
-    """
-    dev = StageConfig(
+def _dev_config(account: str | None, eks_public_access_cidrs: tuple[str, ...]) -> StageConfig:
+    """Dev: small, scale-to-zero serving, the example model, off at night."""
+    return StageConfig(
         name="dev",
         account=account,
         region="us-east-1",
@@ -1552,7 +1558,11 @@ def default_configs(*, account: str | None = None,
         drift=DriftConfig(log_retention_days=30),
         tags=DEFAULT_TAGS,
     )
-    staging = StageConfig(
+
+
+def _staging_config(account: str | None) -> StageConfig:
+    """Staging: what prod runs, on the smallest fleet that shows a blue/green deployment."""
+    return StageConfig(
         name="staging",
         account=account,
         region="us-east-1",
@@ -1604,7 +1614,11 @@ def default_configs(*, account: str | None = None,
         drift=DriftConfig(log_retention_days=90),
         tags=DEFAULT_TAGS,
     )
-    prod = StageConfig(
+
+
+def _prod_config(account: str | None) -> StageConfig:
+    """Prod: retained, private, on-demand coordinator, canary deployments."""
+    return StageConfig(
         name="prod",
         account=account,
         region="us-east-1",
@@ -1679,7 +1693,21 @@ def default_configs(*, account: str | None = None,
         drift=DriftConfig(log_retention_days=365),
         tags=DEFAULT_TAGS,
     )
-    return {c.name: c for c in (dev, staging, prod)}
+
+
+def default_configs(*, account: str | None = None,
+                    eks_public_access_cidrs: tuple[str, ...] = ()) -> dict[str, StageConfig]:
+    """The three stages as this repository deploys them.
+
+    ``eks_public_access_cidrs`` (``-c eks_public_access_cidrs=...``) opens dev's
+    EKS API endpoint publicly to those CIDRs only (the team's VPN or office
+    egress); without it dev's endpoint is private like the others.
+    """
+    return {c.name: c for c in (
+        _dev_config(account, tuple(eks_public_access_cidrs)),
+        _staging_config(account),
+        _prod_config(account),
+    )}
 
 
 def select_stages(configs: Mapping[str, StageConfig], requested: str | Iterable[str] | None
