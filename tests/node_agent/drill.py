@@ -39,6 +39,8 @@ from xml.sax.saxutils import escape
 
 import boto3
 
+from ml_runs.runs import plain
+
 ROOT = Path(__file__).resolve().parents[2]
 AGENT = ROOT / "node_agent" / "ml_node_agent.py"
 TRAINER = ROOT / "examples" / "trainer" / "train.py"
@@ -343,18 +345,6 @@ def create_runs_table(dynamodb: Any, name: str = TABLE) -> None:
                                  "Projection": {"ProjectionType": "ALL"}}])
 
 
-def _plain(value: Any) -> Any:
-    from decimal import Decimal
-
-    if isinstance(value, Decimal):
-        return int(value) if value == value.to_integral_value() else float(value)
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    return value
-
-
 class Cloud:
     """moto's server on 127.0.0.1 with the bucket, runs table, alerts topic and a job-finished rule."""
 
@@ -424,7 +414,7 @@ class Cloud:
         self.table.put_item(Item=item, ConditionExpression="attribute_not_exists(run_id)")
 
     def run(self, run_id: str) -> dict:
-        return _plain(self.table.get_item(Key={"run_id": run_id}, ConsistentRead=True).get("Item", {}))
+        return plain(self.table.get_item(Key={"run_id": run_id}, ConsistentRead=True).get("Item", {}))
 
     def objects(self, prefix: str) -> Dict[str, bytes]:
         found = {}

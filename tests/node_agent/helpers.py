@@ -229,9 +229,9 @@ class Cloud:
                             attempts=[{"attempt": 1, "instance_id": holder, "started_at": started}], **fields)
 
     def run(self, run_id=RUN_ID):
-        from tests.node_agent.drill import _plain
+        from ml_runs.runs import plain
 
-        return _plain(self.table.get_item(Key={"run_id": run_id}, ConsistentRead=True)["Item"])
+        return plain(self.table.get_item(Key={"run_id": run_id}, ConsistentRead=True)["Item"])
 
     def objects(self, prefix=""):
         out = {}
