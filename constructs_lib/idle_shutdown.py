@@ -94,14 +94,26 @@ class IdleShutdown(Construct):
         self.opt_in_tag_value = opt_in_tag_value
         self.stage = stage
         self._producers_policy: cdk.CfnResource | None = None
-        stack = cdk.Stack.of(self)
 
+        self._build_logs_and_role(log_retention, removal_policy)
+        self._build_policies(alerts_topic, opt_in_tag_key, opt_in_tag_value)
+        self._build_function(alerts_topic, stage, threshold_percent, window, launch_grace,
+                             dry_run, opt_in_tag_key, opt_in_tag_value, savings_horizon_hours)
+        self._build_rules(schedule_rate, enabled)
+        self._build_errors_alarm(alerts_topic)
+
+    def _build_logs_and_role(self, log_retention: logs.RetentionDays,
+                             removal_policy: cdk.RemovalPolicy) -> None:
         self.log_group = logs.LogGroup(self, "Logs", retention=log_retention,
                                        removal_policy=removal_policy)
         self.role = iam.Role(self, "Role", assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
                              description="idle-shutdown function: reads fleets and GPU metrics, "
                                          "stops idle instances of opted-in groups")
         self.log_group.grant_write(self.role)
+
+    def _build_policies(self, alerts_topic: sns.ITopic, opt_in_tag_key: str,
+                        opt_in_tag_value: str) -> None:
+        stack = cdk.Stack.of(self)
         read = iam.Policy(self, "ReadPolicy", roles=[self.role], statements=[iam.PolicyStatement(
             sid="DescribeFleetsAndGpuMetrics",
             actions=["autoscaling:DescribeAutoScalingGroups", "ec2:DescribeInstances",
@@ -133,6 +145,10 @@ class IdleShutdown(Construct):
                 resources=[alerts_topic.master_key.key_arn]))
         iam.Policy(self, "NotifyPolicy", roles=[self.role], statements=notify)
 
+    def _build_function(self, alerts_topic: sns.ITopic, stage: str, threshold_percent: float,
+                        window: cdk.Duration, launch_grace: cdk.Duration, dry_run: bool,
+                        opt_in_tag_key: str, opt_in_tag_value: str,
+                        savings_horizon_hours: float) -> None:
         self.function = lambda_.Function(
             self,
             "Resource",
@@ -164,6 +180,7 @@ class IdleShutdown(Construct):
         )
         self.function.node.add_dependency(self.role)
 
+    def _build_rules(self, schedule_rate: cdk.Duration, enabled: bool) -> None:
         self.schedule_rule = events.Rule(
             self,
             "Schedule",
@@ -191,6 +208,8 @@ class IdleShutdown(Construct):
             targets=[targets.LambdaFunction(self.function, max_event_age=cdk.Duration.hours(1),
                                             retry_attempts=20)],
         )
+
+    def _build_errors_alarm(self, alerts_topic: sns.ITopic) -> None:
         self.errors_alarm = cloudwatch.Alarm(
             self,
             "Errors",

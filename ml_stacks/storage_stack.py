@@ -29,8 +29,15 @@ class StorageStack(StageStack):
         super().__init__(scope, construct_id, config=config,
                          description=f"ml-infra {config.name}: KMS key, buckets, ECR (stateful)",
                          termination_protection=storage.retain)
-        removal = self.removal_policy
 
+        self._build_key(config)
+        self._build_access_log_bucket(config)
+        self._build_buckets(config)
+        self._build_image_repository(config)
+        self._add_outputs()
+
+    def _build_key(self, config: StageConfig) -> None:
+        removal = self.removal_policy
         self.key = kms.Key(
             self,
             "Key",
@@ -43,6 +50,9 @@ class StorageStack(StageStack):
             pending_window=cdk.Duration.days(30),
         )
 
+    def _build_access_log_bucket(self, config: StageConfig) -> None:
+        storage = config.storage
+        removal = self.removal_policy
         # S3 server access logs can only be delivered to an SSE-S3 bucket.
         self.access_log_bucket = s3.Bucket(
             self,
@@ -62,17 +72,20 @@ class StorageStack(StageStack):
             auto_delete_objects=removal == cdk.RemovalPolicy.DESTROY,
         )
 
-        def bucket(construct_id: str, log_prefix: str, **kwargs) -> SecureBucket:
-            return SecureBucket(
-                self,
-                construct_id,
-                encryption_key=self.key,
-                access_log_bucket=self.access_log_bucket,
-                log_prefix=log_prefix,
-                removal_policy=removal,
-                **kwargs,
-            )
+    def _bucket(self, construct_id: str, log_prefix: str, **kwargs) -> SecureBucket:
+        return SecureBucket(
+            self,
+            construct_id,
+            encryption_key=self.key,
+            access_log_bucket=self.access_log_bucket,
+            log_prefix=log_prefix,
+            removal_policy=self.removal_policy,
+            **kwargs,
+        )
 
+    def _build_buckets(self, config: StageConfig) -> None:
+        storage = config.storage
+        bucket = self._bucket
         self.training_data_bucket = bucket(
             "TrainingData",
             "training-data",
@@ -131,6 +144,9 @@ class StorageStack(StageStack):
             ],
         )
 
+    def _build_image_repository(self, config: StageConfig) -> None:
+        storage = config.storage
+        removal = self.removal_policy
         self.image_repository = ecr.Repository(
             self,
             "Images",
@@ -161,6 +177,7 @@ class StorageStack(StageStack):
             empty_on_delete=removal == cdk.RemovalPolicy.DESTROY,
         )
 
+    def _add_outputs(self) -> None:
         for output_id, value, description in (
             ("TrainingDataBucketName", self.training_data_bucket.bucket_name, "Training data"),
             ("CheckpointBucketName", self.checkpoint_bucket.bucket_name, "Training checkpoints"),

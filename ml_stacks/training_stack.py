@@ -59,6 +59,20 @@ class TrainingStack(StageStack):
         training = config.training
         budget = cdk.Duration.seconds(training.checkpoint_budget_seconds)
 
+        self._build_fleet(config, vpc, key, training_data_bucket, checkpoint_bucket, alerts_topic)
+        self._build_interruption_handler(config, key, alerts_topic, budget)
+        self._build_runs(config, key)
+        self._build_node_agent(config, checkpoint_bucket, alerts_topic, image_repository,
+                               idle_shutdown, budget)
+        self._wire_idle_shutdown(config, gpu_metrics, idle_shutdown)
+        self._build_runs_capacity(config, alerts_topic)
+        self._grant_lifecycle_actions()
+        self._add_outputs(checkpoint_bucket)
+
+    def _build_fleet(self, config: StageConfig, vpc: ec2.IVpc, key: kms.IKey,
+                     training_data_bucket: s3.IBucket, checkpoint_bucket: s3.IBucket,
+                     alerts_topic: sns.ITopic) -> None:
+        training = config.training
         self.fleet = GpuTrainingFleet(
             self,
             "Fleet",
@@ -83,6 +97,10 @@ class TrainingStack(StageStack):
             # The stage's alerts topic is encrypted with the stage key.
             notification_key=key,
         )
+
+    def _build_interruption_handler(self, config: StageConfig, key: kms.IKey,
+                                    alerts_topic: sns.ITopic, budget: cdk.Duration) -> None:
+        training = config.training
         self.interruption_handler = InterruptionHandler(
             self,
             "InterruptionHandler",
@@ -97,6 +115,9 @@ class TrainingStack(StageStack):
             lambda_timeout=cdk.Duration.seconds(training.lambda_timeout_seconds),
             log_retention=log_retention(training.log_retention_days),
         )
+
+    def _build_runs(self, config: StageConfig, key: kms.IKey) -> None:
+        training = config.training
         self.runs = TrainingRuns(
             self,
             "Runs",
@@ -107,6 +128,11 @@ class TrainingStack(StageStack):
             deletion_protection=config.storage.retain,
             log_retention=log_retention(training.runs_log_retention_days),
         )
+
+    def _build_node_agent(self, config: StageConfig, checkpoint_bucket: s3.IBucket,
+                          alerts_topic: sns.ITopic, image_repository: ecr.IRepository,
+                          idle_shutdown: IdleShutdown, budget: cdk.Duration) -> None:
+        training = config.training
         self.node_agent = NodeAgent(
             self,
             "NodeAgent",
@@ -135,6 +161,10 @@ class TrainingStack(StageStack):
             autoscaling_group_name=self.fleet.auto_scaling_group_name,
             lifecycle_hook_name=self.interruption_handler.lifecycle_hook_name,
         )
+
+    def _wire_idle_shutdown(self, config: StageConfig, gpu_metrics: GpuMetricsAgent,
+                            idle_shutdown: IdleShutdown) -> None:
+        training = config.training
         # Never pay for an idle GPU: every node publishes GPU utilization the
         # idle-shutdown function reads, the group is opted in to it, and
         # outside prod it scales to 0 at night (config.idle_shutdown).
@@ -153,6 +183,9 @@ class TrainingStack(StageStack):
             restore_max_capacity=training.max_capacity,
             time_zone=idle.off_hours_time_zone,
         )
+
+    def _build_runs_capacity(self, config: StageConfig, alerts_topic: sns.ITopic) -> None:
+        training = config.training
         self.runs_capacity = RunsCapacity(
             self,
             "RunsCapacity",
@@ -168,6 +201,7 @@ class TrainingStack(StageStack):
             log_retention=log_retention(training.log_retention_days),
         )
 
+    def _grant_lifecycle_actions(self) -> None:
         # The agent heartbeats and completes the hook itself.
         self.fleet.grant_complete_lifecycle_action(self.fleet.role)
         self.fleet.grant_record_lifecycle_action_heartbeat(self.fleet.role)
@@ -175,6 +209,7 @@ class TrainingStack(StageStack):
         # its own instance Unhealthy and the group replaces it.
         self.fleet.grant_set_instance_health(self.fleet.role)
 
+    def _add_outputs(self, checkpoint_bucket: s3.IBucket) -> None:
         # What `python -m ml_runs` reads (RUNS_CONTRACT.md, stack outputs).
         cdk.CfnOutput(self, "AutoScalingGroupName", value=self.fleet.auto_scaling_group_name,
                       description="GPU training fleet (ml_runs submit raises its desired capacity)")
