@@ -189,39 +189,95 @@ class InferenceEndpoint(Construct):
         deployment_termination_wait = (deployment_termination_wait if deployment_termination_wait
                                        is not None else cdk.Duration.seconds(300))
         volume_key = None if has_instance_storage(instance_type) else key
+        model_data_url = f"s3://{model_data_bucket.bucket_name}/{model_data_key}"
+        environment = dict(environment or {})
 
-        # --- logs: created here so their retention is ours, not "never expire"
+        log_groups = self._build_log_groups(log_retention)
+        subnet_ids = self._build_security_group(vpc, subnet_type)
+        self._build_role(
+            image=image, model_data_bucket=model_data_bucket, model_data_key=model_data_key,
+            capture_bucket=capture_bucket, capture_prefix=capture_prefix, key=key,
+            volume_key=volume_key, log_groups=log_groups)
+        self._build_service_policy(stack, vpc, subnet_ids)
+        capture = self._data_capture_config(
+            capture_bucket=capture_bucket, capture_prefix=capture_prefix, key=key,
+            sampling_percent=capture_sampling_percent,
+            json_content_types=capture_json_content_types,
+            csv_content_types=capture_csv_content_types)
+        self._build_model_and_endpoint_config(
+            image=image, model_data_url=model_data_url, environment=environment,
+            subnet_ids=subnet_ids, volume_key=volume_key, capture=capture,
+            initial_instance_count=initial_instance_count,
+            max_instance_count=max_instance_count)
+        rollback_alarms = self._build_alarms(
+            alarm_topic=alarm_topic, alarm_5xx_errors=alarm_5xx_errors,
+            alarm_4xx_rate_percent=alarm_4xx_rate_percent, alarm_latency_p99=alarm_latency_p99)
+        deployment_config = None if scale_to_zero else self._blue_green_deployment_config(
+            deployment=deployment, step_percent=deployment_step_percent,
+            wait=deployment_wait, termination_wait=deployment_termination_wait,
+            rollback_alarms=rollback_alarms)
+        self._build_endpoint(deployment_config, log_groups)
+        autoscaling_role = self._build_autoscaling_role(stack)
+        self.component: sagemaker.CfnInferenceComponent | None = None
+        if scale_to_zero:
+            self._build_inference_component(
+                image=image, model_data_url=model_data_url, environment=environment,
+                cpu_cores=component_cpu_cores, memory_mb=component_memory_mb,
+                accelerators=component_accelerators, deployment_wait=deployment_wait,
+                rollback_alarms=rollback_alarms)
+            self._build_component_autoscaling(
+                autoscaling_role=autoscaling_role, max_instance_count=max_instance_count,
+                target_invocations_per_instance=target_invocations_per_instance,
+                scale_in_cooldown=scale_in_cooldown, scale_out_cooldown=scale_out_cooldown)
+        else:
+            self._build_variant_autoscaling(
+                autoscaling_role=autoscaling_role, min_instance_count=min_instance_count,
+                max_instance_count=max_instance_count,
+                target_invocations_per_instance=target_invocations_per_instance,
+                gpu_utilization_target_percent=gpu_utilization_target_percent,
+                scale_in_cooldown=scale_in_cooldown, scale_out_cooldown=scale_out_cooldown)
+
+    # --- construction steps, in the order the constructor calls them ------
+
+    def _build_log_groups(self, log_retention: logs.RetentionDays) -> list[logs.LogGroup]:
+        """Logs: created here so their retention is ours, not "never expire"."""
         log_groups = [logs.LogGroup(
             self, "Logs",
-            log_group_name=f"/aws/sagemaker/Endpoints/{endpoint_name}",
+            log_group_name=f"/aws/sagemaker/Endpoints/{self.endpoint_name}",
             retention=log_retention,
             removal_policy=cdk.RemovalPolicy.DESTROY,
         )]
-        if scale_to_zero:
+        if self.scale_to_zero:
             log_groups.append(logs.LogGroup(
                 self, "ComponentLogs",
                 log_group_name=f"/aws/sagemaker/InferenceComponents/{self.component_name}",
                 retention=log_retention,
                 removal_policy=cdk.RemovalPolicy.DESTROY,
             ))
+        return log_groups
 
-        # --- network: a group of its own, nothing may connect in
+    def _build_security_group(self, vpc: ec2.IVpc, subnet_type: ec2.SubnetType) -> list[str]:
+        """Network: a group of its own, nothing may connect in. Returns the subnet IDs."""
         self.security_group = ec2.SecurityGroup(
             self, "SecurityGroup",
             vpc=vpc,
-            description=f"SageMaker endpoint {endpoint_name}: no ingress, HTTPS egress",
+            description=f"SageMaker endpoint {self.endpoint_name}: no ingress, HTTPS egress",
             allow_all_outbound=False,
         )
         self.security_group.add_egress_rule(
             ec2.Peer.any_ipv4(), ec2.Port.tcp(443),
             "HTTPS to S3 (gateway endpoint), ECR and CloudWatch via endpoints or NAT")
-        subnet_ids = vpc.select_subnets(subnet_type=subnet_type).subnet_ids
+        return vpc.select_subnets(subnet_type=subnet_type).subnet_ids
 
-        # --- execution role: every statement names its resource
+    def _build_role(self, *, image: InferenceImage, model_data_bucket: s3.IBucket,
+                    model_data_key: str, capture_bucket: s3.IBucket, capture_prefix: str,
+                    key: kms.IKey, volume_key: kms.IKey | None,
+                    log_groups: Sequence[logs.LogGroup]) -> None:
+        """Execution role: every statement names its resource."""
         self.role = iam.Role(
             self, "Role",
             assumed_by=iam.ServicePrincipal("sagemaker.amazonaws.com"),
-            description=f"SageMaker execution role of endpoint {endpoint_name}",
+            description=f"SageMaker execution role of endpoint {self.endpoint_name}",
         )
         # One object, wherever it lives (no KMS grant for the bootstrap
         # bucket: constructs_lib/object_read.py says why).
@@ -256,7 +312,7 @@ class InferenceEndpoint(Construct):
             actions=["kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey"],
             resources=[key.key_arn],
         ))
-        if scale_to_zero and volume_key is not None:
+        if self.scale_to_zero and volume_key is not None:
             # An endpoint configuration with an execution role (inference
             # components) encrypts its volumes through that role's grants;
             # otherwise the deployer's own permissions do it.
@@ -273,9 +329,11 @@ class InferenceEndpoint(Construct):
             resources=[group.log_group_arn for group in log_groups],
         ))
 
-        # Actions without resource-level permissions (or on resources that do
-        # not exist yet) live in a policy of their own, so the wildcard
-        # acknowledgement covers nothing else.
+    def _build_service_policy(self, stack: cdk.Stack, vpc: ec2.IVpc,
+                              subnet_ids: Sequence[str]) -> None:
+        """Actions without resource-level permissions (or on resources that do
+        not exist yet) live in a policy of their own, so the wildcard
+        acknowledgement covers nothing else."""
         vpc_arn = stack.format_arn(service="ec2", resource="vpc", resource_name=vpc.vpc_id)
         interfaces = stack.format_arn(service="ec2", resource="network-interface", resource_name="*")
         self.service_policy = iam.Policy(
@@ -323,10 +381,15 @@ class InferenceEndpoint(Construct):
                     "are unknown; creation is limited to the endpoint's subnets and security group "
                     "and the other actions to interfaces in the stage VPC.")
 
-        # --- model, endpoint configuration, endpoint
-        capture = sagemaker.CfnEndpointConfig.DataCaptureConfigProperty(
+    @staticmethod
+    def _data_capture_config(*, capture_bucket: s3.IBucket, capture_prefix: str, key: kms.IKey,
+                             sampling_percent: int, json_content_types: Sequence[str],
+                             csv_content_types: Sequence[str],
+                             ) -> sagemaker.CfnEndpointConfig.DataCaptureConfigProperty:
+        """Data capture of Input and Output under the model's prefix, encrypted with ``key``."""
+        return sagemaker.CfnEndpointConfig.DataCaptureConfigProperty(
             enable_capture=True,
-            initial_sampling_percentage=capture_sampling_percent,
+            initial_sampling_percentage=sampling_percent,
             destination_s3_uri=f"s3://{capture_bucket.bucket_name}/{capture_prefix}",
             kms_key_id=key.key_arn,
             capture_options=[
@@ -334,20 +397,25 @@ class InferenceEndpoint(Construct):
                 sagemaker.CfnEndpointConfig.CaptureOptionProperty(capture_mode="Output"),
             ],
             capture_content_type_header=sagemaker.CfnEndpointConfig.CaptureContentTypeHeaderProperty(
-                json_content_types=list(capture_json_content_types) or None,
-                csv_content_types=list(capture_csv_content_types) or None,
+                json_content_types=list(json_content_types) or None,
+                csv_content_types=list(csv_content_types) or None,
             ),
         )
-        model_data_url = f"s3://{model_data_bucket.bucket_name}/{model_data_key}"
-        environment = dict(environment or {})
+
+    def _build_model_and_endpoint_config(
+            self, *, image: InferenceImage, model_data_url: str, environment: dict[str, str],
+            subnet_ids: Sequence[str], volume_key: kms.IKey | None,
+            capture: sagemaker.CfnEndpointConfig.DataCaptureConfigProperty,
+            initial_instance_count: int, max_instance_count: int) -> None:
+        """Model (none with scale to zero: the inference component carries it)
+        and endpoint configuration."""
         vpc_config = sagemaker.CfnModel.VpcConfigProperty(
             security_group_ids=[self.security_group.security_group_id], subnets=subnet_ids)
-
         self.model: sagemaker.CfnModel | None = None
-        if scale_to_zero:
+        if self.scale_to_zero:
             variant = sagemaker.CfnEndpointConfig.ProductionVariantProperty(
                 variant_name=VARIANT_NAME,
-                instance_type=instance_type,
+                instance_type=self.instance_type,
                 initial_instance_count=initial_instance_count,
                 managed_instance_scaling=sagemaker.CfnEndpointConfig.ManagedInstanceScalingProperty(
                     status="ENABLED", min_instance_count=0, max_instance_count=max_instance_count),
@@ -384,19 +452,24 @@ class InferenceEndpoint(Construct):
                 production_variants=[sagemaker.CfnEndpointConfig.ProductionVariantProperty(
                     variant_name=VARIANT_NAME,
                     model_name=self.model.attr_model_name,
-                    instance_type=instance_type,
+                    instance_type=self.instance_type,
                     initial_instance_count=initial_instance_count,
                     initial_variant_weight=1,
                 )],
             )
         if volume_key is None:
             cdk.Annotations.of(self).add_info(
-                f"{instance_type} keeps its volume on local NVMe instance storage, encrypted by the "
-                "instance's hardware; SageMaker rejects a KmsKeyId for it, so the endpoint "
+                f"{self.instance_type} keeps its volume on local NVMe instance storage, encrypted by "
+                "the instance's hardware; SageMaker rejects a KmsKeyId for it, so the endpoint "
                 "configuration has none. Data capture is still encrypted with the stage key.")
 
-        # --- alarms: the endpoint's health, also the rollback trigger
-        self._dimensions = ({"InferenceComponentName": self.component_name} if scale_to_zero
+    def _build_alarms(self, *, alarm_topic: sns.ITopic | None, alarm_5xx_errors: int,
+                      alarm_4xx_rate_percent: float, alarm_latency_p99: cdk.Duration,
+                      ) -> list[dict[str, str]]:
+        """Alarms: the endpoint's health, also the rollback trigger. Returns
+        the rollback alarm list of a deployment configuration."""
+        endpoint_name = self.endpoint_name
+        self._dimensions = ({"InferenceComponentName": self.component_name} if self.scale_to_zero
                             else {"EndpointName": endpoint_name, "VariantName": VARIANT_NAME})
         self.alarm_5xx = cloudwatch.Alarm(
             self, "Invocation5xxAlarm",
@@ -438,31 +511,38 @@ class InferenceEndpoint(Construct):
             for alarm in self.alarms:
                 alarm.add_alarm_action(cloudwatch_actions.SnsAction(alarm_topic))
                 alarm.add_ok_action(cloudwatch_actions.SnsAction(alarm_topic))
-        rollback_alarms = [{"AlarmName": alarm.alarm_name} for alarm in self.alarms]
+        return [{"AlarmName": alarm.alarm_name} for alarm in self.alarms]
 
-        deployment_config = None
-        if not scale_to_zero:
-            routing: dict = {"Type": TRAFFIC_ROUTING[deployment],
-                             "WaitIntervalInSeconds": int(deployment_wait.to_seconds())}
-            step = {"Type": "CAPACITY_PERCENT", "Value": deployment_step_percent}
-            if deployment == "canary":
-                routing["CanarySize"] = step
-            elif deployment == "linear":
-                routing["LinearStepSize"] = step
-            termination_wait = int(deployment_termination_wait.to_seconds())
-            deployment_config = {
-                "BlueGreenUpdatePolicy": {
-                    "TrafficRoutingConfiguration": routing,
-                    "TerminationWaitInSeconds": termination_wait,
-                    "MaximumExecutionTimeoutInSeconds": deployment_timeout_seconds(
-                        deployment, deployment_step_percent, int(deployment_wait.to_seconds()),
-                        termination_wait),
-                },
-                "AutoRollbackConfiguration": {"Alarms": rollback_alarms},
-            }
+    @staticmethod
+    def _blue_green_deployment_config(*, deployment: str, step_percent: int, wait: cdk.Duration,
+                                      termination_wait: cdk.Duration,
+                                      rollback_alarms: list[dict[str, str]]) -> dict:
+        """Blue/green update policy with automatic rollback on the alarms."""
+        routing: dict = {"Type": TRAFFIC_ROUTING[deployment],
+                         "WaitIntervalInSeconds": int(wait.to_seconds())}
+        step = {"Type": "CAPACITY_PERCENT", "Value": step_percent}
+        if deployment == "canary":
+            routing["CanarySize"] = step
+        elif deployment == "linear":
+            routing["LinearStepSize"] = step
+        termination_wait_seconds = int(termination_wait.to_seconds())
+        return {
+            "BlueGreenUpdatePolicy": {
+                "TrafficRoutingConfiguration": routing,
+                "TerminationWaitInSeconds": termination_wait_seconds,
+                "MaximumExecutionTimeoutInSeconds": deployment_timeout_seconds(
+                    deployment, step_percent, int(wait.to_seconds()),
+                    termination_wait_seconds),
+            },
+            "AutoRollbackConfiguration": {"Alarms": rollback_alarms},
+        }
+
+    def _build_endpoint(self, deployment_config: dict | None,
+                        log_groups: Sequence[logs.LogGroup]) -> None:
+        """The endpoint itself, after everything it needs at creation."""
         self.endpoint = sagemaker.CfnEndpoint(
             self, "Resource",
-            endpoint_name=endpoint_name,
+            endpoint_name=self.endpoint_name,
             endpoint_config_name=self.endpoint_config.attr_endpoint_config_name,
         )
         if deployment_config is not None:
@@ -477,10 +557,10 @@ class InferenceEndpoint(Construct):
                                          *log_groups)
         self.endpoint_arn = self.endpoint.ref
 
-        # --- inference component (scale to zero) and autoscaling
-        # Application Auto Scaling acts for SageMaker through its service-linked
-        # role (created on first use); without it CDK would add an empty role.
-        autoscaling_role = iam.Role.from_role_arn(
+    def _build_autoscaling_role(self, stack: cdk.Stack) -> iam.IRole:
+        """Application Auto Scaling acts for SageMaker through its service-linked
+        role (created on first use); without it CDK would add an empty role."""
+        return iam.Role.from_role_arn(
             self, "AutoScalingRole",
             stack.format_arn(
                 service="iam", region="", resource="role",
@@ -488,102 +568,120 @@ class InferenceEndpoint(Construct):
                               "AWSServiceRoleForApplicationAutoScaling_SageMakerEndpoint"),
             mutable=False,
         )
-        self.component: sagemaker.CfnInferenceComponent | None = None
-        if scale_to_zero:
-            requirements = {"NumberOfCpuCoresRequired": component_cpu_cores,
-                            "MinMemoryRequiredInMb": component_memory_mb}
-            if component_accelerators:
-                requirements["NumberOfAcceleratorDevicesRequired"] = component_accelerators
-            container = {"Image": image.image_uri, "ArtifactUrl": model_data_url}
-            if environment:
-                container["Environment"] = environment
-            self.component = sagemaker.CfnInferenceComponent(
-                self, "Component",
-                inference_component_name=self.component_name,
-                endpoint_name=self.endpoint.attr_endpoint_name,
-                variant_name=VARIANT_NAME,
-                specification=sagemaker.CfnInferenceComponent.InferenceComponentSpecificationProperty(),
-            )
-            self.component.add_property_override("Specification", {
-                "Container": container, "ComputeResourceRequirements": requirements})
-            # One copy at deploy time; autoscaling takes it from there (to 0 when idle).
-            self.component.add_property_override("RuntimeConfig", {"CopyCount": 1})
-            # A new model version rolls out one copy at a time and rolls back
-            # on the alarms (the component is updated in place: no names change).
-            self.component.add_property_override("DeploymentConfig", {
-                "RollingUpdatePolicy": {
-                    "MaximumBatchSize": {"Type": "COPY_COUNT", "Value": 1},
-                    "RollbackMaximumBatchSize": {"Type": "COPY_COUNT", "Value": 1},
-                    "WaitIntervalInSeconds": int(deployment_wait.to_seconds()),
-                },
-                "AutoRollbackConfiguration": {"Alarms": rollback_alarms},
-            })
-            self.scalable_target = appscaling.ScalableTarget(
-                self, "ScalableTarget",
-                service_namespace=appscaling.ServiceNamespace.SAGEMAKER,
-                resource_id=f"inference-component/{self.component_name}",
-                scalable_dimension="sagemaker:inference-component:DesiredCopyCount",
-                role=autoscaling_role,
-                min_capacity=0,
-                max_capacity=max_instance_count,
-            )
-            self.scalable_target.node.add_dependency(self.component)
+
+    def _build_inference_component(self, *, image: InferenceImage, model_data_url: str,
+                                   environment: dict[str, str], cpu_cores: float, memory_mb: int,
+                                   accelerators: int, deployment_wait: cdk.Duration,
+                                   rollback_alarms: list[dict[str, str]]) -> None:
+        """Scale to zero: the model as an inference component on the endpoint."""
+        requirements = {"NumberOfCpuCoresRequired": cpu_cores,
+                        "MinMemoryRequiredInMb": memory_mb}
+        if accelerators:
+            requirements["NumberOfAcceleratorDevicesRequired"] = accelerators
+        container = {"Image": image.image_uri, "ArtifactUrl": model_data_url}
+        if environment:
+            container["Environment"] = environment
+        self.component = sagemaker.CfnInferenceComponent(
+            self, "Component",
+            inference_component_name=self.component_name,
+            endpoint_name=self.endpoint.attr_endpoint_name,
+            variant_name=VARIANT_NAME,
+            specification=sagemaker.CfnInferenceComponent.InferenceComponentSpecificationProperty(),
+        )
+        self.component.add_property_override("Specification", {
+            "Container": container, "ComputeResourceRequirements": requirements})
+        # One copy at deploy time; autoscaling takes it from there (to 0 when idle).
+        self.component.add_property_override("RuntimeConfig", {"CopyCount": 1})
+        # A new model version rolls out one copy at a time and rolls back
+        # on the alarms (the component is updated in place: no names change).
+        self.component.add_property_override("DeploymentConfig", {
+            "RollingUpdatePolicy": {
+                "MaximumBatchSize": {"Type": "COPY_COUNT", "Value": 1},
+                "RollbackMaximumBatchSize": {"Type": "COPY_COUNT", "Value": 1},
+                "WaitIntervalInSeconds": int(deployment_wait.to_seconds()),
+            },
+            "AutoRollbackConfiguration": {"Alarms": rollback_alarms},
+        })
+
+    def _build_component_autoscaling(self, *, autoscaling_role: iam.IRole, max_instance_count: int,
+                                     target_invocations_per_instance: int,
+                                     scale_in_cooldown: cdk.Duration,
+                                     scale_out_cooldown: cdk.Duration) -> None:
+        """Scale to zero: copies track invocations per copy, down to none; a
+        request that finds no copy scales one back out."""
+        self.scalable_target = appscaling.ScalableTarget(
+            self, "ScalableTarget",
+            service_namespace=appscaling.ServiceNamespace.SAGEMAKER,
+            resource_id=f"inference-component/{self.component_name}",
+            scalable_dimension="sagemaker:inference-component:DesiredCopyCount",
+            role=autoscaling_role,
+            min_capacity=0,
+            max_capacity=max_instance_count,
+        )
+        self.scalable_target.node.add_dependency(self.component)
+        self.scalable_target.scale_to_track_metric(
+            "InvocationsPerCopy",
+            target_value=target_invocations_per_instance,
+            predefined_metric=appscaling.PredefinedMetric.SAGEMAKER_INFERENCE_COMPONENT_INVOCATIONS_PER_COPY,
+            scale_in_cooldown=scale_in_cooldown,
+            scale_out_cooldown=scale_out_cooldown,
+        )
+        # Target tracking cannot scale out from zero copies (no copy, no
+        # invocations per copy): a request that found no capacity adds one.
+        self.scale_out_from_zero = appscaling.StepScalingAction(
+            self, "ScaleOutFromZero",
+            scaling_target=self.scalable_target,
+            adjustment_type=appscaling.AdjustmentType.CHANGE_IN_CAPACITY,
+            metric_aggregation_type=appscaling.MetricAggregationType.MAXIMUM,
+            cooldown=scale_out_cooldown,
+        )
+        self.scale_out_from_zero.add_adjustment(adjustment=1, lower_bound=0)
+        self.no_capacity_alarm = cloudwatch.Alarm(
+            self, "NoCapacityAlarm",
+            alarm_name=f"{self.endpoint_name}-no-capacity-scale-out",
+            alarm_description=f"{self.endpoint_name}: a request found no copy; scale out from zero",
+            metric=self.metric("NoCapacityInvocationFailures", statistic="Maximum",
+                               period=cdk.Duration.minutes(1)),
+            threshold=1,
+            comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+            evaluation_periods=1,
+            treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
+        )
+        self.no_capacity_alarm.add_alarm_action(
+            cloudwatch_actions.ApplicationScalingAction(self.scale_out_from_zero))
+
+    def _build_variant_autoscaling(self, *, autoscaling_role: iam.IRole, min_instance_count: int,
+                                   max_instance_count: int, target_invocations_per_instance: int,
+                                   gpu_utilization_target_percent: int | None,
+                                   scale_in_cooldown: cdk.Duration,
+                                   scale_out_cooldown: cdk.Duration) -> None:
+        """Instances of the variant track invocations per instance and
+        optionally GPU utilization."""
+        self.scalable_target = appscaling.ScalableTarget(
+            self, "ScalableTarget",
+            service_namespace=appscaling.ServiceNamespace.SAGEMAKER,
+            resource_id=f"endpoint/{self.endpoint_name}/variant/{VARIANT_NAME}",
+            scalable_dimension="sagemaker:variant:DesiredInstanceCount",
+            role=autoscaling_role,
+            min_capacity=min_instance_count,
+            max_capacity=max_instance_count,
+        )
+        self.scalable_target.node.add_dependency(self.endpoint)
+        self.scalable_target.scale_to_track_metric(
+            "InvocationsPerInstance",
+            target_value=target_invocations_per_instance,
+            predefined_metric=appscaling.PredefinedMetric.SAGEMAKER_VARIANT_INVOCATIONS_PER_INSTANCE,
+            scale_in_cooldown=scale_in_cooldown,
+            scale_out_cooldown=scale_out_cooldown,
+        )
+        if gpu_utilization_target_percent is not None:
             self.scalable_target.scale_to_track_metric(
-                "InvocationsPerCopy",
-                target_value=target_invocations_per_instance,
-                predefined_metric=appscaling.PredefinedMetric.SAGEMAKER_INFERENCE_COMPONENT_INVOCATIONS_PER_COPY,
+                "GpuUtilization",
+                target_value=gpu_utilization_target_percent,
+                custom_metric=self.metric_gpu_utilization(),
                 scale_in_cooldown=scale_in_cooldown,
                 scale_out_cooldown=scale_out_cooldown,
             )
-            # Target tracking cannot scale out from zero copies (no copy, no
-            # invocations per copy): a request that found no capacity adds one.
-            self.scale_out_from_zero = appscaling.StepScalingAction(
-                self, "ScaleOutFromZero",
-                scaling_target=self.scalable_target,
-                adjustment_type=appscaling.AdjustmentType.CHANGE_IN_CAPACITY,
-                metric_aggregation_type=appscaling.MetricAggregationType.MAXIMUM,
-                cooldown=scale_out_cooldown,
-            )
-            self.scale_out_from_zero.add_adjustment(adjustment=1, lower_bound=0)
-            self.no_capacity_alarm = cloudwatch.Alarm(
-                self, "NoCapacityAlarm",
-                alarm_name=f"{endpoint_name}-no-capacity-scale-out",
-                alarm_description=f"{endpoint_name}: a request found no copy; scale out from zero",
-                metric=self.metric("NoCapacityInvocationFailures", statistic="Maximum",
-                                   period=cdk.Duration.minutes(1)),
-                threshold=1,
-                comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
-                evaluation_periods=1,
-                treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
-            )
-            self.no_capacity_alarm.add_alarm_action(
-                cloudwatch_actions.ApplicationScalingAction(self.scale_out_from_zero))
-        else:
-            self.scalable_target = appscaling.ScalableTarget(
-                self, "ScalableTarget",
-                service_namespace=appscaling.ServiceNamespace.SAGEMAKER,
-                resource_id=f"endpoint/{endpoint_name}/variant/{VARIANT_NAME}",
-                scalable_dimension="sagemaker:variant:DesiredInstanceCount",
-                role=autoscaling_role,
-                min_capacity=min_instance_count,
-                max_capacity=max_instance_count,
-            )
-            self.scalable_target.node.add_dependency(self.endpoint)
-            self.scalable_target.scale_to_track_metric(
-                "InvocationsPerInstance",
-                target_value=target_invocations_per_instance,
-                predefined_metric=appscaling.PredefinedMetric.SAGEMAKER_VARIANT_INVOCATIONS_PER_INSTANCE,
-                scale_in_cooldown=scale_in_cooldown,
-                scale_out_cooldown=scale_out_cooldown,
-            )
-            if gpu_utilization_target_percent is not None:
-                self.scalable_target.scale_to_track_metric(
-                    "GpuUtilization",
-                    target_value=gpu_utilization_target_percent,
-                    custom_metric=self.metric_gpu_utilization(),
-                    scale_in_cooldown=scale_in_cooldown,
-                    scale_out_cooldown=scale_out_cooldown,
-                )
 
     # --- metrics ---------------------------------------------------------
 
