@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from delivery.preflight import Result, error_code, failed, passed, warned
+from delivery.stage_check import caller_account
 
 TOOLKIT_STACK = "CDKToolkit"
 _HEALTHY_STACK_STATES = ("CREATE_COMPLETE", "UPDATE_COMPLETE", "UPDATE_ROLLBACK_COMPLETE",
@@ -43,8 +44,7 @@ def check_account(sts, *, stage: str, expected_account: str | None) -> tuple[Res
 
     Returns the row and the account the credentials belong to.
     """
-    identity = sts.get_caller_identity()
-    account, arn = identity["Account"], identity["Arn"]
+    account, arn = caller_account(sts)
     name = "account"
     if expected_account is None:
         # Account-agnostic stacks deploy wherever the credentials point.
