@@ -105,6 +105,25 @@ class GpuTrainingFleet(Construct):
         efa_enabled: bool = False,
     ) -> None:
         super().__init__(scope, construct_id)
+        self._set_identity(autoscaling_group_name, on_demand_percentage)
+        self._build_role(autoscaling_group_name, training_data_bucket, checkpoint_bucket)
+        placement_group = self._build_network(vpc, autoscaling_group_name, efa_enabled)
+        self._build_launch_template(
+            machine_image=machine_image, imds_hop_limit=imds_hop_limit,
+            placement_group=placement_group, volume_key=volume_key,
+            root_device_name=root_device_name, root_volume_size_gib=root_volume_size_gib,
+            root_volume_iops=root_volume_iops,
+            root_volume_throughput_mibps=root_volume_throughput_mibps,
+            efa_enabled=efa_enabled)
+        self._build_auto_scaling_group(
+            vpc=vpc, autoscaling_group_name=autoscaling_group_name,
+            instance_types=instance_types, max_capacity=max_capacity,
+            notification_topic=notification_topic, on_demand_base=on_demand_base,
+            on_demand_percentage=on_demand_percentage, efa_enabled=efa_enabled)
+        self._allow_service_role_on_keys(volume_key, notification_key)
+
+    def _set_identity(self, autoscaling_group_name: str, on_demand_percentage: int) -> None:
+        """Name, tag, on-demand share and ARN of the group (no constructs)."""
         stack = cdk.Stack.of(self)
         self.auto_scaling_group_name = autoscaling_group_name
         self.fleet_tag = (FLEET_TAG_KEY, autoscaling_group_name)
@@ -117,6 +136,9 @@ class GpuTrainingFleet(Construct):
             f"autoScalingGroupName/{autoscaling_group_name}"
         )
 
+    def _build_role(self, autoscaling_group_name: str, training_data_bucket: s3.IBucket,
+                    checkpoint_bucket: s3.IBucket) -> None:
+        """The instance role: SSM agent, training data read, checkpoints."""
         self.role: iam.IRole = iam.Role(
             self,
             "Role",
@@ -135,6 +157,9 @@ class GpuTrainingFleet(Construct):
             "A training job may read any dataset object of the training data bucket (read only).")
         self._grant_checkpoints(checkpoint_bucket)
 
+    def _build_network(self, vpc: ec2.IVpc, autoscaling_group_name: str,
+                       efa_enabled: bool) -> ec2.PlacementGroup | None:
+        """The security group and, with EFA, the cluster placement group."""
         self.security_group = ec2.SecurityGroup(
             self,
             "SecurityGroup",
@@ -150,7 +175,22 @@ class GpuTrainingFleet(Construct):
                                                  "EFA between training nodes")
             placement_group = ec2.PlacementGroup(self, "PlacementGroup",
                                                  strategy=ec2.PlacementGroupStrategy.CLUSTER)
+        return placement_group
 
+    def _build_launch_template(
+        self,
+        *,
+        machine_image: ec2.IMachineImage,
+        imds_hop_limit: int,
+        placement_group: ec2.PlacementGroup | None,
+        volume_key: kms.IKey,
+        root_device_name: str,
+        root_volume_size_gib: int,
+        root_volume_iops: int,
+        root_volume_throughput_mibps: int,
+        efa_enabled: bool,
+    ) -> None:
+        """User data and the launch template (IMDSv2, encrypted gp3 root, EFA interface)."""
         self.user_data = ec2.UserData.for_linux()
         self.user_data.add_commands("set -euo pipefail")
         self.launch_template = ec2.LaunchTemplate(
@@ -191,6 +231,19 @@ class GpuTrainingFleet(Construct):
             # Security groups go on the interface when interfaces are given.
             cfn_template.add_property_deletion_override("LaunchTemplateData.SecurityGroupIds")
 
+    def _build_auto_scaling_group(
+        self,
+        *,
+        vpc: ec2.IVpc,
+        autoscaling_group_name: str,
+        instance_types: Sequence[str],
+        max_capacity: int,
+        notification_topic: sns.ITopic,
+        on_demand_base: int,
+        on_demand_percentage: int,
+        efa_enabled: bool,
+    ) -> None:
+        """The mixed-instances Auto Scaling group, its acknowledgement and fleet tag."""
         subnets = ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS)
         if efa_enabled:
             subnets = ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS,
@@ -233,6 +286,10 @@ class GpuTrainingFleet(Construct):
         cdk.Tags.of(self.auto_scaling_group).add(FLEET_TAG_KEY, autoscaling_group_name,
                                                  apply_to_launched_instances=True)
 
+    @staticmethod
+    def _allow_service_role_on_keys(volume_key: kms.IKey,
+                                    notification_key: kms.IKey | None) -> None:
+        """Let the group's service-linked role use the root volume and topic keys."""
         # The group launches instances and publishes notifications as its
         # service-linked role: it must be able to use the key of the root
         # volume and of the notification topic, or launches fail and

@@ -129,7 +129,22 @@ class InterruptionHandler(Construct):
         log_retention: logs.RetentionDays = logs.RetentionDays.THREE_MONTHS,
     ) -> None:
         super().__init__(scope, construct_id)
-        stack = cdk.Stack.of(self)
+        timeout_seconds = self._check_retry_budget(lambda_timeout)
+        self.lifecycle_hook_name = f"{fleet.auto_scaling_group_name}-terminating"
+        self._build_queues(key, timeout_seconds)
+        self._build_lifecycle_hook(fleet, heartbeat_timeout)
+        self.rules: list[events.Rule] = []
+        self._add_rules(fleet.auto_scaling_group_name)
+        self._build_document(checkpoint_budget)
+        self._build_idempotency_table()
+        self._build_function(fleet, lambda_code_dir, powertools_layer_version, rebalance_action,
+                             lambda_timeout, timeout_seconds, log_retention)
+        self._grant_function(fleet)
+        self._build_alarms(fleet, alarm_topic)
+
+    @staticmethod
+    def _check_retry_budget(lambda_timeout: cdk.Duration) -> int:
+        """The Lambda timeout in seconds, if it keeps a retry within RETRY_BUDGET_SECONDS."""
         timeout_seconds = int(lambda_timeout.to_seconds())
         if worst_case_retry_seconds(timeout_seconds) > RETRY_BUDGET_SECONDS:
             raise ValueError(
@@ -137,8 +152,10 @@ class InterruptionHandler(Construct):
                 f"{worst_case_retry_seconds(timeout_seconds)} s (visibility {VISIBILITY_TIMEOUT_FACTOR}x "
                 f"timeout + batching window + timeout); at most {RETRY_BUDGET_SECONDS} s is allowed: "
                 f"use at most {max_lambda_timeout_seconds()} s")
-        self.lifecycle_hook_name = f"{fleet.auto_scaling_group_name}-terminating"
+        return timeout_seconds
 
+    def _build_queues(self, key: kms.IKey, timeout_seconds: int) -> None:
+        """The dead-letter queue, then the interruption queue in front of it."""
         self.dead_letter_queue = sqs.Queue(
             self,
             "DeadLetterQueue",
@@ -158,6 +175,9 @@ class InterruptionHandler(Construct):
                                                   max_receive_count=MAX_RECEIVE_COUNT),
         )
 
+    def _build_lifecycle_hook(self, fleet: GpuTrainingFleet,
+                              heartbeat_timeout: cdk.Duration) -> None:
+        """The fleet's termination lifecycle hook, notifying the queue."""
         self.lifecycle_hook = fleet.auto_scaling_group.add_lifecycle_hook(
             "TerminationHook",
             lifecycle_hook_name=self.lifecycle_hook_name,
@@ -171,9 +191,9 @@ class InterruptionHandler(Construct):
                         "Sending to a KMS-encrypted queue needs a data key; the grant is scoped to "
                         "the stage key's ARN.")
 
-        self.rules: list[events.Rule] = []
-        self._add_rules(fleet.auto_scaling_group_name)
-
+    def _build_document(self, checkpoint_budget: cdk.Duration) -> None:
+        """The checkpoint Run Command document and its ARN."""
+        stack = cdk.Stack.of(self)
         self.document = ssm.CfnDocument(
             self,
             "CheckpointDocument",
@@ -183,6 +203,8 @@ class InterruptionHandler(Construct):
         self.document_arn = (f"arn:{stack.partition}:ssm:{stack.region}:{stack.account}:"
                              f"document/{self.document.ref}")
 
+    def _build_idempotency_table(self) -> None:
+        """The DynamoDB table the handler deduplicates events through."""
         self.idempotency_table = dynamodb.Table(
             self,
             "IdempotencyTable",
@@ -197,6 +219,18 @@ class InterruptionHandler(Construct):
             removal_policy=cdk.RemovalPolicy.DESTROY,
         )
 
+    def _build_function(
+        self,
+        fleet: GpuTrainingFleet,
+        lambda_code_dir: Path,
+        powertools_layer_version: int,
+        rebalance_action: str,
+        lambda_timeout: cdk.Duration,
+        timeout_seconds: int,
+        log_retention: logs.RetentionDays,
+    ) -> None:
+        """Log group, role and the interruption Lambda on the queue."""
+        stack = cdk.Stack.of(self)
         self.log_group = logs.LogGroup(self, "LogGroup", retention=log_retention,
                                        removal_policy=cdk.RemovalPolicy.DESTROY)
         self.role = iam.Role(self, "Role", assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
@@ -239,6 +273,9 @@ class InterruptionHandler(Construct):
         # Malformed messages are copied here at once (lambda quarantine.py).
         self.dead_letter_queue.grant_send_messages(self.role)
 
+    def _grant_function(self, fleet: GpuTrainingFleet) -> None:
+        """Table, lifecycle, SendCommand and lookup permissions, with their acknowledgements."""
+        stack = cdk.Stack.of(self)
         self.idempotency_table.grant(self.role, "dynamodb:GetItem", "dynamodb:PutItem",
                                      "dynamodb:UpdateItem", "dynamodb:DeleteItem")
         fleet.grant_complete_lifecycle_action(self.role)
@@ -273,6 +310,8 @@ class InterruptionHandler(Construct):
                     "ml_stacks/config.py POWERTOOLS_LAYER_VERSIONS); a newer runtime needs its own "
                     "verified layer pin first.")
 
+    def _build_alarms(self, fleet: GpuTrainingFleet, alarm_topic: sns.ITopic) -> None:
+        """The dead-letter and malformed-message alarms, both to ``alarm_topic``."""
         self.dead_letter_alarm = cloudwatch.Alarm(
             self,
             "DeadLetterAlarm",
