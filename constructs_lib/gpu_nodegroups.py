@@ -30,7 +30,7 @@ from constructs import Construct
 from constructs_lib.acknowledge import acknowledge
 # Managed node groups launch through an Auto Scaling group as well: the same
 # key policy the training fleet's volumes need.
-from constructs_lib.gpu_training_fleet import _allow_autoscaling_service_role
+from constructs_lib.gpu_training_fleet import allow_autoscaling_service_role
 from ml_stacks.config import (
     BOTTLEROCKET_DATA_DEVICE,
     ROOT_DEVICE,
@@ -146,7 +146,7 @@ class GpuNodegroups(Construct):
         self._release_versions = dict(release_versions or {})
         self._volume_key = volume_key
         if volume_key is not None:
-            _allow_autoscaling_service_role(volume_key)
+            allow_autoscaling_service_role(volume_key)
         self.nodegroups: dict[str, eks.Nodegroup] = {}
         self.launch_templates: dict[str, ec2.LaunchTemplate] = {}
         # One log group for the tagging custom resources' singleton function.

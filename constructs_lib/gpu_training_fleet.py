@@ -295,7 +295,7 @@ class GpuTrainingFleet(Construct):
         # volume and of the notification topic, or launches fail and
         # notifications vanish.
         for key in {id(k): k for k in (volume_key, notification_key) if k is not None}.values():
-            _allow_autoscaling_service_role(key)
+            allow_autoscaling_service_role(key)
 
     def _grant_systems_manager_agent(self) -> None:
         """What the SSM agent needs for Run Command and Session Manager, nothing more.
@@ -390,7 +390,7 @@ class GpuTrainingFleet(Construct):
         return grant
 
 
-def _allow_autoscaling_service_role(key: kms.IKey) -> None:
+def allow_autoscaling_service_role(key: kms.IKey) -> None:
     """Key policy statements for EC2 Auto Scaling's service-linked role.
 
     Matched on ``aws:PrincipalArn`` rather than named as the principal: a
