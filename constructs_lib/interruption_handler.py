@@ -307,7 +307,7 @@ class InterruptionHandler(Construct):
         acknowledge(self.function.node.default_child, "AwsSolutions::AwsSolutions-L1",
                     f"{RUNTIME.name} is the runtime whose public Powertools layer build is pinned "
                     "(AWSLambdaPowertoolsPythonV3-python313-x86_64 at the version in "
-                    "ml_stacks/config.py POWERTOOLS_LAYER_VERSIONS); a newer runtime needs its own "
+                    "ml_stacks/config/training.py POWERTOOLS_LAYER_VERSIONS); a newer runtime needs its own "
                     "verified layer pin first.")
 
     def _build_alarms(self, fleet: GpuTrainingFleet, alarm_topic: sns.ITopic) -> None:

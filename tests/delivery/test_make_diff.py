@@ -40,7 +40,7 @@ def checkout(tmp_path_factory) -> Path:
     git("init", "-q", "-b", "main")
     git("add", "-A")
     git("commit", "-q", "-m", "base")
-    config = repo / "ml_stacks" / "config.py"
+    config = repo / "ml_stacks" / "config" / "stages.py"
     text = config.read_text()
     dev_network = ('availability_zones=("us-east-1a", "us-east-1b"),\n            nat_gateways=1,')
     assert text.count(dev_network) == 1 and text.count("flow_log_retention_days=30,") == 1

@@ -7,6 +7,7 @@ from dataclasses import replace
 import pytest
 
 from ml_stacks.config import (
+    STAGE_NAME_MAX,
     AlertsConfig,
     ConfigError,
     NetworkConfig,
@@ -77,7 +78,10 @@ def test_default_configs_are_valid_and_cover_every_stage() -> None:
          ("sts", "sts"), "each endpoint once"),
         ({"network": network(flow_log_retention_days=42)}, "dev.network.flow_log_retention_days", 42,
          "retention"),
-        ({"name": "qa"}, "name", "qa", "dev, staging, prod"),
+        ({"name": "Perf"}, "name", "Perf", "lowercase letters and digits"),
+        ({"name": "perf-1"}, "name", "perf-1", "lowercase letters and digits"),
+        ({"name": "x" * (STAGE_NAME_MAX + 1)}, "name", "x" * (STAGE_NAME_MAX + 1),
+         f"at most {STAGE_NAME_MAX} characters"),
         ({"region": "moon-1"}, "dev.region", "moon-1", "AWS region"),
         ({"account": "12345"}, "dev.account", "12345", "12-digit"),
         ({"name": "prod", "storage": StorageConfig(retain=False)}, "prod.storage.retain", False,

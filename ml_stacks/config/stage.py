@@ -1,0 +1,105 @@
+"""One stage: its name, account, region, tags and every section."""
+
+from __future__ import annotations
+
+import re
+
+from dataclasses import dataclass, field, replace
+
+from ml_stacks.config.base import _ACCOUNT_RE, _REGION_RE, _TAG_VALUE_RE, _require
+from ml_stacks.config.eks import EksConfig
+from ml_stacks.config.idle import IdleShutdownConfig
+from ml_stacks.config.network import NetworkConfig
+from ml_stacks.config.ops import AlertsConfig, BudgetConfig, DriftConfig
+from ml_stacks.config.serving import ServingConfig
+from ml_stacks.config.storage import StorageConfig
+from ml_stacks.config.training import TrainingConfig
+
+
+# A stage name is part of every stack, endpoint, alarm and log group name;
+# every derived name's length limit was checked against "staging", so no
+# stage name may be longer.
+STAGE_NAME_MAX = 7
+_STAGE_NAME_RE = re.compile(r"^[a-z][a-z0-9]*$")
+
+
+@dataclass(frozen=True)
+class StageTags:
+    """Cost-allocation tags carried by every taggable resource of a stage.
+
+    ``Environment`` (the stage name) and ``ManagedBy=cdk`` are added by the
+    app itself and cannot be overridden here.
+    """
+
+    team: str
+    project: str
+    cost_center: str
+    repository: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {
+            "Team": self.team,
+            "Project": self.project,
+            "CostCenter": self.cost_center,
+            "Repository": self.repository,
+        }
+
+    def validate(self, prefix: str) -> None:
+        for key, value in self.as_dict().items():
+            path = f"{prefix}.{key}"
+            _require(isinstance(value, str) and value.strip() != "", path, value,
+                     "a non-empty string")
+            _require(len(value) <= 256, path, value, "at most 256 characters")
+            _require(bool(_TAG_VALUE_RE.match(value)), path, value,
+                     "letters, digits, spaces and _ . : / = + - @ only")
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """Everything one stage deploys. Validated on construction."""
+
+    name: str
+    region: str
+    network: NetworkConfig
+    tags: StageTags
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+    drift: DriftConfig = field(default_factory=DriftConfig)
+    eks: EksConfig = field(default_factory=EksConfig)
+    serving: ServingConfig = field(default_factory=ServingConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    idle_shutdown: IdleShutdownConfig = field(default_factory=IdleShutdownConfig)
+    account: str | None = None
+
+    def __post_init__(self) -> None:
+        _require(isinstance(self.name, str) and bool(_STAGE_NAME_RE.match(self.name))
+                 and len(self.name) <= STAGE_NAME_MAX, "name", self.name,
+                 f"lowercase letters and digits, starting with a letter, at most "
+                 f"{STAGE_NAME_MAX} characters (such as 'perf')")
+        prefix = self.name
+        _require(isinstance(self.region, str) and bool(_REGION_RE.match(self.region)),
+                 f"{prefix}.region", self.region, "an AWS region name such as 'us-east-1'")
+        _require(self.account is None or bool(_ACCOUNT_RE.match(str(self.account))),
+                 f"{prefix}.account", self.account,
+                 "None (account-agnostic) or a 12-digit AWS account ID")
+        self.network.validate(f"{prefix}.network", self.region)
+        self.storage.validate(f"{prefix}.storage", self.name)
+        self.alerts.validate(f"{prefix}.alerts")
+        self.budget.validate(f"{prefix}.budget")
+        self.drift.validate(f"{prefix}.drift")
+        self.eks.validate(f"{prefix}.eks", self.name)
+        self.serving.validate(f"{prefix}.serving", stage=self.name, region=self.region)
+        _require(isinstance(self.training, TrainingConfig), f"{prefix}.training", self.training,
+                 "a TrainingConfig")
+        self.training.validate(f"{prefix}.training")
+        self.idle_shutdown.validate(f"{prefix}.idle_shutdown")
+        self.tags.validate(f"{prefix}.tags")
+
+    @property
+    def stack_prefix(self) -> str:
+        """Prefix of every CloudFormation stack name of this stage."""
+        return f"ml-{self.name}"
+
+    def with_account(self, account: str | None) -> "StageConfig":
+        return replace(self, account=account)
