@@ -125,9 +125,12 @@ DRIFT_STAGE_SCOPED_READS: dict[str, tuple[str, ...]] = {
         "lambda:GetRuntimeManagementConfig", "lambda:ListTags"),
     "arn:{partition}:lambda:{region}:{account}:event-source-mapping:*": (
         "lambda:GetEventSourceMapping", "lambda:ListTags"),
-    "arn:{partition}:iam::{account}:role/{p}*": (
-        "iam:GetRole", "iam:GetRolePolicy", "iam:ListAttachedRolePolicies", "iam:ListRolePolicies"),
-    "arn:{partition}:iam::{account}:instance-profile/{p}*": ("iam:GetInstanceProfile",),
+    # Roles and instance profiles in one pattern: these actions apply to no
+    # other IAM resource type, so matching role/... and instance-profile/...
+    # (under any path) grants nothing more than one pattern each did.
+    "arn:{partition}:iam::{account}:*/{p}*": (
+        "iam:GetInstanceProfile", "iam:GetRole", "iam:GetRolePolicy",
+        "iam:ListAttachedRolePolicies", "iam:ListRolePolicies"),
     "arn:{partition}:s3:::{p}*": (
         "s3:GetAccelerateConfiguration", "s3:GetAnalyticsConfiguration", "s3:GetBucketAbac",
         "s3:GetBucketCORS", "s3:GetBucketLogging", "s3:GetBucketMetadataTableConfiguration",

@@ -13,7 +13,7 @@ from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_sns as sns
 from constructs import Construct
 
-from constructs_lib.acknowledge import acknowledge
+from constructs_lib.acknowledge import UnscopedApis, acknowledge
 from constructs_lib.acknowledge_resolved import acknowledge_resources
 
 # Instances of the fleet carry this tag (value: the group name). Run Command
@@ -51,6 +51,12 @@ SSM_AGENT_ACTIONS = (
     "ec2messages:GetMessages",
     "ec2messages:SendReply",
 )
+SSM_AGENT_ACTION_WHY = {
+    "ec2messages": "Run Command's message channel, no resource type",
+    "ssmmessages": "Session Manager's channel, no resource type",
+    "ssm": "the SSM agent registers and reports for its own instance, whose ID is not known "
+           "before launch (as in AmazonSSMManagedInstanceCore)",
+}
 AUTOSCALING_SERVICE_LINKED_ROLE = (
     "role/aws-service-role/autoscaling.amazonaws.com/AWSServiceRoleForAutoScaling"
 )
@@ -306,16 +312,8 @@ class GpuTrainingFleet(Construct):
         instances read, the GPU metrics agent config, has its own scoped
         grant (``GpuMetricsAgent.install_on``).
         """
-        self.systems_manager_policy = iam.Policy(
-            self, "SystemsManagerAgentPolicy",
-            roles=[self.role],
-            statements=[iam.PolicyStatement(sid="SsmAgentCore", actions=list(SSM_AGENT_ACTIONS),
-                                            resources=["*"])],
-        )
-        acknowledge(self.systems_manager_policy, "AwsSolutions::AwsSolutions-IAM5[Resource::*]",
-                    "The SSM agent's own APIs (ec2messages, ssmmessages, instance registration "
-                    "and association status) have no resource-level permissions; no parameter "
-                    "read and no other SSM action is granted here.")
+        UnscopedApis.of(self.role).allow("SsmAgentCore", {
+            action: SSM_AGENT_ACTION_WHY[action.split(":")[0]] for action in SSM_AGENT_ACTIONS})
 
     def _grant_checkpoints(self, bucket: s3.IBucket) -> None:
         """Read, write and list ``runs/`` of the checkpoint bucket, nothing else.

@@ -30,7 +30,7 @@ from aws_cdk import aws_logs as logs
 from aws_cdk import aws_sns as sns
 from constructs import Construct
 
-from constructs_lib.acknowledge import acknowledge
+from constructs_lib.acknowledge import UnscopedApis
 from constructs_lib.acknowledge_resolved import acknowledge_resources
 
 CODE_DIR = Path(__file__).resolve().parent.parent / "lambda" / "idle_shutdown"
@@ -114,15 +114,13 @@ class IdleShutdown(Construct):
     def _build_policies(self, alerts_topic: sns.ITopic, opt_in_tag_key: str,
                         opt_in_tag_value: str) -> None:
         stack = cdk.Stack.of(self)
-        read = iam.Policy(self, "ReadPolicy", roles=[self.role], statements=[iam.PolicyStatement(
-            sid="DescribeFleetsAndGpuMetrics",
-            actions=["autoscaling:DescribeAutoScalingGroups", "ec2:DescribeInstances",
-                     "ec2:DescribeInstanceTypes", "cloudwatch:GetMetricData"],
-            resources=["*"],
-        )])
-        acknowledge(read, "AwsSolutions::AwsSolutions-IAM5[Resource::*]",
-                    "Describe* and GetMetricData support no resource-level permissions; they "
-                    "only read. Every write is in ActOnOptedInGroups, conditioned on the opt-in tag.")
+        # Reads only: every write is in ActOnOptedInGroups, conditioned on the opt-in tag.
+        UnscopedApis.of(self.role).allow("DescribeFleetsAndGpuMetrics", {
+            "autoscaling:DescribeAutoScalingGroups": "no resource type; finds the opted-in groups",
+            "ec2:DescribeInstances": "no resource type; launch times and instance types",
+            "ec2:DescribeInstanceTypes": "no resource type; GPU count per instance type",
+            "cloudwatch:GetMetricData": "no resource type; the GPU utilization queries",
+        })
         group_arn = stack.format_arn(service="autoscaling", resource="autoScalingGroup",
                                      resource_name="*:autoScalingGroupName/*",
                                      arn_format=cdk.ArnFormat.COLON_RESOURCE_NAME)

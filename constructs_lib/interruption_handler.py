@@ -23,7 +23,7 @@ from aws_cdk import aws_sqs as sqs
 from aws_cdk import aws_ssm as ssm
 from constructs import Construct
 
-from constructs_lib.acknowledge import acknowledge
+from constructs_lib.acknowledge import UnscopedApis, acknowledge
 from constructs_lib.acknowledge_resolved import acknowledge_resources
 from constructs_lib.gpu_training_fleet import FLEET_TAG_KEY, GpuTrainingFleet
 from constructs_lib.node_agent import AGENT_ENV_FILE, AGENT_PROGRAM
@@ -286,14 +286,11 @@ class InterruptionHandler(Construct):
             sid="OnFleetInstancesOnly", actions=["ssm:SendCommand"],
             resources=[f"arn:{stack.partition}:ec2:{stack.region}:{stack.account}:instance/*"],
             conditions={"StringEquals": {f"ssm:resourceTag/{FLEET_TAG_KEY}": fleet.fleet_tag[1]}}))
-        self.role.add_to_principal_policy(iam.PolicyStatement(
-            sid="LookUpInstances",
-            actions=["ec2:DescribeInstances", "ssm:DescribeInstanceInformation", "ssm:ListCommands"],
-            resources=["*"]))
-        acknowledge(self.role, "AwsSolutions::AwsSolutions-IAM5[Resource::*]",
-                    "ec2:DescribeInstances, ssm:DescribeInstanceInformation and ssm:ListCommands "
-                    "support no resource-level permissions; all are read-only lookups of the "
-                    "batch's instances and of commands already sent to them.")
+        UnscopedApis.of(self.role).allow("LookUpInstances", {
+            "ec2:DescribeInstances": "no resource type; reads the batch's instances",
+            "ssm:DescribeInstanceInformation": "no resource type; is the instance's agent online",
+            "ssm:ListCommands": "no resource type; commands already sent to the instance",
+        })
         for action in ("kms:GenerateDataKey*", "kms:ReEncrypt*"):
             acknowledge(self.role, f"AwsSolutions::AwsSolutions-IAM5[Action::{action}]",
                         "Copying a malformed message to the KMS-encrypted dead-letter queue needs "
