@@ -40,6 +40,16 @@ def policy_of(template: dict, role_prefix: str) -> list[dict]:
     return policy["Properties"]["PolicyDocument"]["Statement"]
 
 
+def unscoped_of(template: dict, role_prefix: str) -> list[dict]:
+    """The statements of the role's ``UnscopedApis`` policy (its only ones on ``*``)."""
+    [policy] = [p for lid, p in resources_of_type(template, "AWS::IAM::Policy").items()
+                if p["Properties"]["Roles"][0]["Ref"].startswith(role_prefix)
+                and lid.startswith(f"{role_prefix}UnscopedApis")]
+    statements = policy["Properties"]["PolicyDocument"]["Statement"]
+    assert all(s["Resource"] == "*" for s in statements)
+    return statements
+
+
 def flat(value) -> str:
     return json.dumps(value, sort_keys=True)
 
@@ -415,7 +425,9 @@ def test_lambda_runs_only_this_stacks_document_on_fleet_tagged_instances(dev) ->
     assert by_sid["OnFleetInstancesOnly"]["Condition"] == {
         "StringEquals": {"ssm:resourceTag/ml:training-fleet": "ml-dev-training-gpu"}}
     assert flat(by_sid["OnFleetInstancesOnly"]["Resource"]).endswith(':instance/*"]]}')
-    [wild] = [s for s in handler if s["Resource"] == "*"]
+    assert not any(s["Resource"] == "*" for s in handler)
+    # The lookups on * are the role's one unscoped policy.
+    [wild] = unscoped_of(dev, "InterruptionHandlerRole")
     assert wild["Action"] == ["ec2:DescribeInstances", "ssm:DescribeInstanceInformation",
                               "ssm:ListCommands"]
 
