@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import aws_cdk as cdk
 from aws_cdk import aws_cloudwatch as cloudwatch
@@ -141,9 +142,10 @@ DRIFT_STAGE_SCOPED_READS: dict[str, tuple[str, ...]] = {
         "s3:GetInventoryConfiguration", "s3:GetLifecycleConfiguration",
         "s3:GetMetricsConfiguration", "s3:GetReplicationConfiguration", "s3:ListBucket",
         "s3:ListTagsForResource"),
-    # Our parameters are named /<prefix>/...: no other parameter's value.
-    "arn:{partition}:ssm:{region}:{account}:parameter/{p_path}/*": ("ssm:GetParameters",),
 }
+# The parameters' own read (it returns the value): only the parameters the
+# stage names (``parameter_names``), each by its full name.
+DRIFT_PARAMETER_READS = ("ssm:GetParameters",)
 
 
 class StackDriftDetection(Construct):
@@ -153,6 +155,11 @@ class StackDriftDetection(Construct):
 
     An alarm on the function's own errors goes to the same topic, so a
     broken checker is not mistaken for "no drift".
+
+    ``parameter_names``: the SSM parameters of the stage's stacks, by full
+    name (``/ml-dev/...``); drift detection may read these values and no
+    other parameter's. A parameter left out is reported as not checked.
+    Default: none.
 
     Attributes: ``function`` (``lambda_.Function``), ``rule``
     (``events.Rule``), ``errors_alarm`` (``cloudwatch.Alarm``).
@@ -169,6 +176,7 @@ class StackDriftDetection(Construct):
         schedule: events.Schedule,
         log_retention: logs.RetentionDays,
         removal_policy: cdk.RemovalPolicy,
+        parameter_names: Sequence[str] = (),
         timeout: cdk.Duration = cdk.Duration.minutes(10),
     ) -> None:
         super().__init__(scope, construct_id)
@@ -225,6 +233,12 @@ class StackDriftDetection(Construct):
                     "actions named one by one) of every resource of the stage's stacks, whose "
                     "IDs are generated")
         self._add_stage_scoped_reads(role, stack, stack_name_prefix)
+        if parameter_names:
+            role.add_to_policy(iam.PolicyStatement(
+                sid="ReadConfigurationOfStageParameters", actions=list(DRIFT_PARAMETER_READS),
+                resources=[stack.format_arn(service="ssm", resource="parameter",
+                                            resource_name=name.lstrip("/"))
+                           for name in parameter_names]))
         acknowledge(role, f"AwsSolutions::AwsSolutions-IAM5[Resource::{_as_nag_prints(stack, stage_stacks)}]",
                     "every stack of the stage (its name prefix), including stacks added to the "
                     "stage later: the function finds them with ListStacks")
@@ -260,9 +274,8 @@ class StackDriftDetection(Construct):
 
 
 def _stage_scoped_resource(pattern: str, stack: cdk.Stack, stack_name_prefix: str) -> str:
-    prefix = stack_name_prefix.rstrip("-")
     return pattern.format(partition=stack.partition, region=stack.region, account=stack.account,
-                          p=stack_name_prefix, p_path=prefix)
+                          p=stack_name_prefix)
 
 
 def _as_nag_prints(stack: cdk.Stack, value: str) -> str:

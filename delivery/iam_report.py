@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 from collections import Counter, defaultdict
@@ -200,6 +201,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not (args.assembly / "manifest.json").exists():
         raise UserError(f"{args.assembly}: not a cloud assembly (synthesize first: make synth)")
+    try:
+        return _run(args)
+    except BrokenPipeError:  # `... | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.update:
         lines = acknowledgement_lines(args.assembly)
         REVIEWED_LIST.write_text("\n".join(lines) + "\n")

@@ -15,6 +15,7 @@ from constructs_lib.drift_detection import StackDriftDetection
 from constructs_lib.stage_budget import StageBudget
 from ml_stacks.base_stack import StageStack, log_retention
 from ml_stacks.config import StageConfig
+from ml_stacks.fixed_names import gpu_agent_parameter
 
 # Services that publish to the alerts topic on the stage's behalf. Each must
 # be able to use the topic's KMS key, or its messages are silently dropped.
@@ -83,6 +84,7 @@ class OpsStack(StageStack):
                 schedule=events.Schedule.cron(minute="0", hour=str(config.drift.schedule_hour_utc)),
                 log_retention=log_retention(config.drift.log_retention_days),
                 removal_policy=self.removal_policy,
+                parameter_names=[gpu_agent_parameter(config)],
             )
         budget = config.budget
         self.budget = StageBudget(

@@ -11,6 +11,7 @@ from aws_cdk.assertions import Match, Template
 
 from ml_stacks.app_factory import build_app
 from ml_stacks.config import BudgetConfig, ConfigError, DriftConfig, default_configs
+from ml_stacks.fixed_names import gpu_agent_parameter
 from tests.conftest import STACKS, STAGES, resources_of_type
 
 
@@ -146,7 +147,12 @@ def test_drift_function_holds_every_read_its_stages_resource_types_need_and_no_w
             resource = json.dumps(statement["Resource"])
             assert f":function:{prefix}-*" in resource or ":event-source-mapping:*" in resource \
                 or f"/{prefix}-*" in resource or f":::{prefix}-*" in resource \
-                or f":parameter/{prefix}/*" in resource, statement
+                or f":parameter{gpu_agent_parameter(synthesized.configs[stage])}" in resource, statement
+    # Parameter values: the stage's parameters by their full names, no pattern.
+    [parameters] = [s for s in reads if s["Sid"] == "ReadConfigurationOfStageParameters"]
+    assert parameters["Action"] == "ssm:GetParameters"
+    assert "*" not in json.dumps(parameters["Resource"])
+    assert f":parameter{gpu_agent_parameter(synthesized.configs[stage])}" in json.dumps(parameters["Resource"])
 
 
 @pytest.mark.parametrize("stage", STAGES)
