@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+import json
+from typing import Any, Mapping, Sequence
 
 import aws_cdk as cdk
 import jsii
@@ -13,13 +14,68 @@ from constructs import IConstruct, IValidation
 def acknowledge(construct: IConstruct, rule_id: str, reason: str) -> None:
     """Acknowledge ``rule_id`` on ``construct`` and everything under it.
 
-    Call it on the narrowest construct the finding is about, with the real
-    reason: the reason lands in the cloud assembly as the audit trail.
-    ``rule_id`` is the full id the finding prints after "Acknowledge with",
-    e.g. ``AwsSolutions::AwsSolutions-IAM5[Resource::*]``.
+    The one way to acknowledge a finding: call it next to the statement or
+    resource the finding is about, on the narrowest construct, with the real
+    reason (it lands in the cloud assembly as the audit trail, and on the
+    reviewed list tests/unit/acknowledgements.txt). ``rule_id`` is the full
+    id the finding prints after "Acknowledge with", e.g.
+    ``AwsSolutions::AwsSolutions-IAM5[Resource::*]``. It may contain tokens,
+    such as the very ARN a statement grants on
+    (``f"AwsSolutions::AwsSolutions-IAM5[Resource::{bucket.arn_for_objects('runs/*')}]"``):
+    cdk-nag prints those as the resolved CloudFormation value (a
+    cross-stack reference as ``{"Fn::GetStackOutput": ...}``, a pseudo
+    parameter as ``<AWS::AccountId>``), which exists only once the app has
+    resolved its references, so the id is resolved then, never copied from
+    an error message.
     """
+    if cdk.Token.is_unresolved(rule_id):
+        construct.node.add_validation(_AcknowledgeWhenResolved(construct, rule_id, reason))
+        return
     cdk.Validations.of(construct).acknowledge(cdk.Acknowledgment(id=rule_id, reason=reason))
 
+
+def flatten_reference(node: Any) -> str:
+    """The flat string cdk-nag 3 prints for a resolved CloudFormation value."""
+    if node is None:
+        return ""
+    if isinstance(node, str):
+        return node.replace("${", "<").replace("}", ">")
+    if isinstance(node, dict):
+        if "Fn::Join" in node:
+            delimiter, items = node["Fn::Join"]
+            return delimiter.join(flatten_reference(item) for item in items)
+        if "Fn::Sub" in node:
+            return flatten_reference(node["Fn::Sub"])
+        if "Fn::GetAtt" in node:
+            resource, attribute = node["Fn::GetAtt"]
+            return f"<{flatten_reference(resource)}.{flatten_reference(attribute)}>"
+        if "Fn::ImportValue" in node:
+            return flatten_reference(node["Fn::ImportValue"])
+        if "Ref" in node:
+            return f"<{flatten_reference(node['Ref'])}>"
+    return json.dumps(node, separators=(",", ":"))
+
+
+@jsii.implements(IValidation)
+class _AcknowledgeWhenResolved:
+    def __init__(self, construct: IConstruct, rule_id: str, reason: str) -> None:
+        self._construct = construct
+        self._rule_id = rule_id
+        self._reason = reason
+
+    def validate(self) -> list[str]:
+        resolved = cdk.Stack.of(self._construct).resolve(self._rule_id)
+        acknowledge(self._construct, _flatten_id(resolved), self._reason)
+        return []
+
+
+def _flatten_id(resolved: Any) -> str:
+    # The literal parts of the id are kept as they are; only the resolved
+    # values inside it are flattened the way cdk-nag prints them.
+    if isinstance(resolved, dict) and "Fn::Join" in resolved:
+        delimiter, items = resolved["Fn::Join"]
+        return delimiter.join(item if isinstance(item, str) else flatten_reference(item) for item in items)
+    return flatten_reference(resolved)
 
 UNSCOPED_POLICY_ID = "UnscopedApis"
 # The reason shared by every PutMetricData grant (each limited by a

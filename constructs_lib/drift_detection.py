@@ -206,7 +206,29 @@ class StackDriftDetection(Construct):
         )
         self.log_group.grant_write(role)
         alerts_topic.grant_publish(role)
+        acknowledge(role, "AwsSolutions::AwsSolutions-IAM5[Action::kms:GenerateDataKey*]",
+                    "Topic.grant_publish on the encrypted alerts topic: SNS needs the "
+                    "GenerateDataKey family on the stage key to encrypt each published message")
+        self._grant_detection(role, stack, stack_name_prefix, parameter_names)
 
+        self.rule = events.Rule(self, "Schedule", schedule=schedule,
+                                description=f"Daily drift detection of the {stage} stacks")
+        self.rule.add_target(targets.LambdaFunction(self.function, retry_attempts=2,
+                                                    max_event_age=cdk.Duration.hours(2)))
+
+        self.errors_alarm = self.function.metric_errors(period=cdk.Duration.hours(1)).create_alarm(
+            self, "ErrorsAlarm",
+            threshold=1,
+            evaluation_periods=1,
+            comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+            treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
+            alarm_description=f"The {stage} drift detection function failed: drift is not being checked",
+        )
+        self.errors_alarm.add_alarm_action(cw_actions.SnsAction(alerts_topic))
+
+    def _grant_detection(self, role: iam.Role, stack: cdk.Stack, stack_name_prefix: str,
+                         parameter_names: Sequence[str]) -> None:
+        """DetectStackDrift on the stage's stacks and the configuration reads it makes."""
         stage_stacks = stack.format_arn(service="cloudformation", resource="stack",
                                         resource_name=f"{stack_name_prefix}*/*")
         role.add_to_policy(iam.PolicyStatement(
@@ -215,6 +237,10 @@ class StackDriftDetection(Construct):
                      "cloudformation:DescribeStackResourceDrifts"],
             resources=[stage_stacks],
         ))
+        acknowledge(role, f"AwsSolutions::AwsSolutions-IAM5[Resource::{stage_stacks}]",
+                    "every stack of the stage (its name prefix; a stack ARN ends in an ID known "
+                    "only once the stack exists), including stacks added to the stage later: the "
+                    "function finds them with ListStacks")
         # ListStacks and DescribeStackDriftDetectionStatus support no
         # resource-level permissions.
         role.add_to_policy(iam.PolicyStatement(
@@ -239,27 +265,6 @@ class StackDriftDetection(Construct):
                 resources=[stack.format_arn(service="ssm", resource="parameter",
                                             resource_name=name.lstrip("/"))
                            for name in parameter_names]))
-        acknowledge(role, f"AwsSolutions::AwsSolutions-IAM5[Resource::{_as_nag_prints(stack, stage_stacks)}]",
-                    "every stack of the stage (its name prefix), including stacks added to the "
-                    "stage later: the function finds them with ListStacks")
-        acknowledge(role, "AwsSolutions::AwsSolutions-IAM5[Action::kms:GenerateDataKey*]",
-                    "Topic.grant_publish on the encrypted alerts topic: SNS needs the "
-                    "GenerateDataKey family on the stage key to encrypt each published message")
-
-        self.rule = events.Rule(self, "Schedule", schedule=schedule,
-                                description=f"Daily drift detection of the {stage} stacks")
-        self.rule.add_target(targets.LambdaFunction(self.function, retry_attempts=2,
-                                                    max_event_age=cdk.Duration.hours(2)))
-
-        self.errors_alarm = self.function.metric_errors(period=cdk.Duration.hours(1)).create_alarm(
-            self, "ErrorsAlarm",
-            threshold=1,
-            evaluation_periods=1,
-            comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
-            treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
-            alarm_description=f"The {stage} drift detection function failed: drift is not being checked",
-        )
-        self.errors_alarm.add_alarm_action(cw_actions.SnsAction(alerts_topic))
 
     def _add_stage_scoped_reads(self, role: iam.Role, stack: cdk.Stack, stack_name_prefix: str) -> None:
         """Reads of functions, roles, buckets and parameters: only the stage's own."""
@@ -268,7 +273,7 @@ class StackDriftDetection(Construct):
             role.add_to_policy(iam.PolicyStatement(
                 sid=f"ReadConfigurationOfStageResources{index}", actions=list(actions),
                 resources=[resource]))
-            acknowledge(role, f"AwsSolutions::AwsSolutions-IAM5[Resource::{_as_nag_prints(stack, resource)}]",
+            acknowledge(role, f"AwsSolutions::AwsSolutions-IAM5[Resource::{resource}]",
                         "the stage's own resources of this type: CloudFormation names them after "
                         "their stack, and every stack of the stage starts with the stage prefix")
 
@@ -277,12 +282,3 @@ def _stage_scoped_resource(pattern: str, stack: cdk.Stack, stack_name_prefix: st
     return pattern.format(partition=stack.partition, region=stack.region, account=stack.account,
                           p=stack_name_prefix)
 
-
-def _as_nag_prints(stack: cdk.Stack, value: str) -> str:
-    """``value`` the way a cdk-nag finding id spells it: pseudo parameters
-    that are still tokens become ``<AWS::...>``."""
-    resolved = stack.resolve(value)
-    if isinstance(resolved, str):
-        return resolved
-    parts = resolved["Fn::Join"][1]
-    return "".join(p if isinstance(p, str) else f"<{p['Ref']}>" for p in parts)

@@ -328,6 +328,10 @@ class GpuTrainingFleet(Construct):
             actions=["s3:GetObject", "s3:PutObject", "s3:AbortMultipartUpload"],
             resources=[objects],
         ))
+        acknowledge(self.role, f"AwsSolutions::AwsSolutions-IAM5[Resource::{objects}]",
+                    "A run's checkpoints live under runs/<run-id>/ (node_agent/RUNS_CONTRACT.md) "
+                    "and any instance may carry any run, so the role reads and writes runs/*, "
+                    "deletes nothing, and reaches no other prefix of the bucket.")
         # Listing under runs/ only; with it a missing LATEST is a 404, not a 403.
         self.role.add_to_principal_policy(iam.PolicyStatement(
             sid="ListRunCheckpoints",
@@ -341,11 +345,6 @@ class GpuTrainingFleet(Construct):
                 actions=["kms:Decrypt", "kms:GenerateDataKey"],
                 resources=[bucket.encryption_key.key_arn],
             ))
-        acknowledge_resources(
-            self.role, "AwsSolutions::AwsSolutions-IAM5", [objects],
-            "A run's checkpoints live under runs/<run-id>/ (node_agent/RUNS_CONTRACT.md) and "
-            "any instance may carry any run, so the role reads and writes runs/*, deletes "
-            "nothing, and reaches no other prefix of the bucket.")
 
     def grant_complete_lifecycle_action(self, grantee: iam.IGrantable) -> iam.Grant:
         """Allow ``autoscaling:CompleteLifecycleAction`` on this group only."""

@@ -30,8 +30,7 @@ from aws_cdk import aws_logs as logs
 from aws_cdk import aws_sns as sns
 from constructs import Construct
 
-from constructs_lib.acknowledge import UnscopedApis
-from constructs_lib.acknowledge_resolved import acknowledge_resources
+from constructs_lib.acknowledge import UnscopedApis, acknowledge
 
 CODE_DIR = Path(__file__).resolve().parent.parent / "lambda" / "idle_shutdown"
 # lambda/idle_shutdown/idle_settings.py STAGE_TAG: the function acts on a
@@ -131,7 +130,7 @@ class IdleShutdown(Construct):
             resources=[group_arn],
             conditions={"StringEquals": {f"autoscaling:ResourceTag/{opt_in_tag_key}": opt_in_tag_value}},
         )])
-        acknowledge_resources(act, "AwsSolutions::AwsSolutions-IAM5", [group_arn],
+        acknowledge(act, f"AwsSolutions::AwsSolutions-IAM5[Resource::{group_arn}]",
                     "Groups are found at run time by tag, not known at synth; the condition on "
                     f"autoscaling:ResourceTag/{opt_in_tag_key} limits the writes to opted-in groups.")
         # grant_publish would add kms:GenerateDataKey*; SNS needs exactly these.

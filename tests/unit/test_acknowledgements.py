@@ -82,3 +82,31 @@ def test_each_principal_has_at_most_one_acknowledged_resource_star(synthesized) 
 def test_rule_and_finding_are_split_at_the_first_bracket(text, expected) -> None:
     from delivery.iam_report import _split_rule
     assert _split_rule(text) == expected
+
+
+def test_iam_report_prints_counts_per_stage_and_every_statement_on_star(synthesized) -> None:
+    from delivery.iam_report import report, unscoped_statements
+
+    text = report(synthesized.outdir)
+    acks = [a for a in acknowledgements(synthesized.outdir) if a.plugin == NAG_PLUGIN]
+    assert f"(all stages: {len(acks)})" in text
+    statements = list(unscoped_statements(synthesized.outdir))
+    assert {stage for stage, *_ in statements} == set(synthesized.configs)
+    for stage in synthesized.configs:
+        count = sum(s == stage for s, *_ in statements)
+        assert f"{stage} {count}" in text
+    # Every statement it lists really is on "*" in that stack's template.
+    stage, stack, logical_id, actions = statements[0]
+    policy = synthesized.stack(stage, stack).template_json["Resources"][logical_id]
+    assert any(s.get("Resource") == "*" and sorted([s["Action"]] if isinstance(s["Action"], str)
+                                                    else s["Action"]) == actions
+               for s in policy["Properties"]["PolicyDocument"]["Statement"])
+
+
+def test_iam_report_on_a_missing_assembly_is_one_line_and_exit_1(tmp_path, capsys) -> None:
+    from delivery.cli_errors import run
+    from delivery.iam_report import main
+
+    assert run(lambda: main([str(tmp_path / "nothing")])) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not a cloud assembly" in err
