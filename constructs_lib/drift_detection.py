@@ -94,6 +94,11 @@ DRIFT_READ_ACTIONS = (
     "kms:GetKeyRotationStatus",
     "kms:ListAliases",
     "kms:ListResourceTags",
+    # Event source mappings are named by a generated UUID (the ARN pattern
+    # event-source-mapping:* named every mapping anyway); ListTags reads the
+    # tags of mappings and functions (tags, not code or environment).
+    "lambda:GetEventSourceMapping",
+    "lambda:ListTags",
     "logs:DescribeIndexPolicies",
     "logs:DescribeLogGroups",
     "logs:DescribeResourcePolicies",
@@ -123,9 +128,7 @@ DRIFT_STAGE_SCOPED_READS: dict[str, tuple[str, ...]] = {
         "lambda:GetFunction", "lambda:GetFunctionCodeSigningConfig",
         "lambda:GetFunctionEventInvokeConfig", "lambda:GetFunctionRecursionConfig",
         "lambda:GetFunctionScalingConfig", "lambda:GetPolicy",
-        "lambda:GetRuntimeManagementConfig", "lambda:ListTags"),
-    "arn:{partition}:lambda:{region}:{account}:event-source-mapping:*": (
-        "lambda:GetEventSourceMapping", "lambda:ListTags"),
+        "lambda:GetRuntimeManagementConfig"),
     # Roles and instance profiles in one pattern: these actions apply to no
     # other IAM resource type, so matching role/... and instance-profile/...
     # (under any path) grants nothing more than one pattern each did.
