@@ -13,6 +13,7 @@ from aws_cdk import aws_events_targets as targets
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
+from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_sns as sns
 from constructs import Construct
 
@@ -120,8 +121,8 @@ DRIFT_READ_ACTIONS = (
     "ssm:ListTagsForResource",
 )
 # Reads whose API takes a resource ARN, scoped to the stage's own resources:
-# CloudFormation names them after their stack (``<stack>-<logical id>-<suffix>``,
-# buckets in lower case), and every stack of the stage starts with the prefix.
+# CloudFormation names them after their stack (``<stack>-<logical id>-<suffix>``),
+# and every stack of the stage starts with the prefix.
 # (resource ARN pattern, with {p} the stack name prefix) -> actions
 DRIFT_STAGE_SCOPED_READS: dict[str, tuple[str, ...]] = {
     "arn:{partition}:lambda:{region}:{account}:function:{p}*": (
@@ -135,17 +136,18 @@ DRIFT_STAGE_SCOPED_READS: dict[str, tuple[str, ...]] = {
     "arn:{partition}:iam::{account}:*/{p}*": (
         "iam:GetInstanceProfile", "iam:GetRole", "iam:GetRolePolicy",
         "iam:ListAttachedRolePolicies", "iam:ListRolePolicies"),
-    "arn:{partition}:s3:::{p}*": (
-        "s3:GetAccelerateConfiguration", "s3:GetAnalyticsConfiguration", "s3:GetBucketAbac",
-        "s3:GetBucketCORS", "s3:GetBucketLogging", "s3:GetBucketMetadataTableConfiguration",
-        "s3:GetBucketNotification", "s3:GetBucketObjectLockConfiguration",
-        "s3:GetBucketOwnershipControls", "s3:GetBucketPolicy", "s3:GetBucketPublicAccessBlock",
-        "s3:GetBucketTagging", "s3:GetBucketVersioning", "s3:GetBucketWebsite",
-        "s3:GetEncryptionConfiguration", "s3:GetIntelligentTieringConfiguration",
-        "s3:GetInventoryConfiguration", "s3:GetLifecycleConfiguration",
-        "s3:GetMetricsConfiguration", "s3:GetReplicationConfiguration", "s3:ListBucket",
-        "s3:ListTagsForResource"),
 }
+# Bucket configuration reads: only the buckets the stage names (``buckets``).
+DRIFT_BUCKET_READS = (
+    "s3:GetAccelerateConfiguration", "s3:GetAnalyticsConfiguration", "s3:GetBucketAbac",
+    "s3:GetBucketCORS", "s3:GetBucketLogging", "s3:GetBucketMetadataTableConfiguration",
+    "s3:GetBucketNotification", "s3:GetBucketObjectLockConfiguration",
+    "s3:GetBucketOwnershipControls", "s3:GetBucketPolicy", "s3:GetBucketPublicAccessBlock",
+    "s3:GetBucketTagging", "s3:GetBucketVersioning", "s3:GetBucketWebsite",
+    "s3:GetEncryptionConfiguration", "s3:GetIntelligentTieringConfiguration",
+    "s3:GetInventoryConfiguration", "s3:GetLifecycleConfiguration",
+    "s3:GetMetricsConfiguration", "s3:GetReplicationConfiguration", "s3:ListBucket",
+    "s3:ListTagsForResource")
 # The parameters' own read (it returns the value): only the parameters the
 # stage names (``parameter_names``), each by its full name.
 DRIFT_PARAMETER_READS = ("ssm:GetParameters",)
@@ -161,8 +163,9 @@ class StackDriftDetection(Construct):
 
     ``parameter_names``: the SSM parameters of the stage's stacks, by full
     name (``/ml-dev/...``); drift detection may read these values and no
-    other parameter's. A parameter left out is reported as not checked.
-    Default: none.
+    other parameter's. ``buckets``: the stage's buckets; it reads their
+    configuration (never objects) and no other bucket's. A parameter or
+    bucket left out is reported as not checked (UNKNOWN). Default: none.
 
     Attributes: ``function`` (``lambda_.Function``), ``rule``
     (``events.Rule``), ``errors_alarm`` (``cloudwatch.Alarm``).
@@ -180,6 +183,7 @@ class StackDriftDetection(Construct):
         log_retention: logs.RetentionDays,
         removal_policy: cdk.RemovalPolicy,
         parameter_names: Sequence[str] = (),
+        buckets: Sequence[s3.IBucket] = (),
         timeout: cdk.Duration = cdk.Duration.minutes(10),
     ) -> None:
         super().__init__(scope, construct_id)
@@ -212,7 +216,7 @@ class StackDriftDetection(Construct):
         acknowledge(role, "AwsSolutions::AwsSolutions-IAM5[Action::kms:GenerateDataKey*]",
                     "Topic.grant_publish on the encrypted alerts topic: SNS needs the "
                     "GenerateDataKey family on the stage key to encrypt each published message")
-        self._grant_detection(role, stack, stack_name_prefix, parameter_names)
+        self._grant_detection(role, stack, stack_name_prefix, parameter_names, buckets)
 
         self.rule = events.Rule(self, "Schedule", schedule=schedule,
                                 description=f"Daily drift detection of the {stage} stacks")
@@ -230,7 +234,7 @@ class StackDriftDetection(Construct):
         self.errors_alarm.add_alarm_action(cw_actions.SnsAction(alerts_topic))
 
     def _grant_detection(self, role: iam.Role, stack: cdk.Stack, stack_name_prefix: str,
-                         parameter_names: Sequence[str]) -> None:
+                         parameter_names: Sequence[str], buckets: Sequence[s3.IBucket]) -> None:
         """DetectStackDrift on the stage's stacks and the configuration reads it makes."""
         stage_stacks = stack.format_arn(service="cloudformation", resource="stack",
                                         resource_name=f"{stack_name_prefix}*/*")
@@ -268,9 +272,13 @@ class StackDriftDetection(Construct):
                 resources=[stack.format_arn(service="ssm", resource="parameter",
                                             resource_name=name.lstrip("/"))
                            for name in parameter_names]))
+        if buckets:
+            role.add_to_policy(iam.PolicyStatement(
+                sid="ReadConfigurationOfStageBuckets", actions=list(DRIFT_BUCKET_READS),
+                resources=[bucket.bucket_arn for bucket in buckets]))
 
     def _add_stage_scoped_reads(self, role: iam.Role, stack: cdk.Stack, stack_name_prefix: str) -> None:
-        """Reads of functions, roles, buckets and parameters: only the stage's own."""
+        """Reads of functions, roles and instance profiles: only the stage's own."""
         for index, (pattern, actions) in enumerate(DRIFT_STAGE_SCOPED_READS.items()):
             resource = _stage_scoped_resource(pattern, stack, stack_name_prefix)
             role.add_to_policy(iam.PolicyStatement(

@@ -3,10 +3,13 @@ uses, the stage's drift detection and its monthly budget."""
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import aws_cdk as cdk
 from aws_cdk import aws_events as events
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
+from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_sns as sns
 from aws_cdk import aws_sns_subscriptions as subscriptions
 from constructs import Construct
@@ -35,7 +38,7 @@ class OpsStack(StageStack):
     ``budget`` (``StageBudget``)."""
 
     def __init__(self, scope: Construct, construct_id: str, *, config: StageConfig,
-                 key: kms.IKey) -> None:
+                 key: kms.IKey, buckets: Sequence[s3.IBucket] = ()) -> None:
         super().__init__(scope, construct_id, config=config,
                          description=f"ml-infra {config.name}: alerts topic, drift detection, budget")
         self.alerts_topic = sns.Topic(
@@ -85,6 +88,7 @@ class OpsStack(StageStack):
                 log_retention=log_retention(config.drift.log_retention_days),
                 removal_policy=self.removal_policy,
                 parameter_names=[gpu_agent_parameter(config)],
+                buckets=buckets,
             )
         budget = config.budget
         self.budget = StageBudget(

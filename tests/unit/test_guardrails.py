@@ -152,8 +152,16 @@ def test_drift_function_holds_every_read_its_stages_resource_types_need_and_no_w
         if any(a.startswith(STAGE_SCOPED_SERVICES) for a in actions):
             resource = json.dumps(statement["Resource"])
             assert f":function:{prefix}-*" in resource or ":event-source-mapping:*" in resource \
-                or f"/{prefix}-*" in resource or f":::{prefix}-*" in resource \
+                or f"/{prefix}-*" in resource \
+                or statement["Sid"] == "ReadConfigurationOfStageBuckets" \
                 or f":parameter{gpu_agent_parameter(synthesized.configs[stage])}" in resource, statement
+    # Buckets: each of the storage stack's buckets by reference, no pattern.
+    [buckets] = [s for s in reads if s["Sid"] == "ReadConfigurationOfStageBuckets"]
+    storage = synthesized.stack(stage, "storage").template_json["Resources"]
+    bucket_ids = sorted(lid for lid, r in storage.items() if r["Type"] == "AWS::S3::Bucket")
+    references = [r["Fn::GetStackOutput"] for r in buckets["Resource"]]
+    assert all(r["StackName"] == f"ml-{stage}-storage" for r in references)
+    assert sorted(next(lid for lid in bucket_ids if lid in r["OutputName"]) for r in references) == bucket_ids
     # Parameter values: the stage's parameters by their full names, no pattern.
     [parameters] = [s for s in reads if s["Sid"] == "ReadConfigurationOfStageParameters"]
     assert parameters["Action"] == "ssm:GetParameters"
