@@ -158,32 +158,7 @@ class GpuNodegroups(Construct):
             allow_autoscaling_service_role(volume_key)
         self.nodegroups: dict[str, eks.Nodegroup] = {}
         self.launch_templates: dict[str, ec2.LaunchTemplate] = {}
-        # One log group for the tagging custom resources' singleton function.
-        self._tagger_logs = logs.LogGroup(self, "AsgTaggerLogs", retention=logs.RetentionDays.ONE_MONTH,
-                                          removal_policy=cdk.RemovalPolicy.DESTROY)
-        # Its own role instead of one with the AWS managed basic execution
-        # policy: logs to that group only, plus each lookup's and tagging's call.
-        self._tagger_role = iam.Role(
-            self, "AsgTaggerRole", assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
-            description="Tags the EKS node groups' Auto Scaling groups for the cluster autoscaler")
-        self._tagger_logs.grant_write(self._tagger_role)
-        # One policy for every group's lookup and tagging call (each call
-        # below adds its statement): one place, one acknowledgement.
-        self._tagger_policy = iam.Policy(self, "AsgTaggerPolicy", roles=[self._tagger_role])
-        self._tagger_policy.add_statements(iam.PolicyStatement(
-            sid="TagThisClustersNodeGroupAsgs",
-            actions=["autoscaling:CreateOrUpdateTags"],
-            resources=["*"],
-            # Only the Auto Scaling groups EKS made for this cluster.
-            conditions={"StringEquals": {"aws:ResourceTag/eks:cluster-name": cluster.cluster_name}},
-        ))
-        acknowledge(
-            self._tagger_policy,
-            "AwsSolutions::AwsSolutions-IAM5[Resource::*]",
-            "autoscaling:CreateOrUpdateTags on a managed node group's Auto Scaling group, whose ARN "
-            "holds a UUID (and a name suffix) known only after EKS creates it; the statement is "
-            "limited to groups tagged eks:cluster-name=<this cluster> instead.",
-        )
+        self._build_tagger(cluster)
         self.node_role = self._build_node_role()
 
         on_demand, spot = eks.CapacityType.ON_DEMAND, eks.CapacityType.SPOT
@@ -267,6 +242,35 @@ class GpuNodegroups(Construct):
         self.nodegroups[name] = nodegroup
         self.launch_templates[name] = template
         self._tag_autoscaling_group(role.construct_id, cfn, autoscaler_tags(labels, taints))
+
+    def _build_tagger(self, cluster: eks.Cluster) -> None:
+        """Log group, role and policy of the Auto Scaling group tagging custom resources."""
+        # One log group for the tagging custom resources' singleton function.
+        self._tagger_logs = logs.LogGroup(self, "AsgTaggerLogs", retention=logs.RetentionDays.ONE_MONTH,
+                                          removal_policy=cdk.RemovalPolicy.DESTROY)
+        # Its own role instead of one with the AWS managed basic execution
+        # policy: logs to that group only, plus each lookup's and tagging's call.
+        self._tagger_role = iam.Role(
+            self, "AsgTaggerRole", assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
+            description="Tags the EKS node groups' Auto Scaling groups for the cluster autoscaler")
+        self._tagger_logs.grant_write(self._tagger_role)
+        # One policy for every group's lookup and tagging call (each call
+        # below adds its statement): one place, one acknowledgement.
+        self._tagger_policy = iam.Policy(self, "AsgTaggerPolicy", roles=[self._tagger_role])
+        self._tagger_policy.add_statements(iam.PolicyStatement(
+            sid="TagThisClustersNodeGroupAsgs",
+            actions=["autoscaling:CreateOrUpdateTags"],
+            resources=["*"],
+            # Only the Auto Scaling groups EKS made for this cluster.
+            conditions={"StringEquals": {"aws:ResourceTag/eks:cluster-name": cluster.cluster_name}},
+        ))
+        acknowledge(
+            self._tagger_policy,
+            "AwsSolutions::AwsSolutions-IAM5[Resource::*]",
+            "autoscaling:CreateOrUpdateTags on a managed node group's Auto Scaling group, whose ARN "
+            "holds a UUID (and a name suffix) known only after EKS creates it; the statement is "
+            "limited to groups tagged eks:cluster-name=<this cluster> instead.",
+        )
 
     def _build_node_role(self) -> iam.Role:
         """The node role of every group: ``NODE_MANAGED_POLICIES`` only."""
