@@ -381,7 +381,9 @@ class GpuTrainingFleet(Construct):
         group on the launch template, so a policy naming the group's ARN
         in the role's default policy would be a cycle. What this policy
         holds (lifecycle completion and heartbeat, instance health) is
-        only used once an instance runs.
+        only used once an instance runs, and the group starts with none.
+        For that role the returned grant is a no-op placeholder
+        (``Grant.drop``): the statement is in ``GroupActionsPolicy``.
         """
         if grantee.grant_principal is not self.role:
             return iam.Grant.add_to_principal(grantee=grantee, actions=[action],
