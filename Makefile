@@ -41,10 +41,12 @@ STAGE_CONTEXT := $(if $(STAGES),-c stages=$(STAGES),)
 # The stage being deployed, diffed or destroyed, pinned to ACCOUNT if given.
 ONE_STAGE := -c stages=$(STAGE) $(if $(ACCOUNT),-c account=$(ACCOUNT),)
 
-.PHONY: help setup synth test bench bench-drill bench-idle bench-preflight bootstrap preflight deploy destroy diff cost drift smoke run refresh-amis clean
+.PHONY: help setup synth acknowledgements iam-report test bench bench-drill bench-idle bench-preflight bootstrap preflight deploy destroy diff cost drift smoke run refresh-amis clean
 
 help:
 	@echo "make synth [STAGES=dev,prod]   synthesize offline, print a summary"
+	@echo "make acknowledgements          synthesize, rewrite tests/unit/acknowledgements.txt (commit the diff)"
+	@echo "make iam-report                acknowledgements per rule and stage, IAM statements on Resource: *"
 	@echo "make test                      the whole test suite"
 	@echo "make bench                     synth wall-time benchmark"
 	@echo "make bootstrap STAGE=dev       cdk bootstrap the stage's account/region (AWS credentials)"
@@ -88,6 +90,14 @@ synth: setup
 	@$(CDK) synth --quiet $(STAGE_CONTEXT) 2>&1 >/dev/null \
 	  | { grep -v -e '^Successfully synthesized' -e '^Supply a stack id' -e '^$$' >&2 || true; }
 	@python scripts/synth_summary.py cdk.out
+
+# The reviewed acknowledgement list (tests/unit/test_acknowledgements.py
+# fails until it matches the synthesized app): regenerate, review, commit.
+acknowledgements: synth
+	python -m delivery.iam_report cdk.out --update
+
+iam-report: synth
+	python -m delivery.iam_report cdk.out
 
 test: export AWS_EC2_METADATA_DISABLED := true
 test: setup

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import aws_cdk as cdk
 from aws_cdk import aws_cloudwatch as cloudwatch
@@ -12,6 +13,7 @@ from aws_cdk import aws_events_targets as targets
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
+from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_sns as sns
 from constructs import Construct
 
@@ -93,6 +95,11 @@ DRIFT_READ_ACTIONS = (
     "kms:GetKeyRotationStatus",
     "kms:ListAliases",
     "kms:ListResourceTags",
+    # Event source mappings are named by a generated UUID (the ARN pattern
+    # event-source-mapping:* named every mapping anyway); ListTags reads the
+    # tags of mappings and functions (tags, not code or environment).
+    "lambda:GetEventSourceMapping",
+    "lambda:ListTags",
     "logs:DescribeIndexPolicies",
     "logs:DescribeLogGroups",
     "logs:DescribeResourcePolicies",
@@ -114,33 +121,36 @@ DRIFT_READ_ACTIONS = (
     "ssm:ListTagsForResource",
 )
 # Reads whose API takes a resource ARN, scoped to the stage's own resources:
-# CloudFormation names them after their stack (``<stack>-<logical id>-<suffix>``,
-# buckets in lower case), and every stack of the stage starts with the prefix.
+# CloudFormation names them after their stack (``<stack>-<logical id>-<suffix>``),
+# and every stack of the stage starts with the prefix.
 # (resource ARN pattern, with {p} the stack name prefix) -> actions
 DRIFT_STAGE_SCOPED_READS: dict[str, tuple[str, ...]] = {
     "arn:{partition}:lambda:{region}:{account}:function:{p}*": (
         "lambda:GetFunction", "lambda:GetFunctionCodeSigningConfig",
         "lambda:GetFunctionEventInvokeConfig", "lambda:GetFunctionRecursionConfig",
         "lambda:GetFunctionScalingConfig", "lambda:GetPolicy",
-        "lambda:GetRuntimeManagementConfig", "lambda:ListTags"),
-    "arn:{partition}:lambda:{region}:{account}:event-source-mapping:*": (
-        "lambda:GetEventSourceMapping", "lambda:ListTags"),
-    "arn:{partition}:iam::{account}:role/{p}*": (
-        "iam:GetRole", "iam:GetRolePolicy", "iam:ListAttachedRolePolicies", "iam:ListRolePolicies"),
-    "arn:{partition}:iam::{account}:instance-profile/{p}*": ("iam:GetInstanceProfile",),
-    "arn:{partition}:s3:::{p}*": (
-        "s3:GetAccelerateConfiguration", "s3:GetAnalyticsConfiguration", "s3:GetBucketAbac",
-        "s3:GetBucketCORS", "s3:GetBucketLogging", "s3:GetBucketMetadataTableConfiguration",
-        "s3:GetBucketNotification", "s3:GetBucketObjectLockConfiguration",
-        "s3:GetBucketOwnershipControls", "s3:GetBucketPolicy", "s3:GetBucketPublicAccessBlock",
-        "s3:GetBucketTagging", "s3:GetBucketVersioning", "s3:GetBucketWebsite",
-        "s3:GetEncryptionConfiguration", "s3:GetIntelligentTieringConfiguration",
-        "s3:GetInventoryConfiguration", "s3:GetLifecycleConfiguration",
-        "s3:GetMetricsConfiguration", "s3:GetReplicationConfiguration", "s3:ListBucket",
-        "s3:ListTagsForResource"),
-    # Our parameters are named /<prefix>/...: no other parameter's value.
-    "arn:{partition}:ssm:{region}:{account}:parameter/{p_path}/*": ("ssm:GetParameters",),
+        "lambda:GetRuntimeManagementConfig"),
+    # Roles and instance profiles in one pattern: these actions apply to no
+    # other IAM resource type, so matching role/... and instance-profile/...
+    # (under any path) grants nothing more than one pattern each did.
+    "arn:{partition}:iam::{account}:*/{p}*": (
+        "iam:GetInstanceProfile", "iam:GetRole", "iam:GetRolePolicy",
+        "iam:ListAttachedRolePolicies", "iam:ListRolePolicies"),
 }
+# Bucket configuration reads: only the buckets the stage names (``buckets``).
+DRIFT_BUCKET_READS = (
+    "s3:GetAccelerateConfiguration", "s3:GetAnalyticsConfiguration", "s3:GetBucketAbac",
+    "s3:GetBucketCORS", "s3:GetBucketLogging", "s3:GetBucketMetadataTableConfiguration",
+    "s3:GetBucketNotification", "s3:GetBucketObjectLockConfiguration",
+    "s3:GetBucketOwnershipControls", "s3:GetBucketPolicy", "s3:GetBucketPublicAccessBlock",
+    "s3:GetBucketTagging", "s3:GetBucketVersioning", "s3:GetBucketWebsite",
+    "s3:GetEncryptionConfiguration", "s3:GetIntelligentTieringConfiguration",
+    "s3:GetInventoryConfiguration", "s3:GetLifecycleConfiguration",
+    "s3:GetMetricsConfiguration", "s3:GetReplicationConfiguration", "s3:ListBucket",
+    "s3:ListTagsForResource")
+# The parameters' own read (it returns the value): only the parameters the
+# stage names (``parameter_names``), each by its full name.
+DRIFT_PARAMETER_READS = ("ssm:GetParameters",)
 
 
 class StackDriftDetection(Construct):
@@ -150,6 +160,12 @@ class StackDriftDetection(Construct):
 
     An alarm on the function's own errors goes to the same topic, so a
     broken checker is not mistaken for "no drift".
+
+    ``parameter_names``: the SSM parameters of the stage's stacks, by full
+    name (``/ml-dev/...``); drift detection may read these values and no
+    other parameter's. ``buckets``: the stage's buckets; it reads their
+    configuration (never objects) and no other bucket's. A parameter or
+    bucket left out is reported as not checked (UNKNOWN). Default: none.
 
     Attributes: ``function`` (``lambda_.Function``), ``rule``
     (``events.Rule``), ``errors_alarm`` (``cloudwatch.Alarm``).
@@ -166,6 +182,8 @@ class StackDriftDetection(Construct):
         schedule: events.Schedule,
         log_retention: logs.RetentionDays,
         removal_policy: cdk.RemovalPolicy,
+        parameter_names: Sequence[str] = (),
+        buckets: Sequence[s3.IBucket] = (),
         timeout: cdk.Duration = cdk.Duration.minutes(10),
     ) -> None:
         super().__init__(scope, construct_id)
@@ -195,7 +213,29 @@ class StackDriftDetection(Construct):
         )
         self.log_group.grant_write(role)
         alerts_topic.grant_publish(role)
+        acknowledge(role, "AwsSolutions::AwsSolutions-IAM5[Action::kms:GenerateDataKey*]",
+                    "Topic.grant_publish on the encrypted alerts topic: SNS needs the "
+                    "GenerateDataKey family on the stage key to encrypt each published message")
+        self._grant_detection(role, stack, stack_name_prefix, parameter_names, buckets)
 
+        self.rule = events.Rule(self, "Schedule", schedule=schedule,
+                                description=f"Daily drift detection of the {stage} stacks")
+        self.rule.add_target(targets.LambdaFunction(self.function, retry_attempts=2,
+                                                    max_event_age=cdk.Duration.hours(2)))
+
+        self.errors_alarm = self.function.metric_errors(period=cdk.Duration.hours(1)).create_alarm(
+            self, "ErrorsAlarm",
+            threshold=1,
+            evaluation_periods=1,
+            comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+            treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
+            alarm_description=f"The {stage} drift detection function failed: drift is not being checked",
+        )
+        self.errors_alarm.add_alarm_action(cw_actions.SnsAction(alerts_topic))
+
+    def _grant_detection(self, role: iam.Role, stack: cdk.Stack, stack_name_prefix: str,
+                         parameter_names: Sequence[str], buckets: Sequence[s3.IBucket]) -> None:
+        """DetectStackDrift on the stage's stacks and the configuration reads it makes."""
         stage_stacks = stack.format_arn(service="cloudformation", resource="stack",
                                         resource_name=f"{stack_name_prefix}*/*")
         role.add_to_policy(iam.PolicyStatement(
@@ -204,6 +244,10 @@ class StackDriftDetection(Construct):
                      "cloudformation:DescribeStackResourceDrifts"],
             resources=[stage_stacks],
         ))
+        acknowledge(role, f"AwsSolutions::AwsSolutions-IAM5[Resource::{stage_stacks}]",
+                    "every stack of the stage (its name prefix; a stack ARN ends in an ID known "
+                    "only once the stack exists), including stacks added to the stage later: the "
+                    "function finds them with ListStacks")
         # ListStacks and DescribeStackDriftDetectionStatus support no
         # resource-level permissions.
         role.add_to_policy(iam.PolicyStatement(
@@ -222,51 +266,30 @@ class StackDriftDetection(Construct):
                     "actions named one by one) of every resource of the stage's stacks, whose "
                     "IDs are generated")
         self._add_stage_scoped_reads(role, stack, stack_name_prefix)
-        acknowledge(role, f"AwsSolutions::AwsSolutions-IAM5[Resource::{_as_nag_prints(stack, stage_stacks)}]",
-                    "every stack of the stage (its name prefix), including stacks added to the "
-                    "stage later: the function finds them with ListStacks")
-        acknowledge(role, "AwsSolutions::AwsSolutions-IAM5[Action::kms:GenerateDataKey*]",
-                    "Topic.grant_publish on the encrypted alerts topic: SNS needs the "
-                    "GenerateDataKey family on the stage key to encrypt each published message")
-
-        self.rule = events.Rule(self, "Schedule", schedule=schedule,
-                                description=f"Daily drift detection of the {stage} stacks")
-        self.rule.add_target(targets.LambdaFunction(self.function, retry_attempts=2,
-                                                    max_event_age=cdk.Duration.hours(2)))
-
-        self.errors_alarm = self.function.metric_errors(period=cdk.Duration.hours(1)).create_alarm(
-            self, "ErrorsAlarm",
-            threshold=1,
-            evaluation_periods=1,
-            comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
-            treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
-            alarm_description=f"The {stage} drift detection function failed: drift is not being checked",
-        )
-        self.errors_alarm.add_alarm_action(cw_actions.SnsAction(alerts_topic))
+        if parameter_names:
+            role.add_to_policy(iam.PolicyStatement(
+                sid="ReadConfigurationOfStageParameters", actions=list(DRIFT_PARAMETER_READS),
+                resources=[stack.format_arn(service="ssm", resource="parameter",
+                                            resource_name=name.lstrip("/"))
+                           for name in parameter_names]))
+        if buckets:
+            role.add_to_policy(iam.PolicyStatement(
+                sid="ReadConfigurationOfStageBuckets", actions=list(DRIFT_BUCKET_READS),
+                resources=[bucket.bucket_arn for bucket in buckets]))
 
     def _add_stage_scoped_reads(self, role: iam.Role, stack: cdk.Stack, stack_name_prefix: str) -> None:
-        """Reads of functions, roles, buckets and parameters: only the stage's own."""
+        """Reads of functions, roles and instance profiles: only the stage's own."""
         for index, (pattern, actions) in enumerate(DRIFT_STAGE_SCOPED_READS.items()):
             resource = _stage_scoped_resource(pattern, stack, stack_name_prefix)
             role.add_to_policy(iam.PolicyStatement(
                 sid=f"ReadConfigurationOfStageResources{index}", actions=list(actions),
                 resources=[resource]))
-            acknowledge(role, f"AwsSolutions::AwsSolutions-IAM5[Resource::{_as_nag_prints(stack, resource)}]",
+            acknowledge(role, f"AwsSolutions::AwsSolutions-IAM5[Resource::{resource}]",
                         "the stage's own resources of this type: CloudFormation names them after "
                         "their stack, and every stack of the stage starts with the stage prefix")
 
 
 def _stage_scoped_resource(pattern: str, stack: cdk.Stack, stack_name_prefix: str) -> str:
-    prefix = stack_name_prefix.rstrip("-")
     return pattern.format(partition=stack.partition, region=stack.region, account=stack.account,
-                          p=stack_name_prefix, p_path=prefix)
+                          p=stack_name_prefix)
 
-
-def _as_nag_prints(stack: cdk.Stack, value: str) -> str:
-    """``value`` the way a cdk-nag finding id spells it: pseudo parameters
-    that are still tokens become ``<AWS::...>``."""
-    resolved = stack.resolve(value)
-    if isinstance(resolved, str):
-        return resolved
-    parts = resolved["Fn::Join"][1]
-    return "".join(p if isinstance(p, str) else f"<{p['Ref']}>" for p in parts)

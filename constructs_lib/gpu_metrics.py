@@ -26,7 +26,7 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_ssm as ssm
 from constructs import Construct
 
-from constructs_lib.acknowledge import acknowledge
+from constructs_lib.acknowledge import PUT_METRIC_DATA_WHY, UnscopedApis
 
 DEFINITION_PATH = (Path(__file__).resolve().parent.parent / "lambda" / "idle_shutdown"
                    / "gpu_metrics.json")
@@ -121,17 +121,11 @@ class GpuMetricsAgent(Construct):
                     actions=["ssm:GetParameter"],
                     resources=[self.parameter.parameter_arn],
                 ),
-                # PutMetricData has no resource-level permissions; the
-                # namespace condition is what keeps it narrow.
-                iam.PolicyStatement(
-                    sid="PublishGpuMetrics",
-                    actions=["cloudwatch:PutMetricData"],
-                    resources=["*"],
-                    conditions={"StringEquals": {"cloudwatch:namespace": self.namespace}},
-                ),
             ],
         )
-        acknowledge(policy, "AwsSolutions::AwsSolutions-IAM5[Resource::*]",
-                    "cloudwatch:PutMetricData supports no resource-level permissions; the "
-                    f"statement is limited to the {self.namespace} namespace by condition.")
+        # PutMetricData has no resource-level permissions: the namespace
+        # condition is what keeps it narrow.
+        UnscopedApis.of(role).allow(
+            "PutMetricDataInOwnNamespaces", {"cloudwatch:PutMetricData": PUT_METRIC_DATA_WHY},
+            conditions={"StringEquals": {"cloudwatch:namespace": self.namespace}})
         return policy

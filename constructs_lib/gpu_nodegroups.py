@@ -11,6 +11,11 @@ cluster autoscaler reads node-template tags from the Auto Scaling group: a
 small custom resource per group looks the Auto Scaling group up
 (``eks:DescribeNodegroup``) and tags it (``autoscaling:CreateOrUpdateTags``).
 The same tags stay on the node group itself too.
+
+Every group's nodes share one node role (``node_role``): the node role's
+policies are the same for every group (kubelet's and image pulls, nothing
+group-specific), and EKS maps the role to nodes through one access entry
+that it creates with the first group and keeps while any group uses it.
 """
 
 from __future__ import annotations
@@ -114,13 +119,17 @@ class GpuNodegroups(Construct):
     service-linked role, which launches the nodes of a managed node group.
     Default: None, EBS's AWS managed key (``aws/ebs``).
 
-    Node roles hold ``NODE_MANAGED_POLICIES`` only: the VPC CNI's
-    permissions must come from the ``vpc-cni`` add-on's own identity (a Pod
-    Identity association for ``kube-system/aws-node``); the caller makes
-    each node group's ``role`` depend on that add-on, so existing nodes keep
-    the CNI policy until the add-on has its own.
+    The groups share one node role (``node_role``) holding
+    ``NODE_MANAGED_POLICIES`` only: the VPC CNI's permissions must come from
+    the ``vpc-cni`` add-on's own identity (a Pod Identity association for
+    ``kube-system/aws-node``); the caller makes ``node_role`` depend on that
+    add-on, so no node runs without the CNI's permissions. A node group's
+    ``NodeRole`` cannot change in place: moving an existing cluster from one
+    role per group to the shared role replaces each group (CloudFormation
+    creates the new group, then deletes the old one; pods move as the old
+    nodes drain).
 
-    Attributes: ``nodegroups`` (role -> ``eks.Nodegroup``),
+    Attributes: ``node_role`` (``iam.Role``), ``nodegroups`` (role -> ``eks.Nodegroup``),
     ``launch_templates`` (role -> ``ec2.LaunchTemplate``), ``device_plugin``
     (``eks.HelmChart`` or None).
     """
@@ -149,15 +158,8 @@ class GpuNodegroups(Construct):
             allow_autoscaling_service_role(volume_key)
         self.nodegroups: dict[str, eks.Nodegroup] = {}
         self.launch_templates: dict[str, ec2.LaunchTemplate] = {}
-        # One log group for the tagging custom resources' singleton function.
-        self._tagger_logs = logs.LogGroup(self, "AsgTaggerLogs", retention=logs.RetentionDays.ONE_MONTH,
-                                          removal_policy=cdk.RemovalPolicy.DESTROY)
-        # Its own role instead of one with the AWS managed basic execution
-        # policy: logs to that group only, plus each lookup's and tagging's call.
-        self._tagger_role = iam.Role(
-            self, "AsgTaggerRole", assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
-            description="Tags the EKS node groups' Auto Scaling groups for the cluster autoscaler")
-        self._tagger_logs.grant_write(self._tagger_role)
+        self._build_tagger(cluster)
+        self.node_role = self._build_node_role()
 
         on_demand, spot = eks.CapacityType.ON_DEMAND, eks.CapacityType.SPOT
         groups: list[tuple[str, NodegroupConfig, _Role]] = [
@@ -219,6 +221,7 @@ class GpuNodegroups(Construct):
             ),
             subnets=ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS),
             tags=autoscaler_tags(labels, taints),
+            node_role=self.node_role,
         )
         # Instance types go straight onto the node group resource: the L2's
         # own GPU check only knows some GPU classes (not p5, p5e, p6, gr6)
@@ -236,21 +239,58 @@ class GpuNodegroups(Construct):
                 enabled=repair.enabled,
                 max_parallel_nodes_repaired_percentage=repair.max_parallel_repaired_percentage,
                 max_unhealthy_node_threshold_percentage=repair.max_unhealthy_percentage)
+        self.nodegroups[name] = nodegroup
+        self.launch_templates[name] = template
+        self._tag_autoscaling_group(role.construct_id, cfn, autoscaler_tags(labels, taints))
+
+    def _build_tagger(self, cluster: eks.Cluster) -> None:
+        """Log group, role and policy of the Auto Scaling group tagging custom resources."""
+        # One log group for the tagging custom resources' singleton function.
+        self._tagger_logs = logs.LogGroup(self, "AsgTaggerLogs", retention=logs.RetentionDays.ONE_MONTH,
+                                          removal_policy=cdk.RemovalPolicy.DESTROY)
+        # Its own role instead of one with the AWS managed basic execution
+        # policy: logs to that group only, plus each lookup's and tagging's call.
+        self._tagger_role = iam.Role(
+            self, "AsgTaggerRole", assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
+            description="Tags the EKS node groups' Auto Scaling groups for the cluster autoscaler")
+        self._tagger_logs.grant_write(self._tagger_role)
+        # One policy for every group's lookup and tagging call (each call
+        # below adds its statement): one place, one acknowledgement.
+        self._tagger_policy = iam.Policy(self, "AsgTaggerPolicy", roles=[self._tagger_role])
+        self._tagger_policy.add_statements(iam.PolicyStatement(
+            sid="TagThisClustersNodeGroupAsgs",
+            actions=["autoscaling:CreateOrUpdateTags"],
+            resources=["*"],
+            # Only the Auto Scaling groups EKS made for this cluster.
+            conditions={"StringEquals": {"aws:ResourceTag/eks:cluster-name": cluster.cluster_name}},
+        ))
         acknowledge(
-            nodegroup.role,
+            self._tagger_policy,
+            "AwsSolutions::AwsSolutions-IAM5[Resource::*]",
+            "autoscaling:CreateOrUpdateTags on a managed node group's Auto Scaling group, whose ARN "
+            "holds a UUID (and a name suffix) known only after EKS creates it; the statement is "
+            "limited to groups tagged eks:cluster-name=<this cluster> instead.",
+        )
+
+    def _build_node_role(self) -> iam.Role:
+        """The node role of every group: ``NODE_MANAGED_POLICIES`` only."""
+        role = iam.Role(
+            self, "NodeRole", assumed_by=iam.ServicePrincipal("ec2.amazonaws.com"),
+            description="Nodes of every managed node group of the stage's EKS cluster",
+            managed_policies=[iam.ManagedPolicy.from_aws_managed_policy_name(name)
+                              for name in NODE_MANAGED_POLICIES])
+        acknowledge(
+            role,
             "AwsSolutions::AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/AmazonEKSWorkerNodePolicy]",
             "EKS's documented node role policy; AWS keeps it in step with what kubelet needs.",
         )
-        _limit_node_role(nodegroup.role)
         acknowledge(
-            nodegroup.role,
+            role,
             "AwsSolutions::AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/AmazonEC2ContainerRegistryPullOnly]",
             "Nodes pull images from the stage's ECR repository and EKS's own add-on registries: "
             "AWS's pull-only policy (no listing or describing of repositories).",
         )
-        self.nodegroups[name] = nodegroup
-        self.launch_templates[name] = template
-        self._tag_autoscaling_group(role.construct_id, cfn, autoscaler_tags(labels, taints))
+        return role
 
     def _tag_autoscaling_group(self, construct_id: str, nodegroup: eks.CfnNodegroup,
                                tags: dict[str, str]) -> None:
@@ -267,12 +307,14 @@ class GpuNodegroups(Construct):
             f"{construct_id}AsgLookup",
             on_create=lookup_call,
             on_update=lookup_call,
-            policy=cr.AwsCustomResourcePolicy.from_statements([iam.PolicyStatement(
-                actions=["eks:DescribeNodegroup"], resources=[nodegroup.attr_arn])]),
             role=self._tagger_role,
             log_group=self._tagger_logs,
             install_latest_aws_sdk=False,
         )
+        self._tagger_policy.add_statements(iam.PolicyStatement(
+            sid=f"Describe{construct_id}", actions=["eks:DescribeNodegroup"],
+            resources=[nodegroup.attr_arn]))
+        lookup.node.add_dependency(self._tagger_policy)
         asg_name = lookup.get_response_field(ASG_NAME_PATH)
         tag_call = cr.AwsSdkCall(
             service="AutoScaling",
@@ -288,23 +330,12 @@ class GpuNodegroups(Construct):
             f"{construct_id}AsgTags",
             on_create=tag_call,
             on_update=tag_call,
-            policy=cr.AwsCustomResourcePolicy.from_statements([iam.PolicyStatement(
-                actions=["autoscaling:CreateOrUpdateTags"],
-                resources=["*"],
-                # Only the Auto Scaling groups EKS made for this cluster.
-                conditions={"StringEquals": {"aws:ResourceTag/eks:cluster-name": cluster_name}},
-            )]),
             role=self._tagger_role,
             log_group=self._tagger_logs,
             install_latest_aws_sdk=False,
         )
         tagger.node.add_dependency(lookup)
-        acknowledge(
-            tagger,
-            "AwsSolutions::AwsSolutions-IAM5[Resource::*]",
-            "The Auto Scaling group's ARN holds a UUID known only after EKS creates it; the "
-            "statement is limited to groups tagged eks:cluster-name=<this cluster> instead.",
-        )
+        tagger.node.add_dependency(self._tagger_policy)
 
     def _add_device_plugin(self, chart_version: str) -> eks.HelmChart:
         if self.cluster.kubectl_provider is None:
@@ -334,20 +365,6 @@ class GpuNodegroups(Construct):
                 "tolerations": [{"key": GPU_TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"}],
             },
         )
-
-
-def _limit_node_role(role: iam.IRole) -> None:
-    """Replace the managed policies aws_eks_v2 gives a node group's role
-    (worker, CNI, ECR read-only) with ``NODE_MANAGED_POLICIES``.
-
-    On the role's resource rather than a role of our own: a node group's
-    ``NodeRole`` cannot change in place, so a new role would replace every
-    node group; this updates the existing role's policies instead.
-    """
-    cfn_role = role.node.default_child
-    assert isinstance(cfn_role, iam.CfnRole)
-    cfn_role.managed_policy_arns = [iam.ManagedPolicy.from_aws_managed_policy_name(name).managed_policy_arn
-                                    for name in NODE_MANAGED_POLICIES]
 
 
 def _block_devices(config: NodegroupConfig, key: kms.IKey | None) -> list[ec2.BlockDevice]:

@@ -13,7 +13,7 @@ from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_sns as sns
 from constructs import Construct
 
-from constructs_lib.acknowledge import acknowledge
+from constructs_lib.acknowledge import UnscopedApis, acknowledge
 from constructs_lib.acknowledge_resolved import acknowledge_resources
 
 # Instances of the fleet carry this tag (value: the group name). Run Command
@@ -51,6 +51,12 @@ SSM_AGENT_ACTIONS = (
     "ec2messages:GetMessages",
     "ec2messages:SendReply",
 )
+SSM_AGENT_ACTION_WHY = {
+    "ec2messages": "Run Command's message channel, no resource type",
+    "ssmmessages": "Session Manager's channel, no resource type",
+    "ssm": "the SSM agent registers and reports for its own instance, whose ID is not known "
+           "before launch (as in AmazonSSMManagedInstanceCore)",
+}
 AUTOSCALING_SERVICE_LINKED_ROLE = (
     "role/aws-service-role/autoscaling.amazonaws.com/AWSServiceRoleForAutoScaling"
 )
@@ -124,17 +130,12 @@ class GpuTrainingFleet(Construct):
 
     def _set_identity(self, autoscaling_group_name: str, on_demand_percentage: int) -> None:
         """Name, tag, on-demand share and ARN of the group (no constructs)."""
-        stack = cdk.Stack.of(self)
         self.auto_scaling_group_name = autoscaling_group_name
         self.fleet_tag = (FLEET_TAG_KEY, autoscaling_group_name)
         # The template's share; the spot fallback (RunsCapacity) raises it for a while.
         self.on_demand_percentage = on_demand_percentage
-        # Built from the literal name: the UUID part of a group ARN is not
-        # known before creation, and a literal keeps IAM free of cycles.
-        self.auto_scaling_group_arn = (
-            f"arn:{stack.partition}:autoscaling:{stack.region}:{stack.account}:autoScalingGroup:*:"
-            f"autoScalingGroupName/{autoscaling_group_name}"
-        )
+        # The instances' own grants on the group (see _grant_on_group).
+        self._group_statement: iam.PolicyStatement | None = None
 
     def _build_role(self, autoscaling_group_name: str, training_data_bucket: s3.IBucket,
                     checkpoint_bucket: s3.IBucket) -> None:
@@ -279,7 +280,12 @@ class GpuTrainingFleet(Construct):
                 topic=notification_topic, scaling_events=autoscaling.ScalingEvents.ALL)],
             group_metrics=[autoscaling.GroupMetrics.all()],
         )
-        acknowledge(self.auto_scaling_group.node.default_child, "AwsSolutions::AwsSolutions-EC26",
+        cfn_group = self.auto_scaling_group.node.default_child
+        assert isinstance(cfn_group, autoscaling.CfnAutoScalingGroup)
+        # The group's exact ARN (its UUID included), known once it exists:
+        # every grant on the group names it, no wildcard.
+        self.auto_scaling_group_arn = cfn_group.attr_auto_scaling_group_arn
+        acknowledge(cfn_group, "AwsSolutions::AwsSolutions-EC26",
                     "The rule cannot follow the group's launch template reference; the root "
                     "volume is an encrypted gp3 volume with the stage key in the launch template "
                     "itself (asserted by tests/unit/test_training_stack.py).")
@@ -306,16 +312,8 @@ class GpuTrainingFleet(Construct):
         instances read, the GPU metrics agent config, has its own scoped
         grant (``GpuMetricsAgent.install_on``).
         """
-        self.systems_manager_policy = iam.Policy(
-            self, "SystemsManagerAgentPolicy",
-            roles=[self.role],
-            statements=[iam.PolicyStatement(sid="SsmAgentCore", actions=list(SSM_AGENT_ACTIONS),
-                                            resources=["*"])],
-        )
-        acknowledge(self.systems_manager_policy, "AwsSolutions::AwsSolutions-IAM5[Resource::*]",
-                    "The SSM agent's own APIs (ec2messages, ssmmessages, instance registration "
-                    "and association status) have no resource-level permissions; no parameter "
-                    "read and no other SSM action is granted here.")
+        UnscopedApis.of(self.role).allow("SsmAgentCore", {
+            action: SSM_AGENT_ACTION_WHY[action.split(":")[0]] for action in SSM_AGENT_ACTIONS})
 
     def _grant_checkpoints(self, bucket: s3.IBucket) -> None:
         """Read, write and list ``runs/`` of the checkpoint bucket, nothing else.
@@ -330,6 +328,10 @@ class GpuTrainingFleet(Construct):
             actions=["s3:GetObject", "s3:PutObject", "s3:AbortMultipartUpload"],
             resources=[objects],
         ))
+        acknowledge(self.role, f"AwsSolutions::AwsSolutions-IAM5[Resource::{objects}]",
+                    "A run's checkpoints live under runs/<run-id>/ (node_agent/RUNS_CONTRACT.md) "
+                    "and any instance may carry any run, so the role reads and writes runs/*, "
+                    "deletes nothing, and reaches no other prefix of the bucket.")
         # Listing under runs/ only; with it a missing LATEST is a 404, not a 403.
         self.role.add_to_principal_policy(iam.PolicyStatement(
             sid="ListRunCheckpoints",
@@ -343,11 +345,6 @@ class GpuTrainingFleet(Construct):
                 actions=["kms:Decrypt", "kms:GenerateDataKey"],
                 resources=[bucket.encryption_key.key_arn],
             ))
-        acknowledge_resources(
-            self.role, "AwsSolutions::AwsSolutions-IAM5", [objects],
-            "A run's checkpoints live under runs/<run-id>/ (node_agent/RUNS_CONTRACT.md) and "
-            "any instance may carry any run, so the role reads and writes runs/*, deletes "
-            "nothing, and reaches no other prefix of the bucket.")
 
     def grant_complete_lifecycle_action(self, grantee: iam.IGrantable) -> iam.Grant:
         """Allow ``autoscaling:CompleteLifecycleAction`` on this group only."""
@@ -370,24 +367,36 @@ class GpuTrainingFleet(Construct):
         """Allow changing this group's mixed instances policy and its tags
         (``UpdateAutoScalingGroup``, ``CreateOrUpdateTags``, ``DeleteTags``),
         on this group only: the spot fallback's switch and its state tag."""
-        grant = iam.Grant.add_to_principal(
+        return iam.Grant.add_to_principal(
             grantee=grantee, resource_arns=[self.auto_scaling_group_arn],
             actions=["autoscaling:UpdateAutoScalingGroup", "autoscaling:CreateOrUpdateTags",
                      "autoscaling:DeleteTags"])
-        acknowledge_resources(
-            grantee, "AwsSolutions::AwsSolutions-IAM5", [self.auto_scaling_group_arn],
-            "The * is the group's UUID, unknown before the group exists; the ARN names this "
-            "group exactly by its autoScalingGroupName.")
-        return grant
 
     def _grant_on_group(self, grantee: iam.IGrantable, action: str) -> iam.Grant:
-        grant = iam.Grant.add_to_principal(grantee=grantee, actions=[action],
-                                           resource_arns=[self.auto_scaling_group_arn])
-        acknowledge_resources(
-            grantee, "AwsSolutions::AwsSolutions-IAM5", [self.auto_scaling_group_arn],
-            "The * is the group's UUID, unknown before the group exists; the ARN names this "
-            "group exactly by its autoScalingGroupName.")
-        return grant
+        """``action`` on the group's exact ARN.
+
+        The instances' own role gets it in a policy of its own, created
+        after the group: the launch template depends on every policy of
+        that role (so instances never boot without their grants), and the
+        group on the launch template, so a policy naming the group's ARN
+        in the role's default policy would be a cycle. What this policy
+        holds (lifecycle completion and heartbeat, instance health) is
+        only used once an instance runs, and the group starts with none.
+        For that role the returned grant is a no-op placeholder
+        (``Grant.drop``): the statement is in ``GroupActionsPolicy``.
+        """
+        if grantee.grant_principal is not self.role:
+            return iam.Grant.add_to_principal(grantee=grantee, actions=[action],
+                                              resource_arns=[self.auto_scaling_group_arn])
+        if self._group_statement is None:
+            self._group_statement = iam.PolicyStatement(
+                sid="OwnGroupActions", actions=[action], resources=[self.auto_scaling_group_arn])
+            iam.CfnPolicy(self, "GroupActionsPolicy", policy_name="OwnGroupActions",
+                          roles=[self.role.role_name],
+                          policy_document=iam.PolicyDocument(statements=[self._group_statement]))
+        else:
+            self._group_statement.add_actions(action)
+        return iam.Grant.drop(grantee, f"{action} on {self.auto_scaling_group_name}")
 
 
 def allow_autoscaling_service_role(key: kms.IKey) -> None:

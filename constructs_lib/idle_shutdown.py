@@ -30,8 +30,7 @@ from aws_cdk import aws_logs as logs
 from aws_cdk import aws_sns as sns
 from constructs import Construct
 
-from constructs_lib.acknowledge import acknowledge
-from constructs_lib.acknowledge_resolved import acknowledge_resources
+from constructs_lib.acknowledge import UnscopedApis, acknowledge
 
 CODE_DIR = Path(__file__).resolve().parent.parent / "lambda" / "idle_shutdown"
 # lambda/idle_shutdown/idle_settings.py STAGE_TAG: the function acts on a
@@ -114,15 +113,13 @@ class IdleShutdown(Construct):
     def _build_policies(self, alerts_topic: sns.ITopic, opt_in_tag_key: str,
                         opt_in_tag_value: str) -> None:
         stack = cdk.Stack.of(self)
-        read = iam.Policy(self, "ReadPolicy", roles=[self.role], statements=[iam.PolicyStatement(
-            sid="DescribeFleetsAndGpuMetrics",
-            actions=["autoscaling:DescribeAutoScalingGroups", "ec2:DescribeInstances",
-                     "ec2:DescribeInstanceTypes", "cloudwatch:GetMetricData"],
-            resources=["*"],
-        )])
-        acknowledge(read, "AwsSolutions::AwsSolutions-IAM5[Resource::*]",
-                    "Describe* and GetMetricData support no resource-level permissions; they "
-                    "only read. Every write is in ActOnOptedInGroups, conditioned on the opt-in tag.")
+        # Reads only: every write is in ActOnOptedInGroups, conditioned on the opt-in tag.
+        UnscopedApis.of(self.role).allow("DescribeFleetsAndGpuMetrics", {
+            "autoscaling:DescribeAutoScalingGroups": "no resource type; finds the opted-in groups",
+            "ec2:DescribeInstances": "no resource type; launch times and instance types",
+            "ec2:DescribeInstanceTypes": "no resource type; GPU count per instance type",
+            "cloudwatch:GetMetricData": "no resource type; the GPU utilization queries",
+        })
         group_arn = stack.format_arn(service="autoscaling", resource="autoScalingGroup",
                                      resource_name="*:autoScalingGroupName/*",
                                      arn_format=cdk.ArnFormat.COLON_RESOURCE_NAME)
@@ -133,7 +130,7 @@ class IdleShutdown(Construct):
             resources=[group_arn],
             conditions={"StringEquals": {f"autoscaling:ResourceTag/{opt_in_tag_key}": opt_in_tag_value}},
         )])
-        acknowledge_resources(act, "AwsSolutions::AwsSolutions-IAM5", [group_arn],
+        acknowledge(act, f"AwsSolutions::AwsSolutions-IAM5[Resource::{group_arn}]",
                     "Groups are found at run time by tag, not known at synth; the condition on "
                     f"autoscaling:ResourceTag/{opt_in_tag_key} limits the writes to opted-in groups.")
         # grant_publish would add kms:GenerateDataKey*; SNS needs exactly these.

@@ -23,8 +23,7 @@ from aws_cdk import aws_sqs as sqs
 from aws_cdk import aws_ssm as ssm
 from constructs import Construct
 
-from constructs_lib.acknowledge import acknowledge
-from constructs_lib.acknowledge_resolved import acknowledge_resources
+from constructs_lib.acknowledge import UnscopedApis, acknowledge
 from constructs_lib.gpu_training_fleet import FLEET_TAG_KEY, GpuTrainingFleet
 from constructs_lib.node_agent import AGENT_ENV_FILE, AGENT_PROGRAM
 
@@ -282,28 +281,23 @@ class InterruptionHandler(Construct):
         self.role.add_to_principal_policy(iam.PolicyStatement(
             sid="RunTheCheckpointDocument", actions=["ssm:SendCommand"],
             resources=[self.document_arn]))
+        fleet_instances = f"arn:{stack.partition}:ec2:{stack.region}:{stack.account}:instance/*"
         self.role.add_to_principal_policy(iam.PolicyStatement(
-            sid="OnFleetInstancesOnly", actions=["ssm:SendCommand"],
-            resources=[f"arn:{stack.partition}:ec2:{stack.region}:{stack.account}:instance/*"],
+            sid="OnFleetInstancesOnly", actions=["ssm:SendCommand"], resources=[fleet_instances],
             conditions={"StringEquals": {f"ssm:resourceTag/{FLEET_TAG_KEY}": fleet.fleet_tag[1]}}))
-        self.role.add_to_principal_policy(iam.PolicyStatement(
-            sid="LookUpInstances",
-            actions=["ec2:DescribeInstances", "ssm:DescribeInstanceInformation", "ssm:ListCommands"],
-            resources=["*"]))
-        acknowledge(self.role, "AwsSolutions::AwsSolutions-IAM5[Resource::*]",
-                    "ec2:DescribeInstances, ssm:DescribeInstanceInformation and ssm:ListCommands "
-                    "support no resource-level permissions; all are read-only lookups of the "
-                    "batch's instances and of commands already sent to them.")
+        acknowledge(self.role, f"AwsSolutions::AwsSolutions-IAM5[Resource::{fleet_instances}]",
+                    f"SendCommand is allowed only on instances tagged {FLEET_TAG_KEY}="
+                    f"{fleet.fleet_tag[1]} (ssm:resourceTag condition): instance IDs of a spot "
+                    "fleet are not known in advance.")
+        UnscopedApis.of(self.role).allow("LookUpInstances", {
+            "ec2:DescribeInstances": "no resource type; reads the batch's instances",
+            "ssm:DescribeInstanceInformation": "no resource type; is the instance's agent online",
+            "ssm:ListCommands": "no resource type; commands already sent to the instance",
+        })
         for action in ("kms:GenerateDataKey*", "kms:ReEncrypt*"):
             acknowledge(self.role, f"AwsSolutions::AwsSolutions-IAM5[Action::{action}]",
                         "Copying a malformed message to the KMS-encrypted dead-letter queue needs "
                         "a data key; the grant is scoped to the stage key's ARN.")
-        acknowledge_resources(
-            self.role, "AwsSolutions::AwsSolutions-IAM5",
-            [f"arn:{stack.partition}:ec2:{stack.region}:{stack.account}:instance/*"],
-            f"SendCommand is allowed only on instances tagged {FLEET_TAG_KEY}="
-            f"{fleet.fleet_tag[1]} (ssm:resourceTag condition): instance IDs of a spot fleet are "
-            "not known in advance.")
         acknowledge(self.function.node.default_child, "AwsSolutions::AwsSolutions-L1",
                     f"{RUNTIME.name} is the runtime whose public Powertools layer build is pinned "
                     "(AWSLambdaPowertoolsPythonV3-python313-x86_64 at the version in "

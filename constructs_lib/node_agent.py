@@ -22,7 +22,7 @@ from aws_cdk import aws_s3_assets as s3_assets
 from aws_cdk import aws_sns as sns
 from constructs import Construct
 
-from constructs_lib.acknowledge import acknowledge
+from constructs_lib.acknowledge import PUT_METRIC_DATA_WHY, UnscopedApis
 from constructs_lib.object_read import grant_read_object
 from constructs_lib.training_runs import TrainingRuns
 
@@ -92,8 +92,6 @@ class NodeAgent(Construct):
         self.alerts_topic = alerts_topic
         self.event_bus = event_bus
         self.image_repository = image_repository
-        self._registry_login: iam.Policy | None = None
-        self._put_metrics: iam.Policy | None = None
         self._fixed_environment = {
             "ML_STAGE": stage,
             "ML_CHECKPOINT_DIR": checkpoint_dir,
@@ -173,27 +171,18 @@ class NodeAgent(Construct):
                                        resource_arns=[self.alerts_topic.master_key.key_arn])
         self.image_repository.grant(role, "ecr:BatchCheckLayerAvailability",
                                     "ecr:GetDownloadUrlForLayer", "ecr:BatchGetImage")
-        if self._registry_login is None:
-            self._registry_login = iam.Policy(self, "RegistryLogin", statements=[iam.PolicyStatement(
-                sid="RegistryLogin", actions=["ecr:GetAuthorizationToken"], resources=["*"])])
-            acknowledge(self._registry_login, "AwsSolutions::AwsSolutions-IAM5[Resource::*]",
-                        "ecr:GetAuthorizationToken supports no resource-level permission (it returns "
-                        "a registry login); image reads are scoped to the stage repository.")
-        self._registry_login.attach_to_role(role)
+        UnscopedApis.of(role).allow("RegistryLogin", {
+            "ecr:GetAuthorizationToken": "no resource type (it returns a registry login); image "
+                                         "reads are scoped to the stage repository"})
         self.grant_put_metrics(role)
 
     def grant_put_metrics(self, role: iam.IRole) -> None:
         """``cloudwatch:PutMetricData`` into ``METRICS_NAMESPACE`` only (GPU
         health, Xid counts, hung runs). The action has no resource-level
         permission; the ``cloudwatch:namespace`` condition is the scope."""
-        if self._put_metrics is None:
-            self._put_metrics = iam.Policy(self, "PutMetrics", statements=[iam.PolicyStatement(
-                sid="NodeAgentMetricsOnly", actions=["cloudwatch:PutMetricData"], resources=["*"],
-                conditions={"StringEquals": {"cloudwatch:namespace": METRICS_NAMESPACE}})])
-            acknowledge(self._put_metrics, "AwsSolutions::AwsSolutions-IAM5[Resource::*]",
-                        "cloudwatch:PutMetricData supports no resource-level permission; the "
-                        f"cloudwatch:namespace condition limits it to {METRICS_NAMESPACE}.")
-        self._put_metrics.attach_to_role(role)
+        UnscopedApis.of(role).allow(
+            "PutMetricDataInOwnNamespaces", {"cloudwatch:PutMetricData": PUT_METRIC_DATA_WHY},
+            conditions={"StringEquals": {"cloudwatch:namespace": METRICS_NAMESPACE}})
 
 
 def _seconds(duration: cdk.Duration) -> str:

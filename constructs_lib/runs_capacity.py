@@ -28,7 +28,7 @@ from aws_cdk import aws_logs as logs
 from aws_cdk import aws_sns as sns
 from constructs import Construct
 
-from constructs_lib.acknowledge import acknowledge
+from constructs_lib.acknowledge import UnscopedApis
 from constructs_lib.gpu_training_fleet import GpuTrainingFleet
 from constructs_lib.training_runs import STATE_INDEX, TrainingRuns
 
@@ -98,13 +98,12 @@ class RunsCapacity(Construct):
         self.log_group.grant_write(role)
         runs.grant_count_active(role)
         fleet.grant_set_desired_capacity(role)
-        describe = iam.Policy(self, "DescribePolicy", roles=[role], statements=[iam.PolicyStatement(
-            sid="DescribeFleet", actions=["autoscaling:DescribeAutoScalingGroups",
-                                          "autoscaling:DescribeScalingActivities"], resources=["*"])])
-        acknowledge(describe, "AwsSolutions::AwsSolutions-IAM5[Resource::*]",
-                    "autoscaling:DescribeAutoScalingGroups and DescribeScalingActivities support no "
-                    "resource-level permission (Service Authorization Reference); they only read. "
-                    "The writes are on this fleet's group ARN.")
+        # The writes are on this fleet's group ARN (grant_set_desired_capacity).
+        UnscopedApis.of(role).allow("DescribeFleet", {
+            "autoscaling:DescribeAutoScalingGroups": "no resource type; reads the fleet's capacity",
+            "autoscaling:DescribeScalingActivities": "no resource type; reads the fleet's launch "
+                                                     "failures (spot fallback)",
+        })
         return role
 
     def _enable_spot_fallback(self, fleet: GpuTrainingFleet, alerts_topic: sns.ITopic,

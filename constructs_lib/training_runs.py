@@ -14,7 +14,6 @@ from aws_cdk import aws_kms as kms
 from aws_cdk import aws_logs as logs
 from constructs import Construct
 
-from constructs_lib.acknowledge_resolved import acknowledge_resources
 
 STATE_INDEX = "by-state"
 
@@ -97,10 +96,6 @@ class TrainingRuns(Construct):
             resource_arns=[self.key.key_arn],
         )
         self.log_group.grant(grantee, "logs:CreateLogStream", "logs:PutLogEvents")
-        acknowledge_resources(
-            grantee, "AwsSolutions::AwsSolutions-IAM5", [f"{self.log_group.log_group_arn}"],
-            "The trailing * of a log group ARN covers its log streams: the agent creates one "
-            "stream per attempt (<run-id>/<attempt>-<instance-id>) in the runs log group only.")
 
     def grant_count_active(self, grantee: iam.IGrantable) -> None:
         """What the runs capacity reconciler needs: ``Query`` on ``by-state`` only.

@@ -118,9 +118,8 @@ class EksStack(StageStack):
         )
         self.vpc_cni_role = self._vpc_cni_role()
         self.addons = self._add_addons()
-        for nodegroup in self.nodegroups.nodegroups.values():
-            # Nodes lose the CNI policy only once the add-on has its own.
-            nodegroup.role.node.add_dependency(self.addons[VPC_CNI_ADDON])
+        # No node starts without the CNI's permissions: the add-on has its own first.
+        self.nodegroups.node_role.node.add_dependency(self.addons[VPC_CNI_ADDON])
         if self.cluster.kubectl_provider is not None:
             self._acknowledge_kubectl_provider()
 

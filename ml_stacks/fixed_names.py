@@ -63,6 +63,12 @@ class FixedName:
                 f"(answer the prompt for {self.logical_id_prefix}* with {self.name}), then make deploy")
 
 
+def gpu_agent_parameter(config: StageConfig) -> str:
+    """The SSM parameter holding the stage's CloudWatch agent GPU config
+    (idle stack; read by the nodes and by drift detection)."""
+    return f"/{config.stack_prefix}/cloudwatch-agent/gpu"
+
+
 def eks_control_plane_log_group(config: StageConfig) -> str:
     """The log group EKS writes the stage cluster's control-plane logs to."""
     return f"/aws/eks/{config.stack_prefix}/cluster"

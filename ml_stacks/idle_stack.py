@@ -20,6 +20,7 @@ from constructs_lib.gpu_metrics import GpuMetricsAgent
 from constructs_lib.idle_shutdown import IdleShutdown
 from ml_stacks.base_stack import StageStack, log_retention
 from ml_stacks.config import StageConfig
+from ml_stacks.fixed_names import gpu_agent_parameter
 
 
 class IdleStack(StageStack):
@@ -31,7 +32,7 @@ class IdleStack(StageStack):
                          description=f"ml-infra {config.name}: idle-GPU shutdown, GPU metrics config")
         idle = config.idle_shutdown
         self.gpu_metrics = GpuMetricsAgent(
-            self, "GpuMetrics", parameter_name=f"/{config.stack_prefix}/cloudwatch-agent/gpu")
+            self, "GpuMetrics", parameter_name=gpu_agent_parameter(config))
         self.shutdown = IdleShutdown(
             self,
             "IdleShutdown",

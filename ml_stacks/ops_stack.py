@@ -3,10 +3,13 @@ uses, the stage's drift detection and its monthly budget."""
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import aws_cdk as cdk
 from aws_cdk import aws_events as events
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
+from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_sns as sns
 from aws_cdk import aws_sns_subscriptions as subscriptions
 from constructs import Construct
@@ -15,6 +18,7 @@ from constructs_lib.drift_detection import StackDriftDetection
 from constructs_lib.stage_budget import StageBudget
 from ml_stacks.base_stack import StageStack, log_retention
 from ml_stacks.config import StageConfig
+from ml_stacks.fixed_names import gpu_agent_parameter
 
 # Services that publish to the alerts topic on the stage's behalf. Each must
 # be able to use the topic's KMS key, or its messages are silently dropped.
@@ -34,7 +38,7 @@ class OpsStack(StageStack):
     ``budget`` (``StageBudget``)."""
 
     def __init__(self, scope: Construct, construct_id: str, *, config: StageConfig,
-                 key: kms.IKey) -> None:
+                 key: kms.IKey, buckets: Sequence[s3.IBucket] = ()) -> None:
         super().__init__(scope, construct_id, config=config,
                          description=f"ml-infra {config.name}: alerts topic, drift detection, budget")
         self.alerts_topic = sns.Topic(
@@ -83,6 +87,8 @@ class OpsStack(StageStack):
                 schedule=events.Schedule.cron(minute="0", hour=str(config.drift.schedule_hour_utc)),
                 log_retention=log_retention(config.drift.log_retention_days),
                 removal_policy=self.removal_policy,
+                parameter_names=[gpu_agent_parameter(config)],
+                buckets=buckets,
             )
         budget = config.budget
         self.budget = StageBudget(

@@ -31,7 +31,8 @@ class MlStage(cdk.Stage):
 
         self.network = NetworkStack(self, "network", config=config)
         self.storage = StorageStack(self, "storage", config=config)
-        self.ops = OpsStack(self, "ops", config=config, key=self.storage.key)
+        self.ops = OpsStack(self, "ops", config=config, key=self.storage.key,
+                            buckets=self.storage.buckets)
         self.idle = IdleStack(self, "idle", config=config, alerts_topic=self.ops.alerts_topic)
         self.training: TrainingStack | None = None
         if config.training.enabled:

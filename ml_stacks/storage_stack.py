@@ -36,6 +36,12 @@ class StorageStack(StageStack):
         self._build_image_repository(config)
         self._add_outputs()
 
+    @property
+    def buckets(self) -> list[s3.IBucket]:
+        """Every bucket of the stage (drift detection reads their configuration)."""
+        return [self.access_log_bucket, self.training_data_bucket, self.checkpoint_bucket,
+                self.model_artifacts_bucket, self.data_capture_bucket]
+
     def _build_key(self, config: StageConfig) -> None:
         removal = self.removal_policy
         self.key = kms.Key(

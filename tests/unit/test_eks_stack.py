@@ -320,9 +320,34 @@ def test_each_groups_auto_scaling_group_gets_the_node_template_tags(synthesized,
         assert asg_tags == expected, role
         assert custom[tags_id]["Properties"]["Update"] == custom[tags_id]["Properties"]["Create"]
     # Tagging is limited to this cluster's Auto Scaling groups.
-    synthesized.template(stage, "eks").has_resource_properties("AWS::IAM::Policy", {"PolicyDocument": {
-        "Statement": [{"Action": "autoscaling:CreateOrUpdateTags", "Effect": "Allow", "Resource": "*",
-                       "Condition": {"StringEquals": {"aws:ResourceTag/eks:cluster-name": {"Ref": Match.any_value()}}}}]}})
+    # One policy for every group's lookup and tagging (one IAM5 finding per stage).
+    policies = [r for r in resources_of_type(template_json, "AWS::IAM::Policy").values()
+                if any(st["Action"] == "autoscaling:CreateOrUpdateTags"
+                       for st in r["Properties"]["PolicyDocument"]["Statement"])]
+    [policy] = policies
+    statements = policy["Properties"]["PolicyDocument"]["Statement"]
+    [tagging] = [st for st in statements if st["Action"] == "autoscaling:CreateOrUpdateTags"]
+    assert tagging["Resource"] == "*"
+    assert list(tagging["Condition"]["StringEquals"]) == ["aws:ResourceTag/eks:cluster-name"]
+    # Every other statement of it is one group's lookup, on that group's ARN.
+    lookups = [st for st in statements if st is not tagging]
+    assert {st["Action"] for st in lookups} == {"eks:DescribeNodegroup"}
+    assert len(lookups) == len(expected_groups(stage))
+    assert all("Fn::GetAtt" in st["Resource"] for st in lookups)
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_node_groups_share_one_node_role(synthesized, stage) -> None:
+    """One role for every group's nodes: the same policies, one access entry
+    (EKS creates it with the first group), one finding per managed policy."""
+    template_json = synthesized.stack(stage, "eks").template_json
+    node_roles = {json.dumps(nodegroup(template_json, GROUPS[role][0])["NodeRole"])
+                  for role in expected_groups(stage)}
+    assert len(node_roles) == 1
+    [role_ref] = node_roles
+    role = resources_of_type(template_json, "AWS::IAM::Role")[json.loads(role_ref)["Fn::GetAtt"][0]]
+    assert role["Properties"]["AssumeRolePolicyDocument"]["Statement"][0]["Principal"] == {
+        "Service": "ec2.amazonaws.com"}
 
 
 @pytest.mark.parametrize("stage", STAGES)

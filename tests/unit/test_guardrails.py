@@ -11,6 +11,7 @@ from aws_cdk.assertions import Match, Template
 
 from ml_stacks.app_factory import build_app
 from ml_stacks.config import BudgetConfig, ConfigError, DriftConfig, default_configs
+from ml_stacks.fixed_names import gpu_agent_parameter
 from tests.conftest import STACKS, STAGES, resources_of_type
 
 
@@ -99,6 +100,9 @@ def test_drift_function_may_detect_drift_only_on_its_stages_stacks(synthesized, 
 NOT_GRANTED_TO_DRIFT = {"kms:Decrypt", "iam:PassRole", "managed-fleets:Get*",
                         "vpc-lattice:DescribeServiceNetworkVpcEndpointAssociation"}
 STAGE_SCOPED_SERVICES = ("lambda:", "iam:", "s3:", "ssm:GetParameter")
+# Lambda reads allowed on *: event source mappings are named by a generated
+# UUID, and tags are neither code nor environment.
+LAMBDA_READS_ON_STAR = {"lambda:GetEventSourceMapping", "lambda:ListTags"}
 
 
 def read_handler_permissions() -> dict[str, list[str]]:
@@ -142,11 +146,27 @@ def test_drift_function_holds_every_read_its_stages_resource_types_need_and_no_w
     prefix = f"ml-{stage}"
     for statement in reads:
         actions = [statement["Action"]] if isinstance(statement["Action"], str) else statement["Action"]
+        if statement["Resource"] == "*":
+            assert not {a for a in actions if a.startswith(STAGE_SCOPED_SERVICES)} - LAMBDA_READS_ON_STAR
+            continue
         if any(a.startswith(STAGE_SCOPED_SERVICES) for a in actions):
             resource = json.dumps(statement["Resource"])
             assert f":function:{prefix}-*" in resource or ":event-source-mapping:*" in resource \
-                or f"/{prefix}-*" in resource or f":::{prefix}-*" in resource \
-                or f":parameter/{prefix}/*" in resource, statement
+                or f"/{prefix}-*" in resource \
+                or statement["Sid"] == "ReadConfigurationOfStageBuckets" \
+                or f":parameter{gpu_agent_parameter(synthesized.configs[stage])}" in resource, statement
+    # Buckets: each of the storage stack's buckets by reference, no pattern.
+    [buckets] = [s for s in reads if s["Sid"] == "ReadConfigurationOfStageBuckets"]
+    storage = synthesized.stack(stage, "storage").template_json["Resources"]
+    bucket_ids = sorted(lid for lid, r in storage.items() if r["Type"] == "AWS::S3::Bucket")
+    references = [r["Fn::GetStackOutput"] for r in buckets["Resource"]]
+    assert all(r["StackName"] == f"ml-{stage}-storage" for r in references)
+    assert sorted(next(lid for lid in bucket_ids if lid in r["OutputName"]) for r in references) == bucket_ids
+    # Parameter values: the stage's parameters by their full names, no pattern.
+    [parameters] = [s for s in reads if s["Sid"] == "ReadConfigurationOfStageParameters"]
+    assert parameters["Action"] == "ssm:GetParameters"
+    assert "*" not in json.dumps(parameters["Resource"])
+    assert f":parameter{gpu_agent_parameter(synthesized.configs[stage])}" in json.dumps(parameters["Resource"])
 
 
 @pytest.mark.parametrize("stage", STAGES)

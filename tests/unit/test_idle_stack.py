@@ -213,7 +213,12 @@ def test_install_on_lets_the_node_role_read_the_parameter_and_publish_gpu_metric
         "Roles": [{"Ref": Match.string_like_regexp("NodeRole")}],
         "PolicyDocument": {"Statement": [
             Match.object_like({"Action": "ssm:GetParameter", "Resource": Match.any_value()}),
-            {"Sid": "PublishGpuMetrics", "Effect": "Allow", "Action": "cloudwatch:PutMetricData",
+        ]}})
+    # PutMetricData (no resource type) is in the role's one policy on *.
+    fleet.has_resource_properties("AWS::IAM::Policy", {
+        "Roles": [{"Ref": Match.string_like_regexp("NodeRole")}],
+        "PolicyDocument": {"Statement": [
+            {"Sid": "PutMetricDataInOwnNamespaces", "Effect": "Allow", "Action": "cloudwatch:PutMetricData",
              "Resource": "*", "Condition": {"StringEquals": {"cloudwatch:namespace": "MlPlatform/GPU"}}},
         ]}})
     [policy] = [p for p in fleet.find_resources("AWS::IAM::Policy").values()

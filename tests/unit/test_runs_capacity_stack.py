@@ -104,6 +104,8 @@ def test_iam_reaches_the_index_and_the_one_group_and_nothing_more(synthesized, s
     role_id, _ = one(template, "AWS::IAM::Role", "RunsCapacityRole")
     table_id, _ = one(template, "AWS::DynamoDB::Table", "RunsTable")
     logs_id, _ = one(template, "AWS::Logs::LogGroup", "RunsCapacityLogs")
+    group_id, group = one(template, "AWS::AutoScaling::AutoScalingGroup", "Fleet")
+    assert group["Properties"]["AutoScalingGroupName"] == f"{config.stack_prefix}-training-gpu"
     granted = {}
     for statement in role_statements(template, role_id):
         assert statement["Effect"] == "Allow" and "Condition" not in statement
@@ -118,15 +120,14 @@ def test_iam_reaches_the_index_and_the_one_group_and_nothing_more(synthesized, s
     for action in ("autoscaling:UpdateAutoScalingGroup", "autoscaling:CreateOrUpdateTags",
                    "autoscaling:DeleteTags"):
         [arn] = granted[action]
-        assert arn["Fn::Join"][1][-1].endswith(f"autoScalingGroupName/{config.stack_prefix}-training-gpu")
+        assert arn == {"Fn::GetAtt": [group_id, "AutoScalingGroupARN"]}
     [topic] = granted["sns:Publish"]
     assert topic["Fn::GetStackOutput"]["StackName"] == f"ml-{stage}-ops"
     assert granted["autoscaling:DescribeScalingActivities"] == ["*"]
     assert granted["dynamodb:Query"] == [
         {"Fn::Join": ["", [{"Fn::GetAtt": [table_id, "Arn"]}, "/index/by-state"]]}]
     [group_arn] = granted["autoscaling:SetDesiredCapacity"]
-    assert group_arn["Fn::Join"][1][-1] == (
-        f":autoScalingGroup:*:autoScalingGroupName/{config.stack_prefix}-training-gpu")
+    assert group_arn == {"Fn::GetAtt": [group_id, "AutoScalingGroupARN"]}
     assert granted["autoscaling:DescribeAutoScalingGroups"] == ["*"]
     assert granted["logs:PutLogEvents"] == [{"Fn::GetAtt": [logs_id, "Arn"]}]
     [key] = set(json.dumps(k, sort_keys=True) for k in granted["kms:Decrypt"] + granted["kms:DescribeKey"]

@@ -258,11 +258,12 @@ def test_no_wider_grant_remains_on_the_instance_role(synthesized, stage) -> None
     unscoped = sorted(a for s in statements if s["Resource"] == "*" for a in actions(s))
     # None supports resource-level permissions; PutMetricData is conditioned on its namespace;
     # the SSM agent's own calls (no parameter read among them).
-    assert unscoped == sorted(["cloudwatch:PutMetricData", "cloudwatch:PutMetricData",
+    # (one PutMetricData statement for both namespaces: the role's one policy on *)
+    assert unscoped == sorted(["cloudwatch:PutMetricData",
                                "ecr:GetAuthorizationToken", *SSM_AGENT_ACTIONS])
     assert not {a for a in SSM_AGENT_ACTIONS if a.startswith("ssm:GetParameter")}
-    namespaces = sorted(s["Condition"]["StringEquals"]["cloudwatch:namespace"] for s in statements
-                        if "cloudwatch:PutMetricData" in actions(s))
+    [namespaces] = [sorted(s["Condition"]["StringEquals"]["cloudwatch:namespace"]) for s in statements
+                    if "cloudwatch:PutMetricData" in actions(s)]
     # The CloudWatch agent's GPU metrics (gpu_metrics) and the node agent's own.
     assert namespaces == sorted([node_agent.METRICS_NAMESPACE, gpu_metrics_namespace(stage)])
     assert "/i-*" not in flat(statements)

@@ -40,6 +40,16 @@ def policy_of(template: dict, role_prefix: str) -> list[dict]:
     return policy["Properties"]["PolicyDocument"]["Statement"]
 
 
+def unscoped_of(template: dict, role_prefix: str) -> list[dict]:
+    """The statements of the role's ``UnscopedApis`` policy (its only ones on ``*``)."""
+    [policy] = [p for lid, p in resources_of_type(template, "AWS::IAM::Policy").items()
+                if p["Properties"]["Roles"][0]["Ref"].startswith(role_prefix)
+                and lid.startswith(f"{role_prefix}UnscopedApis")]
+    statements = policy["Properties"]["PolicyDocument"]["Statement"]
+    assert all(s["Resource"] == "*" for s in statements)
+    return statements
+
+
 def flat(value) -> str:
     return json.dumps(value, sort_keys=True)
 
@@ -192,11 +202,22 @@ def test_instance_role_reads_training_data_and_only_the_runs_prefix_of_the_check
     resources = flat(reads)
     assert "TrainingData" in resources and "Checkpoints" not in resources
     assert "/i-*" not in flat(fleet)  # no instance-ID prefix grant is left
-    lifecycle = [s for s in fleet if "autoscaling:CompleteLifecycleAction" in flat(s["Action"])]
-    assert lifecycle[0]["Action"] == ["autoscaling:CompleteLifecycleAction",
-                                      "autoscaling:RecordLifecycleActionHeartbeat",
-                                      "autoscaling:SetInstanceHealth"]
-    assert flat(lifecycle[0]["Resource"]).endswith(':autoScalingGroup:*:autoScalingGroupName/ml-dev-training-gpu"]]}')
+    assert not any("autoscaling:" in flat(s["Action"]) for s in fleet)
+    # The group actions name the group's exact ARN, in a policy created
+    # after the group (the launch template depends on the role's policies).
+    [(group_policy_id, group_policy)] = [
+        (lid, p) for lid, p in resources_of_type(dev, "AWS::IAM::Policy").items()
+        if lid.startswith("FleetGroupActionsPolicy")]
+    [lifecycle] = group_policy["Properties"]["PolicyDocument"]["Statement"]
+    assert lifecycle["Action"] == ["autoscaling:CompleteLifecycleAction",
+                                   "autoscaling:RecordLifecycleActionHeartbeat",
+                                   "autoscaling:SetInstanceHealth"]
+    [(group_id, _)] = resources_of_type(dev, "AWS::AutoScaling::AutoScalingGroup").items()
+    assert lifecycle["Resource"] == {"Fn::GetAtt": [group_id, "AutoScalingGroupARN"]}
+    assert group_policy["Properties"]["Roles"] == [{"Ref": group_policy["Properties"]["Roles"][0]["Ref"]}]
+    assert group_policy["Properties"]["Roles"][0]["Ref"].startswith("FleetRole")
+    [(_, template)] = resources_of_type(dev, "AWS::EC2::LaunchTemplate").items()
+    assert group_policy_id not in template.get("DependsOn", [])
 
 
 def test_instance_role_reads_the_node_agent_asset_object_and_nothing_else_of_the_asset_bucket(
@@ -401,7 +422,8 @@ def test_idempotency_table_is_encrypted_with_ttl_and_point_in_time_recovery(dev)
 def test_lambda_may_complete_lifecycle_actions_of_this_group_only(dev) -> None:
     handler = policy_of(dev, "InterruptionHandlerRole")
     [complete] = [s for s in handler if s["Action"] == "autoscaling:CompleteLifecycleAction"]
-    assert flat(complete["Resource"]).endswith(':autoScalingGroupName/ml-dev-training-gpu"]]}')
+    [(group_id, _)] = resources_of_type(dev, "AWS::AutoScaling::AutoScalingGroup").items()
+    assert complete["Resource"] == {"Fn::GetAtt": [group_id, "AutoScalingGroupARN"]}
     assert not any("autoscaling:" in flat(s["Action"]) and s["Resource"] == "*" for s in handler)
 
 
@@ -415,7 +437,9 @@ def test_lambda_runs_only_this_stacks_document_on_fleet_tagged_instances(dev) ->
     assert by_sid["OnFleetInstancesOnly"]["Condition"] == {
         "StringEquals": {"ssm:resourceTag/ml:training-fleet": "ml-dev-training-gpu"}}
     assert flat(by_sid["OnFleetInstancesOnly"]["Resource"]).endswith(':instance/*"]]}')
-    [wild] = [s for s in handler if s["Resource"] == "*"]
+    assert not any(s["Resource"] == "*" for s in handler)
+    # The lookups on * are the role's one unscoped policy.
+    [wild] = unscoped_of(dev, "InterruptionHandlerRole")
     assert wild["Action"] == ["ec2:DescribeInstances", "ssm:DescribeInstanceInformation",
                               "ssm:ListCommands"]
 
