@@ -110,8 +110,14 @@ def _stamp_names() -> list[str]:
             f"node_modules/.stamp-{digest('package.json', 'package-lock.json')}"]
 
 
+# The Makefile's own variables (ARGS, STAGES, ...): `make test ARGS=...` puts them
+# in the environment, where the commands run here would pick them up.
+MAKE_VARIABLES = frozenset(re.findall(r"^(\w+) \?=", (PROJECT_ROOT / "Makefile").read_text(), re.M))
+
+
 def _env(*, credentials_removed: bool = False) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MAKE", "MFLAGS"))}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("MAKE", "MFLAGS")) and k not in MAKE_VARIABLES}
     env["AWS_EC2_METADATA_DISABLED"] = "true"
     if credentials_removed:
         env = {k: v for k, v in env.items() if not k.startswith(("AWS_", "CDK_DEFAULT_"))}
@@ -175,6 +181,12 @@ def test_credentials_command_fails_in_one_line_without_credentials(documented) -
     assert "Traceback" not in output, output
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and errors[0].startswith(NO_CREDENTIALS), output
+
+
+def test_the_commands_run_without_the_callers_make_variables(monkeypatch) -> None:
+    assert {"ARGS", "STAGES", "STAGE", "CONTEXT"} <= MAKE_VARIABLES
+    monkeypatch.setenv("ARGS", "-q")
+    assert "ARGS" not in _env() and "ARGS" not in _env(credentials_removed=True)
 
 
 def test_the_table_reader_sees_the_credentials_column() -> None:
