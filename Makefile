@@ -21,6 +21,9 @@ REQUIRE_APPROVAL ?=
 # `make deploy ... PREFLIGHT=done`: CI only, when an earlier step of the same
 # job ran `make preflight` and left its checked cdk.out in place.
 PREFLIGHT ?=
+# Extra CDK context for every synth: `make synth CONTEXT="-c eks_public_access_cidrs=203.0.113.0/24"`.
+# synth, cost, diff (both kinds), preflight, deploy and cdk pass it on.
+CONTEXT ?=
 
 REQ_HASH := $(shell cat requirements.txt requirements-dev.txt | sha256sum | cut -c1-16)
 NPM_HASH := $(shell cat package.json package-lock.json | sha256sum | cut -c1-16)
@@ -41,7 +44,7 @@ STAGE_CONTEXT := $(if $(STAGES),-c stages=$(STAGES),)
 # The stage being deployed, diffed or destroyed, pinned to ACCOUNT if given.
 ONE_STAGE := -c stages=$(STAGE) $(if $(ACCOUNT),-c account=$(ACCOUNT),)
 
-.PHONY: help setup synth acknowledgements iam-report test bench bench-drill bench-idle bench-preflight bootstrap preflight deploy destroy diff cost drift smoke run refresh-amis clean
+.PHONY: help setup synth cdk acknowledgements iam-report test bench bench-drill bench-idle bench-preflight bootstrap preflight deploy destroy diff cost drift smoke run refresh-amis clean
 
 help:
 	@echo "make synth [STAGES=dev,prod]   synthesize offline, print a summary"
@@ -67,6 +70,8 @@ help:
 	@echo "make smoke STAGE=dev [ARGS=--wait-seconds 1800]"
 	@echo "                               invoke every model of the deployed stage once (AWS credentials)"
 	@echo "make destroy STAGE=dev         cdk destroy '<stage>/*' (prod needs FORCE=1)"
+	@echo "make cdk ARGS=\"diff 'dev/*'\"    the pinned CDK CLI with the project's Node 22 and virtualenv"
+	@echo "any synth, diff, deploy or cdk: CONTEXT=\"-c eks_public_access_cidrs=203.0.113.0/24\""
 
 setup: $(PY_STAMP) $(NODE_STAMP)
 
@@ -87,7 +92,7 @@ synth: setup
 	@rm -rf cdk.out
 	@# --quiet still prints two lines of chatter on stderr; keep real warnings.
 	@echo "cdk synth $(STAGE_CONTEXT)"
-	@$(CDK) synth --quiet $(STAGE_CONTEXT) 2>&1 >/dev/null \
+	@$(CDK) synth --quiet $(STAGE_CONTEXT) $(CONTEXT) 2>&1 >/dev/null \
 	  | { grep -v -e '^Successfully synthesized' -e '^Supply a stack id' -e '^$$' >&2 || true; }
 	@python scripts/synth_summary.py cdk.out
 
@@ -98,6 +103,13 @@ acknowledgements: synth
 
 iam-report: synth
 	python -m delivery.iam_report cdk.out
+
+# The pinned CLI as the other targets run it (Node 22 and the virtualenv on
+# PATH): `npx cdk` alone fails with "No module named 'aws_cdk'" outside the
+# virtualenv. No credential check: some commands need none (ls, synth).
+cdk: setup
+	@test -n "$(ARGS)" || { echo "ARGS is required, e.g. make cdk ARGS=\"diff 'dev/*'\"" >&2; exit 2; }
+	$(CDK) $(ARGS) $(CONTEXT)
 
 test: export AWS_EC2_METADATA_DISABLED := true
 test: setup
@@ -139,10 +151,11 @@ diff: setup
 	@if [ -n "$(BASE)" ]; then \
 	  $(CHECK_STAGES) && \
 	  AWS_EC2_METADATA_DISABLED=true python -m delivery.offline_diff --base '$(BASE)' \
-	    $(if $(STAGES),--stages '$(STAGES)',) $(if $(REPORT),--report '$(REPORT)',); \
+	    $(if $(STAGES),--stages '$(STAGES)',) $(if $(REPORT),--report '$(REPORT)',) \
+	    $(if $(CONTEXT),--cdk-args '$(CONTEXT)',); \
 	elif [ -n "$(STAGE)" ]; then \
 	  $(CHECK_CREDENTIALS) && \
-	  $(CDK) diff $(ONE_STAGE) '$(STAGE)/*'; \
+	  $(CDK) diff $(ONE_STAGE) $(CONTEXT) '$(STAGE)/*'; \
 	else \
 	  echo "make diff BASE=<git ref> (offline) or make diff STAGE=<stage> (deployed, credentials)" >&2; \
 	  exit 2; \
@@ -152,7 +165,7 @@ cost: export AWS_EC2_METADATA_DISABLED := true
 cost: setup
 	@$(CHECK_STAGES)
 	@rm -rf cdk.out
-	$(CDK) synth --quiet $(STAGE_CONTEXT) > /dev/null
+	$(CDK) synth --quiet $(STAGE_CONTEXT) $(CONTEXT) > /dev/null
 	@python -m delivery.cost cdk.out
 
 drift: setup
@@ -175,8 +188,8 @@ preflight: setup
 	$(require_stage)
 	@$(CHECK_CREDENTIALS)
 	@rm -rf cdk.out
-	@echo "cdk synth $(ONE_STAGE)"
-	@$(CDK) synth --quiet $(ONE_STAGE) 2>&1 >/dev/null \
+	@echo "cdk synth $(ONE_STAGE) $(CONTEXT)"
+	@$(CDK) synth --quiet $(ONE_STAGE) $(CONTEXT) 2>&1 >/dev/null \
 	  | { grep -v -e '^Successfully synthesized' -e '^Supply a stack id' -e '^$$' >&2 || true; }
 	python -m delivery.preflight --stage $(STAGE) --assembly cdk.out $(if $(ACCOUNT),--account $(ACCOUNT),)
 

@@ -27,7 +27,7 @@ from constructs_lib.acknowledge import UnscopedApis, acknowledge
 from constructs_lib.gpu_training_fleet import FLEET_TAG_KEY, GpuTrainingFleet
 from constructs_lib.node_agent import AGENT_ENV_FILE, AGENT_PROGRAM
 
-# Time budget (README "Interruption time budget"): a record that fails
+# Time budget (docs/lambdas.md "Interruption time budget"): a record that fails
 # transiently is retried and acted on within RETRY_BUDGET_SECONDS of its
 # first delivery. Worst case = visibility timeout (the failed record is
 # invisible that long) + batching window + one more function timeout.
@@ -40,7 +40,7 @@ DEFAULT_LAMBDA_TIMEOUT_SECONDS = 8
 MAX_BATCHING_WINDOW_SECONDS = 0
 BATCH_SIZE = 10
 # At most this many batches at once: 5 x 10 records bounds the burst of
-# SendCommand/DescribeInstances calls in a storm (README "Storms").
+# SendCommand/DescribeInstances calls in a storm (docs/lambdas.md "Storms").
 MAX_CONCURRENCY = 5
 # >= 5 (AWS's guidance against throttled invocations dead-lettering
 # healthy messages); 5 x 48 s puts a poisoned record in the DLQ (and the

@@ -16,10 +16,12 @@ from constructs_lib.acknowledge import acknowledge
 class MlVpc(Construct):
     """A VPC over explicit AZs with public, private-with-egress and isolated subnets.
 
-    Address space: the private tier gets half of the VPC (GPU nodes and EKS
-    pods take one IP each), the isolated tier a quarter, the public tier an
-    eighth; the rest stays free for later tiers. Every subnet size derives from
-    the VPC prefix and the AZ count, so any /16–/22 with up to six AZs fits.
+    Address space: per AZ, with the AZ count rounded up to a power of two
+    (2**b), a private subnet of /(prefix + b + 1) (GPU nodes and EKS pods take
+    one IP each), an isolated one of /(prefix + b + 2) and a public one of
+    /(prefix + b + 3). With 2 or 4 AZs the tiers fill a half, a quarter and an
+    eighth of the VPC; with 3, 3/8, 3/16 and 3/32. The rest stays free for
+    later tiers, and any /16–/22 with up to six AZs fits.
 
     Flow logs of all traffic go to ``flow_log_group``. S3 and DynamoDB gateway
     endpoints are always created (free). ``interface_endpoints`` maps a name

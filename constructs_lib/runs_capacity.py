@@ -10,7 +10,7 @@ alone.
 With ``spot_fallback_after`` it also switches the fleet's on-demand share
 to ``spot_fallback_on_demand_percentage`` while spot capacity is dry for a
 PENDING run and back when the runs end (``lambda/runs_capacity/
-spot_fallback.py``; README "When spot runs dry").
+spot_fallback.py``; docs/training-runs.md "When spot runs dry").
 """
 
 from __future__ import annotations

@@ -19,10 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -55,20 +57,22 @@ def _git(repo: Path, *args: str) -> str:
                           check=True).stdout.strip()
 
 
-def _synth(cwd: Path, outdir: Path, stages: str | None) -> subprocess.Popen:
-    command = ["cdk", "--no-notices", "synth", "--quiet", "-o", str(outdir)]
+def _synth(cwd: Path, outdir: Path, stages: str | None, cdk_args: Sequence[str] = ()) -> subprocess.Popen:
+    command = ["cdk", "--no-notices", "synth", "--quiet", "-o", str(outdir), *cdk_args]
     if stages:
         command += ["-c", f"stages={stages}"]
     return subprocess.Popen(command, cwd=cwd, env=offline_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
 
 
-def synthesize_both(repo: Path, base_ref: str, workdir: Path, stages: str | None
-                    ) -> tuple[Path, Path]:
+def synthesize_both(repo: Path, base_ref: str, workdir: Path, stages: str | None,
+                    cdk_args: Sequence[str] = ()) -> tuple[Path, Path]:
     base_tree, base_out, head_out = workdir / "base", workdir / "base.out", workdir / "head.out"
     _git(repo, "worktree", "add", "--detach", "--quiet", str(base_tree), base_ref)
     try:
-        jobs = {"base": _synth(base_tree, base_out, stages), "head": _synth(repo, head_out, stages)}
+        # The same context on both sides, so only the change shows.
+        jobs = {"base": _synth(base_tree, base_out, stages, cdk_args),
+                "head": _synth(repo, head_out, stages, cdk_args)}
         failed = []
         for name, job in jobs.items():
             _, stderr = job.communicate()
@@ -107,11 +111,11 @@ def summary_table(changes, stacks: list[tuple[str, str]]) -> str:
 
 
 def run(repo: Path, base_ref: str, *, stages: str | None = None,
-        allowances: list[str] | None = None) -> tuple[int, str, str]:
+        allowances: list[str] | None = None, cdk_args: Sequence[str] = ()) -> tuple[int, str, str]:
     """(exit status, console text, markdown report)."""
     with tempfile.TemporaryDirectory(prefix="ml-diff-") as tmp:
         workdir = Path(tmp)
-        base_out, head_out = synthesize_both(repo, base_ref, workdir, stages)
+        base_out, head_out = synthesize_both(repo, base_ref, workdir, stages, cdk_args)
         base_stacks = {(s.stage, s.stack): s for s in read_assembly(base_out)}
         head_stacks = {(s.stage, s.stack): s for s in read_assembly(head_out)}
         base_templates = {k: s.template() for k, s in base_stacks.items()}
@@ -174,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stages", default=None, help="comma-separated stages (default: all)")
     parser.add_argument("--report", type=Path, default=None, help="also write a Markdown report")
     parser.add_argument("--repo", type=Path, default=Path.cwd())
+    parser.add_argument("--cdk-args", default="",
+                        help='extra arguments for both synths, e.g. "-c eks_public_access_cidrs=203.0.113.0/24"')
     args = parser.parse_args(argv)
     if shutil.which("cdk") is None:
         print("cdk is not on PATH: run through `make diff BASE=...`", file=sys.stderr)
@@ -185,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"BASE={args.base!r} is not a commit in {repo}", file=sys.stderr)
         return 2
     try:
-        status, console, markdown = run(repo, args.base, stages=args.stages or None)
+        status, console, markdown = run(repo, args.base, stages=args.stages or None,
+                                        cdk_args=shlex.split(args.cdk_args))
     except (RuntimeError, subprocess.CalledProcessError) as error:
         print(str(error), file=sys.stderr)
         return 2

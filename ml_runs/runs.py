@@ -6,7 +6,7 @@ fleet's desired capacity, read runs, cancel one.
 The CLI never puts ``Training Job Finished``: the idle stack accepts it
 only from the stage's instances (its bus denies every other principal).
 When a cancel leaves nothing to run, the instances find no run to claim
-and the idle-GPU sweep stops them (README, "Which events are trusted").
+and the idle-GPU sweep stops them (docs/stacks.md, "Which events are trusted").
 """
 
 from __future__ import annotations

@@ -67,7 +67,7 @@ def check_region(ec2, *, region: str, session_region: str | None) -> Result:
                       f"enable {region} in the account settings (Billing > AWS Regions), then retry")
     if session_region and session_region != region:
         return warned(name, f"stage region {region} ({status}); AWS_REGION is {session_region}",
-                      f"export AWS_REGION={region} so aws CLI commands in the README hit the stage")
+                      f"export AWS_REGION={region} so aws CLI commands in the docs hit the stage")
     return passed(name, f"stage region {region} ({status})")
 
 

@@ -1,7 +1,7 @@
 """Service quotas the stage needs, at deploy time and at max capacity.
 
 The needs are computed from the stage config alone (:func:`quota_needs`),
-so the README's table and ``--quotas`` need no credentials; the checks then
+so the quota table in docs/deploying.md and ``--quotas`` need no credentials; the checks then
 compare them with the account's applied quota values (Service Quotas API).
 
 EC2 quotas count vCPUs per bucket of instance families and per purchase
@@ -328,7 +328,7 @@ def check_lambda_concurrency(lambda_client, *, functions: int, reserved: int) ->
 
 
 def quota_table(needs: Iterable[QuotaNeed]) -> list[tuple[str, str, str, str, str]]:
-    """(service, code, name, at deploy, at max) rows for the README/bench."""
+    """(service, code, name, at deploy, at max) rows for docs/deploying.md's table and the bench."""
     return [(n.service, n.code or "(by name)", n.name, f"{n.deploy} {n.unit}",
              f"{n.maximum} {n.unit}" + (f" ({n.update_peak} during update)" if n.update_peak > n.maximum else ""))
             for n in needs]

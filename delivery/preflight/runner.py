@@ -14,7 +14,7 @@ from ml_stacks.config import StageConfig
 
 ClientFactory = Callable[[str], object]
 
-# Every IAM action preflight may call: all read-only. The README lists them
+# Every IAM action preflight may call: all read-only. docs/deploying.md ("Permissions preflight needs") lists them
 # for the role that runs it; tests/delivery/test_preflight_cli.py holds both
 # to the calls a run really makes.
 IAM_ACTIONS: tuple[str, ...] = (
@@ -62,7 +62,7 @@ def _guarded(label: str, check: Callable[[], list[Result] | Result], *,
         result = check()
     except ClientError as error:
         return [Result(severity, label, f"could not check: {describe(error) or error}",
-                       "give the credentials the read-only access the README's preflight section "
+                       "give the credentials the read-only access docs/deploying.md's preflight section "
                        "lists, or retry if AWS throttled")]
     return [result] if isinstance(result, Result) else list(result)
 

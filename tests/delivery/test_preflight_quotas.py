@@ -194,8 +194,8 @@ def test_eks_cluster_headroom(existing, limit, status) -> None:
 def test_the_readme_quota_table_is_what_the_configs_need() -> None:
     from ml_stacks.app_factory import PROJECT_ROOT
 
-    readme = (PROJECT_ROOT / "README.md").read_text()
-    table = readme.split("#### What each stage needs of the account's quotas", 1)[1].split("\n\n| quota |", 1)[1]
+    readme = (PROJECT_ROOT / "docs" / "deploying.md").read_text()
+    table = readme.split("\n### What each stage needs of the account's quotas\n", 1)[1].split("\n\n| quota |", 1)[1]
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:5]]
             for line in table.split("\n\n", 1)[0].splitlines()[2:]}
     for column, stage in enumerate(("dev", "staging", "prod")):
