@@ -114,6 +114,9 @@ class GpuNodegroups(Construct):
     service-linked role, which launches the nodes of a managed node group.
     Default: None, EBS's AWS managed key (``aws/ebs``).
 
+    ``log_group_name`` / ``log_key``: name and key of the log group of the
+    tagging function. Defaults: generated name, CloudWatch Logs' encryption.
+
     Node roles hold ``NODE_MANAGED_POLICIES`` only: the VPC CNI's
     permissions must come from the ``vpc-cni`` add-on's own identity (a Pod
     Identity association for ``kube-system/aws-node``); the caller makes
@@ -139,6 +142,8 @@ class GpuNodegroups(Construct):
         release_versions: Mapping[str, str] | None = None,
         node_repair: NodeRepairConfig | None = None,
         volume_key: kms.IKey | None = None,
+        log_group_name: str | None = None,
+        log_key: kms.IKey | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
         self.cluster = cluster
@@ -151,6 +156,7 @@ class GpuNodegroups(Construct):
         self.launch_templates: dict[str, ec2.LaunchTemplate] = {}
         # One log group for the tagging custom resources' singleton function.
         self._tagger_logs = logs.LogGroup(self, "AsgTaggerLogs", retention=logs.RetentionDays.ONE_MONTH,
+                                          log_group_name=log_group_name, encryption_key=log_key,
                                           removal_policy=cdk.RemovalPolicy.DESTROY)
         # Its own role instead of one with the AWS managed basic execution
         # policy: logs to that group only, plus each lookup's and tagging's call.

@@ -15,6 +15,7 @@ from constructs import Construct
 
 from constructs_lib.acknowledge import acknowledge
 from constructs_lib.acknowledge_resolved import acknowledge_resources
+from constructs_lib.kms_grants import via_service
 
 # Instances of the fleet carry this tag (value: the group name). Run Command
 # permissions of the interruption handler are conditioned on it.
@@ -342,6 +343,7 @@ class GpuTrainingFleet(Construct):
                 sid="UseCheckpointBucketKey",
                 actions=["kms:Decrypt", "kms:GenerateDataKey"],
                 resources=[bucket.encryption_key.key_arn],
+                conditions=via_service(self, "s3"),
             ))
         acknowledge_resources(
             self.role, "AwsSolutions::AwsSolutions-IAM5", [objects],
