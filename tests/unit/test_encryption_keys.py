@@ -6,9 +6,13 @@ from __future__ import annotations
 
 import fnmatch
 import json
+from dataclasses import replace
 
 import pytest
+from aws_cdk.assertions import Template
 
+from ml_stacks.app_factory import build_app
+from ml_stacks.config import default_configs
 from ml_stacks.log_groups import log_group_name_patterns
 from tests.conftest import STAGES, resources_of_type
 
@@ -189,3 +193,22 @@ def test_no_acknowledgement_covers_a_kms_action_wildcard(synthesized, stage) -> 
     acknowledged = [v["acknowledgedId"] for p in report["pluginReports"] for v in p["suppressedViolations"]
                     if any(c["constructPath"].startswith(f"{stage}/") for c in v["violatingConstructs"])]
     assert not [a for a in acknowledged if "[Action::kms:" in a]
+
+
+def test_the_kubectl_provider_functions_log_to_an_encrypted_group_too(tmp_path) -> None:
+    # Only a stage with an AL2023 NVIDIA group has the provider (none of the
+    # repository's stages): its two functions have no logging option of their own.
+    dev = default_configs()["dev"]
+    dev = replace(dev, eks=replace(dev.eks, gpu_inference=replace(dev.eks.gpu_inference,
+                                                                  ami_type="AL2023_x86_64_NVIDIA")))
+    app = build_app([dev], outdir=str(tmp_path))
+    app.synth()
+    template = Template.from_stack(app.node.find_child("dev").eks).to_json()
+    groups = resources_of_type(template, "AWS::Logs::LogGroup")
+    functions = resources_of_type(template, "AWS::Lambda::Function")
+    kubectl = {lid: f for lid, f in functions.items() if "KubectlProvider" in lid}
+    assert len(kubectl) == 2
+    [provider_group] = {f["Properties"]["LoggingConfig"]["LogGroup"]["Ref"] for f in kubectl.values()}
+    props = groups[provider_group]["Properties"]
+    assert key_reference(props["KmsKeyId"], "eks", "dev", LOGS_KEY)
+    assert props["LogGroupName"]["Fn::Join"][1][0] == "/ml-dev/eks/kubectl-provider/"
