@@ -54,6 +54,8 @@ class RunsCapacity(Construct):
     :param schedule_rate: how often it runs. Default 5 min.
     :param log_retention: of the function's log group. Default one month.
     :param removal_policy: of the log group. Default DESTROY.
+    :param log_group_name / log_key: the log group's name and encryption key.
+        Defaults: a name CloudFormation generates, CloudWatch Logs' own encryption.
     """
 
     def __init__(
