@@ -121,6 +121,9 @@ class StorageStack(StageStack):
         encrypted queue does send ``aws:SourceAccount`` and ``aws:SourceArn``.
         """
         key = self.messaging_key
+        # SNS calls KMS with the topic's ARN as encryption context
+        # (aws:sns:topicArn; AWS's own key policies for services publishing
+        # to encrypted topics condition on it, e.g. GameLift FlexMatch).
         stage_topics = {"kms:EncryptionContext:aws:sns:topicArn": self.format_arn(
             service="sns", resource="*", arn_format=cdk.ArnFormat.NO_RESOURCE_NAME)}
         same_account = {"aws:SourceAccount": self.account}
