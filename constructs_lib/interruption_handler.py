@@ -182,7 +182,8 @@ class InterruptionHandler(Construct):
                                                   max_receive_count=MAX_RECEIVE_COUNT),
         )
         # The same queue without its key, for CDK helpers whose grants would
-        # add kms:GenerateDataKey* and kms:ReEncrypt* (hook role, rule targets).
+        # add key actions usable outside SQS, kms:GenerateDataKey* and
+        # kms:ReEncrypt* among them (hook role, rule targets, event source).
         self._keyless_queue = sqs.Queue.from_queue_attributes(
             self, "KeylessQueueView", queue_arn=self.queue.queue_arn, queue_url=self.queue.queue_url)
 
@@ -285,10 +286,13 @@ class InterruptionHandler(Construct):
                 "POWERTOOLS_METRICS_NAMESPACE": "MlInfra/Training",
             },
         )
+        # The keyless view: the consume grant would add kms:Decrypt usable
+        # outside SQS; it is granted below through SQS only.
         self.function.add_event_source(event_sources.SqsEventSource(
-            self.queue, batch_size=BATCH_SIZE, report_batch_item_failures=True,
+            self._keyless_queue, batch_size=BATCH_SIZE, report_batch_item_failures=True,
             max_batching_window=cdk.Duration.seconds(MAX_BATCHING_WINDOW_SECONDS),
             max_concurrency=MAX_CONCURRENCY))
+        grant_key_via(self.role, self.queue.encryption_master_key, "sqs", ["kms:Decrypt"])
         # Malformed messages are copied here at once (lambda quarantine.py).
         grant_send_messages(self.dead_letter_queue, self.role)
 
