@@ -49,7 +49,7 @@ class StorageStack(StageStack):
     def __init__(self, scope: Construct, construct_id: str, *, config: StageConfig) -> None:
         storage = config.storage
         super().__init__(scope, construct_id, config=config,
-                         description=f"ml-infra {config.name}: KMS key, buckets, ECR (stateful)",
+                         description=f"ml-infra {config.name}: KMS keys, buckets, ECR (stateful)",
                          termination_protection=storage.retain)
 
         self._build_keys(config)
