@@ -11,6 +11,7 @@ from aws_cdk import aws_cloudwatch_actions as cw_actions
 from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as targets
 from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3 as s3
@@ -18,6 +19,7 @@ from aws_cdk import aws_sns as sns
 from constructs import Construct
 
 from constructs_lib.acknowledge import acknowledge
+from constructs_lib.kms_grants import grant_publish
 
 CODE_DIR = Path(__file__).resolve().parent.parent / "lambda" / "drift_detector"
 
@@ -185,10 +187,16 @@ class StackDriftDetection(Construct):
         parameter_names: Sequence[str] = (),
         buckets: Sequence[s3.IBucket] = (),
         timeout: cdk.Duration = cdk.Duration.minutes(10),
+        log_group_name: str | None = None,
+        log_key: kms.IKey | None = None,
     ) -> None:
+        """``log_group_name`` / ``log_key``: the function's log group name and
+        encryption key. Defaults: a name CloudFormation generates, CloudWatch
+        Logs' own encryption."""
         super().__init__(scope, construct_id)
         stack = cdk.Stack.of(self)
         self.log_group = logs.LogGroup(self, "Logs", retention=log_retention,
+                                       log_group_name=log_group_name, encryption_key=log_key,
                                        removal_policy=removal_policy)
         # An own role: the managed AWSLambdaBasicExecutionRole would allow
         # writing to every log group of the account.
@@ -212,10 +220,7 @@ class StackDriftDetection(Construct):
             description=f"Daily CloudFormation drift detection of the {stage} stacks",
         )
         self.log_group.grant_write(role)
-        alerts_topic.grant_publish(role)
-        acknowledge(role, "AwsSolutions::AwsSolutions-IAM5[Action::kms:GenerateDataKey*]",
-                    "Topic.grant_publish on the encrypted alerts topic: SNS needs the "
-                    "GenerateDataKey family on the stage key to encrypt each published message")
+        grant_publish(alerts_topic, role)
         self._grant_detection(role, stack, stack_name_prefix, parameter_names, buckets)
 
         self.rule = events.Rule(self, "Schedule", schedule=schedule,

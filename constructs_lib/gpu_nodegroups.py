@@ -114,6 +114,9 @@ class GpuNodegroups(Construct):
     repaired at once, stop above 50 % unhealthy). Repair acts on the
     conditions the node monitoring agent add-on reports.
 
+    ``log_group_name`` / ``log_key``: name and key of the log group of the
+    tagging function. Defaults: generated name, CloudWatch Logs' encryption.
+
     ``volume_key`` encrypts every node volume (root and, on Bottlerocket,
     data); its key policy gets statements for EC2 Auto Scaling's
     service-linked role, which launches the nodes of a managed node group.
@@ -148,6 +151,8 @@ class GpuNodegroups(Construct):
         release_versions: Mapping[str, str] | None = None,
         node_repair: NodeRepairConfig | None = None,
         volume_key: kms.IKey | None = None,
+        log_group_name: str | None = None,
+        log_key: kms.IKey | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
         self.cluster = cluster
@@ -158,7 +163,7 @@ class GpuNodegroups(Construct):
             allow_autoscaling_service_role(volume_key)
         self.nodegroups: dict[str, eks.Nodegroup] = {}
         self.launch_templates: dict[str, ec2.LaunchTemplate] = {}
-        self._build_tagger(cluster)
+        self._build_tagger(cluster, log_group_name=log_group_name, log_key=log_key)
         self.node_role = self._build_node_role()
 
         on_demand, spot = eks.CapacityType.ON_DEMAND, eks.CapacityType.SPOT
@@ -243,10 +248,12 @@ class GpuNodegroups(Construct):
         self.launch_templates[name] = template
         self._tag_autoscaling_group(role.construct_id, cfn, autoscaler_tags(labels, taints))
 
-    def _build_tagger(self, cluster: eks.Cluster) -> None:
+    def _build_tagger(self, cluster: eks.Cluster, *, log_group_name: str | None,
+                      log_key: kms.IKey | None) -> None:
         """Log group, role and policy of the Auto Scaling group tagging custom resources."""
         # One log group for the tagging custom resources' singleton function.
         self._tagger_logs = logs.LogGroup(self, "AsgTaggerLogs", retention=logs.RetentionDays.ONE_MONTH,
+                                          log_group_name=log_group_name, encryption_key=log_key,
                                           removal_policy=cdk.RemovalPolicy.DESTROY)
         # Its own role instead of one with the AWS managed basic execution
         # policy: logs to that group only, plus each lookup's and tagging's call.

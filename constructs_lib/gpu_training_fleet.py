@@ -15,6 +15,7 @@ from constructs import Construct
 
 from constructs_lib.acknowledge import UnscopedApis, acknowledge
 from constructs_lib.acknowledge_resolved import acknowledge_resources
+from constructs_lib.kms_grants import via_service
 
 # Instances of the fleet carry this tag (value: the group name). Run Command
 # permissions of the interruption handler are conditioned on it.
@@ -299,9 +300,10 @@ class GpuTrainingFleet(Construct):
         # The group launches instances and publishes notifications as its
         # service-linked role: it must be able to use the key of the root
         # volume and of the notification topic, or launches fail and
-        # notifications vanish.
-        for key in {id(k): k for k in (volume_key, notification_key) if k is not None}.values():
-            allow_autoscaling_service_role(key)
+        # notifications vanish. Only the volume key is granted on to EBS.
+        allow_autoscaling_service_role(volume_key)
+        if notification_key is not None and notification_key is not volume_key:
+            allow_autoscaling_service_role(notification_key, grant_to_ebs=False)
 
     def _grant_systems_manager_agent(self) -> None:
         """What the SSM agent needs for Run Command and Session Manager, nothing more.
@@ -344,6 +346,7 @@ class GpuTrainingFleet(Construct):
                 sid="UseCheckpointBucketKey",
                 actions=["kms:Decrypt", "kms:GenerateDataKey"],
                 resources=[bucket.encryption_key.key_arn],
+                conditions=via_service(self, "s3"),
             ))
 
     def grant_complete_lifecycle_action(self, grantee: iam.IGrantable) -> iam.Grant:
@@ -399,8 +402,12 @@ class GpuTrainingFleet(Construct):
         return iam.Grant.drop(grantee, f"{action} on {self.auto_scaling_group_name}")
 
 
-def allow_autoscaling_service_role(key: kms.IKey) -> None:
+def allow_autoscaling_service_role(key: kms.IKey, *, grant_to_ebs: bool = True) -> None:
     """Key policy statements for EC2 Auto Scaling's service-linked role.
+
+    ``grant_to_ebs`` (default True) adds ``kms:CreateGrant`` for AWS
+    resources, which encrypted volumes need; a key the group only publishes
+    notifications with does not.
 
     Matched on ``aws:PrincipalArn`` rather than named as the principal: a
     key policy naming a role that does not exist yet (a new account before
@@ -418,10 +425,11 @@ def allow_autoscaling_service_role(key: kms.IKey) -> None:
         resources=["*"],
         conditions=is_service_role,
     ))
-    key.add_to_resource_policy(iam.PolicyStatement(
-        sid="AllowAutoScalingServiceRoleToGrantKeyToEbs",
-        principals=[iam.AnyPrincipal()],
-        actions=["kms:CreateGrant"],
-        resources=["*"],
-        conditions={**is_service_role, "Bool": {"kms:GrantIsForAWSResource": "true"}},
-    ))
+    if grant_to_ebs:
+        key.add_to_resource_policy(iam.PolicyStatement(
+            sid="AllowAutoScalingServiceRoleToGrantKeyToEbs",
+            principals=[iam.AnyPrincipal()],
+            actions=["kms:CreateGrant"],
+            resources=["*"],
+            conditions={**is_service_role, "Bool": {"kms:GrantIsForAWSResource": "true"}},
+        ))

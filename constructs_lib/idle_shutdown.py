@@ -25,12 +25,14 @@ from aws_cdk import aws_cloudwatch_actions as cw_actions
 from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as targets
 from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_sns as sns
 from constructs import Construct
 
 from constructs_lib.acknowledge import UnscopedApis, acknowledge
+from constructs_lib.kms_grants import PRODUCER_KEY_ACTIONS, via_service
 
 CODE_DIR = Path(__file__).resolve().parent.parent / "lambda" / "idle_shutdown"
 # lambda/idle_shutdown/idle_settings.py STAGE_TAG: the function acts on a
@@ -67,6 +69,9 @@ class IdleShutdown(Construct):
         ``GpuHoursSaved`` metric only). Default 1.
     :param log_retention: of the function's log group. Default one month.
     :param removal_policy: of the log group. Default DESTROY.
+    :param log_group_name / log_key: the log group's name and encryption
+        key. Defaults: a name CloudFormation generates, CloudWatch Logs' own
+        encryption.
     """
 
     def __init__(
@@ -87,6 +92,8 @@ class IdleShutdown(Construct):
         savings_horizon_hours: float = 1.0,
         log_retention: logs.RetentionDays = logs.RetentionDays.ONE_MONTH,
         removal_policy: cdk.RemovalPolicy = cdk.RemovalPolicy.DESTROY,
+        log_group_name: str | None = None,
+        log_key: kms.IKey | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
         self.opt_in_tag_key = opt_in_tag_key
@@ -94,7 +101,7 @@ class IdleShutdown(Construct):
         self.stage = stage
         self._producers_policy: cdk.CfnResource | None = None
 
-        self._build_logs_and_role(log_retention, removal_policy)
+        self._build_logs_and_role(log_retention, removal_policy, log_group_name, log_key)
         self._build_policies(alerts_topic, opt_in_tag_key, opt_in_tag_value)
         self._build_function(alerts_topic, stage, threshold_percent, window, launch_grace,
                              dry_run, opt_in_tag_key, opt_in_tag_value, savings_horizon_hours)
@@ -102,8 +109,10 @@ class IdleShutdown(Construct):
         self._build_errors_alarm(alerts_topic)
 
     def _build_logs_and_role(self, log_retention: logs.RetentionDays,
-                             removal_policy: cdk.RemovalPolicy) -> None:
+                             removal_policy: cdk.RemovalPolicy, log_group_name: str | None,
+                             log_key: kms.IKey | None) -> None:
         self.log_group = logs.LogGroup(self, "Logs", retention=log_retention,
+                                       log_group_name=log_group_name, encryption_key=log_key,
                                        removal_policy=removal_policy)
         self.role = iam.Role(self, "Role", assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
                              description="idle-shutdown function: reads fleets and GPU metrics, "
@@ -138,8 +147,9 @@ class IdleShutdown(Construct):
                                       resources=[alerts_topic.topic_arn])]
         if alerts_topic.master_key is not None:
             notify.append(iam.PolicyStatement(
-                sid="UseAlertsTopicKey", actions=["kms:GenerateDataKey", "kms:Decrypt"],
-                resources=[alerts_topic.master_key.key_arn]))
+                sid="UseAlertsTopicKey", actions=list(PRODUCER_KEY_ACTIONS),
+                resources=[alerts_topic.master_key.key_arn],
+                conditions=via_service(self, "sns")))
         iam.Policy(self, "NotifyPolicy", roles=[self.role], statements=notify)
 
     def _build_function(self, alerts_topic: sns.ITopic, stage: str, threshold_percent: float,

@@ -36,6 +36,7 @@ from constructs import Construct
 
 from constructs_lib.acknowledge import acknowledge
 from constructs_lib.acknowledge_resolved import acknowledge_resources
+from constructs_lib.kms_grants import via_service
 from constructs_lib.object_read import grant_read_object
 
 VARIANT_NAME = "AllTraffic"
@@ -108,14 +109,19 @@ class InferenceEndpoint(Construct):
     - **Role**: SageMaker assumes it; it may read ``model_data_key`` in
       ``model_data_bucket`` only (the stage's model-artifacts bucket, or the
       CDK bootstrap bucket for a model shipped as a file asset), write ``<capture_prefix>`` in
-      ``capture_bucket`` only, pull from the image's repository only, use
-      ``key``, and manage its network interfaces in ``vpc``.
+      ``capture_bucket`` only, pull from the image's repository only,
+      decrypt with ``key`` and encrypt captures with ``capture_key`` (both
+      through S3 only), and manage its network interfaces in ``vpc``.
     - **Model**: network isolation on; VPC config with a dedicated security
       group (no ingress, HTTPS egress) in ``subnet_type`` subnets (default: private).
     - **Endpoint config**: ``KmsKeyId`` for the volume (omitted for instance
       types with local NVMe storage, which SageMaker encrypts in hardware and
       rejects a key for); data capture of Input and Output to
-      ``s3://<capture bucket>/<capture_prefix>`` encrypted with ``key``.
+      ``s3://<capture bucket>/<capture_prefix>`` encrypted with
+      ``capture_key`` (default: ``key``).
+    - **Logs**: ``/aws/sagemaker/Endpoints/<endpoint_name>`` (and the
+      inference component's group), created here with ``log_retention`` and
+      encrypted with ``log_key`` (default: CloudWatch Logs' own encryption).
     - **Scaling**: ``min``/``max_instance_count`` with target tracking on
       invocations per instance and optionally GPU utilization.
     - **Alarms**: 5XX errors, 4XX rate, ModelLatency p99, to ``alarm_topic``.
@@ -168,6 +174,8 @@ class InferenceEndpoint(Construct):
         component_memory_mb: int = 1024,
         component_accelerators: int = 0,
         log_retention: logs.RetentionDays = logs.RetentionDays.ONE_MONTH,
+        capture_key: kms.IKey | None = None,
+        log_key: kms.IKey | None = None,
     ) -> None:
         """Defaults: private subnets, capture prefix ``<endpoint_name>/``,
         cooldowns 300 s in / 60 s out, p99 alarm at 1 s, canary 10% with 300 s
@@ -189,18 +197,19 @@ class InferenceEndpoint(Construct):
         deployment_termination_wait = (deployment_termination_wait if deployment_termination_wait
                                        is not None else cdk.Duration.seconds(300))
         volume_key = None if has_instance_storage(instance_type) else key
+        capture_key = capture_key or key
         model_data_url = f"s3://{model_data_bucket.bucket_name}/{model_data_key}"
         environment = dict(environment or {})
 
-        log_groups = self._build_log_groups(log_retention)
+        log_groups = self._build_log_groups(log_retention, log_key)
         subnet_ids = self._build_security_group(vpc, subnet_type)
         self._build_role(
             image=image, model_data_bucket=model_data_bucket, model_data_key=model_data_key,
             capture_bucket=capture_bucket, capture_prefix=capture_prefix, key=key,
-            volume_key=volume_key, log_groups=log_groups)
+            capture_key=capture_key, volume_key=volume_key, log_groups=log_groups)
         self._build_service_policy(stack, vpc, subnet_ids)
         capture = self._data_capture_config(
-            capture_bucket=capture_bucket, capture_prefix=capture_prefix, key=key,
+            capture_bucket=capture_bucket, capture_prefix=capture_prefix, key=capture_key,
             sampling_percent=capture_sampling_percent,
             json_content_types=capture_json_content_types,
             csv_content_types=capture_csv_content_types)
@@ -239,12 +248,15 @@ class InferenceEndpoint(Construct):
 
     # --- construction steps, in the order the constructor calls them ------
 
-    def _build_log_groups(self, log_retention: logs.RetentionDays) -> list[logs.LogGroup]:
-        """Logs: created here so their retention is ours, not "never expire"."""
+    def _build_log_groups(self, log_retention: logs.RetentionDays,
+                          log_key: kms.IKey | None) -> list[logs.LogGroup]:
+        """Logs: created here so their retention and key are ours, not
+        "never expire" and CloudWatch Logs' own encryption."""
         log_groups = [logs.LogGroup(
             self, "Logs",
             log_group_name=f"/aws/sagemaker/Endpoints/{self.endpoint_name}",
             retention=log_retention,
+            encryption_key=log_key,
             removal_policy=cdk.RemovalPolicy.DESTROY,
         )]
         if self.scale_to_zero:
@@ -252,6 +264,7 @@ class InferenceEndpoint(Construct):
                 self, "ComponentLogs",
                 log_group_name=f"/aws/sagemaker/InferenceComponents/{self.component_name}",
                 retention=log_retention,
+                encryption_key=log_key,
                 removal_policy=cdk.RemovalPolicy.DESTROY,
             ))
         return log_groups
@@ -271,7 +284,7 @@ class InferenceEndpoint(Construct):
 
     def _build_role(self, *, image: InferenceImage, model_data_bucket: s3.IBucket,
                     model_data_key: str, capture_bucket: s3.IBucket, capture_prefix: str,
-                    key: kms.IKey, volume_key: kms.IKey | None,
+                    key: kms.IKey, capture_key: kms.IKey, volume_key: kms.IKey | None,
                     log_groups: Sequence[logs.LogGroup]) -> None:
         """Execution role: every statement names its resource."""
         self.role = iam.Role(
@@ -305,12 +318,20 @@ class InferenceEndpoint(Construct):
                      "ecr:BatchGetImage"],
             resources=[image.repository_arn],
         ))
-        # Decrypt: the model artifact (SSE-KMS); GenerateDataKey/Encrypt: the
-        # captures SageMaker writes with KmsKeyId.
+        # Decrypt: the model artifact (SSE-KMS). Encrypt/GenerateDataKey: the
+        # captures SageMaker writes to S3 with KmsKeyId (Decrypt too, which S3
+        # needs to complete a multipart upload). Both through S3 only.
         self.role.add_to_policy(iam.PolicyStatement(
-            sid="UseTheStageKey",
-            actions=["kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey"],
+            sid="DecryptItsModelArtifact",
+            actions=["kms:Decrypt"],
             resources=[key.key_arn],
+            conditions=via_service(self, "s3"),
+        ))
+        self.role.add_to_policy(iam.PolicyStatement(
+            sid="EncryptItsDataCapture",
+            actions=["kms:Encrypt", "kms:GenerateDataKey", "kms:Decrypt"],
+            resources=[capture_key.key_arn],
+            conditions=via_service(self, "s3"),
         ))
         if self.scale_to_zero and volume_key is not None:
             # An endpoint configuration with an execution role (inference

@@ -25,9 +25,10 @@ from constructs import Construct
 
 from constructs_lib.acknowledge import UnscopedApis, acknowledge
 from constructs_lib.gpu_training_fleet import FLEET_TAG_KEY, GpuTrainingFleet
+from constructs_lib.kms_grants import PRODUCER_KEY_ACTIONS, grant_key_via, grant_send_messages
 from constructs_lib.node_agent import AGENT_ENV_FILE, AGENT_PROGRAM
 
-# Time budget (docs/lambdas.md "Interruption time budget"): a record that fails
+# Time budget (README "Interruption time budget"): a record that fails
 # transiently is retried and acted on within RETRY_BUDGET_SECONDS of its
 # first delivery. Worst case = visibility timeout (the failed record is
 # invisible that long) + batching window + one more function timeout.
@@ -40,7 +41,7 @@ DEFAULT_LAMBDA_TIMEOUT_SECONDS = 8
 MAX_BATCHING_WINDOW_SECONDS = 0
 BATCH_SIZE = 10
 # At most this many batches at once: 5 x 10 records bounds the burst of
-# SendCommand/DescribeInstances calls in a storm (docs/lambdas.md "Storms").
+# SendCommand/DescribeInstances calls in a storm (README "Storms").
 MAX_CONCURRENCY = 5
 # >= 5 (AWS's guidance against throttled invocations dead-lettering
 # healthy messages); 5 x 48 s puts a poisoned record in the DLQ (and the
@@ -126,7 +127,12 @@ class InterruptionHandler(Construct):
         rebalance_action: str = "checkpoint",
         lambda_timeout: cdk.Duration = cdk.Duration.seconds(DEFAULT_LAMBDA_TIMEOUT_SECONDS),
         log_retention: logs.RetentionDays = logs.RetentionDays.THREE_MONTHS,
+        log_group_name: str | None = None,
+        log_key: kms.IKey | None = None,
     ) -> None:
+        """``log_group_name`` / ``log_key``: the function's log group name and
+        encryption key. Defaults: a name CloudFormation generates, CloudWatch
+        Logs' own encryption."""
         super().__init__(scope, construct_id)
         timeout_seconds = self._check_retry_budget(lambda_timeout)
         self.lifecycle_hook_name = f"{fleet.auto_scaling_group_name}-terminating"
@@ -136,8 +142,9 @@ class InterruptionHandler(Construct):
         self._add_rules(fleet.auto_scaling_group_name)
         self._build_document(checkpoint_budget)
         self._build_idempotency_table()
+        self._build_log_group(log_retention, log_group_name, log_key)
         self._build_function(fleet, lambda_code_dir, powertools_layer_version, rebalance_action,
-                             lambda_timeout, timeout_seconds, log_retention)
+                             lambda_timeout, timeout_seconds)
         self._grant_function(fleet)
         self._build_alarms(fleet, alarm_topic)
 
@@ -173,22 +180,31 @@ class InterruptionHandler(Construct):
             dead_letter_queue=sqs.DeadLetterQueue(queue=self.dead_letter_queue,
                                                   max_receive_count=MAX_RECEIVE_COUNT),
         )
+        # The same queue without its key, for CDK helpers whose grants would
+        # add key actions usable outside SQS, kms:GenerateDataKey* and
+        # kms:ReEncrypt* among them (hook role, rule targets, event source).
+        self._keyless_queue = sqs.Queue.from_queue_attributes(
+            self, "KeylessQueueView", queue_arn=self.queue.queue_arn, queue_url=self.queue.queue_url)
 
     def _build_lifecycle_hook(self, fleet: GpuTrainingFleet,
                               heartbeat_timeout: cdk.Duration) -> None:
-        """The fleet's termination lifecycle hook, notifying the queue."""
+        """The fleet's termination lifecycle hook, notifying the queue.
+
+        ``QueueHook`` grants its role ``Queue.grant_send_messages``, whose key
+        part is ``kms:GenerateDataKey*`` and ``kms:ReEncrypt*``. It is handed
+        the keyless view of the queue, so it grants the SQS actions alone;
+        the key actions a producer needs are granted here, through SQS only.
+        """
         self.lifecycle_hook = fleet.auto_scaling_group.add_lifecycle_hook(
             "TerminationHook",
             lifecycle_hook_name=self.lifecycle_hook_name,
             lifecycle_transition=autoscaling.LifecycleTransition.INSTANCE_TERMINATING,
-            notification_target=hooktargets.QueueHook(self.queue),
+            notification_target=hooktargets.QueueHook(self._keyless_queue),
             default_result=autoscaling.DefaultResult.CONTINUE,
             heartbeat_timeout=heartbeat_timeout,
         )
-        for action in ("kms:GenerateDataKey*", "kms:ReEncrypt*"):
-            acknowledge(self.lifecycle_hook.role, f"AwsSolutions::AwsSolutions-IAM5[Action::{action}]",
-                        "Sending to a KMS-encrypted queue needs a data key; the grant is scoped to "
-                        "the stage key's ARN.")
+        grant_key_via(self.lifecycle_hook.role, self.queue.encryption_master_key, "sqs",
+                      PRODUCER_KEY_ACTIONS)
 
     def _build_document(self, checkpoint_budget: cdk.Duration) -> None:
         """The checkpoint Run Command document and its ARN."""
@@ -218,6 +234,13 @@ class InterruptionHandler(Construct):
             removal_policy=cdk.RemovalPolicy.DESTROY,
         )
 
+    def _build_log_group(self, log_retention: logs.RetentionDays, log_group_name: str | None,
+                         log_key: kms.IKey | None) -> None:
+        """The function's log group (events and decisions only: DESTROY)."""
+        self.log_group = logs.LogGroup(self, "LogGroup", retention=log_retention,
+                                       log_group_name=log_group_name, encryption_key=log_key,
+                                       removal_policy=cdk.RemovalPolicy.DESTROY)
+
     def _build_function(
         self,
         fleet: GpuTrainingFleet,
@@ -226,12 +249,9 @@ class InterruptionHandler(Construct):
         rebalance_action: str,
         lambda_timeout: cdk.Duration,
         timeout_seconds: int,
-        log_retention: logs.RetentionDays,
     ) -> None:
-        """Log group, role and the interruption Lambda on the queue."""
+        """Role and the interruption Lambda on the queue."""
         stack = cdk.Stack.of(self)
-        self.log_group = logs.LogGroup(self, "LogGroup", retention=log_retention,
-                                       removal_policy=cdk.RemovalPolicy.DESTROY)
         self.role = iam.Role(self, "Role", assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
                              description=f"Interruption handler of {fleet.auto_scaling_group_name}")
         self.log_group.grant_write(self.role)
@@ -265,12 +285,15 @@ class InterruptionHandler(Construct):
                 "POWERTOOLS_METRICS_NAMESPACE": "MlInfra/Training",
             },
         )
+        # The keyless view: the consume grant would add kms:Decrypt usable
+        # outside SQS; it is granted below through SQS only.
         self.function.add_event_source(event_sources.SqsEventSource(
-            self.queue, batch_size=BATCH_SIZE, report_batch_item_failures=True,
+            self._keyless_queue, batch_size=BATCH_SIZE, report_batch_item_failures=True,
             max_batching_window=cdk.Duration.seconds(MAX_BATCHING_WINDOW_SECONDS),
             max_concurrency=MAX_CONCURRENCY))
+        grant_key_via(self.role, self.queue.encryption_master_key, "sqs", ["kms:Decrypt"])
         # Malformed messages are copied here at once (lambda quarantine.py).
-        self.dead_letter_queue.grant_send_messages(self.role)
+        grant_send_messages(self.dead_letter_queue, self.role)
 
     def _grant_function(self, fleet: GpuTrainingFleet) -> None:
         """Table, lifecycle, SendCommand and lookup permissions, with their acknowledgements."""
@@ -294,10 +317,6 @@ class InterruptionHandler(Construct):
             "ssm:DescribeInstanceInformation": "no resource type; is the instance's agent online",
             "ssm:ListCommands": "no resource type; commands already sent to the instance",
         })
-        for action in ("kms:GenerateDataKey*", "kms:ReEncrypt*"):
-            acknowledge(self.role, f"AwsSolutions::AwsSolutions-IAM5[Action::{action}]",
-                        "Copying a malformed message to the KMS-encrypted dead-letter queue needs "
-                        "a data key; the grant is scoped to the stage key's ARN.")
         acknowledge(self.function.node.default_child, "AwsSolutions::AwsSolutions-L1",
                     f"{RUNTIME.name} is the runtime whose public Powertools layer build is pinned "
                     "(AWSLambdaPowertoolsPythonV3-python313-x86_64 at the version in "
@@ -358,7 +377,7 @@ class InterruptionHandler(Construct):
                 event_pattern=events.EventPattern(source=[source], detail_type=detail_types, detail=detail),
             )
             rule.add_target(targets.SqsQueue(
-                self.queue,
+                self._keyless_queue,
                 dead_letter_queue=self.dead_letter_queue,
                 # A notice is useless after its warning time; a failed
                 # delivery lands in the DLQ and alarms instead of retrying
@@ -366,7 +385,23 @@ class InterruptionHandler(Construct):
                 max_event_age=max_age,
                 retry_attempts=10,
             ))
+            # The keyless view is this very queue, in this stack: its
+            # environment only looks unresolved because it is parsed from the ARN.
+            cdk.Annotations.of(rule).acknowledge_warning(
+                "@aws-cdk/aws-events:ruleUnresolvedEnvironment",
+                "The target is this construct's own queue (a keyless view of it), same stack.")
             self.rules.append(rule)
+        # Given the keyless view, SqsQueue writes neither the queue policy nor
+        # a key policy statement: the queue admits exactly these rules, and
+        # the messaging key admits EventBridge rules of this account
+        # (StorageStack), with the producer's actions only.
+        self.queue.add_to_resource_policy(iam.PolicyStatement(
+            sid="AllowInterruptionRulesToSend",
+            principals=[iam.ServicePrincipal("events.amazonaws.com")],
+            actions=["sqs:SendMessage"],
+            resources=[self.queue.queue_arn],
+            conditions={"ArnEquals": {"aws:SourceArn": [rule.rule_arn for rule in self.rules]}},
+        ))
 
     def metric_records_failed(self, **props) -> cloudwatch.Metric:
         """Records handed back to SQS for a retry (EMF metric of the Lambda)."""

@@ -7,6 +7,7 @@ from typing import Sequence
 
 import aws_cdk as cdk
 from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_kms as kms
 from aws_cdk import aws_logs as logs
 from constructs import Construct
 
@@ -23,7 +24,9 @@ class MlVpc(Construct):
     eighth of the VPC; with 3, 3/8, 3/16 and 3/32. The rest stays free for
     later tiers, and any /16–/22 with up to six AZs fits.
 
-    Flow logs of all traffic go to ``flow_log_group``. S3 and DynamoDB gateway
+    Flow logs of all traffic go to ``flow_log_group``, named
+    ``flow_log_group_name`` and encrypted with ``flow_log_key`` (defaults: a
+    generated name, CloudWatch Logs' own encryption). S3 and DynamoDB gateway
     endpoints are always created (free). ``interface_endpoints`` maps a name
     to an ``ec2.InterfaceVpcEndpointAwsService``; all of them share one
     security group that admits HTTPS from the VPC CIDR only.
@@ -49,6 +52,8 @@ class MlVpc(Construct):
         flow_log_retention: logs.RetentionDays,
         removal_policy: cdk.RemovalPolicy,
         zone_ids: bool = False,
+        flow_log_group_name: str | None = None,
+        flow_log_key: kms.IKey | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
         prefix = int(cidr.split("/")[1])
@@ -83,6 +88,8 @@ class MlVpc(Construct):
             self,
             "FlowLogGroup",
             retention=flow_log_retention,
+            log_group_name=flow_log_group_name,
+            encryption_key=flow_log_key,
             removal_policy=removal_policy,
         )
         self.flow_log = ec2.FlowLog(

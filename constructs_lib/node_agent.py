@@ -23,6 +23,7 @@ from aws_cdk import aws_sns as sns
 from constructs import Construct
 
 from constructs_lib.acknowledge import PUT_METRIC_DATA_WHY, UnscopedApis
+from constructs_lib.kms_grants import grant_publish
 from constructs_lib.object_read import grant_read_object
 from constructs_lib.training_runs import TrainingRuns
 
@@ -161,14 +162,9 @@ class NodeAgent(Construct):
         """
         self.runs.grant_agent(role)
         self.event_bus.grant_put_events_to(role)
-        iam.Grant.add_to_principal(grantee=role, actions=["sns:Publish"],
-                                   resource_arns=[self.alerts_topic.topic_arn])
-        if self.alerts_topic.master_key is not None:
-            # SNS encrypts a published message with a data key the publisher
-            # must be allowed to generate (and decrypt).
-            iam.Grant.add_to_principal(grantee=role,
-                                       actions=["kms:GenerateDataKey", "kms:Decrypt"],
-                                       resource_arns=[self.alerts_topic.master_key.key_arn])
+        # SNS encrypts a published message with a data key the publisher
+        # must be allowed to generate (and decrypt), through SNS only.
+        grant_publish(self.alerts_topic, role)
         self.image_repository.grant(role, "ecr:BatchCheckLayerAvailability",
                                     "ecr:GetDownloadUrlForLayer", "ecr:BatchGetImage")
         UnscopedApis.of(role).allow("RegistryLogin", {

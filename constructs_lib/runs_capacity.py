@@ -23,6 +23,7 @@ from aws_cdk import aws_cloudwatch_actions as cw_actions
 from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as targets
 from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_sns as sns
@@ -30,6 +31,7 @@ from constructs import Construct
 
 from constructs_lib.acknowledge import UnscopedApis
 from constructs_lib.gpu_training_fleet import GpuTrainingFleet
+from constructs_lib.kms_grants import grant_publish
 from constructs_lib.training_runs import STATE_INDEX, TrainingRuns
 
 CODE_DIR = Path(__file__).resolve().parent.parent / "lambda" / "runs_capacity"
@@ -52,6 +54,8 @@ class RunsCapacity(Construct):
     :param schedule_rate: how often it runs. Default 5 min.
     :param log_retention: of the function's log group. Default one month.
     :param removal_policy: of the log group. Default DESTROY.
+    :param log_group_name / log_key: the log group's name and encryption key.
+        Defaults: a name CloudFormation generates, CloudWatch Logs' own encryption.
     """
 
     def __init__(
@@ -68,9 +72,12 @@ class RunsCapacity(Construct):
         schedule_rate: cdk.Duration = cdk.Duration.minutes(5),
         log_retention: logs.RetentionDays = logs.RetentionDays.ONE_MONTH,
         removal_policy: cdk.RemovalPolicy = cdk.RemovalPolicy.DESTROY,
+        log_group_name: str | None = None,
+        log_key: kms.IKey | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
         self.log_group = logs.LogGroup(self, "Logs", retention=log_retention,
+                                       log_group_name=log_group_name, encryption_key=log_key,
                                        removal_policy=removal_policy)
         if spot_fallback_after is not None and not (
                 fleet.on_demand_percentage < spot_fallback_on_demand_percentage <= 100):
@@ -109,12 +116,8 @@ class RunsCapacity(Construct):
     def _enable_spot_fallback(self, fleet: GpuTrainingFleet, alerts_topic: sns.ITopic,
                               after: cdk.Duration, percentage: int) -> None:
         fleet.grant_switch_on_demand_share(self.role)
-        iam.Grant.add_to_principal(grantee=self.role, actions=["sns:Publish"],
-                                   resource_arns=[alerts_topic.topic_arn])
-        if alerts_topic.master_key is not None:
-            # SNS encrypts the alert with a data key the publisher must be allowed to make.
-            iam.Grant.add_to_principal(grantee=self.role, actions=["kms:GenerateDataKey", "kms:Decrypt"],
-                                       resource_arns=[alerts_topic.master_key.key_arn])
+        # SNS encrypts the alert with a data key the publisher must be allowed to make.
+        grant_publish(alerts_topic, self.role)
         for name, value in (("SPOT_FALLBACK_AFTER_SECONDS", str(int(after.to_seconds()))),
                             ("ON_DEMAND_PERCENTAGE", str(fleet.on_demand_percentage)),
                             ("SPOT_FALLBACK_ON_DEMAND_PERCENTAGE", str(percentage)),

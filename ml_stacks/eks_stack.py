@@ -16,6 +16,7 @@ from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_eks_v2 as eks
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
+from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from aws_cdk.lambda_layer_kubectl_v34 import KubectlV34Layer
 from constructs import Construct
@@ -24,6 +25,8 @@ from constructs_lib.acknowledge import acknowledge
 from constructs_lib.gpu_nodegroups import GPU_TAINT_KEY, GpuNodegroups
 from ml_stacks.base_stack import StageStack, log_retention
 from ml_stacks.config import ADDONS_NEEDING_NODES, NODE_MONITORING_ADDON, StageConfig
+from ml_stacks.fixed_names import eks_control_plane_log_group
+from ml_stacks.log_groups import encrypted_log_group, log_group_name
 from ml_stacks.pins import eks_release_version
 
 ALL_CONTROL_PLANE_LOGS = [
@@ -48,19 +51,21 @@ class EksStack(StageStack):
     ``eks.AccessEntry``)."""
 
     def __init__(self, scope: Construct, construct_id: str, *, config: StageConfig,
-                 vpc: ec2.IVpc, key: kms.IKey) -> None:
+                 vpc: ec2.IVpc, data_key: kms.IKey, logs_key: kms.IKey) -> None:
         super().__init__(scope, construct_id, config=config,
                          description=f"ml-infra {config.name}: EKS cluster with GPU node groups")
         eks_config = config.eks
         cluster_name = config.stack_prefix
 
-        # EKS writes control-plane logs to this group; creating it first
-        # gives it a retention instead of "never expire".
+        # EKS writes control-plane logs (audit included) to this group;
+        # creating it first gives it a retention instead of "never expire"
+        # and the stage's logs key instead of CloudWatch Logs' own.
         log_group = logs.LogGroup(
             self,
             "ControlPlaneLogs",
-            log_group_name=f"/aws/eks/{cluster_name}/cluster",
+            log_group_name=eks_control_plane_log_group(config),
             retention=log_retention(eks_config.control_plane_log_retention_days),
+            encryption_key=logs_key,
             removal_policy=self.removal_policy,
         )
 
@@ -86,7 +91,7 @@ class EksStack(StageStack):
             vpc_subnets=[ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS)],
             endpoint_access=endpoint_access,
             cluster_logging=ALL_CONTROL_PLANE_LOGS,
-            secrets_encryption_key=key,
+            secrets_encryption_key=data_key,
             # Managed node groups below, not EKS Auto Mode, and no default group.
             default_capacity_type=eks.DefaultCapacityType.NODEGROUP,
             default_capacity=0,
@@ -113,8 +118,10 @@ class EksStack(StageStack):
             release_versions=self._release_versions(),
             node_repair=eks_config.node_repair,
             # Node volumes hold images, container layers and pod scratch
-            # data (datasets and weights a pod stages): the stage key, not aws/ebs.
-            volume_key=key,
+            # data (datasets and weights a pod stages): the data key, not aws/ebs.
+            volume_key=data_key,
+            log_group_name=log_group_name(self, config, "asg-tagger"),
+            log_key=logs_key,
         )
         self.vpc_cni_role = self._vpc_cni_role()
         self.addons = self._add_addons()
@@ -122,6 +129,7 @@ class EksStack(StageStack):
         self.nodegroups.node_role.node.add_dependency(self.addons[VPC_CNI_ADDON])
         if self.cluster.kubectl_provider is not None:
             self._acknowledge_kubectl_provider()
+            self._encrypt_kubectl_provider_logs(config, logs_key)
 
         acknowledge(
             self.cluster.role,
@@ -228,6 +236,20 @@ class EksStack(StageStack):
                 assert isinstance(entry, eks.AccessEntry)
                 entries[arn] = entry
         return entries
+
+    def _encrypt_kubectl_provider_logs(self, config: StageConfig, logs_key: kms.IKey) -> None:
+        """The kubectl provider's functions offer no log group option: without
+        this they write to groups Lambda creates, unencrypted and kept forever."""
+        provider = self.cluster.kubectl_provider
+        assert isinstance(provider, Construct)
+        log_group = encrypted_log_group(
+            self, "KubectlProviderLogs", config=config, purpose="kubectl-provider", key=logs_key,
+            retention=logs.RetentionDays.ONE_MONTH, removal_policy=cdk.RemovalPolicy.DESTROY)
+        functions = [c for c in provider.node.find_all() if isinstance(c, lambda_.Function)]
+        for function in functions:
+            function.node.default_child.add_property_override("LoggingConfig.LogGroup",
+                                                              log_group.log_group_name)
+            log_group.grant_write(function)
 
     def _acknowledge_kubectl_provider(self) -> None:
         """The kubectl provider is aws-cdk-lib's own (two Lambda functions in

@@ -2,8 +2,9 @@
 
 A resource with a fixed name that is still there when its stack is created
 again makes the create fail with "already exists" and roll back. Most of our
-resources let CloudFormation generate their names, so a rebuilt stage never
-meets its predecessor's leftovers. The ones listed here keep a fixed name
+resources let CloudFormation generate their names, and the log groups we name
+ourselves end in their stack's UUID (``ml_stacks/log_groups.py``), so a
+rebuilt stage never meets its predecessor's leftovers. The ones listed here keep a fixed name
 because the service decides it (EKS writes control-plane logs to
 ``/aws/eks/<cluster>/cluster``; SageMaker writes endpoint logs to
 ``/aws/sagemaker/Endpoints/<endpoint>``) or because the stage's config asks

@@ -13,21 +13,23 @@ training stack's instance role may put events on. Fleets plug in from their own 
 from __future__ import annotations
 
 import aws_cdk as cdk
+from aws_cdk import aws_kms as kms
 from aws_cdk import aws_sns as sns
 from constructs import Construct
 
 from constructs_lib.gpu_metrics import GpuMetricsAgent
 from constructs_lib.idle_shutdown import IdleShutdown
 from ml_stacks.base_stack import StageStack, log_retention
-from ml_stacks.config import StageConfig
 from ml_stacks.fixed_names import gpu_agent_parameter
+from ml_stacks.config import StageConfig
+from ml_stacks.log_groups import log_group_name
 
 
 class IdleStack(StageStack):
     """Exposes ``gpu_metrics`` (GpuMetricsAgent) and ``shutdown`` (IdleShutdown)."""
 
     def __init__(self, scope: Construct, construct_id: str, *, config: StageConfig,
-                 alerts_topic: sns.ITopic) -> None:
+                 alerts_topic: sns.ITopic, logs_key: kms.IKey) -> None:
         super().__init__(scope, construct_id, config=config,
                          description=f"ml-infra {config.name}: idle-GPU shutdown, GPU metrics config")
         idle = config.idle_shutdown
@@ -49,6 +51,8 @@ class IdleStack(StageStack):
             savings_horizon_hours=idle.savings_horizon_hours,
             log_retention=log_retention(config.network.flow_log_retention_days),
             removal_policy=self.removal_policy,
+            log_group_name=log_group_name(self, config, "idle-shutdown"),
+            log_key=logs_key,
         )
         if not config.training.enabled:
             # No fleet, no producer: the bus refuses every job-finished event.

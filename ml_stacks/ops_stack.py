@@ -19,33 +19,30 @@ from constructs_lib.stage_budget import StageBudget
 from ml_stacks.base_stack import StageStack, log_retention
 from ml_stacks.config import StageConfig
 from ml_stacks.fixed_names import gpu_agent_parameter
+from ml_stacks.log_groups import log_group_name
 
 # Services that publish to the alerts topic on the stage's behalf. Each must
-# be able to use the topic's KMS key, or its messages are silently dropped.
+# also be able to use the topic's key, or its messages are silently dropped:
+# the messaging key's policy admits them (ml_stacks/storage_stack.py).
 PUBLISHING_SERVICES = ("cloudwatch.amazonaws.com", "events.amazonaws.com",
                        "budgets.amazonaws.com")
-# EventBridge publishing to a KMS-encrypted SNS topic does not support an
-# aws:SourceAccount condition in the key policy (its messages would be
-# dropped): its key statement is the service principal alone, as AWS
-# documents it (re:Post knowledge center "sns-not-getting-eventbridge-
-# notification"). The topic policy still admits only this account's rules.
-EVENTBRIDGE = "events.amazonaws.com"
 
 
 class OpsStack(StageStack):
-    """Exposes ``alerts_topic`` (``sns.ITopic``), encrypted with the stage key,
+    """Exposes ``alerts_topic`` (``sns.ITopic``), encrypted with ``messaging_key``,
     ``drift_detection`` (``StackDriftDetection`` or None when disabled) and
     ``budget`` (``StageBudget``)."""
 
     def __init__(self, scope: Construct, construct_id: str, *, config: StageConfig,
-                 key: kms.IKey, buckets: Sequence[s3.IBucket] = ()) -> None:
+                 messaging_key: kms.IKey, logs_key: kms.IKey,
+                 buckets: Sequence[s3.IBucket] = ()) -> None:
         super().__init__(scope, construct_id, config=config,
                          description=f"ml-infra {config.name}: alerts topic, drift detection, budget")
         self.alerts_topic = sns.Topic(
             self,
             "Alerts",
             display_name=f"ml-infra {config.name} alerts",
-            master_key=key,
+            master_key=messaging_key,
             enforce_ssl=True,
         )
         # Only on behalf of this account: no other account's alarm or rule
@@ -58,20 +55,6 @@ class OpsStack(StageStack):
             actions=["sns:Publish"],
             resources=[self.alerts_topic.topic_arn],
             conditions=same_account,
-        ))
-        key_actions = ["kms:Decrypt", "kms:GenerateDataKey*"]
-        key.add_to_resource_policy(iam.PolicyStatement(
-            sid="AllowStageServicesToUseAlertsTopicKey",
-            principals=[iam.ServicePrincipal(s) for s in PUBLISHING_SERVICES if s != EVENTBRIDGE],
-            actions=key_actions,
-            resources=["*"],
-            conditions=same_account,
-        ))
-        key.add_to_resource_policy(iam.PolicyStatement(
-            sid="AllowEventBridgeToUseAlertsTopicKey",
-            principals=[iam.ServicePrincipal(EVENTBRIDGE)],
-            actions=key_actions,
-            resources=["*"],
         ))
         for address in config.alerts.email_subscribers:
             self.alerts_topic.add_subscription(subscriptions.EmailSubscription(address))
@@ -86,6 +69,8 @@ class OpsStack(StageStack):
                 alerts_topic=self.alerts_topic,
                 schedule=events.Schedule.cron(minute="0", hour=str(config.drift.schedule_hour_utc)),
                 log_retention=log_retention(config.drift.log_retention_days),
+                log_group_name=log_group_name(self, config, "drift-detection"),
+                log_key=logs_key,
                 removal_policy=self.removal_policy,
                 parameter_names=[gpu_agent_parameter(config)],
                 buckets=buckets,

@@ -42,7 +42,9 @@ class ServingStack(StageStack):
         *,
         config: StageConfig,
         vpc: ec2.IVpc,
-        key: kms.IKey,
+        data_key: kms.IKey,
+        capture_key: kms.IKey,
+        logs_key: kms.IKey,
         model_artifacts_bucket: s3.IBucket,
         data_capture_bucket: s3.IBucket,
         image_repository: ecr.IRepository,
@@ -55,17 +57,19 @@ class ServingStack(StageStack):
         self.endpoints: dict[str, InferenceEndpoint] = {}
         self.example_assets: dict[str, s3_assets.Asset] = {}
         for model in serving.models:
-            data_bucket, data_key = self._model_data(model, model_artifacts_bucket)
+            data_bucket, artifact_key = self._model_data(model, model_artifacts_bucket)
             endpoint = InferenceEndpoint(
                 self,
                 model.name,
                 endpoint_name=endpoint_name(config, model),
                 image=_image(model, image_repository),
                 model_data_bucket=data_bucket,
-                model_data_key=data_key,
+                model_data_key=artifact_key,
                 capture_bucket=data_capture_bucket,
                 capture_prefix=f"{model.name}/",
-                key=key,
+                key=data_key,
+                capture_key=capture_key,
+                log_key=logs_key,
                 vpc=vpc,
                 instance_type=model.instance_type,
                 environment=model.environment,

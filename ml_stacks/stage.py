@@ -29,17 +29,23 @@ class MlStage(cdk.Stage):
         self.config = config
         apply_tags(self, stage_tags(config))
 
-        self.network = NetworkStack(self, "network", config=config)
+        # Storage first: every other stack encrypts with its keys, and it
+        # depends on none of them.
         self.storage = StorageStack(self, "storage", config=config)
-        self.ops = OpsStack(self, "ops", config=config, key=self.storage.key,
-                            buckets=self.storage.buckets)
-        self.idle = IdleStack(self, "idle", config=config, alerts_topic=self.ops.alerts_topic)
+        storage = self.storage
+        self.network = NetworkStack(self, "network", config=config, logs_key=storage.logs_key)
+        self.ops = OpsStack(self, "ops", config=config, messaging_key=storage.messaging_key,
+                            logs_key=storage.logs_key, buckets=storage.buckets)
+        self.idle = IdleStack(self, "idle", config=config, alerts_topic=self.ops.alerts_topic,
+                              logs_key=storage.logs_key)
         self.training: TrainingStack | None = None
         if config.training.enabled:
             self.training = TrainingStack(
                 self, "training", config=config,
                 vpc=self.network.vpc,
-                key=self.storage.key,
+                data_key=storage.data_key,
+                messaging_key=storage.messaging_key,
+                logs_key=storage.logs_key,
                 training_data_bucket=self.storage.training_data_bucket,
                 checkpoint_bucket=self.storage.checkpoint_bucket,
                 image_repository=self.storage.image_repository,
@@ -50,7 +56,9 @@ class MlStage(cdk.Stage):
         self.serving = ServingStack(
             self, "serving", config=config,
             vpc=self.network.vpc,
-            key=self.storage.key,
+            data_key=storage.data_key,
+            capture_key=storage.capture_key,
+            logs_key=storage.logs_key,
             model_artifacts_bucket=self.storage.model_artifacts_bucket,
             data_capture_bucket=self.storage.data_capture_bucket,
             image_repository=self.storage.image_repository,
@@ -59,7 +67,7 @@ class MlStage(cdk.Stage):
         self.eks: EksStack | None = None
         if config.eks.enabled:
             self.eks = EksStack(self, "eks", config=config, vpc=self.network.vpc,
-                                key=self.storage.key)
+                                data_key=storage.data_key, logs_key=storage.logs_key)
 
     @property
     def stacks(self) -> list[cdk.Stack]:

@@ -1,4 +1,12 @@
-"""Storage stack (stateful): KMS key, buckets and the image repository.
+"""Storage stack (stateful): the stage's KMS keys, buckets and the image repository.
+
+One key per data class (docs/security.md, "Encryption keys"): ``data_key``
+(training data, checkpoints, models, images, volumes, run records; the
+stage's original key, so everything it encrypted stays readable),
+``capture_key`` (endpoint request/response captures, possibly personal
+data), ``logs_key`` (every log group of the stage) and ``messaging_key``
+(queues and topics). Each key's policy admits the services that use it
+under the conditions they support, and nothing else.
 
 Construct IDs here are a contract: a changed ID replaces a bucket, a key or
 a repository. ``tests/unit/test_storage_stack.py`` pins the logical IDs.
@@ -8,6 +16,7 @@ from __future__ import annotations
 
 import aws_cdk as cdk
 from aws_cdk import aws_ecr as ecr
+from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
@@ -15,26 +24,27 @@ from constructs import Construct
 from constructs_lib.secure_bucket import SecureBucket
 from ml_stacks.base_stack import StageStack
 from ml_stacks.config import StageConfig
+from ml_stacks.log_groups import encrypt_provider_logs, log_group_name_patterns
 
 ABORT_INCOMPLETE_UPLOADS = cdk.Duration.days(7)
+# What a publisher to an SSE-KMS topic or queue needs on its key (SNS and
+# SQS developer guides): a data key for the message, Decrypt to reuse it.
+MESSAGE_KEY_ACTIONS = ["kms:GenerateDataKey", "kms:Decrypt"]
+# CloudWatch Logs' own use of a log group key, as its user guide states it
+# ("Encrypt log data in CloudWatch Logs using AWS KMS").
+LOGS_SERVICE_KEY_ACTIONS = ["kms:Encrypt*", "kms:Decrypt*", "kms:ReEncrypt*",
+                            "kms:GenerateDataKey*", "kms:Describe*"]
+# Services that publish alarms and budget notifications to the stage's
+# topics on the stage's behalf; both send aws:SourceAccount.
+ACCOUNT_SCOPED_TOPIC_PUBLISHERS = ("cloudwatch.amazonaws.com", "budgets.amazonaws.com")
+EVENTBRIDGE = "events.amazonaws.com"
 
 
 class StorageStack(StageStack):
-    """Exposes ``key``, ``training_data_bucket``, ``checkpoint_bucket``,
+    """Exposes ``data_key``, ``capture_key``, ``logs_key``, ``messaging_key``
+    (``kms.Key``), ``training_data_bucket``, ``checkpoint_bucket``,
     ``model_artifacts_bucket``, ``data_capture_bucket``, ``access_log_bucket``
     and ``image_repository`` as objects for the other stacks of the stage."""
-
-    def __init__(self, scope: Construct, construct_id: str, *, config: StageConfig) -> None:
-        storage = config.storage
-        super().__init__(scope, construct_id, config=config,
-                         description=f"ml-infra {config.name}: KMS key, buckets, ECR (stateful)",
-                         termination_protection=storage.retain)
-
-        self._build_key(config)
-        self._build_access_log_bucket(config)
-        self._build_buckets(config)
-        self._build_image_repository(config)
-        self._add_outputs()
 
     @property
     def buckets(self) -> list[s3.IBucket]:
@@ -42,19 +52,109 @@ class StorageStack(StageStack):
         return [self.access_log_bucket, self.training_data_bucket, self.checkpoint_bucket,
                 self.model_artifacts_bucket, self.data_capture_bucket]
 
-    def _build_key(self, config: StageConfig) -> None:
-        removal = self.removal_policy
-        self.key = kms.Key(
+    def __init__(self, scope: Construct, construct_id: str, *, config: StageConfig) -> None:
+        storage = config.storage
+        super().__init__(scope, construct_id, config=config,
+                         description=f"ml-infra {config.name}: KMS keys, buckets, ECR (stateful)",
+                         termination_protection=storage.retain)
+
+        self._build_keys(config)
+        self._allow_logs_service(config)
+        self._allow_messaging_services()
+        self._build_access_log_bucket(config)
+        self._build_buckets(config)
+        self._build_image_repository(config)
+        self._build_provider_logs(config)
+        self._add_outputs()
+
+    def _key(self, construct_id: str, alias: str, description: str) -> kms.Key:
+        return kms.Key(
             self,
-            "Key",
-            alias=f"alias/{config.stack_prefix}",
-            description=f"ml-infra {config.name}: data, checkpoints, models, images",
+            construct_id,
+            alias=alias,
+            description=description,
             enable_key_rotation=True,
-            removal_policy=removal,
-            # A deleted key makes every object it encrypted unreadable: keep
+            removal_policy=self.removal_policy,
+            # A deleted key makes everything it encrypted unreadable: keep
             # the longest grace period to undo a mistaken delete.
             pending_window=cdk.Duration.days(30),
         )
+
+    def _build_keys(self, config: StageConfig) -> None:
+        prefix, name = config.stack_prefix, config.name
+        # "Key" and its alias are the stage's original single key: its ID
+        # never changes, so every object it ever encrypted stays readable.
+        self.data_key = self._key(
+            "Key", f"alias/{prefix}",
+            f"ml-infra {name}: training data, checkpoints, models, images, volumes, runs")
+        self.capture_key = self._key(
+            "CaptureKey", f"alias/{prefix}/capture",
+            f"ml-infra {name}: endpoint request/response captures (may hold personal data)")
+        self.logs_key = self._key("LogsKey", f"alias/{prefix}/logs",
+                                  f"ml-infra {name}: CloudWatch Logs of the stage")
+        self.messaging_key = self._key("MessagingKey", f"alias/{prefix}/messaging",
+                                       f"ml-infra {name}: SQS queues and SNS topics")
+
+    def _allow_logs_service(self, config: StageConfig) -> None:
+        """CloudWatch Logs may use the logs key for the stage's log groups only.
+
+        CloudWatch Logs calls KMS with the log group's ARN as encryption
+        context: the condition lists exactly the names the stage gives its
+        groups (``ml_stacks/log_groups.py``), computed from config so this
+        stack depends on no other.
+        """
+        arns = [self.format_arn(service="logs", resource="log-group", resource_name=pattern,
+                                arn_format=cdk.ArnFormat.COLON_RESOURCE_NAME)
+                for pattern in log_group_name_patterns(config)]
+        self.logs_key.add_to_resource_policy(iam.PolicyStatement(
+            sid="AllowCloudWatchLogsForStageLogGroups",
+            principals=[iam.ServicePrincipal(f"logs.{self.region}.amazonaws.com")],
+            actions=LOGS_SERVICE_KEY_ACTIONS,
+            resources=["*"],
+            conditions={"ArnLike": {"kms:EncryptionContext:aws:logs:arn": arns}},
+        ))
+
+    def _allow_messaging_services(self) -> None:
+        """Services that deliver into the stage's topics and queues.
+
+        Each statement is confined to this account: by ``aws:SourceAccount``
+        where the service sends it, and for topics also by the encryption
+        context SNS binds to every message (``aws:sns:topicArn``).
+        EventBridge publishing to an encrypted SNS topic sends no
+        ``aws:SourceAccount`` (DESIGN.md, "First deploy"): its topic
+        statement has the encryption context alone; the topic policy still
+        admits only this account's rules. EventBridge delivering to an
+        encrypted queue does send ``aws:SourceAccount`` and ``aws:SourceArn``.
+        """
+        key = self.messaging_key
+        # SNS calls KMS with the topic's ARN as encryption context
+        # (aws:sns:topicArn; AWS's own key policies for services publishing
+        # to encrypted topics condition on it, e.g. GameLift FlexMatch).
+        stage_topics = {"kms:EncryptionContext:aws:sns:topicArn": self.format_arn(
+            service="sns", resource="*", arn_format=cdk.ArnFormat.NO_RESOURCE_NAME)}
+        same_account = {"aws:SourceAccount": self.account}
+        key.add_to_resource_policy(iam.PolicyStatement(
+            sid="AllowAlarmsAndBudgetsToPublishToStageTopics",
+            principals=[iam.ServicePrincipal(s) for s in ACCOUNT_SCOPED_TOPIC_PUBLISHERS],
+            actions=MESSAGE_KEY_ACTIONS,
+            resources=["*"],
+            conditions={"StringEquals": same_account, "ArnLike": stage_topics},
+        ))
+        key.add_to_resource_policy(iam.PolicyStatement(
+            sid="AllowEventBridgeToPublishToStageTopics",
+            principals=[iam.ServicePrincipal(EVENTBRIDGE)],
+            actions=MESSAGE_KEY_ACTIONS,
+            resources=["*"],
+            conditions={"ArnLike": stage_topics},
+        ))
+        key.add_to_resource_policy(iam.PolicyStatement(
+            sid="AllowEventBridgeRulesToSendToStageQueues",
+            principals=[iam.ServicePrincipal(EVENTBRIDGE)],
+            actions=MESSAGE_KEY_ACTIONS,
+            resources=["*"],
+            conditions={"StringEquals": same_account, "ArnLike": {"aws:SourceArn": self.format_arn(
+                service="events", resource="rule", resource_name="*")}},
+        ))
 
     def _build_access_log_bucket(self, config: StageConfig) -> None:
         storage = config.storage
@@ -78,11 +178,13 @@ class StorageStack(StageStack):
             auto_delete_objects=removal == cdk.RemovalPolicy.DESTROY,
         )
 
-    def _bucket(self, construct_id: str, log_prefix: str, **kwargs) -> SecureBucket:
+    def _bucket(self, construct_id: str, log_prefix: str, *, encryption_key: kms.IKey | None = None,
+                **kwargs) -> SecureBucket:
+        """A ``SecureBucket`` encrypted with ``encryption_key`` (default: the data key)."""
         return SecureBucket(
             self,
             construct_id,
-            encryption_key=self.key,
+            encryption_key=encryption_key or self.data_key,
             access_log_bucket=self.access_log_bucket,
             log_prefix=log_prefix,
             removal_policy=self.removal_policy,
@@ -141,6 +243,7 @@ class StorageStack(StageStack):
         self.data_capture_bucket = bucket(
             "DataCapture",
             "data-capture",
+            encryption_key=self.capture_key,
             lifecycle_rules=[
                 s3.LifecycleRule(
                     id="expire-captures",
@@ -163,7 +266,7 @@ class StorageStack(StageStack):
             image_tag_mutability=(ecr.TagMutability.IMMUTABLE if storage.ecr_immutable_tags
                                   else ecr.TagMutability.MUTABLE),
             encryption=ecr.RepositoryEncryption.KMS,
-            encryption_key=self.key,
+            encryption_key=self.data_key,
             lifecycle_rules=[
                 ecr.LifecycleRule(
                     description="Expire untagged images after a day",
@@ -183,6 +286,11 @@ class StorageStack(StageStack):
             empty_on_delete=removal == cdk.RemovalPolicy.DESTROY,
         )
 
+    def _build_provider_logs(self, config: StageConfig) -> None:
+        """Dev empties buckets on destroy through CDK's provider Lambda: its logs too."""
+        encrypt_provider_logs(self, "Custom::S3AutoDeleteObjectsCustomResourceProvider",
+                              config=config, purpose="auto-delete-objects", key=self.logs_key)
+
     def _add_outputs(self) -> None:
         for output_id, value, description in (
             ("TrainingDataBucketName", self.training_data_bucket.bucket_name, "Training data"),
@@ -191,6 +299,9 @@ class StorageStack(StageStack):
             ("DataCaptureBucketName", self.data_capture_bucket.bucket_name,
              "Endpoint request/response captures"),
             ("ImageRepositoryUri", self.image_repository.repository_uri, "docker push target"),
-            ("KeyArn", self.key.key_arn, "Stage KMS key"),
+            ("KeyArn", self.data_key.key_arn, "Data key: training data, checkpoints, models"),
+            ("CaptureKeyArn", self.capture_key.key_arn, "Endpoint data-capture key"),
+            ("LogsKeyArn", self.logs_key.key_arn, "CloudWatch Logs key"),
+            ("MessagingKeyArn", self.messaging_key.key_arn, "SQS and SNS key"),
         ):
             cdk.CfnOutput(self, output_id, value=value, description=description)

@@ -22,6 +22,7 @@ from constructs_lib.runs_capacity import RunsCapacity
 from constructs_lib.training_runs import TrainingRuns
 from ml_stacks.base_stack import StageStack, log_retention
 from ml_stacks.config import StageConfig
+from ml_stacks.log_groups import log_group_name
 from ml_stacks.pins import training_ami
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -46,7 +47,9 @@ class TrainingStack(StageStack):
         *,
         config: StageConfig,
         vpc: ec2.IVpc,
-        key: kms.IKey,
+        data_key: kms.IKey,
+        messaging_key: kms.IKey,
+        logs_key: kms.IKey,
         training_data_bucket: s3.IBucket,
         checkpoint_bucket: s3.IBucket,
         image_repository: ecr.IRepository,
@@ -59,18 +62,19 @@ class TrainingStack(StageStack):
         training = config.training
         budget = cdk.Duration.seconds(training.checkpoint_budget_seconds)
 
-        self._build_fleet(config, vpc, key, training_data_bucket, checkpoint_bucket, alerts_topic)
-        self._build_interruption_handler(config, key, alerts_topic, budget)
-        self._build_runs(config, key)
+        self._build_fleet(config, vpc, data_key, messaging_key, training_data_bucket,
+                          checkpoint_bucket, alerts_topic)
+        self._build_interruption_handler(config, messaging_key, logs_key, alerts_topic, budget)
+        self._build_runs(config, data_key, logs_key)
         self._build_node_agent(config, checkpoint_bucket, alerts_topic, image_repository,
                                idle_shutdown, budget)
         self._wire_idle_shutdown(config, gpu_metrics, idle_shutdown)
-        self._build_runs_capacity(config, alerts_topic)
+        self._build_runs_capacity(config, alerts_topic, logs_key)
         self._grant_lifecycle_actions()
         self._add_outputs(checkpoint_bucket)
 
-    def _build_fleet(self, config: StageConfig, vpc: ec2.IVpc, key: kms.IKey,
-                     training_data_bucket: s3.IBucket, checkpoint_bucket: s3.IBucket,
+    def _build_fleet(self, config: StageConfig, vpc: ec2.IVpc, data_key: kms.IKey,
+                     messaging_key: kms.IKey, training_data_bucket: s3.IBucket, checkpoint_bucket: s3.IBucket,
                      alerts_topic: sns.ITopic) -> None:
         training = config.training
         self.fleet = GpuTrainingFleet(
@@ -90,22 +94,22 @@ class TrainingStack(StageStack):
             root_volume_throughput_mibps=training.root_volume_throughput_mibps,
             imds_hop_limit=training.imds_hop_limit,
             efa_enabled=training.efa_enabled,
-            volume_key=key,
+            volume_key=data_key,
             training_data_bucket=training_data_bucket,
             checkpoint_bucket=checkpoint_bucket,
             notification_topic=alerts_topic,
-            # The stage's alerts topic is encrypted with the stage key.
-            notification_key=key,
+            # The stage's alerts topic is encrypted with the messaging key.
+            notification_key=messaging_key,
         )
 
-    def _build_interruption_handler(self, config: StageConfig, key: kms.IKey,
-                                    alerts_topic: sns.ITopic, budget: cdk.Duration) -> None:
+    def _build_interruption_handler(self, config: StageConfig, messaging_key: kms.IKey,
+                                    logs_key: kms.IKey, alerts_topic: sns.ITopic, budget: cdk.Duration) -> None:
         training = config.training
         self.interruption_handler = InterruptionHandler(
             self,
             "InterruptionHandler",
             fleet=self.fleet,
-            key=key,
+            key=messaging_key,
             alarm_topic=alerts_topic,
             lambda_code_dir=PROJECT_ROOT / "lambda" / "interruption_handler",
             heartbeat_timeout=cdk.Duration.seconds(training.lifecycle_heartbeat_timeout_seconds),
@@ -114,14 +118,18 @@ class TrainingStack(StageStack):
             rebalance_action=training.rebalance_action,
             lambda_timeout=cdk.Duration.seconds(training.lambda_timeout_seconds),
             log_retention=log_retention(training.log_retention_days),
+            log_group_name=log_group_name(self, config, "interruption-handler"),
+            log_key=logs_key,
         )
 
-    def _build_runs(self, config: StageConfig, key: kms.IKey) -> None:
+    def _build_runs(self, config: StageConfig, data_key: kms.IKey, logs_key: kms.IKey) -> None:
         training = config.training
         self.runs = TrainingRuns(
             self,
             "Runs",
-            key=key,
+            key=data_key,
+            log_key=logs_key,
+            log_group_name=log_group_name(self, config, "runs"),
             removal_policy=self.removal_policy,
             # Outside dev the run history outlives mistakes: a delete or a
             # replacement of the table is refused until protection is lifted.
@@ -184,7 +192,8 @@ class TrainingStack(StageStack):
             time_zone=idle.off_hours_time_zone,
         )
 
-    def _build_runs_capacity(self, config: StageConfig, alerts_topic: sns.ITopic) -> None:
+    def _build_runs_capacity(self, config: StageConfig, alerts_topic: sns.ITopic,
+                             logs_key: kms.IKey) -> None:
         training = config.training
         self.runs_capacity = RunsCapacity(
             self,
@@ -199,6 +208,8 @@ class TrainingStack(StageStack):
                                  else cdk.Duration.minutes(training.spot_fallback_after_minutes)),
             spot_fallback_on_demand_percentage=training.spot_fallback_on_demand_percentage,
             log_retention=log_retention(training.log_retention_days),
+            log_group_name=log_group_name(self, config, "runs-capacity"),
+            log_key=logs_key,
         )
 
     def _grant_lifecycle_actions(self) -> None:

@@ -28,19 +28,20 @@ def test_repository_configs_cost_what_the_readme_says(synthesized) -> None:
                            region_of=cost.regions_of([synthesized.outdir]))
     h = 730  # hours a month
     nat, endpoint_az, eks, key = 32.85, 7.30, 73.00, 1.00
+    keys = 4 * key  # data, capture, logs, messaging
     m7i_large, g5_xlarge, g5_2xlarge, g6_2xlarge = 0.1008, 1.006, 1.212, 0.9776
     ml_m5_large, ml_g5_xlarge = 0.115, 1.408
     # Always on: the minimum of everything that scales, plus fixed charges.
     expected = {
-        # NAT, key, EKS control plane + 1 system node, the endpoint's 1 x ml.m5.large.
-        "dev": nat + key + eks + m7i_large * h + ml_m5_large * h,
+        # NAT, keys, EKS control plane + 1 system node, the endpoint's 1 x ml.m5.large.
+        "dev": nat + keys + eks + m7i_large * h + ml_m5_large * h,
         # + 4 interface endpoints x 3 AZs, 2 system nodes, 1 GPU inference node,
         # endpoint min 1 x ml.g5.xlarge.
-        "staging": nat + 4 * 3 * endpoint_az + key + eks + 2 * m7i_large * h + g5_xlarge * h
+        "staging": nat + 4 * 3 * endpoint_az + keys + eks + 2 * m7i_large * h + g5_xlarge * h
                    + ml_g5_xlarge * h,
         # 3 NAT, 11 endpoints x 3 AZs, 2 system nodes, 2 inference nodes
         # (g5.2xlarge), 1 serving baseline (g6.2xlarge), endpoint min 2.
-        "prod": 3 * nat + 11 * 3 * endpoint_az + key + eks + 2 * m7i_large * h + 2 * g5_2xlarge * h
+        "prod": 3 * nat + 11 * 3 * endpoint_az + keys + eks + 2 * m7i_large * h + 2 * g5_2xlarge * h
                 + g6_2xlarge * h + 2 * ml_g5_xlarge * h,
     }
     assert {s: c.always_on for s, c in stages.items()} == {

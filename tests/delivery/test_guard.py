@@ -72,7 +72,7 @@ def test_bucket_replacement_fails(base, tmp_path) -> None:
 def test_removal_of_the_kms_key_fails(base, tmp_path) -> None:
     def move_key(stage) -> None:
         # A new logical ID is a new key; CloudFormation deletes the old one.
-        stage.storage.key.node.default_child.override_logical_id("StageKey")
+        stage.storage.data_key.node.default_child.override_logical_id("StageKey")
 
     head = synth(tmp_path, "head", change=move_key)
     changes = compare_assemblies(base, head)

@@ -32,15 +32,25 @@ def test_only_this_accounts_alarms_and_rules_may_publish_and_alarms_use_the_key(
         "PolicyDocument": {"Statement": Match.array_with([Match.object_like({
             "Effect": "Allow", "Action": "sns:Publish", "Principal": {"Service": services},
             "Condition": same_account})])}})
-    synthesized.template(stage, "storage").has_resource_properties("AWS::KMS::Key", {
-        "KeyPolicy": {"Statement": Match.array_with([Match.object_like({
-            "Effect": "Allow", "Action": ["kms:Decrypt", "kms:GenerateDataKey*"],
-            "Principal": {"Service": ["budgets.amazonaws.com", "cloudwatch.amazonaws.com"]},
-            "Condition": same_account})])}})
+    [statement] = [s for s in key_statements_for(synthesized.stack(stage, "storage").template_json,
+                                                 "cloudwatch.amazonaws.com")]
+    assert statement["Principal"] == {"Service": ["budgets.amazonaws.com", "cloudwatch.amazonaws.com"]}
+    assert statement["Action"] == ["kms:Decrypt", "kms:GenerateDataKey"]
+    assert statement["Condition"]["StringEquals"] == same_account["StringEquals"]
+    # ... and only for this account's topics in this region (SNS's encryption context).
+    assert flat_join(statement["Condition"]["ArnLike"]["kms:EncryptionContext:aws:sns:topicArn"]) == (
+        f"arn:aws:sns:{synthesized.configs[stage].region}:<AWS::AccountId>:*")
+
+
+def flat_join(value) -> str:
+    if isinstance(value, str):
+        return value
+    return "".join(p if isinstance(p, str) else f"<{p['Ref']}>" for p in value["Fn::Join"][1])
 
 
 def key_statements_for(template_json: dict, service: str) -> list[dict]:
-    [key] = [r for r in template_json["Resources"].values() if r["Type"] == "AWS::KMS::Key"]
+    """Statements of the messaging key (the alerts topic's key) naming ``service``."""
+    key = template_json["Resources"]["MessagingKey9A79A2B1"]
     statements = []
     for statement in key["Properties"]["KeyPolicy"]["Statement"]:
         principals = statement.get("Principal", {}).get("Service", [])
@@ -55,14 +65,21 @@ def test_eventbridge_may_use_the_alerts_key_without_a_source_account_condition(s
     # aws:SourceAccount in the key policy: with it, its messages are dropped.
     # (aws-cdk-lib's own grant for the encrypted SQS interruption queue keeps its
     # condition: encrypted SQS supports it.) KMS allows what any statement allows.
+    # Its statement is bound to this account's topics by the encryption
+    # context SNS always sends instead. The queue statement keeps both
+    # aws:SourceAccount and aws:SourceArn: encrypted SQS supports them.
     statements = key_statements_for(synthesized.stack(stage, "storage").template_json,
                                     "events.amazonaws.com")
     usable = [s for s in statements
-              if s["Effect"] == "Allow" and {"kms:Decrypt", "kms:GenerateDataKey*"} <= set(s["Action"])
+              if s["Effect"] == "Allow" and {"kms:Decrypt", "kms:GenerateDataKey"} <= set(s["Action"])
               and "aws:SourceAccount" not in str(s.get("Condition", {}))]
     assert usable, "EventBridge cannot use the alerts topic's key to publish"
-    assert [s.get("Sid") for s in usable] == ["AllowEventBridgeToUseAlertsTopicKey"]
-    assert "Condition" not in usable[0]
+    assert [s.get("Sid") for s in usable] == ["AllowEventBridgeToPublishToStageTopics"]
+    assert list(usable[0]["Condition"]) == ["ArnLike"]
+    assert list(usable[0]["Condition"]["ArnLike"]) == ["kms:EncryptionContext:aws:sns:topicArn"]
+    [queues] = [s for s in statements if s not in usable]
+    assert set(queues["Condition"]) == {"StringEquals", "ArnLike"}
+    assert flat_join(queues["Condition"]["ArnLike"]["aws:SourceArn"]).endswith(":<AWS::AccountId>:rule/*")
 
 
 def test_no_subscriptions_unless_configured(synthesized) -> None:

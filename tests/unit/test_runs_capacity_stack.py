@@ -107,8 +107,17 @@ def test_iam_reaches_the_index_and_the_one_group_and_nothing_more(synthesized, s
     group_id, group = one(template, "AWS::AutoScaling::AutoScalingGroup", "Fleet")
     assert group["Properties"]["AutoScalingGroupName"] == f"{config.stack_prefix}-training-gpu"
     granted = {}
+    region = config.region
     for statement in role_statements(template, role_id):
-        assert statement["Effect"] == "Allow" and "Condition" not in statement
+        kms = any(a.startswith("kms:") for a in listed(statement["Action"]))
+        # Every key action only through the service that uses it: DynamoDB
+        # for the runs table's key, SNS for the alerts topic's.
+        assert statement["Effect"] == "Allow"
+        if kms:
+            assert statement["Condition"]["StringEquals"]["kms:ViaService"] in (
+                f"dynamodb.{region}.amazonaws.com", f"sns.{region}.amazonaws.com")
+        else:
+            assert "Condition" not in statement
         for action in listed(statement["Action"]):
             granted.setdefault(action, []).extend(listed(statement["Resource"]))
     assert set(granted) == {"logs:CreateLogStream", "logs:PutLogEvents", "dynamodb:Query",
@@ -130,9 +139,12 @@ def test_iam_reaches_the_index_and_the_one_group_and_nothing_more(synthesized, s
     assert group_arn == {"Fn::GetAtt": [group_id, "AutoScalingGroupARN"]}
     assert granted["autoscaling:DescribeAutoScalingGroups"] == ["*"]
     assert granted["logs:PutLogEvents"] == [{"Fn::GetAtt": [logs_id, "Arn"]}]
-    [key] = set(json.dumps(k, sort_keys=True) for k in granted["kms:Decrypt"] + granted["kms:DescribeKey"]
-                + granted["kms:GenerateDataKey"])
-    assert "ml-" + stage + "-storage" in key  # the stage key, by reference
+    keys = set(json.dumps(k, sort_keys=True) for k in granted["kms:Decrypt"] + granted["kms:DescribeKey"]
+               + granted["kms:GenerateDataKey"])
+    # The data key (runs table) and the messaging key (alerts topic), by reference.
+    assert len(keys) == 2 and all("ml-" + stage + "-storage" in key for key in keys)
+    [table_key] = set(json.dumps(k, sort_keys=True) for k in granted["kms:DescribeKey"])
+    assert "Key961B73FDArn" in table_key
 
 
 @pytest.mark.parametrize("stage", STAGES)

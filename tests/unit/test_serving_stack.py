@@ -43,7 +43,13 @@ def output_ref(value: object, stage: str, stack: str, output_prefix: str) -> boo
 
 
 def key_arn(value: object, stage: str) -> bool:
+    """``value`` is the stage's data key (model artifacts, volumes)."""
     return output_ref(value, stage, "storage", "PublishOutputFnGetAttKey961B73FDArn")
+
+
+def capture_key_arn(value: object, stage: str) -> bool:
+    """``value`` is the stage's capture key (request/response captures)."""
+    return output_ref(value, stage, "storage", "PublishOutputFnGetAttCaptureKey")
 
 
 def joined(value: dict) -> list:
@@ -133,9 +139,9 @@ def test_security_group_admits_nothing_and_sends_only_https(all_templates, stage
 
 
 @pytest.mark.parametrize("stage", STAGES)
-def test_data_capture_records_input_and_output_encrypted_with_the_stage_key(all_templates, stage) -> None:
+def test_data_capture_records_input_and_output_encrypted_with_the_capture_key(all_templates, stage) -> None:
     capture = one(serving(all_templates, stage), "AWS::SageMaker::EndpointConfig")["Properties"]["DataCaptureConfig"]
-    assert key_arn(capture["KmsKeyId"], stage), capture["KmsKeyId"]
+    assert capture_key_arn(capture["KmsKeyId"], stage), capture["KmsKeyId"]
     assert capture["EnableCapture"] is True
     assert capture["CaptureOptions"] == [{"CaptureMode": "Input"}, {"CaptureMode": "Output"}]
     assert capture["InitialSamplingPercentage"] == EXPECTED[stage]["sampling"]
@@ -173,7 +179,8 @@ def test_role_reads_only_its_model_artifact_pulls_only_its_repository_and_uses_t
         synthesized, all_templates, stage) -> None:
     template = serving(all_templates, stage)
     statements = {s["Sid"]: s for s in policy_statements(template, "classifierRoleDefaultPolicy")}
-    assert set(statements) == {"ReadItsModelArtifact", "PullItsImage", "UseTheStageKey", "WriteItsLogs"} | (
+    assert set(statements) == {"ReadItsModelArtifact", "PullItsImage", "DecryptItsModelArtifact",
+                               "EncryptItsDataCapture", "WriteItsLogs"} | (
         {"EncryptItsVolumes"} if EXPECTED[stage]["volume_key"] else set())
 
     read = statements["ReadItsModelArtifact"]
@@ -193,9 +200,15 @@ def test_role_reads_only_its_model_artifact_pulls_only_its_repository_and_uses_t
     assert pull["Action"] == ["ecr:BatchCheckLayerAvailability", "ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer"]
     assert pull["Resource"] == DLC_REPOSITORY_ARN
 
-    kms = statements["UseTheStageKey"]
-    assert kms["Action"] == ["kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey"]
-    assert key_arn(kms["Resource"], stage)
+    region = synthesized.configs[stage].region
+    through_s3 = {"StringEquals": {"kms:ViaService": f"s3.{region}.amazonaws.com"}}
+    decrypt = statements["DecryptItsModelArtifact"]
+    assert (decrypt["Action"], decrypt["Condition"]) == ("kms:Decrypt", through_s3)
+    assert key_arn(decrypt["Resource"], stage)
+    capture = statements["EncryptItsDataCapture"]
+    assert capture["Action"] == ["kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey"]
+    assert capture["Condition"] == through_s3
+    assert capture_key_arn(capture["Resource"], stage)
 
     log_groups = resources_of_type(template, "AWS::Logs::LogGroup")
     resources = statements["WriteItsLogs"]["Resource"]
@@ -500,7 +513,7 @@ def test_two_models_synthesize_two_independent_endpoints(two_and_one) -> None:
                if "ExecutionRoleArn" not in c["Properties"]]
     [ranker_config] = configs
     assert key_arn(ranker_config["KmsKeyId"], "dev")
-    assert key_arn(ranker_config["DataCaptureConfig"]["KmsKeyId"], "dev")
+    assert capture_key_arn(ranker_config["DataCaptureConfig"]["KmsKeyId"], "dev")
 
 
 def test_removing_a_model_leaves_the_others_resources_untouched(two_and_one) -> None:

@@ -13,7 +13,10 @@ from tests.conftest import STAGES, resources_of_type
 # a key or a repository in every deployed stage: never edit this table to make
 # a test pass.
 STATEFUL_LOGICAL_IDS = {
-    "Key961B73FD": "AWS::KMS::Key",
+    "Key961B73FD": "AWS::KMS::Key",  # the data key: the stage's original key
+    "CaptureKey0B937016": "AWS::KMS::Key",
+    "LogsKeyA6AB43B2": "AWS::KMS::Key",
+    "MessagingKey9A79A2B1": "AWS::KMS::Key",
     "AccessLogs8B620ECA": "AWS::S3::Bucket",
     "TrainingData3FDB6D34": "AWS::S3::Bucket",
     "Checkpoints620E2F20": "AWS::S3::Bucket",
@@ -21,7 +24,9 @@ STATEFUL_LOGICAL_IDS = {
     "DataCapture91154E3A": "AWS::S3::Bucket",
     "Images2D38C313": "AWS::ECR::Repository",
 }
-KMS_BUCKETS = ("TrainingData", "Checkpoints", "ModelArtifacts", "DataCapture")
+# Bucket -> the key that encrypts it: captures (possibly personal data) have their own.
+KMS_BUCKETS = {"TrainingData": "Key961B73FD", "Checkpoints": "Key961B73FD",
+               "ModelArtifacts": "Key961B73FD", "DataCapture": "CaptureKey0B937016"}
 
 
 def bucket(template: dict, prefix: str) -> dict:
@@ -39,10 +44,18 @@ def test_stateful_logical_ids_are_pinned(all_templates, stage) -> None:
 
 
 @pytest.mark.parametrize("stage", STAGES)
-def test_key_rotates_and_has_an_alias(synthesized, stage) -> None:
+def test_every_key_rotates_and_has_an_alias(synthesized, all_templates, stage) -> None:
     template = synthesized.template(stage, "storage")
-    template.has_resource_properties("AWS::KMS::Key", {"EnableKeyRotation": True, "PendingWindowInDays": 30})
-    template.has_resource_properties("AWS::KMS::Alias", {"AliasName": f"alias/ml-{stage}"})
+    keys = resources_of_type(all_templates[(stage, "storage")], "AWS::KMS::Key")
+    assert all(k["Properties"]["EnableKeyRotation"] is True and k["Properties"]["PendingWindowInDays"] == 30
+               for k in keys.values())
+    aliases = {a["Properties"]["AliasName"]: a["Properties"]["TargetKeyId"]["Fn::GetAtt"][0]
+               for a in resources_of_type(all_templates[(stage, "storage")], "AWS::KMS::Alias").values()}
+    # The data key keeps the stage's original alias.
+    assert aliases == {f"alias/ml-{stage}": "Key961B73FD", f"alias/ml-{stage}/capture": "CaptureKey0B937016",
+                       f"alias/ml-{stage}/logs": "LogsKeyA6AB43B2",
+                       f"alias/ml-{stage}/messaging": "MessagingKey9A79A2B1"}
+    template.resource_count_is("AWS::KMS::Key", 4)
 
 
 @pytest.mark.parametrize("stage", STAGES)
@@ -53,7 +66,7 @@ def test_data_buckets_are_kms_encrypted_private_and_logged(all_templates, stage,
         "BucketKeyEnabled": True,
         "ServerSideEncryptionByDefault": {
             "SSEAlgorithm": "aws:kms",
-            "KMSMasterKeyID": {"Fn::GetAtt": ["Key961B73FD", "Arn"]},
+            "KMSMasterKeyID": {"Fn::GetAtt": [KMS_BUCKETS[name], "Arn"]},
         },
     }]
     assert props["PublicAccessBlockConfiguration"] == {
@@ -163,7 +176,7 @@ def test_dev_empties_buckets_and_repository_on_destroy(all_templates) -> None:
 
 def test_storage_stack_exposes_objects_for_other_stacks(synthesized) -> None:
     storage = synthesized.app.node.find_child("dev").storage
-    for attribute in ("key", "training_data_bucket", "checkpoint_bucket", "model_artifacts_bucket",
+    for attribute in ("data_key", "capture_key", "logs_key", "messaging_key", "training_data_bucket", "checkpoint_bucket", "model_artifacts_bucket",
                       "data_capture_bucket", "access_log_bucket", "image_repository"):
         assert hasattr(getattr(storage, attribute), "node"), attribute
     assert callable(storage.checkpoint_bucket.grant_read_write)
@@ -172,5 +185,6 @@ def test_storage_stack_exposes_objects_for_other_stacks(synthesized) -> None:
 def test_storage_outputs_name_what_users_push_to(synthesized) -> None:
     template = synthesized.template("prod", "storage")
     for output in ("TrainingDataBucketName", "CheckpointBucketName", "ModelArtifactsBucketName",
-                   "DataCaptureBucketName", "ImageRepositoryUri", "KeyArn"):
+                   "DataCaptureBucketName", "ImageRepositoryUri", "KeyArn", "CaptureKeyArn",
+                   "LogsKeyArn", "MessagingKeyArn"):
         template.has_output(output, {"Value": Match.any_value()})

@@ -73,7 +73,7 @@ def test_runs_table_is_the_contract_schema_encrypted_with_the_stage_key_and_reco
             "BillingMode": "PAY_PER_REQUEST",
             "PointInTimeRecoverySpecification": {"PointInTimeRecoveryEnabled": True},
             "SSESpecification": {"SSEEnabled": True, "SSEType": "KMS",
-                                 "KMSMasterKeyId": storage_output(stage, "Key")},
+                                 "KMSMasterKeyId": storage_output(stage, "FnGetAttKey961B73FD")},
             "DeletionProtectionEnabled": config.storage.retain,
         },
         "DeletionPolicy": removal(config),
@@ -84,32 +84,20 @@ def test_runs_table_is_the_contract_schema_encrypted_with_the_stage_key_and_reco
 
 
 @pytest.mark.parametrize("stage", STAGES)
-def test_runs_log_group_is_encrypted_with_the_stage_key_and_keeps_the_configured_retention(synthesized, stage) -> None:
+def test_runs_log_group_is_encrypted_with_the_logs_key_and_keeps_the_configured_retention(synthesized, stage) -> None:
     config = synthesized.configs[stage]
     template = synthesized.template(stage, "training")
     template.has_resource("AWS::Logs::LogGroup", {
-        "Properties": {"KmsKeyId": storage_output(stage, "Key"),
+        "Properties": {"KmsKeyId": storage_output(stage, "FnGetAttLogsKey"),
                        "RetentionInDays": config.training.runs_log_retention_days},
         "DeletionPolicy": removal(config),
     })
     group = template.to_json()["Resources"][logical_id(template.to_json(), "AWS::Logs::LogGroup", "RunsLogs")]
-    assert "LogGroupName" not in group["Properties"]
-
-
-@pytest.mark.parametrize("stage", STAGES)
-def test_stage_key_lets_cloudwatch_logs_use_it_for_this_accounts_log_groups_only(synthesized, stage) -> None:
-    region = synthesized.configs[stage].region
-    synthesized.template(stage, "storage").has_resource_properties("AWS::KMS::Key", {
-        "KeyPolicy": {"Statement": Match.array_with([{
-            "Sid": "AllowCloudWatchLogsToUseKey",
-            "Effect": "Allow",
-            "Principal": {"Service": f"logs.{region}.amazonaws.com"},
-            "Action": ["kms:Decrypt*", "kms:Describe*", "kms:Encrypt*", "kms:GenerateDataKey*", "kms:ReEncrypt*"],
-            "Resource": "*",
-            "Condition": {"ArnLike": {"kms:EncryptionContext:aws:logs:arn": {"Fn::Join": ["", [
-                f"arn:aws:logs:{region}:", {"Ref": "AWS::AccountId"}, ":log-group:*"]]}}},
-        }])},
-    })
+    # Named under the stage's prefix (what the logs key admits), unique per
+    # creation of the stack: a retained group never blocks re-creating the stage.
+    prefix, stack_uuid = group["Properties"]["LogGroupName"]["Fn::Join"][1]
+    assert prefix == f"/ml-{stage}/training/runs/"
+    assert stack_uuid == {"Fn::Select": [2, {"Fn::Split": ["/", {"Ref": "AWS::StackId"}]}]}
 
 
 @pytest.mark.parametrize("stage", STAGES)

@@ -170,8 +170,12 @@ def test_group_notifies_the_encrypted_alerts_topic_and_tags_its_instances(dev, s
     assert {"Key": "ml:training-fleet", "Value": "ml-dev-training-gpu", "PropagateAtLaunch": True} in props["Tags"]
 
 
-def test_autoscaling_service_role_may_use_the_stage_key_before_it_even_exists(synthesized) -> None:
-    key = only(synthesized.stack("dev", "storage").template_json, "AWS::KMS::Key")
+@pytest.mark.parametrize("key_id", ["Key961B73FD", "MessagingKey9A79A2B1"])
+def test_autoscaling_service_role_may_use_the_volume_and_topic_keys_before_it_even_exists(
+        synthesized, key_id) -> None:
+    # The data key encrypts the root volumes, the messaging key the alerts topic
+    # the group notifies.
+    key = synthesized.stack("dev", "storage").template_json["Resources"][key_id]
     by_sid = {s.get("Sid"): s for s in key["Properties"]["KeyPolicy"]["Statement"]}
     use = by_sid["AllowAutoScalingServiceRoleToUseKey"]
     assert use["Principal"] == {"AWS": "*"}
@@ -181,6 +185,10 @@ def test_autoscaling_service_role_may_use_the_stage_key_before_it_even_exists(sy
     assert use["Condition"]["StringEquals"]["kms:CallerAccount"] == {"Ref": "AWS::AccountId"}
     assert set(use["Action"]) == {"kms:Encrypt", "kms:Decrypt", "kms:ReEncrypt*", "kms:GenerateDataKey*",
                                   "kms:DescribeKey"}
+    if key_id == "MessagingKey9A79A2B1":
+        # Notifications only: nothing for the group to grant on to EBS.
+        assert "AllowAutoScalingServiceRoleToGrantKeyToEbs" not in by_sid
+        return
     grant = by_sid["AllowAutoScalingServiceRoleToGrantKeyToEbs"]
     assert grant["Action"] == "kms:CreateGrant"
     assert grant["Condition"]["Bool"] == {"kms:GrantIsForAWSResource": "true"}
