@@ -14,8 +14,9 @@ from ml_stacks.config import BudgetConfig, ConfigError, DriftConfig, default_con
 from tests.conftest import STACKS, STAGES, resources_of_type
 
 
-@pytest.mark.parametrize("stage,limit", [("dev", 1500), ("staging", 5000), ("prod", 60000)])
-def test_budget_alerts_the_topic_at_80_and_100_percent_actual_and_100_forecast(synthesized, stage, limit) -> None:
+@pytest.mark.parametrize("stage", STAGES)
+def test_budget_alerts_the_topic_at_the_configured_actual_and_forecast_percents(synthesized, stage) -> None:
+    budget = synthesized.configs[stage].budget
     topic = {"Ref": Match.string_like_regexp("^Alerts")}
 
     def alert(kind: str, percent: int) -> dict:
@@ -25,9 +26,11 @@ def test_budget_alerts_the_topic_at_80_and_100_percent_actual_and_100_forecast(s
 
     synthesized.template(stage, "ops").has_resource_properties("AWS::Budgets::Budget", {
         "Budget": {"BudgetName": f"ml-{stage}-monthly", "BudgetType": "COST", "TimeUnit": "MONTHLY",
-                   "BudgetLimit": {"Amount": limit, "Unit": "USD"},
-                   "CostFilters": {"TagKeyValue": [f"user:Environment${stage}"]}},
-        "NotificationsWithSubscribers": [alert("ACTUAL", 80), alert("ACTUAL", 100), alert("FORECASTED", 100)],
+                   "BudgetLimit": {"Amount": budget.monthly_limit_usd, "Unit": "USD"},
+                   "CostFilters": ({"TagKeyValue": [f"user:Environment${stage}"]}
+                                   if budget.filter_by_environment_tag else Match.absent())},
+        "NotificationsWithSubscribers": [*(alert("ACTUAL", p) for p in budget.actual_alert_percents),
+                                         *(alert("FORECASTED", p) for p in budget.forecast_alert_percents)],
     })
 
 
