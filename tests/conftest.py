@@ -36,8 +36,23 @@ def pytest_configure(config: pytest.Config) -> None:
     if _VARIANT_ERROR:
         raise pytest.UsageError(_VARIANT_ERROR)
 
-STAGES = ("dev", "staging", "prod")
+def _stage_names() -> tuple[str, ...]:
+    import ml_stacks.config
+
+    return tuple(ml_stacks.config.default_configs())
+
+
+# The stages default_configs() builds (after the variant, if any), in order.
+STAGES = _stage_names()
+# Every stack a stage can have; training and eks only where the stage enables them.
 STACKS = ("network", "storage", "ops", "idle", "training", "serving", "eks")
+
+
+def stacks_of(config: StageConfig) -> tuple[str, ...]:
+    """The stacks ``build_app`` gives the stage ``config``."""
+    disabled = {"training"} if not config.training.enabled else set()
+    disabled |= {"eks"} if not config.eks.enabled else set()
+    return tuple(s for s in STACKS if s not in disabled)
 
 
 @dataclass(frozen=True)

@@ -52,15 +52,16 @@ def test_the_public_dlc_images_are_the_pytorch_inference_images_of_the_region() 
     assert "-cpu-" in PYTORCH_CPU_INFERENCE_IMAGE
 
 
-def test_dev_serves_the_shipped_example_model_and_staging_prod_an_uploaded_artifact() -> None:
-    """A fresh dev needs no upload; staging/prod name the object preflight checks before deploy."""
-    configs = default_configs()
-    dev = configs["dev"].serving.models[0]
-    assert (dev.example_model, dev.model_data_key) == ("sentiment", None)
-    assert dev.payload_path == "examples/models/sentiment/payload.json"
-    for name in ("staging", "prod"):
-        model = configs[name].serving.models[0]
-        assert (model.example_model, model.model_data_key) == (None, "classifier/model.tar.gz")
+def test_every_model_ships_an_example_or_names_the_artifact_preflight_checks() -> None:
+    """An example model ships with the deploy and brings its payload; any other names its upload."""
+    for name, config in default_configs().items():
+        for model in config.serving.models:
+            assert (model.example_model is None) != (model.model_data_key is None), (name, model.name)
+            if model.example_model is not None:
+                assert model.payload_path == (model.smoke_payload
+                                              or f"examples/models/{model.example_model}/payload.json")
+            else:
+                assert model.model_data_key.endswith(".tar.gz"), (name, model.name)
 
 
 def test_example_model_alone_is_a_valid_artifact_and_brings_its_payload() -> None:
