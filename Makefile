@@ -44,13 +44,15 @@ STAGE_CONTEXT := $(if $(STAGES),-c stages=$(STAGES),)
 # The stage being deployed, diffed or destroyed, pinned to ACCOUNT if given.
 ONE_STAGE := -c stages=$(STAGE) $(if $(ACCOUNT),-c account=$(ACCOUNT),)
 
-.PHONY: help setup synth cdk acknowledgements iam-report test bench bench-drill bench-idle bench-preflight bootstrap preflight deploy destroy diff cost drift smoke run refresh-amis clean
+.PHONY: help setup synth cdk acknowledgements iam-report test test-config-change bench bench-drill bench-idle bench-preflight bootstrap preflight deploy destroy diff cost drift smoke run refresh-amis clean
 
 help:
 	@echo "make synth [STAGES=dev,prod]   synthesize offline, print a summary"
 	@echo "make acknowledgements          synthesize, rewrite tests/unit/acknowledgements.txt (commit the diff)"
 	@echo "make iam-report                acknowledgements per rule and stage, IAM statements on Resource: *"
 	@echo "make test                      the whole test suite"
+	@echo "make test-config-change        the suite minus snapshots, on the configs with the README's"
+	@echo "                               documented changes applied (tests/config_variants.py)"
 	@echo "make bench                     synth wall-time benchmark"
 	@echo "make bootstrap STAGE=dev       cdk bootstrap the stage's account/region (AWS credentials)"
 	@echo "make bench-drill [ARGS=...]    runs drill: goodput, steps lost, notice to resumed (tiny and 1 GiB checkpoints)"
@@ -114,6 +116,13 @@ cdk: setup
 test: export AWS_EC2_METADATA_DISABLED := true
 test: setup
 	python -m pytest $(ARGS)
+
+# Proof that a config change the README documents changes snapshots and
+# nothing else: every other test, on the configs with those changes applied.
+test-config-change: export AWS_EC2_METADATA_DISABLED := true
+test-config-change: export ML_TEST_CONFIG_VARIANT := documented-changes
+test-config-change: setup
+	python -m pytest --ignore=tests/snapshot $(ARGS)
 
 bench: export AWS_EC2_METADATA_DISABLED := true
 bench: setup

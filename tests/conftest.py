@@ -3,6 +3,12 @@
 The app comes from the same ``build_app`` that ``app.py`` calls, with the
 repository's stage configs, and is synthesized once (cdk-nag gate included:
 an unacknowledged finding fails the fixture, and so every test).
+
+Tests read stage values from ``synthesized.configs[stage]`` (or build their
+own small configs), never from literals: with ``ML_TEST_CONFIG_VARIANT`` set
+(``make test-config-change``), ``default_configs()`` returns the configs as
+a user changed them (tests/config_variants.py), and the suite minus the
+snapshots must pass all the same.
 """
 
 from __future__ import annotations
@@ -16,10 +22,37 @@ import pytest
 from aws_cdk.assertions import Template
 
 from ml_stacks.app_factory import build_app
-from ml_stacks.config import StageConfig, default_configs
+from ml_stacks.config import StageConfig
+from tests import config_variants
 
-STAGES = ("dev", "staging", "prod")
+try:
+    # Before any test module imports default_configs (see the docstring).
+    CONFIG_VARIANT, _VARIANT_ERROR = config_variants.install(), None
+except ValueError as error:
+    CONFIG_VARIANT, _VARIANT_ERROR = None, str(error)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if _VARIANT_ERROR:
+        raise pytest.UsageError(_VARIANT_ERROR)
+
+def _stage_names() -> tuple[str, ...]:
+    import ml_stacks.config
+
+    return tuple(ml_stacks.config.default_configs())
+
+
+# The stages default_configs() builds (after the variant, if any), in order.
+STAGES = _stage_names()
+# Every stack a stage can have; training and eks only where the stage enables them.
 STACKS = ("network", "storage", "ops", "idle", "training", "serving", "eks")
+
+
+def stacks_of(config: StageConfig) -> tuple[str, ...]:
+    """The stacks ``build_app`` gives the stage ``config``."""
+    disabled = {"training"} if not config.training.enabled else set()
+    disabled |= {"eks"} if not config.eks.enabled else set()
+    return tuple(s for s in STACKS if s not in disabled)
 
 
 @dataclass(frozen=True)
@@ -72,9 +105,17 @@ def synthesize(configs: dict[str, StageConfig], outdir: Path) -> Synthesized:
     return Synthesized(app=app, outdir=outdir, configs=configs, stacks=stacks)
 
 
+def pytest_report_header(config: pytest.Config) -> str | None:
+    if CONFIG_VARIANT:
+        return f"stage configs: {config_variants.ENV}={CONFIG_VARIANT} (tests/config_variants.py)"
+    return None
+
+
 @pytest.fixture(scope="session")
 def synthesized(tmp_path_factory: pytest.TempPathFactory) -> Synthesized:
-    return synthesize(default_configs(), tmp_path_factory.mktemp("cdk.out"))
+    import ml_stacks.config
+
+    return synthesize(ml_stacks.config.default_configs(), tmp_path_factory.mktemp("cdk.out"))
 
 
 @pytest.fixture(scope="session")

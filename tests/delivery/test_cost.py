@@ -1,5 +1,7 @@
-"""Cost estimate: hand-computed totals on the repository's configs and on
-small hand-written templates of the resource types other stacks add.
+"""Cost estimate: the synthesized stages against what their configs add up to
+(worked out from the config, whatever its values), hand-computed totals on a
+small stage config and on small hand-written templates of the resource types
+other stacks add.
 
 Prices (delivery/prices/us-east-1.json, 730 h/month): NAT $0.045/h = $32.85,
 interface endpoint $0.01/h per AZ = $7.30, EKS $0.10/h = $73.00, KMS key
@@ -23,32 +25,87 @@ def estimate(resources: dict) -> cost.StageCost:
     return cost.estimate({("dev", "x"): {"Resources": resources}}, region_of=REGION)["dev"]
 
 
-def test_repository_configs_cost_what_the_readme_says(synthesized) -> None:
+# The storage stack's keys, one per data class: data, capture, logs, messaging.
+STAGE_KEYS = 4
+
+
+def config_cost(config, prices: cost.Prices) -> tuple[float, float]:
+    """(always on, maximum) of a stage, monthly, worked out from its config alone.
+
+    What each capability builds, per the pricing rules of delivery/cost.py:
+    a group of several instance types at its priciest type, spot at the
+    on-demand price, a scalable endpoint between its minimum and maximum, a
+    scale-to-zero endpoint at the instance it starts with.
+    """
+    month = prices.monthly
+
+    def ec2(types) -> float:
+        return month(max(prices.ec2_instance_hour[t] for t in types))
+
+    network = config.network
+    fixed = (network.nat_gateways * month(prices.nat_gateway_hour)
+             + len(network.interface_endpoints) * len(network.availability_zones)
+             * month(prices.interface_endpoint_az_hour)
+             + STAGE_KEYS * prices.kms_key_month)
+    low = high = fixed
+    if config.eks.enabled:
+        low, high = low + month(prices.eks_cluster_hour), high + month(prices.eks_cluster_hour)
+        for group in (config.eks.system, *config.eks.nodegroups.values()):
+            low += group.min_size * ec2(group.instance_types)
+            high += group.max_size * ec2(group.instance_types)
+    if config.training.enabled:  # the fleet's minimum is always 0
+        high += config.training.max_capacity * ec2(config.training.instance_types)
+    for model in config.serving.models:
+        hourly = month(prices.sagemaker_instance_hour[model.instance_type])
+        if model.scale_to_zero:
+            low, high = low + model.initial_instance_count * hourly, high + model.initial_instance_count * hourly
+        else:
+            low, high = low + model.min_instance_count * hourly, high + model.max_instance_count * hourly
+    return low, high
+
+
+def test_synthesized_stages_cost_what_their_configs_add_up_to(synthesized) -> None:
+    """The estimate read from the templates equals the one worked out from each stage's config."""
     stages = cost.estimate(templates_by_stack(synthesized.outdir),
                            region_of=cost.regions_of([synthesized.outdir]))
-    h = 730  # hours a month
-    nat, endpoint_az, eks, key = 32.85, 7.30, 73.00, 1.00
-    keys = 4 * key  # data, capture, logs, messaging
-    m7i_large, g5_xlarge, g5_2xlarge, g6_2xlarge = 0.1008, 1.006, 1.212, 0.9776
-    ml_m5_large, ml_g5_xlarge = 0.115, 1.408
-    # Always on: the minimum of everything that scales, plus fixed charges.
-    expected = {
-        # NAT, keys, EKS control plane + 1 system node, the endpoint's 1 x ml.m5.large.
-        "dev": nat + keys + eks + m7i_large * h + ml_m5_large * h,
-        # + 4 interface endpoints x 3 AZs, 2 system nodes, 1 GPU inference node,
-        # endpoint min 1 x ml.g5.xlarge.
-        "staging": nat + 4 * 3 * endpoint_az + keys + eks + 2 * m7i_large * h + g5_xlarge * h
-                   + ml_g5_xlarge * h,
-        # 3 NAT, 11 endpoints x 3 AZs, 2 system nodes, 2 inference nodes
-        # (g5.2xlarge), 1 serving baseline (g6.2xlarge), endpoint min 2.
-        "prod": 3 * nat + 11 * 3 * endpoint_az + keys + eks + 2 * m7i_large * h + 2 * g5_2xlarge * h
-                + g6_2xlarge * h + 2 * ml_g5_xlarge * h,
-    }
-    assert {s: c.always_on for s, c in stages.items()} == {
-        s: pytest.approx(v, abs=0.01) for s, v in expected.items()}
-    # Spot training fleets and node groups at 0 cost nothing until they scale.
-    assert all(c.maximum > c.always_on for c in stages.values())
-    assert all(not c.unpriced for c in stages.values())
+    assert set(stages) == set(synthesized.configs)
+    for name, config in synthesized.configs.items():
+        low, high = config_cost(config, cost.Prices.load(config.region))
+        assert (stages[name].always_on, stages[name].maximum) == (
+            pytest.approx(low, abs=0.01), pytest.approx(high, abs=0.01)), name
+        assert not stages[name].unpriced, name
+        # Spot training fleets and node groups at 0 cost nothing until they scale.
+        assert stages[name].maximum > stages[name].always_on, name
+
+
+def test_config_cost_of_a_hand_worked_stage() -> None:
+    """config_cost above, checked by hand on a small stage (prices in the module docstring)."""
+    from ml_stacks.config import (EksConfig, ModelConfig, NetworkConfig, NodegroupConfig, ServingConfig,
+                                  StageConfig, StageTags, TrainingConfig)
+
+    prices = cost.Prices.load("us-east-1")
+    h = prices.hours_per_month
+    nodegroup = NodegroupConfig(instance_types=("g6.xlarge", "g5.xlarge"), min_size=0, desired_size=0,
+                                max_size=2, ami_type="BOTTLEROCKET_x86_64_NVIDIA", disk_size_gib=100)
+    stage = StageConfig(
+        name="dev", region="us-east-1", tags=StageTags(team="t", project="p", cost_center="c", repository="r"),
+        network=NetworkConfig(vpc_cidr="10.0.0.0/16", availability_zones=("us-east-1a", "us-east-1b"),
+                              nat_gateways=1, interface_endpoints=("sts",)),
+        training=TrainingConfig(max_capacity=3, instance_types=("g6.xlarge", "g5.2xlarge")),
+        eks=EksConfig(system=NodegroupConfig(instance_types=("m7i.large",), min_size=1, desired_size=1,
+                                             max_size=2, ami_type="BOTTLEROCKET_x86_64", disk_size_gib=40),
+                      gpu_inference=nodegroup, gpu_training=nodegroup),
+        serving=ServingConfig(models=(ModelConfig(name="m", image_tag="t", model_data_key="m/model.tar.gz",
+                                                  instance_type="ml.g5.xlarge", min_instance_count=1,
+                                                  max_instance_count=2),)),
+    )
+    nat, endpoint_az, eks, keys = 32.85, 7.30, 73.00, 4 * 1.00  # four $1 keys
+    m7i_large, g5_xlarge, g5_2xlarge, ml_g5_xlarge = 0.1008 * h, 734.38, 1.212 * h, 1027.84
+    always_on = nat + 1 * 2 * endpoint_az + keys + eks + 1 * m7i_large + 1 * ml_g5_xlarge
+    maximum = (nat + 2 * endpoint_az + keys + eks + 2 * m7i_large + 2 * 2 * g5_xlarge + 3 * g5_2xlarge
+               + 2 * ml_g5_xlarge)
+    # The training fleet is priced at its priciest type, g5.2xlarge, 0 at rest.
+    assert config_cost(stage, prices) == (pytest.approx(always_on, abs=0.01), pytest.approx(maximum, abs=0.01))
 
 
 def test_every_instance_type_in_the_templates_has_a_price(all_templates) -> None:

@@ -47,7 +47,8 @@ def _rename_checkpoint_bucket(stage) -> None:
 
 def test_stateless_change_passes(base, tmp_path) -> None:
     dev = default_configs()["dev"]
-    head = synth(tmp_path, "head", config=replace(dev, drift=replace(dev.drift, schedule_hour_utc=7)))
+    hour = (dev.drift.schedule_hour_utc + 1) % 24  # another hour than the stage's own
+    head = synth(tmp_path, "head", config=replace(dev, drift=replace(dev.drift, schedule_hour_utc=hour)))
     changes = compare_assemblies(base, head)
     assert [(c.stack, c.resource_type, c.action) for c in changes] == [
         ("ops", "AWS::Events::Rule", MODIFIED)]

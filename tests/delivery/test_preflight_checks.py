@@ -208,7 +208,8 @@ def test_stage_amis_come_from_the_pin_file() -> None:
     assert [a.ami_id for a in amis] == [pin_file.training_ami(config.region).ami_id]
     groups = {"system": config.eks.system, **config.eks.nodegroups}
     assert [(g, t) for g, t, _, _ in releases] == [(g, s.ami_type) for g, s in groups.items()]
-    assert all(r == pin_file.eks_release_version(config.region, "1.34", t) for _, t, _, r in releases)
+    version = config.eks.kubernetes_version
+    assert all(r == pin_file.eks_release_version(config.region, version, t) for _, t, _, r in releases)
 
 
 # --- model artifacts --------------------------------------------------------

@@ -91,7 +91,7 @@ def test_a_stage_without_fleet_or_cluster_checks_what_it_has(synthesized) -> Non
         rows = run_checks(config, assembly_dir=synthesized.outdir, client=client, session_region="us-east-1")
     checks = [r.check for r in rows]
     assert not [c for c in checks if c.startswith(("offered", "addon", "release", "ami", "quota ec2", "quota eks"))]
-    assert "quota sagemaker ml.m5.large" in checks
+    assert {f"quota sagemaker {m.instance_type}" for m in config.serving.models} <= set(checks)
     assert "ec2:DescribeInstanceTypeOfferings" not in calls
 
 

@@ -189,20 +189,3 @@ def test_eks_cluster_headroom(existing, limit, status) -> None:
         sq_stub.add_response("get_service_quota", {"Quota": {"Value": float(limit)}})
         row = quotas.check_eks_cluster_headroom(eks, service_quotas, cluster_name="ml-prod", region="us-east-1")
     assert row.status == status and f"{len(existing)} in us-east-1 already; quota {limit}" in row.figure
-
-
-def test_the_readme_quota_table_is_what_the_configs_need() -> None:
-    from ml_stacks.app_factory import PROJECT_ROOT
-
-    readme = (PROJECT_ROOT / "docs" / "deploying.md").read_text()
-    table = readme.split("\n### What each stage needs of the account's quotas\n", 1)[1].split("\n\n| quota |", 1)[1]
-    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:5]]
-            for line in table.split("\n\n", 1)[0].splitlines()[2:]}
-    for column, stage in enumerate(("dev", "staging", "prod")):
-        for need in quotas.quota_needs(default_configs()[stage]):
-            key = next(k for k in rows if (need.code and f"`{need.code}`" in k)
-                       or (not need.code and k.startswith("SageMaker")))
-            cell = rows[key][column]
-            assert f"{need.deploy} / {need.maximum}" in cell, (stage, need.name, cell)
-            if not need.code:
-                assert cell.startswith(f"`{need.name.split()[0]}`")

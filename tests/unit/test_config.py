@@ -35,13 +35,17 @@ def network(**overrides) -> NetworkConfig:
     return NetworkConfig(**values)
 
 
-def test_default_configs_are_valid_and_cover_every_stage() -> None:
+def test_default_configs_are_valid_and_keyed_by_their_stage_names() -> None:
     configs = default_configs()
-    assert list(configs) == ["dev", "staging", "prod"]
-    assert configs["prod"].network.nat_gateways == len(configs["prod"].network.availability_zones)
-    assert configs["dev"].network.nat_gateways == 1
-    assert configs["dev"].network.interface_endpoints == ()
-    assert configs["prod"].storage.retain and not configs["dev"].storage.retain
+    assert configs and list(configs) == [c.name for c in configs.values()]
+    for name, config in configs.items():
+        # What validation guarantees for any stage (the values are the stage's own).
+        assert 1 <= config.network.nat_gateways <= len(config.network.availability_zones), name
+        assert config.storage.retain or name == "dev", name
+        with pytest.raises(ConfigError) as error:
+            replace(config, network=replace(config.network,
+                                            nat_gateways=len(config.network.availability_zones) + 1))
+        assert error.value.field_path == f"{name}.network.nat_gateways"
 
 
 @pytest.mark.parametrize(

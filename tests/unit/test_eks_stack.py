@@ -57,12 +57,14 @@ def group_configs(config) -> dict:
 
 @pytest.mark.parametrize("stage", STAGES)
 def test_endpoint_is_private_only_by_default_in_every_stage(synthesized, stage) -> None:
+    # Public only to the CIDRs a stage names (-c eks_public_access_cidrs=... in dev).
+    cidrs = list(synthesized.configs[stage].eks.public_access_cidrs)
     synthesized.template(stage, "eks").has_resource_properties("AWS::EKS::Cluster", {
         "Name": f"ml-{stage}",
         "ResourcesVpcConfig": Match.object_like({
             "EndpointPrivateAccess": True,
-            "EndpointPublicAccess": False,
-            "PublicAccessCidrs": Match.absent(),
+            "EndpointPublicAccess": bool(cidrs),
+            "PublicAccessCidrs": cidrs or Match.absent(),
         }),
     })
 
@@ -184,7 +186,7 @@ def test_managed_addons_are_pinned_to_the_configured_versions(synthesized, stage
     addons = {r["Properties"]["AddonName"]: r["Properties"]
               for r in resources_of_type(template_json, "AWS::EKS::Addon").values()}
     expected = synthesized.configs[stage].eks.addons.as_dict()
-    assert set(addons) == {"vpc-cni", "coredns", "kube-proxy", "eks-pod-identity-agent",
+    assert set(addons) >= {"vpc-cni", "coredns", "kube-proxy", "eks-pod-identity-agent",
                            "eks-node-monitoring-agent"}
     assert {name: a["AddonVersion"] for name, a in addons.items()} == expected
     assert all(a["ResolveConflicts"] == "OVERWRITE" for a in addons.values())
@@ -219,12 +221,13 @@ def test_every_gpu_node_group_has_node_auto_repair_from_the_config(synthesized, 
 
 def test_node_repair_limits_follow_the_config(tmp_path) -> None:
     from ml_stacks.config import NodeRepairConfig
-    stage = build_stage(tmp_path, with_eks("dev", node_repair=NodeRepairConfig(
-        max_parallel_repaired_percentage=10, max_unhealthy_percentage=30)))
+    config = with_eks("dev", node_repair=NodeRepairConfig(
+        max_parallel_repaired_percentage=10, max_unhealthy_percentage=30))
+    stage = build_stage(tmp_path, config)
     template = Template.from_stack(stage.eks)
     groups = template.find_resources("AWS::EKS::Nodegroup", {"Properties": {"NodeRepairConfig": {
         "Enabled": True, "MaxParallelNodesRepairedPercentage": 10, "MaxUnhealthyNodeThresholdPercentage": 30}}})
-    assert len(groups) == 2  # gpu_inference and gpu_training in dev
+    assert len(groups) == len(config.eks.nodegroups)  # every GPU group, none of the system group
 
 
 def test_cloudwatch_observability_addon_is_optional(tmp_path) -> None:
@@ -243,8 +246,8 @@ def is_stage_key_arn(value, stage: str) -> bool:
 
 
 def expected_groups(stage: str) -> list[str]:
-    return ["system", "gpu_inference", "gpu_training"] + (
-        ["serving_baseline", "serving_burst"] if stage == "prod" else [])
+    """The stage's node group roles: system first, then the GPU groups its config has."""
+    return ["system", *default_configs()[stage].eks.nodegroups]
 
 
 @pytest.mark.parametrize("stage", STAGES)
@@ -267,13 +270,16 @@ def test_every_node_group_has_its_ami_capacity_scaling_labels_and_taints(synthes
 
 
 @pytest.mark.parametrize("stage", STAGES)
-def test_gpu_groups_default_to_bottlerocket_nvidia_and_training_scales_from_zero(synthesized, stage) -> None:
+def test_gpu_groups_run_the_configured_ami_and_training_scales_as_configured(synthesized, stage) -> None:
+    eks = synthesized.configs[stage].eks
     template_json = synthesized.stack(stage, "eks").template_json
     for role in expected_groups(stage)[1:]:
-        assert nodegroup(template_json, GROUPS[role][0])["AmiType"] == "BOTTLEROCKET_x86_64_NVIDIA"
+        assert nodegroup(template_json, GROUPS[role][0])["AmiType"] == eks.nodegroups[role].ami_type, role
     training = nodegroup(template_json, "NodegroupsGpuTraining")
-    assert training["ScalingConfig"]["MinSize"] == 0 and training["ScalingConfig"]["DesiredSize"] == 0
-    assert len(training["InstanceTypes"]) >= 2
+    assert (training["ScalingConfig"]["MinSize"], training["ScalingConfig"]["DesiredSize"]) == (
+        eks.gpu_training.min_size, eks.gpu_training.desired_size)
+    assert training["InstanceTypes"] == list(eks.gpu_training.instance_types)
+    assert len(training["InstanceTypes"]) >= 2  # spot: at least two types (validated)
 
 
 @pytest.mark.parametrize("stage", STAGES)
@@ -458,7 +464,7 @@ def test_eks_can_be_disabled_per_stage(tmp_path) -> None:
 def test_kubeconfig_output_uses_the_callers_own_identity(synthesized) -> None:
     outputs = synthesized.stack("prod", "eks").template_json["Outputs"]
     assert outputs["UpdateKubeconfigCommand"]["Value"] == \
-        "aws eks update-kubeconfig --name ml-prod --region us-east-1"
+        f"aws eks update-kubeconfig --name ml-prod --region {synthesized.configs['prod'].region}"
 
 
 def test_prod_meets_eks1_and_eks2_without_acknowledgements(synthesized) -> None:
@@ -480,7 +486,8 @@ def test_stack_exposes_cluster_nodegroups_and_access_entries(synthesized) -> Non
     eks_stack = synthesized.app.node.find_child("prod").eks
     assert set(eks_stack.nodegroups.nodegroups) == set(expected_groups("prod"))
     assert eks_stack.cluster.cluster_name
-    assert eks_stack.access_entries == {}
+    eks = synthesized.configs["prod"].eks
+    assert set(eks_stack.access_entries) == {*eks.admin_principal_arns, *eks.readonly_principal_arns}
 
 
 def test_al2023_group_without_a_kubectl_provider_is_refused() -> None:

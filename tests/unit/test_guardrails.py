@@ -12,11 +12,12 @@ from aws_cdk.assertions import Match, Template
 from ml_stacks.app_factory import build_app
 from ml_stacks.config import BudgetConfig, ConfigError, DriftConfig, default_configs
 from ml_stacks.fixed_names import gpu_agent_parameter
-from tests.conftest import STACKS, STAGES, resources_of_type
+from tests.conftest import STAGES, resources_of_type, stacks_of
 
 
-@pytest.mark.parametrize("stage,limit", [("dev", 1500), ("staging", 5000), ("prod", 60000)])
-def test_budget_alerts_the_topic_at_80_and_100_percent_actual_and_100_forecast(synthesized, stage, limit) -> None:
+@pytest.mark.parametrize("stage", STAGES)
+def test_budget_alerts_the_topic_at_the_configured_actual_and_forecast_percents(synthesized, stage) -> None:
+    budget = synthesized.configs[stage].budget
     topic = {"Ref": Match.string_like_regexp("^Alerts")}
 
     def alert(kind: str, percent: int) -> dict:
@@ -26,9 +27,11 @@ def test_budget_alerts_the_topic_at_80_and_100_percent_actual_and_100_forecast(s
 
     synthesized.template(stage, "ops").has_resource_properties("AWS::Budgets::Budget", {
         "Budget": {"BudgetName": f"ml-{stage}-monthly", "BudgetType": "COST", "TimeUnit": "MONTHLY",
-                   "BudgetLimit": {"Amount": limit, "Unit": "USD"},
-                   "CostFilters": {"TagKeyValue": [f"user:Environment${stage}"]}},
-        "NotificationsWithSubscribers": [alert("ACTUAL", 80), alert("ACTUAL", 100), alert("FORECASTED", 100)],
+                   "BudgetLimit": {"Amount": budget.monthly_limit_usd, "Unit": "USD"},
+                   "CostFilters": ({"TagKeyValue": [f"user:Environment${stage}"]}
+                                   if budget.filter_by_environment_tag else Match.absent())},
+        "NotificationsWithSubscribers": [*(alert("ACTUAL", p) for p in budget.actual_alert_percents),
+                                         *(alert("FORECASTED", p) for p in budget.forecast_alert_percents)],
     })
 
 
@@ -130,7 +133,7 @@ def test_drift_function_holds_every_read_its_stages_resource_types_need_and_no_w
     granted = {a for s in reads for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])}
     assert not [a for a in granted if "*" in a]
     schemas = read_handler_permissions()
-    types = {r["Type"] for name in STACKS
+    types = {r["Type"] for name in stacks_of(synthesized.configs[stage])
              for r in synthesized.stack(stage, name).template_json["Resources"].values()}
     missing = {}
     for resource_type in sorted(t for t in types if t.startswith("AWS::")):

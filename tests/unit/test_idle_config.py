@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from ml_stacks.config import (ConfigError, IdleShutdownConfig, NetworkConfig, StageConfig,
@@ -26,10 +28,14 @@ def test_defaults_are_the_issue_defaults() -> None:
     assert not idle.off_hours
 
 
-def test_off_hours_schedules_run_outside_prod_only() -> None:
-    configs = default_configs()
-    assert configs["dev"].idle_shutdown.off_hours and configs["staging"].idle_shutdown.off_hours
-    assert not configs["prod"].idle_shutdown.off_hours
+def test_every_stage_sets_both_off_hours_crons_or_neither() -> None:
+    for name, config in default_configs().items():
+        idle = config.idle_shutdown
+        assert idle.off_hours == (idle.off_hours_scale_out_cron is not None), name
+        with pytest.raises(ConfigError) as error:
+            replace(config, idle_shutdown=replace(idle, off_hours_scale_in_cron=None,
+                                                  off_hours_scale_out_cron=MORNING))
+        assert error.value.field_path.startswith(f"{name}.idle_shutdown.off_hours_scale_"), name
 
 
 def test_accepts_a_valid_off_hours_schedule_in_a_time_zone() -> None:

@@ -245,19 +245,22 @@ def test_enroll_tags_the_group_for_the_function_and_not_its_instances() -> None:
 
 
 def test_off_hours_scheduled_actions_exist_where_configured() -> None:
-    _, fleet_stack, _, _ = _fleet_app(default_configs()["dev"].idle_shutdown)
+    idle = IdleShutdownConfig(off_hours_scale_in_cron="0 19 * * MON-THU",
+                              off_hours_scale_out_cron="30 6 * * TUE-FRI", off_hours_time_zone="Europe/Berlin")
+    _, fleet_stack, _, _ = _fleet_app(idle)
     fleet = Template.from_stack(fleet_stack)
     fleet.resource_count_is("AWS::AutoScaling::ScheduledAction", 2)
     fleet.has_resource_properties("AWS::AutoScaling::ScheduledAction", {
-        "Recurrence": "0 20 * * MON-FRI", "TimeZone": "UTC", "MinSize": 0, "DesiredCapacity": 0,
+        "Recurrence": "0 19 * * MON-THU", "TimeZone": "Europe/Berlin", "MinSize": 0, "DesiredCapacity": 0,
         "MaxSize": 0})
+    # Back to the group's own maximum (4 in _fleet_app).
     fleet.has_resource_properties("AWS::AutoScaling::ScheduledAction", {
-        "Recurrence": "0 7 * * MON-FRI", "TimeZone": "UTC", "MinSize": 0, "MaxSize": 4,
+        "Recurrence": "30 6 * * TUE-FRI", "TimeZone": "Europe/Berlin", "MinSize": 0, "MaxSize": 4,
         "DesiredCapacity": Match.absent()})
 
 
 def test_no_off_hours_scheduled_actions_where_not_configured() -> None:
-    _, fleet_stack, _, _ = _fleet_app(default_configs()["prod"].idle_shutdown)
+    _, fleet_stack, _, _ = _fleet_app(IdleShutdownConfig())
     Template.from_stack(fleet_stack).resource_count_is("AWS::AutoScaling::ScheduledAction", 0)
 
 

@@ -11,11 +11,8 @@ from aws_cdk import aws_ec2 as ec2
 from aws_cdk.assertions import Match
 
 from ml_stacks.app_factory import build_app
-from ml_stacks.config import default_configs
+from ml_stacks.config import PRIVATE_GPU_NODE_ENDPOINTS, default_configs
 from tests.conftest import STAGES, resources_of_type
-
-LOG_RETENTION = {"dev": 30, "staging": 90, "prod": 365}
-
 
 @pytest.mark.parametrize("stage", STAGES)
 def test_vpc_uses_the_configured_cidr_and_dns(synthesized, stage) -> None:
@@ -67,8 +64,9 @@ def test_private_subnets_get_the_largest_share_of_addresses(all_templates, stage
     assert size["private"] > size["isolated"] > size["public"]
 
 
-@pytest.mark.parametrize(("stage", "nat_gateways"), [("dev", 1), ("staging", 1), ("prod", 3)])
-def test_nat_gateways_follow_the_stage_config(synthesized, stage, nat_gateways) -> None:
+@pytest.mark.parametrize("stage", STAGES)
+def test_nat_gateways_follow_the_stage_config(synthesized, stage) -> None:
+    nat_gateways = synthesized.configs[stage].network.nat_gateways
     template = synthesized.template(stage, "network")
     template.resource_count_is("AWS::EC2::NatGateway", nat_gateways)
     template.resource_count_is("AWS::EC2::EIP", nat_gateways)
@@ -83,11 +81,13 @@ def test_flow_logs_capture_all_traffic_to_a_log_group_with_retention(synthesized
         "LogDestinationType": "cloud-watch-logs",
         "LogGroupName": {"Ref": Match.string_like_regexp("^VpcFlowLogGroup")},
     })
-    template.has_resource_properties("AWS::Logs::LogGroup", {"RetentionInDays": LOG_RETENTION[stage]})
+    template.has_resource_properties("AWS::Logs::LogGroup", {
+        "RetentionInDays": synthesized.configs[stage].network.flow_log_retention_days})
 
 
-@pytest.mark.parametrize(("stage", "deletion_policy"), [("dev", "Delete"), ("prod", "Retain")])
-def test_flow_log_group_is_kept_outside_dev(synthesized, stage, deletion_policy) -> None:
+@pytest.mark.parametrize("stage", STAGES)
+def test_flow_log_group_is_kept_where_the_stage_retains_its_data(synthesized, stage) -> None:
+    deletion_policy = "Retain" if synthesized.configs[stage].storage.retain else "Delete"
     synthesized.template(stage, "network").has_resource("AWS::Logs::LogGroup", {
         "DeletionPolicy": deletion_policy, "UpdateReplacePolicy": deletion_policy})
 
@@ -115,17 +115,21 @@ def test_interface_endpoints_are_exactly_the_configured_ones(synthesized, all_te
     assert all(e["PrivateDnsEnabled"] is True for e in endpoints)
 
 
-def test_dev_has_no_interface_endpoints_and_prod_has_the_private_gpu_node_set(synthesized) -> None:
-    synthesized.template("dev", "network").resource_count_is("AWS::EC2::SecurityGroup", 0)
-    prod = set(synthesized.configs["prod"].network.interface_endpoints)
+def test_the_private_gpu_node_set_has_what_a_node_without_nat_needs() -> None:
     assert {"sagemaker.api", "sagemaker.runtime", "ecr.api", "ecr.dkr", "sts", "logs",
-            "monitoring", "ssm", "sqs"} <= prod
+            "monitoring", "ssm", "sqs"} <= set(PRIVATE_GPU_NODE_ENDPOINTS)
 
 
-@pytest.mark.parametrize("stage", ["staging", "prod"])
+@pytest.mark.parametrize("stage", STAGES)
 def test_endpoint_security_group_admits_only_https_from_the_vpc(synthesized, stage) -> None:
-    cidr = synthesized.configs[stage].network.vpc_cidr
-    synthesized.template(stage, "network").has_resource_properties("AWS::EC2::SecurityGroup", {
+    network = synthesized.configs[stage].network
+    template = synthesized.template(stage, "network")
+    # A stage without interface endpoints has no security group to admit anything.
+    template.resource_count_is("AWS::EC2::SecurityGroup", 1 if network.interface_endpoints else 0)
+    if not network.interface_endpoints:
+        return
+    cidr = network.vpc_cidr
+    template.has_resource_properties("AWS::EC2::SecurityGroup", {
         "SecurityGroupIngress": [{"CidrIp": cidr, "FromPort": 443, "ToPort": 443, "IpProtocol": "tcp",
                                   "Description": Match.any_value()}],
         "SecurityGroupEgress": [Match.object_like({"CidrIp": "255.255.255.255/32"})],
@@ -136,7 +140,8 @@ def test_network_stack_exposes_the_vpc_as_an_object(synthesized) -> None:
     stage = synthesized.app.node.find_child("prod")
     vpc = stage.network.vpc
     assert isinstance(vpc, ec2.Vpc)
-    assert len(vpc.private_subnets) == 3 and len(vpc.isolated_subnets) == 3
+    azs = len(synthesized.configs["prod"].network.availability_zones)
+    assert len(vpc.private_subnets) == azs and len(vpc.isolated_subnets) == azs
 
 
 def test_a_stage_configured_with_zone_ids_places_subnets_by_zone_id(tmp_path) -> None:

@@ -82,8 +82,10 @@ def test_eventbridge_may_use_the_alerts_key_without_a_source_account_condition(s
     assert flat_join(queues["Condition"]["ArnLike"]["aws:SourceArn"]).endswith(":<AWS::AccountId>:rule/*")
 
 
-def test_no_subscriptions_unless_configured(synthesized) -> None:
-    synthesized.template("prod", "ops").resource_count_is("AWS::SNS::Subscription", 0)
+@pytest.mark.parametrize("stage", STAGES)
+def test_no_subscriptions_unless_configured(synthesized, stage) -> None:
+    subscribers = synthesized.configs[stage].alerts.email_subscribers
+    synthesized.template(stage, "ops").resource_count_is("AWS::SNS::Subscription", len(subscribers))
 
 
 def test_configured_email_subscribers_are_subscribed(tmp_path) -> None:

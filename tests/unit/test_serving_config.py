@@ -34,28 +34,34 @@ def stage(*models: ModelConfig, name: str = "dev", region: str = "us-east-1") ->
     )
 
 
-def test_default_stages_each_serve_one_model_from_a_public_dlc_image() -> None:
-    configs = default_configs()
-    for config in configs.values():
-        [model] = config.serving.models
-        assert model.image_uri.startswith("763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-inference:")
-        # Every stage has something make smoke can send.
-        assert model.payload_path is not None
-    assert configs["dev"].serving.models[0].scale_to_zero
-    assert configs["dev"].serving.models[0].image_uri == PYTORCH_CPU_INFERENCE_IMAGE
-    assert not configs["prod"].serving.models[0].scale_to_zero
-    assert configs["prod"].serving.models[0].min_instance_count == 2
+def test_every_model_of_every_stage_has_a_smoke_payload_and_an_image_in_its_region() -> None:
+    for name, config in default_configs().items():
+        for model in config.serving.models:
+            # Every model has something make smoke can send.
+            assert model.payload_path is not None, (name, model.name)
+            # Exactly one image source; a full URI is in the stage's region.
+            assert (model.image_uri is None) != (model.image_tag is None), (name, model.name)
+            if model.image_uri is not None:
+                assert f".dkr.ecr.{config.region}.amazonaws.com/" in model.image_uri, (name, model.name)
+            # Scale to zero is dev's alone, and then scales in to 0.
+            assert not model.scale_to_zero or (name, model.min_instance_count) == ("dev", 0), model.name
 
 
-def test_dev_serves_the_shipped_example_model_and_staging_prod_an_uploaded_artifact() -> None:
-    """A fresh dev needs no upload; staging/prod name the object preflight checks before deploy."""
-    configs = default_configs()
-    dev = configs["dev"].serving.models[0]
-    assert (dev.example_model, dev.model_data_key) == ("sentiment", None)
-    assert dev.payload_path == "examples/models/sentiment/payload.json"
-    for name in ("staging", "prod"):
-        model = configs[name].serving.models[0]
-        assert (model.example_model, model.model_data_key) == (None, "classifier/model.tar.gz")
+def test_the_public_dlc_images_are_the_pytorch_inference_images_of_the_region() -> None:
+    assert PYTORCH_CPU_INFERENCE_IMAGE.startswith("763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-inference:")
+    assert "-cpu-" in PYTORCH_CPU_INFERENCE_IMAGE
+
+
+def test_every_model_ships_an_example_or_names_the_artifact_preflight_checks() -> None:
+    """An example model ships with the deploy and brings its payload; any other names its upload."""
+    for name, config in default_configs().items():
+        for model in config.serving.models:
+            assert (model.example_model is None) != (model.model_data_key is None), (name, model.name)
+            if model.example_model is not None:
+                assert model.payload_path == (model.smoke_payload
+                                              or f"examples/models/{model.example_model}/payload.json")
+            else:
+                assert model.model_data_key.endswith(".tar.gz"), (name, model.name)
 
 
 def test_example_model_alone_is_a_valid_artifact_and_brings_its_payload() -> None:

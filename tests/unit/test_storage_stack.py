@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 from aws_cdk.assertions import Match
 
+from ml_stacks.config import ConfigError
 from tests.conftest import STAGES, resources_of_type
 
 # The logical IDs of every stateful resource. A change here replaces a bucket,
@@ -106,34 +108,42 @@ def test_training_data_tiers_raw_prefix_to_ia_then_glacier(all_templates, stage)
     ]} in rules
 
 
-@pytest.mark.parametrize(("stage", "days"), [("dev", 7), ("staging", 30), ("prod", 30)])
-def test_checkpoints_expire_after_the_configured_days(all_templates, stage, days) -> None:
+@pytest.mark.parametrize("stage", STAGES)
+def test_checkpoints_expire_after_the_configured_days(synthesized, all_templates, stage) -> None:
+    days = synthesized.configs[stage].storage.checkpoint_expiration_days
     rules = bucket(all_templates[(stage, "storage")], "Checkpoints")["Properties"]["LifecycleConfiguration"]["Rules"]
     assert [r["ExpirationInDays"] for r in rules] == [days]
 
 
-@pytest.mark.parametrize(("stage", "days"), [("dev", 30), ("staging", 90), ("prod", 90)])
-def test_endpoint_data_captures_expire_after_the_configured_days(all_templates, stage, days) -> None:
+@pytest.mark.parametrize("stage", STAGES)
+def test_endpoint_data_captures_expire_after_the_configured_days(synthesized, all_templates, stage) -> None:
+    days = synthesized.configs[stage].storage.data_capture_expiration_days
     rules = bucket(all_templates[(stage, "storage")], "DataCapture")["Properties"]["LifecycleConfiguration"]["Rules"]
     assert [(r["Id"], r["ExpirationInDays"]) for r in rules] == [("expire-captures", days)]
 
 
 @pytest.mark.parametrize("stage", STAGES)
-def test_model_artifacts_are_versioned_and_old_versions_expire(all_templates, stage) -> None:
+def test_model_artifacts_are_versioned_and_old_versions_expire(synthesized, all_templates, stage) -> None:
     props = bucket(all_templates[(stage, "storage")], "ModelArtifacts")["Properties"]
     assert props["VersioningConfiguration"] == {"Status": "Enabled"}
     [rule] = props["LifecycleConfiguration"]["Rules"]
-    assert rule["NoncurrentVersionExpiration"] == {"NoncurrentDays": 30}
+    days = synthesized.configs[stage].storage.model_noncurrent_expiration_days
+    assert rule["NoncurrentVersionExpiration"] == {"NoncurrentDays": days}
 
 
-@pytest.mark.parametrize("stage", ("staging", "prod"))
-def test_stages_that_promote_images_have_immutable_tags(all_templates, stage) -> None:
+@pytest.mark.parametrize("stage", [s for s in STAGES if s != "dev"])
+def test_stages_that_promote_images_have_immutable_tags(synthesized, all_templates, stage) -> None:
+    # Every stage but dev promotes images: immutable tags are required there, not chosen.
     [repo] = resources_of_type(all_templates[(stage, "storage")], "AWS::ECR::Repository").values()
     assert repo["Properties"]["ImageTagMutability"] == "IMMUTABLE"
+    config = synthesized.configs[stage]
+    with pytest.raises(ConfigError, match=rf"^{stage}\.storage\.ecr_immutable_tags: False is not allowed"):
+        replace(config, storage=replace(config.storage, ecr_immutable_tags=False))
 
 
 @pytest.mark.parametrize("stage", STAGES)
-def test_image_repository_scans_encrypts_and_keeps_ten_tagged_images(synthesized, all_templates, stage) -> None:
+def test_image_repository_scans_encrypts_and_keeps_the_configured_tagged_images(synthesized, all_templates,
+                                                                              stage) -> None:
     [repo] = resources_of_type(all_templates[(stage, "storage")], "AWS::ECR::Repository").values()
     props = repo["Properties"]
     assert props["ImageScanningConfiguration"] == {"ScanOnPush": True}
@@ -144,19 +154,21 @@ def test_image_repository_scans_encrypts_and_keeps_ten_tagged_images(synthesized
     assert "RepositoryName" not in props  # generated: a rebuilt stage never collides
     policy = json.loads(props["LifecyclePolicy"]["LifecyclePolicyText"])
     tagged = [r for r in policy["rules"] if r["selection"]["tagStatus"] == "tagged"]
+    keep = synthesized.configs[stage].storage.ecr_keep_tagged_images
     assert tagged == [{
         "rulePriority": 2,
-        "description": "Keep the last 10 tagged images",
+        "description": f"Keep the last {keep} tagged images",
         "selection": {"tagStatus": "tagged", "tagPatternList": ["*"],
-                      "countType": "imageCountMoreThan", "countNumber": 10},
+                      "countType": "imageCountMoreThan", "countNumber": keep},
         "action": {"type": "expire"},
     }]
 
 
-@pytest.mark.parametrize(("stage", "policy", "protected"),
-                         [("dev", "Delete", False), ("staging", "Retain", True), ("prod", "Retain", True)])
-def test_stateful_resources_are_retained_and_protected_outside_dev(synthesized, all_templates, stage,
-                                                                   policy, protected) -> None:
+@pytest.mark.parametrize("stage", STAGES)
+def test_stateful_resources_are_retained_and_protected_where_the_stage_retains(synthesized, all_templates,
+                                                                               stage) -> None:
+    protected = synthesized.configs[stage].storage.retain  # only dev may be False (validated)
+    policy = "Retain" if protected else "Delete"
     resources = all_templates[(stage, "storage")]["Resources"]
     for logical_id in STATEFUL_LOGICAL_IDS:
         assert resources[logical_id]["DeletionPolicy"] == policy, logical_id
@@ -164,14 +176,19 @@ def test_stateful_resources_are_retained_and_protected_outside_dev(synthesized, 
     assert synthesized.stack(stage, "storage").termination_protection is protected
 
 
-def test_dev_empties_buckets_and_repository_on_destroy(all_templates) -> None:
-    resources = all_templates[("dev", "storage")]["Resources"]
+@pytest.mark.parametrize("stage", STAGES)
+def test_a_stage_that_does_not_retain_empties_buckets_and_repository_on_destroy(synthesized, all_templates,
+                                                                                 stage) -> None:
+    resources = all_templates[(stage, "storage")]["Resources"]
     auto_deleted = {r["Properties"]["BucketName"]["Ref"]
-                    for r in resources_of_type(all_templates[("dev", "storage")], "Custom::S3AutoDeleteObjects").values()}
+                    for r in resources_of_type(all_templates[(stage, "storage")], "Custom::S3AutoDeleteObjects").values()}
+    if synthesized.configs[stage].storage.retain:
+        assert not auto_deleted
+        assert resources["Images2D38C313"]["Properties"].get("EmptyOnDelete", False) is False
+        return
     assert auto_deleted == {"AccessLogs8B620ECA", "TrainingData3FDB6D34", "Checkpoints620E2F20",
                             "ModelArtifacts858A2101", "DataCapture91154E3A"}
     assert resources["Images2D38C313"]["Properties"]["EmptyOnDelete"] is True
-    assert not resources_of_type(all_templates[("prod", "storage")], "Custom::S3AutoDeleteObjects")
 
 
 def test_storage_stack_exposes_objects_for_other_stacks(synthesized) -> None:

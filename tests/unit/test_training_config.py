@@ -28,11 +28,16 @@ def stage(**training) -> StageConfig:
                        training=TrainingConfig(**training))
 
 
-def test_training_is_enabled_in_every_stage_and_small_in_dev() -> None:
-    configs = default_configs()
-    assert all(c.training.enabled for c in configs.values())
-    assert configs["dev"].training.max_capacity <= 2
-    assert configs["dev"].training.max_capacity < configs["prod"].training.max_capacity
+def test_every_stage_validates_its_training_config_under_its_own_name() -> None:
+    # Which stage trains on how many instances is the stage's choice (the
+    # snapshots record the repository's); that each stage's choice is checked
+    # when the stage is built, and named after it, is not.
+    for name, config in default_configs().items():
+        assert 1 <= config.training.max_capacity <= 1000
+        assert 0 <= config.training.on_demand_base <= config.training.max_capacity
+        with pytest.raises(ConfigError) as error:
+            replace(config, training=replace(config.training, max_capacity=1001))
+        assert (error.value.field_path, error.value.value) == (f"{name}.training.max_capacity", 1001)
 
 
 def test_defaults_follow_the_contract_and_the_design() -> None:

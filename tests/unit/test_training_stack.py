@@ -82,14 +82,15 @@ def test_launch_template_requires_imdsv2_with_an_explicit_hop_limit_and_monitori
     assert "Placement" not in data
 
 
-@pytest.mark.parametrize(("stage", "size", "iops", "throughput"),
-                         [("dev", 200, 3000, 250), ("prod", 500, 6000, 500)])
-def test_root_volume_is_encrypted_gp3_with_the_stage_key(synthesized, stage, size, iops, throughput) -> None:
+@pytest.mark.parametrize("stage", ["dev", "prod"])
+def test_root_volume_is_encrypted_gp3_with_the_stage_key(synthesized, stage) -> None:
+    training = synthesized.configs[stage].training
     template = synthesized.stack(stage, "training").template_json
     [mapping] = only(template, "AWS::EC2::LaunchTemplate")["Properties"]["LaunchTemplateData"]["BlockDeviceMappings"]
-    assert mapping["DeviceName"] == "/dev/xvda"
+    assert mapping["DeviceName"] == training.root_device_name
     ebs = mapping["Ebs"]
-    assert (ebs["VolumeType"], ebs["VolumeSize"], ebs["Iops"], ebs["Throughput"]) == ("gp3", size, iops, throughput)
+    assert (ebs["VolumeType"], ebs["VolumeSize"], ebs["Iops"], ebs["Throughput"]) == (
+        "gp3", training.root_volume_size_gib, training.root_volume_iops, training.root_volume_throughput_mibps)
     assert ebs["Encrypted"] is True and ebs["DeleteOnTermination"] is True
     assert ebs["KmsKeyId"]["Fn::GetStackOutput"]["StackName"] == f"ml-{stage}-storage"
     assert "Key" in ebs["KmsKeyId"]["Fn::GetStackOutput"]["OutputName"]
@@ -131,21 +132,21 @@ def test_lambda_asset_is_the_handler_modules_without_caches(synthesized) -> None
 
 # --- Auto Scaling group ---------------------------------------------------------------
 
-@pytest.mark.parametrize(("stage", "max_size", "base", "types"), [
-    ("dev", "2", 0, ["g5.xlarge", "g6.xlarge", "g5.2xlarge", "g6.2xlarge"]),
-    ("prod", "16", 1, ["g5.2xlarge", "g6.2xlarge", "g5.4xlarge", "g6.4xlarge", "g6e.2xlarge"]),
-])
-def test_group_is_a_diversified_spot_first_mixed_instances_policy(synthesized, stage, max_size, base, types) -> None:
+@pytest.mark.parametrize("stage", ["dev", "prod"])
+def test_group_is_a_diversified_spot_first_mixed_instances_policy(synthesized, stage) -> None:
+    training = synthesized.configs[stage].training
     group = only(synthesized.stack(stage, "training").template_json, "AWS::AutoScaling::AutoScalingGroup")
     props = group["Properties"]
-    assert (props["MinSize"], props["MaxSize"]) == ("0", max_size)
+    assert (props["MinSize"], props["MaxSize"]) == ("0", str(training.max_capacity))
     assert "DesiredCapacity" not in props  # a deploy never resets a running fleet
     assert props["CapacityRebalance"] is True
     policy = props["MixedInstancesPolicy"]
     assert policy["InstancesDistribution"] == {
-        "OnDemandAllocationStrategy": "lowest-price", "OnDemandBaseCapacity": base,
-        "OnDemandPercentageAboveBaseCapacity": 0, "SpotAllocationStrategy": "price-capacity-optimized"}
-    assert [o["InstanceType"] for o in policy["LaunchTemplate"]["Overrides"]] == types
+        "OnDemandAllocationStrategy": "lowest-price", "OnDemandBaseCapacity": training.on_demand_base,
+        "OnDemandPercentageAboveBaseCapacity": training.on_demand_percentage,
+        "SpotAllocationStrategy": "price-capacity-optimized"}
+    # Every configured type, in the configured order (the on-demand priority).
+    assert [o["InstanceType"] for o in policy["LaunchTemplate"]["Overrides"]] == list(training.instance_types)
     azs = synthesized.configs[stage].network.availability_zones
     subnets = props["VPCZoneIdentifier"]
     assert len(subnets) == len(azs)
@@ -562,13 +563,14 @@ def test_fleet_is_enrolled_in_idle_shutdown_and_publishes_gpu_metrics(dev) -> No
     assert "-c ssm:/ml-dev/cloudwatch-agent/gpu" in lines[metrics_line]
 
 
-@pytest.mark.parametrize(("stage", "scheduled"), [("dev", 2), ("staging", 2), ("prod", 0)])
-def test_off_hours_schedule_scales_the_fleet_only_outside_prod(synthesized, stage, scheduled) -> None:
+@pytest.mark.parametrize("stage", STAGES)
+def test_off_hours_schedule_scales_the_fleet_only_where_a_stage_configures_one(synthesized, stage) -> None:
+    idle = synthesized.configs[stage].idle_shutdown
+    training = synthesized.configs[stage].training
+    scheduled = idle.off_hours  # both crons or neither (validated)
     template = synthesized.template(stage, "training")
-    template.resource_count_is("AWS::AutoScaling::ScheduledAction", scheduled)
+    template.resource_count_is("AWS::AutoScaling::ScheduledAction", 2 if scheduled else 0)
     if scheduled:
-        idle = synthesized.configs[stage].idle_shutdown
-        training = synthesized.configs[stage].training
         # Night: the fleet is closed (maximum 0), so nothing can raise it
         # until the morning action reopens it at its configured maximum.
         template.has_resource_properties("AWS::AutoScaling::ScheduledAction", {
