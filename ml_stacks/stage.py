@@ -11,6 +11,7 @@ from ml_stacks.eks_stack import EksStack
 from ml_stacks.idle_stack import IdleStack
 from ml_stacks.network_stack import NetworkStack
 from ml_stacks.ops_stack import OpsStack
+from ml_stacks.replica_stack import ReplicaStack
 from ml_stacks.serving_stack import ServingStack
 from ml_stacks.storage_stack import StorageStack
 from ml_stacks.training_stack import TrainingStack
@@ -30,7 +31,11 @@ class MlStage(cdk.Stage):
         apply_tags(self, stage_tags(config))
 
         self.network = NetworkStack(self, "network", config=config)
-        self.storage = StorageStack(self, "storage", config=config)
+        # The replica (another region) comes first: storage replicates into it.
+        self.replica: ReplicaStack | None = None
+        if config.storage.replication_region is not None:
+            self.replica = ReplicaStack(self, "replica", config=config)
+        self.storage = StorageStack(self, "storage", config=config, replica=self.replica)
         self.ops = OpsStack(self, "ops", config=config, key=self.storage.key)
         self.idle = IdleStack(self, "idle", config=config, alerts_topic=self.ops.alerts_topic)
         self.training: TrainingStack | None = None

@@ -19,7 +19,9 @@ from ml_stacks.app_factory import build_app
 from ml_stacks.config import StageConfig, default_configs
 
 STAGES = ("dev", "staging", "prod")
-STACKS = ("network", "storage", "ops", "idle", "training", "serving", "eks")
+# Every stack a stage may have; a stage has "replica" only with
+# storage.replication_region (tests skip a (stage, stack) pair that is absent).
+STACKS = ("network", "replica", "storage", "ops", "idle", "training", "serving", "eks")
 
 
 @dataclass(frozen=True)

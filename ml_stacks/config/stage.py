@@ -84,7 +84,7 @@ class StageConfig:
                  f"{prefix}.account", self.account,
                  "None (account-agnostic) or a 12-digit AWS account ID")
         self.network.validate(f"{prefix}.network", self.region)
-        self.storage.validate(f"{prefix}.storage", self.name)
+        self.storage.validate(f"{prefix}.storage", self.name, self.region)
         self.alerts.validate(f"{prefix}.alerts")
         self.budget.validate(f"{prefix}.budget")
         self.drift.validate(f"{prefix}.drift")

@@ -195,7 +195,11 @@ def _prod_config() -> StageConfig:
             interface_endpoints=PRIVATE_GPU_NODE_ENDPOINTS,
             flow_log_retention_days=365,
         ),
-        storage=StorageConfig(retain=True, ecr_immutable_tags=True),
+        # Prod's data and models survive a mistake and a region: deletion
+        # protection (docs/security.md) and a replica in us-west-2.
+        storage=StorageConfig(retain=True, ecr_immutable_tags=True, deletion_protection=True,
+                              break_glass_role_name="ml-prod-break-glass",
+                              replication_region="us-west-2"),
         training=TrainingConfig(
             instance_types=("g5.2xlarge", "g6.2xlarge", "g5.4xlarge", "g6.4xlarge",
                             "g6e.2xlarge"),
