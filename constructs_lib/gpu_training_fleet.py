@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import aws_cdk as cdk
@@ -51,6 +52,21 @@ SSM_AGENT_ACTIONS = (
     "ec2messages:GetMessages",
     "ec2messages:SendReply",
 )
+
+
+@dataclass(frozen=True)
+class FleetEgress:
+    """One outbound rule of the fleet's security group: ``port`` to ``peer``."""
+
+    peer: ec2.IPeer
+    port: ec2.Port
+    description: str
+
+
+# CDK's own "matches nothing" egress rule (255.255.255.255 is no host, ICMP
+# type 252 code 86 does not exist).
+NO_TRAFFIC_EGRESS = {"CidrIp": "255.255.255.255/32", "Description": "Disallow all traffic",
+                     "FromPort": 252, "IpProtocol": "icmp", "ToPort": 86}
 AUTOSCALING_SERVICE_LINKED_ROLE = (
     "role/aws-service-role/autoscaling.amazonaws.com/AWSServiceRoleForAutoScaling"
 )
@@ -75,6 +91,11 @@ class GpuTrainingFleet(Construct):
     * ``efa_enabled`` (default False): an EFA interface and a cluster
       placement group for multi-node training; the group then uses the
       first AZ only (a cluster placement group lives in one AZ).
+    * Security group: no inbound rule (EFA: all traffic from the group
+      itself); outbound only ``egress`` (default none) and, with EFA, all
+      traffic to the group itself. DNS (the VPC resolver), the instance
+      metadata service and NTP (169.254.169.123) are not filtered by
+      security groups and need no rule.
 
     ``user_data`` (``ec2.UserData``) and ``role`` stay open: other
     constructs add their node-side installation with them.
@@ -103,11 +124,12 @@ class GpuTrainingFleet(Construct):
         root_volume_throughput_mibps: int = 250,
         imds_hop_limit: int = 2,
         efa_enabled: bool = False,
+        egress: Sequence[FleetEgress] = (),
     ) -> None:
         super().__init__(scope, construct_id)
         self._set_identity(autoscaling_group_name, on_demand_percentage)
         self._build_role(autoscaling_group_name, training_data_bucket, checkpoint_bucket)
-        placement_group = self._build_network(vpc, autoscaling_group_name, efa_enabled)
+        placement_group = self._build_network(vpc, autoscaling_group_name, efa_enabled, egress)
         self._build_launch_template(
             machine_image=machine_image, imds_hop_limit=imds_hop_limit,
             placement_group=placement_group, volume_key=volume_key,
@@ -157,24 +179,38 @@ class GpuTrainingFleet(Construct):
             "A training job may read any dataset object of the training data bucket (read only).")
         self._grant_checkpoints(checkpoint_bucket)
 
-    def _build_network(self, vpc: ec2.IVpc, autoscaling_group_name: str,
-                       efa_enabled: bool) -> ec2.PlacementGroup | None:
-        """The security group and, with EFA, the cluster placement group."""
+    def _build_network(self, vpc: ec2.IVpc, autoscaling_group_name: str, efa_enabled: bool,
+                       egress: Sequence[FleetEgress]) -> ec2.PlacementGroup | None:
+        """The security group (outbound only where told) and, with EFA, the
+        cluster placement group."""
         self.security_group = ec2.SecurityGroup(
             self,
             "SecurityGroup",
             vpc=vpc,
             description=f"GPU training instances of {autoscaling_group_name}",
-            allow_all_outbound=True,
+            # The instances can read all training data: nothing leaves
+            # unless a rule below says where.
+            allow_all_outbound=False,
         )
+        for rule in egress:
+            self.security_group.add_egress_rule(rule.peer, rule.port, rule.description)
         placement_group = None
         if efa_enabled:
-            # EFA needs all traffic between the nodes of the group (egress
-            # is open already).
+            # EFA needs all traffic between the nodes of the group, both ways.
             self.security_group.add_ingress_rule(self.security_group, ec2.Port.all_traffic(),
                                                  "EFA between training nodes")
+            self.security_group.add_egress_rule(self.security_group, ec2.Port.all_traffic(),
+                                                "EFA between training nodes")
             placement_group = ec2.PlacementGroup(self, "PlacementGroup",
                                                  strategy=ec2.PlacementGroupStrategy.CLUSTER)
+        if not any(r.peer.can_inline_rule and r.port.can_inline_rule for r in egress):
+            # Every rule is its own AWS::EC2::SecurityGroupEgress (prefix
+            # lists, groups), and CDK then leaves the group's own egress list
+            # empty, which EC2 fills with its allow-all default: keep a rule
+            # that matches nothing there instead.
+            cfn_group = self.security_group.node.default_child
+            assert isinstance(cfn_group, ec2.CfnSecurityGroup)
+            cfn_group.add_property_override("SecurityGroupEgress", [NO_TRAFFIC_EGRESS])
         return placement_group
 
     def _build_launch_template(

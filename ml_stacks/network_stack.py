@@ -12,7 +12,8 @@ from ml_stacks.config import INTERFACE_ENDPOINTS, StageConfig
 
 
 class NetworkStack(StageStack):
-    """Exposes ``vpc`` (``ec2.IVpc``) for the other stacks of the stage."""
+    """Exposes ``vpc`` (``ec2.IVpc``) and ``endpoint_security_group`` (the
+    interface endpoints' group, None without endpoints) for the other stacks."""
 
     def __init__(self, scope: Construct, construct_id: str, *, config: StageConfig) -> None:
         super().__init__(scope, construct_id, config=config,
@@ -33,4 +34,5 @@ class NetworkStack(StageStack):
             zone_ids=net.uses_zone_ids,
         )
         self.vpc: ec2.IVpc = self.network.vpc
+        self.endpoint_security_group: ec2.ISecurityGroup | None = self.network.endpoint_security_group
         cdk.CfnOutput(self, "VpcId", value=self.vpc.vpc_id, description="The stage VPC")

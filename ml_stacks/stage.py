@@ -50,6 +50,7 @@ class MlStage(cdk.Stage):
                 alerts_topic=self.ops.alerts_topic,
                 gpu_metrics=self.idle.gpu_metrics,
                 idle_shutdown=self.idle.shutdown,
+                endpoint_security_group=self.network.endpoint_security_group,
             )
         self.serving = ServingStack(
             self, "serving", config=config,

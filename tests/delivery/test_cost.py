@@ -38,9 +38,9 @@ def test_repository_configs_cost_what_the_readme_says(synthesized) -> None:
         # endpoint min 1 x ml.g5.xlarge.
         "staging": nat + 4 * 3 * endpoint_az + key + eks + 2 * m7i_large * h + g5_xlarge * h
                    + ml_g5_xlarge * h,
-        # 3 NAT, 11 endpoints x 3 AZs, 2 system nodes, 2 inference nodes
-        # (g5.2xlarge), 1 serving baseline (g6.2xlarge), endpoint min 2.
-        "prod": 3 * nat + 11 * 3 * endpoint_az + key + eks + 2 * m7i_large * h + 2 * g5_2xlarge * h
+        # 3 NAT, 14 endpoints x 3 AZs, 2 keys (stage, replica), 2 system nodes,
+        # 2 inference nodes (g5.2xlarge), 1 serving baseline (g6.2xlarge), endpoint min 2.
+        "prod": 3 * nat + 14 * 3 * endpoint_az + 2 * key + eks + 2 * m7i_large * h + 2 * g5_2xlarge * h
                 + g6_2xlarge * h + 2 * ml_g5_xlarge * h,
     }
     assert {s: c.always_on for s, c in stages.items()} == {

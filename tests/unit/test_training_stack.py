@@ -493,6 +493,8 @@ def test_efa_option_adds_an_efa_interface_and_a_cluster_placement_group_in_one_a
     assert len(only(template, "AWS::AutoScaling::AutoScalingGroup")["Properties"]["VPCZoneIdentifier"]) == 1
     ingress = resources_of_type(template, "AWS::EC2::SecurityGroupIngress").values()
     assert any(r["Properties"]["IpProtocol"] == "-1" for r in ingress)
+    egress = resources_of_type(template, "AWS::EC2::SecurityGroupEgress").values()
+    assert any(r["Properties"]["IpProtocol"] == "-1" for r in egress)  # egress is closed otherwise
 
 
 def test_log_only_rebalance_reaches_the_lambda(tmp_path) -> None:
@@ -506,7 +508,7 @@ def test_disabled_training_creates_no_training_stack(tmp_path) -> None:
     app = build_app([replace(dev, training=replace(dev.training, enabled=False))], outdir=str(tmp_path))
     stage = app.node.find_child("dev")
     assert stage.training is None
-    assert {s.node.id for s in stage.stacks} == set(STACKS) - {"training"}
+    assert {s.node.id for s in stage.stacks} == set(STACKS) - {"training", "replica"}  # dev does not replicate
 
 
 def test_fleet_is_enrolled_in_idle_shutdown_and_publishes_gpu_metrics(dev) -> None:
