@@ -168,16 +168,34 @@ class GpuTrainingFleet(Construct):
             description=f"GPU training instances of {autoscaling_group_name}",
         )
         self._grant_systems_manager_agent()
-        training_data_bucket.grant_read(self.role)
-        for action in ("s3:GetObject*", "s3:GetBucket*", "s3:List*"):
-            acknowledge(self.role, f"AwsSolutions::AwsSolutions-IAM5[Action::{action}]",
-                        "CDK's bucket read grant names S3 action families; it is scoped to the "
-                        "training data bucket (read only).")
-        acknowledge_resources(
-            self.role, "AwsSolutions::AwsSolutions-IAM5",
-            [training_data_bucket.arn_for_objects("*")],
-            "A training job may read any dataset object of the training data bucket (read only).")
+        self._grant_training_data(training_data_bucket)
         self._grant_checkpoints(checkpoint_bucket)
+
+    def _grant_training_data(self, bucket: s3.IBucket) -> None:
+        """Read the training data bucket: get and list objects, nothing else.
+
+        Explicit actions instead of ``grant_read`` (whose ``s3:GetObject*``,
+        ``s3:GetBucket*`` and ``s3:List*`` also read ACLs, tags, versions,
+        the bucket's policy and configuration). The list is not narrowed to
+        a prefix: datasets live under any prefix a team chooses, and a run
+        names its own (the runs contract has no dataset layout).
+        """
+        objects = bucket.arn_for_objects("*")
+        self.role.add_to_principal_policy(iam.PolicyStatement(
+            sid="ReadTrainingData", actions=["s3:GetObject"], resources=[objects]))
+        self.role.add_to_principal_policy(iam.PolicyStatement(
+            sid="ListTrainingData", actions=["s3:ListBucket"], resources=[bucket.bucket_arn]))
+        if bucket.encryption_key is not None:
+            self.role.add_to_principal_policy(iam.PolicyStatement(
+                sid="DecryptTrainingDataThroughS3",
+                actions=["kms:Decrypt"],
+                resources=[bucket.encryption_key.key_arn],
+                conditions={"StringEquals": {
+                    "kms:ViaService": f"s3.{cdk.Stack.of(self).region}.amazonaws.com"}},
+            ))
+        acknowledge_resources(
+            self.role, "AwsSolutions::AwsSolutions-IAM5", [objects],
+            "A training job may read any dataset object of the training data bucket (read only).")
 
     def _build_network(self, vpc: ec2.IVpc, autoscaling_group_name: str, efa_enabled: bool,
                        egress: Sequence[FleetEgress]) -> ec2.PlacementGroup | None:

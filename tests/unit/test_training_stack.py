@@ -188,15 +188,28 @@ def test_instance_role_reads_training_data_and_only_the_runs_prefix_of_the_check
     assert flat(write["Resource"]).endswith('"/runs/*"]]}')
     assert "Checkpoints" in flat(write["Resource"])
     assert not any("s3:DeleteObject" in flat(s["Action"]) for s in fleet)
-    reads = [s for s in fleet if "s3:GetObject*" in s["Action"]]
-    resources = flat(reads)
-    assert "TrainingData" in resources and "Checkpoints" not in resources
+    reads = [s for s in fleet if "TrainingData" in flat(s["Resource"])]
+    assert {s["Sid"]: s["Action"] for s in reads} == {
+        "ReadTrainingData": "s3:GetObject", "ListTrainingData": "s3:ListBucket"}
+    assert "Checkpoints" not in flat(reads)
+    # No S3 action family: every S3 action the role holds is named in full.
+    assert not [a for s in fleet for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])
+                if a.startswith("s3:") and "*" in a]
     assert "/i-*" not in flat(fleet)  # no instance-ID prefix grant is left
     lifecycle = [s for s in fleet if "autoscaling:CompleteLifecycleAction" in flat(s["Action"])]
     assert lifecycle[0]["Action"] == ["autoscaling:CompleteLifecycleAction",
                                       "autoscaling:RecordLifecycleActionHeartbeat",
                                       "autoscaling:SetInstanceHealth"]
     assert flat(lifecycle[0]["Resource"]).endswith(':autoScalingGroup:*:autoScalingGroupName/ml-dev-training-gpu"]]}')
+
+
+def test_no_s3_action_family_is_acknowledged_for_the_fleet_in_any_stage(synthesized) -> None:
+    report = json.loads((synthesized.outdir / "validation-report.json").read_text())
+    acknowledged = [(c["constructPath"], v["acknowledgedId"])
+                    for plugin in report["pluginReports"] for v in plugin["suppressedViolations"]
+                    for c in v["violatingConstructs"] if "/training/Fleet/" in c["constructPath"]]
+    assert acknowledged, "the report lists no acknowledgement of the fleet at all"
+    assert [a for a in acknowledged if "[Action::s3:" in a[1]] == []
 
 
 def test_instance_role_reads_the_node_agent_asset_object_and_nothing_else_of_the_asset_bucket(
