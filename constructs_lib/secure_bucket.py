@@ -92,11 +92,13 @@ class SecureBucket(s3.Bucket):
 
 
 def noncurrent_version_rule(days: int, *, rule_id: str = "expire-noncurrent-versions",
-                            abort_uploads_after: cdk.Duration = cdk.Duration.days(7)) -> s3.LifecycleRule:
+                            abort_uploads_after: cdk.Duration | None = cdk.Duration.days(7)
+                            ) -> s3.LifecycleRule:
     """Noncurrent versions (overwritten or deleted objects) expire ``days``
     after they stop being current, which bounds what versioning costs;
     delete markers with no version left behind them are removed; incomplete
-    multipart uploads are aborted after ``abort_uploads_after``."""
+    multipart uploads are aborted after ``abort_uploads_after`` (None: a
+    rule of its own does it)."""
     return s3.LifecycleRule(
         id=rule_id,
         noncurrent_version_expiration=cdk.Duration.days(days),

@@ -114,7 +114,7 @@ class StorageStack(StageStack):
                 s3.LifecycleRule(id="abort-incomplete-uploads",
                                  abort_incomplete_multipart_upload_after=ABORT_INCOMPLETE_UPLOADS),
                 noncurrent_version_rule(storage.training_data_noncurrent_expiration_days,
-                                        rule_id="expire-noncurrent-data"),
+                                        rule_id="expire-noncurrent-data", abort_uploads_after=None),
             ],
         )
         self.checkpoint_bucket = bucket(
