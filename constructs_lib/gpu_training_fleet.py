@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import aws_cdk as cdk
@@ -58,6 +59,21 @@ SSM_AGENT_ACTION_WHY = {
     "ssm": "the SSM agent registers and reports for its own instance, whose ID is not known "
            "before launch (as in AmazonSSMManagedInstanceCore)",
 }
+
+
+@dataclass(frozen=True)
+class FleetEgress:
+    """One outbound rule of the fleet's security group: ``port`` to ``peer``."""
+
+    peer: ec2.IPeer
+    port: ec2.Port
+    description: str
+
+
+# CDK's own "matches nothing" egress rule (255.255.255.255 is no host, ICMP
+# type 252 code 86 does not exist).
+NO_TRAFFIC_EGRESS = {"CidrIp": "255.255.255.255/32", "Description": "Disallow all traffic",
+                     "FromPort": 252, "IpProtocol": "icmp", "ToPort": 86}
 AUTOSCALING_SERVICE_LINKED_ROLE = (
     "role/aws-service-role/autoscaling.amazonaws.com/AWSServiceRoleForAutoScaling"
 )
@@ -82,6 +98,11 @@ class GpuTrainingFleet(Construct):
     * ``efa_enabled`` (default False): an EFA interface and a cluster
       placement group for multi-node training; the group then uses the
       first AZ only (a cluster placement group lives in one AZ).
+    * Security group: no inbound rule (EFA: all traffic from the group
+      itself); outbound only ``egress`` (default none) and, with EFA, all
+      traffic to the group itself. DNS (the VPC resolver), the instance
+      metadata service and NTP (169.254.169.123) are not filtered by
+      security groups and need no rule.
 
     ``user_data`` (``ec2.UserData``) and ``role`` stay open: other
     constructs add their node-side installation with them.
@@ -110,11 +131,12 @@ class GpuTrainingFleet(Construct):
         root_volume_throughput_mibps: int = 250,
         imds_hop_limit: int = 2,
         efa_enabled: bool = False,
+        egress: Sequence[FleetEgress] = (),
     ) -> None:
         super().__init__(scope, construct_id)
         self._set_identity(autoscaling_group_name, on_demand_percentage)
         self._build_role(autoscaling_group_name, training_data_bucket, checkpoint_bucket)
-        placement_group = self._build_network(vpc, autoscaling_group_name, efa_enabled)
+        placement_group = self._build_network(vpc, autoscaling_group_name, efa_enabled, egress)
         self._build_launch_template(
             machine_image=machine_image, imds_hop_limit=imds_hop_limit,
             placement_group=placement_group, volume_key=volume_key,
@@ -148,35 +170,67 @@ class GpuTrainingFleet(Construct):
             description=f"GPU training instances of {autoscaling_group_name}",
         )
         self._grant_systems_manager_agent()
-        training_data_bucket.grant_read(self.role)
-        for action in ("s3:GetObject*", "s3:GetBucket*", "s3:List*"):
-            acknowledge(self.role, f"AwsSolutions::AwsSolutions-IAM5[Action::{action}]",
-                        "CDK's bucket read grant names S3 action families; it is scoped to the "
-                        "training data bucket (read only).")
-        acknowledge_resources(
-            self.role, "AwsSolutions::AwsSolutions-IAM5",
-            [training_data_bucket.arn_for_objects("*")],
-            "A training job may read any dataset object of the training data bucket (read only).")
+        self._grant_training_data(training_data_bucket)
         self._grant_checkpoints(checkpoint_bucket)
 
-    def _build_network(self, vpc: ec2.IVpc, autoscaling_group_name: str,
-                       efa_enabled: bool) -> ec2.PlacementGroup | None:
-        """The security group and, with EFA, the cluster placement group."""
+    def _grant_training_data(self, bucket: s3.IBucket) -> None:
+        """Read the training data bucket: get and list objects, nothing else.
+
+        Explicit actions instead of ``grant_read`` (whose ``s3:GetObject*``,
+        ``s3:GetBucket*`` and ``s3:List*`` also read ACLs, tags, versions,
+        the bucket's policy and configuration). The list is not narrowed to
+        a prefix: datasets live under any prefix a team chooses, and a run
+        names its own (the runs contract has no dataset layout).
+        """
+        objects = bucket.arn_for_objects("*")
+        self.role.add_to_principal_policy(iam.PolicyStatement(
+            sid="ReadTrainingData", actions=["s3:GetObject"], resources=[objects]))
+        self.role.add_to_principal_policy(iam.PolicyStatement(
+            sid="ListTrainingData", actions=["s3:ListBucket"], resources=[bucket.bucket_arn]))
+        if bucket.encryption_key is not None:
+            self.role.add_to_principal_policy(iam.PolicyStatement(
+                sid="DecryptTrainingDataThroughS3",
+                actions=["kms:Decrypt"],
+                resources=[bucket.encryption_key.key_arn],
+                conditions={"StringEquals": {
+                    "kms:ViaService": f"s3.{cdk.Stack.of(self).region}.amazonaws.com"}},
+            ))
+        acknowledge_resources(
+            self.role, "AwsSolutions::AwsSolutions-IAM5", [objects],
+            "A training job may read any dataset object of the training data bucket (read only).")
+
+    def _build_network(self, vpc: ec2.IVpc, autoscaling_group_name: str, efa_enabled: bool,
+                       egress: Sequence[FleetEgress]) -> ec2.PlacementGroup | None:
+        """The security group (outbound only where told) and, with EFA, the
+        cluster placement group."""
         self.security_group = ec2.SecurityGroup(
             self,
             "SecurityGroup",
             vpc=vpc,
             description=f"GPU training instances of {autoscaling_group_name}",
-            allow_all_outbound=True,
+            # The instances can read all training data: nothing leaves
+            # unless a rule below says where.
+            allow_all_outbound=False,
         )
+        for rule in egress:
+            self.security_group.add_egress_rule(rule.peer, rule.port, rule.description)
         placement_group = None
         if efa_enabled:
-            # EFA needs all traffic between the nodes of the group (egress
-            # is open already).
+            # EFA needs all traffic between the nodes of the group, both ways.
             self.security_group.add_ingress_rule(self.security_group, ec2.Port.all_traffic(),
                                                  "EFA between training nodes")
+            self.security_group.add_egress_rule(self.security_group, ec2.Port.all_traffic(),
+                                                "EFA between training nodes")
             placement_group = ec2.PlacementGroup(self, "PlacementGroup",
                                                  strategy=ec2.PlacementGroupStrategy.CLUSTER)
+        if not any(r.peer.can_inline_rule and r.port.can_inline_rule for r in egress):
+            # Every rule is its own AWS::EC2::SecurityGroupEgress (prefix
+            # lists, groups), and CDK then leaves the group's own egress list
+            # empty, which EC2 fills with its allow-all default: keep a rule
+            # that matches nothing there instead.
+            cfn_group = self.security_group.node.default_child
+            assert isinstance(cfn_group, ec2.CfnSecurityGroup)
+            cfn_group.add_property_override("SecurityGroupEgress", [NO_TRAFFIC_EGRESS])
         return placement_group
 
     def _build_launch_template(

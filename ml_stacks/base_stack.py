@@ -30,12 +30,15 @@ class StageStack(cdk.Stack):
         config: StageConfig,
         description: str,
         termination_protection: bool = False,
+        region: str | None = None,
     ) -> None:
+        # ``region`` (default: the stage's) only for a stack that must live
+        # elsewhere, such as the storage replica.
         super().__init__(
             scope,
             construct_id,
             stack_name=f"{config.stack_prefix}-{construct_id}",
-            env=cdk.Environment(account=config.account, region=config.region),
+            env=cdk.Environment(account=config.account, region=region or config.region),
             description=description,
             termination_protection=termination_protection,
         )
@@ -45,6 +48,18 @@ class StageStack(cdk.Stack):
         self.removal_policy = (
             cdk.RemovalPolicy.RETAIN if config.storage.retain else cdk.RemovalPolicy.DESTROY
         )
+
+    def deletion_exempt_role_arns(self) -> list[str]:
+        """The roles a protected bucket still lets destroy versions or lift
+        the protection: the stage's break-glass role (by name, at any IAM
+        path, so an IAM Identity Center permission-set role matches too) and
+        the CDK CloudFormation execution role that deploys this stack."""
+        name = self.config.storage.break_glass_role_name
+        role = f"arn:{cdk.Aws.PARTITION}:iam::{cdk.Aws.ACCOUNT_ID}:role"
+        synthesizer = self.synthesizer
+        assert isinstance(synthesizer, cdk.DefaultStackSynthesizer)
+        return [cdk.Fn.sub(synthesizer.cloud_formation_execution_role_arn),
+                f"{role}/{name}", f"{role}/*/{name}"]
 
     @property
     def availability_zones(self) -> list[str]:

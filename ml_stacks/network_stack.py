@@ -14,7 +14,8 @@ from ml_stacks.log_groups import encrypt_provider_logs, log_group_name
 
 
 class NetworkStack(StageStack):
-    """Exposes ``vpc`` (``ec2.IVpc``) for the other stacks of the stage.
+    """Exposes ``vpc`` (``ec2.IVpc``) and ``endpoint_security_group`` (the
+    interface endpoints' group, None without endpoints) for the other stacks."""
 
     Flow logs and the log group of CDK's default-security-group function are
     encrypted with ``logs_key``."""
@@ -45,4 +46,5 @@ class NetworkStack(StageStack):
         encrypt_provider_logs(self, "Custom::VpcRestrictDefaultSGCustomResourceProvider",
                               config=config, purpose="restrict-default-security-group", key=logs_key)
         self.vpc: ec2.IVpc = self.network.vpc
+        self.endpoint_security_group: ec2.ISecurityGroup | None = self.network.endpoint_security_group
         cdk.CfnOutput(self, "VpcId", value=self.vpc.vpc_id, description="The stage VPC")

@@ -11,6 +11,7 @@ from ml_stacks.eks_stack import EksStack
 from ml_stacks.idle_stack import IdleStack
 from ml_stacks.network_stack import NetworkStack
 from ml_stacks.ops_stack import OpsStack
+from ml_stacks.replica_stack import ReplicaStack
 from ml_stacks.serving_stack import ServingStack
 from ml_stacks.storage_stack import StorageStack
 from ml_stacks.training_stack import TrainingStack
@@ -29,9 +30,13 @@ class MlStage(cdk.Stage):
         self.config = config
         apply_tags(self, stage_tags(config))
 
-        # Storage first: every other stack encrypts with its keys, and it
-        # depends on none of them.
-        self.storage = StorageStack(self, "storage", config=config)
+        # The replica (another region) comes first: storage replicates into it.
+        self.replica: ReplicaStack | None = None
+        if config.storage.replication_region is not None:
+            self.replica = ReplicaStack(self, "replica", config=config)
+        # Storage before the stage's own stacks: every other stack encrypts
+        # with its keys, and it depends on none of them (only on the replica).
+        self.storage = StorageStack(self, "storage", config=config, replica=self.replica)
         storage = self.storage
         self.network = NetworkStack(self, "network", config=config, logs_key=storage.logs_key)
         self.ops = OpsStack(self, "ops", config=config, messaging_key=storage.messaging_key,
@@ -52,6 +57,7 @@ class MlStage(cdk.Stage):
                 alerts_topic=self.ops.alerts_topic,
                 gpu_metrics=self.idle.gpu_metrics,
                 idle_shutdown=self.idle.shutdown,
+                endpoint_security_group=self.network.endpoint_security_group,
             )
         self.serving = ServingStack(
             self, "serving", config=config,

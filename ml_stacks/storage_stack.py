@@ -21,10 +21,12 @@ from aws_cdk import aws_kms as kms
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
-from constructs_lib.secure_bucket import SecureBucket
+from constructs_lib.bucket_replication import BucketReplication, ReplicaTarget
+from constructs_lib.secure_bucket import SecureBucket, noncurrent_version_rule
 from ml_stacks.base_stack import StageStack
 from ml_stacks.config import StageConfig
 from ml_stacks.log_groups import encrypt_provider_logs, log_group_name_patterns
+from ml_stacks.replica_stack import ReplicaStack
 
 ABORT_INCOMPLETE_UPLOADS = cdk.Duration.days(7)
 # What a publisher to an SSE-KMS topic or queue needs on its key (SNS and
@@ -44,7 +46,13 @@ class StorageStack(StageStack):
     """Exposes ``data_key``, ``capture_key``, ``logs_key``, ``messaging_key``
     (``kms.Key``), ``training_data_bucket``, ``checkpoint_bucket``,
     ``model_artifacts_bucket``, ``data_capture_bucket``, ``access_log_bucket``
-    and ``image_repository`` as objects for the other stacks of the stage."""
+    and ``image_repository`` as objects for the other stacks of the stage.
+
+    The training data and model artifacts buckets are versioned; with
+    ``storage.deletion_protection`` their policies deny destroying versions
+    or the protection to all but the break-glass and deploy roles; with a
+    ``replica`` (the stage's ``ReplicaStack``, deployed first) they
+    replicate into it, as ``replication``."""
 
     @property
     def buckets(self) -> list[s3.IBucket]:
@@ -52,7 +60,8 @@ class StorageStack(StageStack):
         return [self.access_log_bucket, self.training_data_bucket, self.checkpoint_bucket,
                 self.model_artifacts_bucket, self.data_capture_bucket]
 
-    def __init__(self, scope: Construct, construct_id: str, *, config: StageConfig) -> None:
+    def __init__(self, scope: Construct, construct_id: str, *, config: StageConfig,
+                 replica: ReplicaStack | None = None) -> None:
         storage = config.storage
         super().__init__(scope, construct_id, config=config,
                          description=f"ml-infra {config.name}: KMS keys, buckets, ECR (stateful)",
@@ -63,6 +72,7 @@ class StorageStack(StageStack):
         self._allow_messaging_services()
         self._build_access_log_bucket(config)
         self._build_buckets(config)
+        self._protect_data(config, replica)
         self._build_image_repository(config)
         self._build_provider_logs(config)
         self._add_outputs()
@@ -197,6 +207,7 @@ class StorageStack(StageStack):
         self.training_data_bucket = bucket(
             "TrainingData",
             "training-data",
+            versioned=True,
             lifecycle_rules=[
                 s3.LifecycleRule(
                     id="tier-raw-data",
@@ -210,6 +221,8 @@ class StorageStack(StageStack):
                 ),
                 s3.LifecycleRule(id="abort-incomplete-uploads",
                                  abort_incomplete_multipart_upload_after=ABORT_INCOMPLETE_UPLOADS),
+                noncurrent_version_rule(storage.training_data_noncurrent_expiration_days,
+                                        rule_id="expire-noncurrent-data", abort_uploads_after=None),
             ],
         )
         self.checkpoint_bucket = bucket(
@@ -227,14 +240,8 @@ class StorageStack(StageStack):
             "ModelArtifacts",
             "model-artifacts",
             versioned=True,
-            lifecycle_rules=[
-                s3.LifecycleRule(
-                    id="expire-noncurrent-models",
-                    noncurrent_version_expiration=cdk.Duration.days(
-                        storage.model_noncurrent_expiration_days),
-                    abort_incomplete_multipart_upload_after=ABORT_INCOMPLETE_UPLOADS,
-                )
-            ],
+            lifecycle_rules=[noncurrent_version_rule(storage.model_noncurrent_expiration_days,
+                                                     rule_id="expire-noncurrent-models")],
         )
 
         # Request/response captures of the SageMaker endpoints, one prefix per
@@ -250,6 +257,31 @@ class StorageStack(StageStack):
                     expiration=cdk.Duration.days(storage.data_capture_expiration_days),
                     abort_incomplete_multipart_upload_after=ABORT_INCOMPLETE_UPLOADS,
                 )
+            ],
+        )
+
+    def _protect_data(self, config: StageConfig, replica: ReplicaStack | None) -> None:
+        """Deletion protection and replication of the training data and model artifacts."""
+        data_buckets = (self.training_data_bucket, self.model_artifacts_bucket)
+        if config.storage.deletion_protection:
+            for data_bucket in data_buckets:
+                data_bucket.protect_from_deletion(exempt_role_arns=self.deletion_exempt_role_arns())
+        self.replication: BucketReplication | None = None
+        if replica is None:
+            return
+        # Replicas are addressed by their fixed names: the replica stack must
+        # exist first (cdk deploy '<stage>/*' follows this dependency).
+        self.add_stack_dependency(replica, "replicates into the replica buckets and key")
+        self.replication = BucketReplication(
+            self, "Replication",
+            role_name=replica.replication_role_name,
+            targets=[
+                ReplicaTarget(source=self.training_data_bucket,
+                              destination_bucket_arn=replica.training_data_bucket_arn,
+                              replica_key_arn=replica.key_alias_arn),
+                ReplicaTarget(source=self.model_artifacts_bucket,
+                              destination_bucket_arn=replica.model_artifacts_bucket_arn,
+                              replica_key_arn=replica.key_alias_arn),
             ],
         )
 

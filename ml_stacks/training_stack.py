@@ -13,7 +13,7 @@ from aws_cdk import aws_sns as sns
 from constructs import Construct
 
 from constructs_lib.gpu_metrics import GpuMetricsAgent
-from constructs_lib.gpu_training_fleet import GpuTrainingFleet
+from constructs_lib.gpu_training_fleet import FleetEgress, GpuTrainingFleet
 from constructs_lib.idle_shutdown import IdleShutdown
 from constructs_lib.interruption_handler import InterruptionHandler
 from constructs_lib.node_agent import NodeAgent
@@ -21,7 +21,7 @@ from constructs_lib.off_hours import add_off_hours_schedule
 from constructs_lib.runs_capacity import RunsCapacity
 from constructs_lib.training_runs import TrainingRuns
 from ml_stacks.base_stack import StageStack, log_retention
-from ml_stacks.config import StageConfig
+from ml_stacks.config import GATEWAY_ENDPOINT_PREFIX_LISTS, StageConfig
 from ml_stacks.log_groups import log_group_name
 from ml_stacks.pins import training_ami
 
@@ -38,6 +38,10 @@ class TrainingStack(StageStack):
     when no run is left, a ``Training Job Finished`` event on idle
     shutdown's own bus lets it scale the group to its minimum; only the
     fleet's instance role may put events on that bus.
+
+    The fleet's egress (``fleet_egress``): HTTPS to the VPC's interface
+    endpoints (``endpoint_security_group``, None when the VPC has none) and
+    to the S3 and DynamoDB gateway endpoints, plus ``training.egress``.
     """
 
     def __init__(
@@ -56,6 +60,7 @@ class TrainingStack(StageStack):
         alerts_topic: sns.ITopic,
         gpu_metrics: GpuMetricsAgent,
         idle_shutdown: IdleShutdown,
+        endpoint_security_group: ec2.ISecurityGroup | None = None,
     ) -> None:
         super().__init__(scope, construct_id, config=config,
                          description=f"ml-infra {config.name}: GPU training fleet, interruption handling, runs")
@@ -63,7 +68,7 @@ class TrainingStack(StageStack):
         budget = cdk.Duration.seconds(training.checkpoint_budget_seconds)
 
         self._build_fleet(config, vpc, data_key, messaging_key, training_data_bucket,
-                          checkpoint_bucket, alerts_topic)
+                          checkpoint_bucket, alerts_topic, fleet_egress(config, endpoint_security_group))
         self._build_interruption_handler(config, messaging_key, logs_key, alerts_topic, budget)
         self._build_runs(config, data_key, logs_key)
         self._build_node_agent(config, checkpoint_bucket, alerts_topic, image_repository,
@@ -75,7 +80,7 @@ class TrainingStack(StageStack):
 
     def _build_fleet(self, config: StageConfig, vpc: ec2.IVpc, data_key: kms.IKey,
                      messaging_key: kms.IKey, training_data_bucket: s3.IBucket, checkpoint_bucket: s3.IBucket,
-                     alerts_topic: sns.ITopic) -> None:
+                     alerts_topic: sns.ITopic, egress: list[FleetEgress]) -> None:
         training = config.training
         self.fleet = GpuTrainingFleet(
             self,
@@ -94,6 +99,7 @@ class TrainingStack(StageStack):
             root_volume_throughput_mibps=training.root_volume_throughput_mibps,
             imds_hop_limit=training.imds_hop_limit,
             efa_enabled=training.efa_enabled,
+            egress=egress,
             volume_key=data_key,
             training_data_bucket=training_data_bucket,
             checkpoint_bucket=checkpoint_bucket,
@@ -234,3 +240,23 @@ class TrainingStack(StageStack):
                       description="Spot warnings, rebalance recommendations, termination hooks")
         cdk.CfnOutput(self, "CheckpointDocumentName", value=self.interruption_handler.document.ref,
                       description="Run Command document that checkpoints an instance")
+
+
+def fleet_egress(config: StageConfig, endpoint_security_group: ec2.ISecurityGroup | None
+                 ) -> list[FleetEgress]:
+    """Where the stage's training instances may connect to: AWS through the
+    VPC's endpoints, then what ``training.egress`` adds."""
+    https = ec2.Port.tcp(443)
+    rules = []
+    if endpoint_security_group is not None:
+        rules.append(FleetEgress(endpoint_security_group, https, "HTTPS to the VPC interface endpoints"))
+    for service, prefix_list in GATEWAY_ENDPOINT_PREFIX_LISTS.get(config.region, {}).items():
+        rules.append(FleetEgress(ec2.Peer.prefix_list(prefix_list), https,
+                                 f"HTTPS to {service} through its gateway endpoint"))
+    for destination in config.training.egress:
+        peer = (ec2.Peer.prefix_list(destination.destination) if destination.is_prefix_list
+                else ec2.Peer.ipv4(destination.destination))
+        ports = (ec2.Port.tcp_range if destination.protocol == "tcp" else ec2.Port.udp_range)(
+            destination.port, destination.last_port)
+        rules.append(FleetEgress(peer, ports, destination.description))
+    return rules

@@ -44,14 +44,16 @@ def _stage_names() -> tuple[str, ...]:
 
 # The stages default_configs() builds (after the variant, if any), in order.
 STAGES = _stage_names()
-# Every stack a stage can have; training and eks only where the stage enables them.
-STACKS = ("network", "storage", "ops", "idle", "training", "serving", "eks")
+# Every stack a stage can have; training and eks only where the stage enables
+# them, replica only with storage.replication_region.
+STACKS = ("network", "replica", "storage", "ops", "idle", "training", "serving", "eks")
 
 
 def stacks_of(config: StageConfig) -> tuple[str, ...]:
     """The stacks ``build_app`` gives the stage ``config``."""
     disabled = {"training"} if not config.training.enabled else set()
     disabled |= {"eks"} if not config.eks.enabled else set()
+    disabled |= {"replica"} if config.storage.replication_region is None else set()
     return tuple(s for s in STACKS if s not in disabled)
 
 

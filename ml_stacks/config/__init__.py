@@ -16,7 +16,7 @@ from ml_stacks.config.base import (  # noqa: F401
 )
 from ml_stacks.config.network import (  # noqa: F401
     INTERFACE_ENDPOINTS, PRIVATE_GPU_NODE_ENDPOINTS, VPC_PREFIX_MIN, VPC_PREFIX_MAX,
-    MAX_AZS, NetworkConfig, zone_id_prefix,
+    MAX_AZS, GATEWAY_ENDPOINT_PREFIX_LISTS, NetworkConfig, zone_id_prefix,
 )
 from ml_stacks.config.storage import (  # noqa: F401
     StorageConfig,
@@ -30,7 +30,7 @@ from ml_stacks.config.training import (  # noqa: F401
     REBALANCE_ACTIONS, HUNG_ACTIONS, MAX_HUNG_AFTER_MINUTES, ROOT_DEVICE_NAMES,
     CHECKPOINT_UPLOAD_MARGIN_SECONDS, HEARTBEAT_TIMEOUT_MIN_SECONDS,
     HEARTBEAT_TIMEOUT_MAX_SECONDS, GPU_METRICS_DEFINITION, gpu_metric_period_seconds,
-    TrainingConfig,
+    FLEET_INTERFACE_ENDPOINTS, EGRESS_PROTOCOLS, INTERNET_HTTPS, EgressDestination, TrainingConfig,
 )
 from ml_stacks.config.idle import (  # noqa: F401
     IdleShutdownConfig,
@@ -57,7 +57,8 @@ from ml_stacks.config.stages import (  # noqa: F401
 __all__ = [
     "ConfigError", "LOG_RETENTION_DAYS", "INTERFACE_ENDPOINTS",
     "PRIVATE_GPU_NODE_ENDPOINTS", "VPC_PREFIX_MIN", "VPC_PREFIX_MAX", "MAX_AZS",
-    "NetworkConfig", "zone_id_prefix", "StorageConfig", "AlertsConfig",
+    "NetworkConfig", "zone_id_prefix", "GATEWAY_ENDPOINT_PREFIX_LISTS", "FLEET_INTERFACE_ENDPOINTS",
+    "EGRESS_PROTOCOLS", "INTERNET_HTTPS", "EgressDestination", "StorageConfig", "AlertsConfig",
     "MAX_BUDGET_NOTIFICATIONS", "BudgetConfig", "DriftConfig", "TRAINING_GPU_FAMILIES",
     "EFA_INSTANCE_TYPES", "GPUS_PER_INSTANCE_TYPE", "MAX_LEASE_SECONDS",
     "MAX_RUN_DURATION_MINUTES", "POWERTOOLS_LAYER_VERSIONS", "TRAINING_SIGNALS",

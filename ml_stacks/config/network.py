@@ -51,6 +51,17 @@ PRIVATE_GPU_NODE_ENDPOINTS: tuple[str, ...] = (
     "sqs",
 )
 
+# The AWS-managed prefix lists of the S3 and DynamoDB gateway endpoints, per
+# region (``aws ec2 describe-managed-prefix-lists --filters
+# Name=prefix-list-name,Values=com.amazonaws.<region>.s3`` and ``...dynamodb``;
+# the IDs are the same in every account of a region). A security group that
+# does not allow HTTPS to the internet reaches S3 and DynamoDB only through
+# these. A stage whose training fleet has no internet HTTPS needs its
+# region here: add a region once you have looked its two IDs up.
+GATEWAY_ENDPOINT_PREFIX_LISTS: Mapping[str, Mapping[str, str]] = {
+    "us-east-1": {"s3": "pl-63a5400a", "dynamodb": "pl-02cd2c6b"},
+}
+
 
 VPC_PREFIX_MIN, VPC_PREFIX_MAX = 16, 22
 MAX_AZS = 6

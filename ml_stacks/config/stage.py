@@ -9,11 +9,11 @@ from dataclasses import dataclass, field, replace
 from ml_stacks.config.base import _ACCOUNT_RE, _REGION_RE, _TAG_VALUE_RE, _require
 from ml_stacks.config.eks import EksConfig
 from ml_stacks.config.idle import IdleShutdownConfig
-from ml_stacks.config.network import NetworkConfig
+from ml_stacks.config.network import GATEWAY_ENDPOINT_PREFIX_LISTS, NetworkConfig
 from ml_stacks.config.ops import AlertsConfig, BudgetConfig, DriftConfig
 from ml_stacks.config.serving import ServingConfig
 from ml_stacks.config.storage import StorageConfig
-from ml_stacks.config.training import TrainingConfig
+from ml_stacks.config.training import FLEET_INTERFACE_ENDPOINTS, TrainingConfig
 
 
 # A stage name is part of every stack, endpoint, alarm and log group name;
@@ -84,7 +84,7 @@ class StageConfig:
                  f"{prefix}.account", self.account,
                  "None (account-agnostic) or a 12-digit AWS account ID")
         self.network.validate(f"{prefix}.network", self.region)
-        self.storage.validate(f"{prefix}.storage", self.name)
+        self.storage.validate(f"{prefix}.storage", self.name, self.region)
         self.alerts.validate(f"{prefix}.alerts")
         self.budget.validate(f"{prefix}.budget")
         self.drift.validate(f"{prefix}.drift")
@@ -93,8 +93,24 @@ class StageConfig:
         _require(isinstance(self.training, TrainingConfig), f"{prefix}.training", self.training,
                  "a TrainingConfig")
         self.training.validate(f"{prefix}.training")
+        self._validate_training_egress(f"{prefix}.training.egress")
         self.idle_shutdown.validate(f"{prefix}.idle_shutdown")
         self.tags.validate(f"{prefix}.tags")
+
+    def _validate_training_egress(self, path: str) -> None:
+        """A fleet without internet HTTPS must reach every AWS API it calls
+        through an endpoint of its own VPC."""
+        training = self.training
+        if not training.enabled or training.reaches_internet_https:
+            return
+        missing = [e for e in FLEET_INTERFACE_ENDPOINTS if e not in self.network.interface_endpoints]
+        _require(not missing, path, training.egress,
+                 "a destination with HTTPS to 0.0.0.0/0 (INTERNET_HTTPS), or network.interface_endpoints "
+                 "with " + ", ".join(missing) + ": the fleet calls these APIs and would reach none of them")
+        _require(self.region in GATEWAY_ENDPOINT_PREFIX_LISTS, path, training.egress,
+                 f"a destination with HTTPS to 0.0.0.0/0 (INTERNET_HTTPS), or the S3 and DynamoDB gateway "
+                 f"prefix lists of {self.region} in GATEWAY_ENDPOINT_PREFIX_LISTS "
+                 "(ml_stacks/config/network.py): without them the fleet reaches neither service")
 
     @property
     def stack_prefix(self) -> str:

@@ -24,7 +24,7 @@ from ml_stacks.config.ops import BudgetConfig, DriftConfig
 from ml_stacks.config.serving import ModelConfig, ServingConfig
 from ml_stacks.config.stage import StageConfig, StageTags
 from ml_stacks.config.storage import StorageConfig
-from ml_stacks.config.training import TrainingConfig
+from ml_stacks.config.training import FLEET_INTERFACE_ENDPOINTS, TrainingConfig
 
 
 # AWS Deep Learning Containers for PyTorch inference (SageMaker flavour). A
@@ -77,6 +77,8 @@ def _dev_config() -> StageConfig:
         storage=StorageConfig(retain=False, checkpoint_expiration_days=7,
                               ecr_immutable_tags=False, data_capture_expiration_days=30),
         # Two small GPUs at most: dev proves the interruption flow, not scale.
+        # Egress: the default, HTTPS anywhere through NAT (dev has no
+        # interface endpoints; pip install and public registries work).
         training=TrainingConfig(max_capacity=2, log_retention_days=30, runs_log_retention_days=30),
         # Nobody trains in dev at night: the fleet goes to 0 at 20:00 on
         # weekdays and stays there over the weekend.
@@ -139,6 +141,8 @@ def _staging_config() -> StageConfig:
             flow_log_retention_days=90,
         ),
         storage=StorageConfig(retain=True, ecr_immutable_tags=True),
+        # Egress: the default, HTTPS anywhere through NAT: staging has four
+        # interface endpoints, not the ten the fleet would need without it.
         training=TrainingConfig(max_capacity=4, log_retention_days=90),
         idle_shutdown=IdleShutdownConfig(
             off_hours_scale_in_cron="0 22 * * MON-FRI",
@@ -192,10 +196,16 @@ def _prod_config() -> StageConfig:
             vpc_cidr="10.30.0.0/16",
             availability_zones=("us-east-1a", "us-east-1b", "us-east-1c"),
             nat_gateways=3,
-            interface_endpoints=PRIVATE_GPU_NODE_ENDPOINTS,
+            # Every API a private GPU node calls, the training fleet's
+            # included: prod's fleet has no internet egress (training.egress).
+            interface_endpoints=tuple(dict.fromkeys(PRIVATE_GPU_NODE_ENDPOINTS + FLEET_INTERFACE_ENDPOINTS)),
             flow_log_retention_days=365,
         ),
-        storage=StorageConfig(retain=True, ecr_immutable_tags=True),
+        # Prod's data and models survive a mistake and a region: deletion
+        # protection (docs/security.md) and a replica in us-west-2.
+        storage=StorageConfig(retain=True, ecr_immutable_tags=True, deletion_protection=True,
+                              break_glass_role_name="ml-prod-break-glass",
+                              replication_region="us-west-2"),
         training=TrainingConfig(
             instance_types=("g5.2xlarge", "g6.2xlarge", "g5.4xlarge", "g6.4xlarge",
                             "g6e.2xlarge"),
@@ -207,6 +217,10 @@ def _prod_config() -> StageConfig:
             root_volume_throughput_mibps=500,
             log_retention_days=365,
             runs_log_retention_days=365,
+            # Endpoints only: training data never leaves through NAT. A run
+            # that needs a package mirror or registry adds it here
+            # (EgressDestination), reviewed like any other change.
+            egress=(),
         ),
         # Long prod runs may sit on a barrier for a while: a longer window,
         # and no off-hours schedule.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 from dataclasses import dataclass
@@ -65,6 +66,78 @@ HEARTBEAT_TIMEOUT_MIN_SECONDS, HEARTBEAT_TIMEOUT_MAX_SECONDS = 30, 7200
 GPU_METRICS_DEFINITION = Path(__file__).resolve().parents[2] / "lambda" / "idle_shutdown" / "gpu_metrics.json"
 
 
+# The interface endpoints a training instance needs when it may not reach
+# the internet: the node agent (autoscaling lifecycle and health, sns,
+# events, monitoring), trainer logs (logs), images (ecr.api, ecr.dkr) and the
+# SSM agent (ssm, ssmmessages, ec2messages: Run Command, the GPU agent
+# config). S3 and DynamoDB go through the gateway endpoints.
+FLEET_INTERFACE_ENDPOINTS: tuple[str, ...] = (
+    "autoscaling", "sns", "events", "monitoring", "logs", "ecr.api", "ecr.dkr",
+    "ssm", "ssmmessages", "ec2messages",
+)
+_PREFIX_LIST_RE = re.compile(r"^pl-[0-9a-f]{8,17}$")
+# Characters EC2 accepts in a security group rule description.
+_RULE_DESCRIPTION_RE = re.compile(r"^[A-Za-z0-9 ._\-:/()#,@\[\]+=&;{}!$*]{1,255}$")
+EGRESS_PROTOCOLS: tuple[str, ...] = ("tcp", "udp")
+
+
+@dataclass(frozen=True)
+class EgressDestination:
+    """A destination the training fleet's security group lets instances reach.
+
+    ``destination``: an IPv4 CIDR (``"203.0.113.0/24"``, ``"0.0.0.0/0"``)
+    or a managed prefix list ID (``"pl-0123456789abcdef0"``, e.g. a list of
+    your package mirrors). ``port`` (default 443) to ``to_port`` (default:
+    ``port``), ``protocol`` ``"tcp"`` (default) or ``"udp"``.
+    ``description`` says what is there and which run needs it.
+    """
+
+    destination: str
+    description: str
+    port: int = 443
+    to_port: int | None = None
+    protocol: str = "tcp"
+
+    @property
+    def last_port(self) -> int:
+        return self.port if self.to_port is None else self.to_port
+
+    @property
+    def is_prefix_list(self) -> bool:
+        return self.destination.startswith("pl-")
+
+    def validate(self, path: str) -> None:
+        dest = self.destination
+        valid = isinstance(dest, str) and bool(_PREFIX_LIST_RE.match(dest))
+        if isinstance(dest, str) and not valid:
+            try:
+                valid = str(ipaddress.IPv4Network(dest, strict=True)) == dest
+            except ValueError:
+                valid = False
+        _require(valid, f"{path}.destination", dest,
+                 "an IPv4 CIDR such as '203.0.113.0/24' or a managed prefix list ID such as "
+                 "'pl-0123456789abcdef0'")
+        _require(_is_int(self.port) and 1 <= self.port <= 65535, f"{path}.port", self.port,
+                 "a port from 1 to 65535")
+        _require(self.to_port is None or (_is_int(self.to_port) and self.port <= self.to_port <= 65535),
+                 f"{path}.to_port", self.to_port, f"None or a port from {self.port} to 65535")
+        _require(self.protocol in EGRESS_PROTOCOLS, f"{path}.protocol", self.protocol,
+                 "one of " + ", ".join(EGRESS_PROTOCOLS))
+        _require(isinstance(self.description, str) and bool(_RULE_DESCRIPTION_RE.match(self.description)),
+                 f"{path}.description", self.description,
+                 "1 to 255 characters: letters, digits, spaces and ._-:/()#,@[]+=&;{}!$*")
+
+    def reaches_internet_https(self) -> bool:
+        return (self.destination == "0.0.0.0/0" and self.protocol == "tcp"
+                and self.port <= 443 <= self.last_port)
+
+
+# HTTPS anywhere, through the stage's NAT gateways: AWS APIs without an
+# interface endpoint, package indexes, registries. The default fleet egress.
+INTERNET_HTTPS = EgressDestination(
+    "0.0.0.0/0", "HTTPS through NAT: AWS APIs without an interface endpoint, package indexes, registries")
+
+
 def gpu_metric_period_seconds() -> int:
     """The period the agent publishes GPU metrics at (gpu_metrics.json)."""
     return int(json.loads(GPU_METRICS_DEFINITION.read_text())["period_seconds"])
@@ -105,6 +178,17 @@ class TrainingConfig:
     active any more (or, below 100 %, when launches succeed with no spot
     capacity failure). Every switch goes to the alerts topic. A fleet with
     ``on_demand_percentage`` 100 has no fallback.
+
+    Network egress (docs/security.md, "Data protection and network egress"):
+    the fleet's security group allows HTTPS to the stage's interface
+    endpoints and the S3/DynamoDB gateway endpoints, traffic within the
+    group when ``efa_enabled``, and ``egress``: the extra destinations
+    (``EgressDestination``) runs need. Default ``(INTERNET_HTTPS,)``:
+    HTTPS anywhere through NAT, the only setting that works without
+    interface endpoints (AWS APIs are then reached over the internet).
+    ``()`` closes everything else; the stage must then have every endpoint
+    of ``FLEET_INTERFACE_ENDPOINTS`` and a region in
+    ``GATEWAY_ENDPOINT_PREFIX_LISTS`` (checked when the stage is built).
     """
 
     enabled: bool = True
@@ -139,6 +223,7 @@ class TrainingConfig:
     hung_action: str = "restart"
     spot_fallback_after_minutes: int | None = 15
     spot_fallback_on_demand_percentage: int = 100
+    egress: tuple[EgressDestination, ...] = (INTERNET_HTTPS,)
 
     def validate(self, prefix: str) -> None:
         _require(isinstance(self.enabled, bool), f"{prefix}.enabled", self.enabled, "True or False")
@@ -146,6 +231,7 @@ class TrainingConfig:
         self._validate_volume(prefix)
         self._validate_checkpointing(prefix)
         self._validate_runs(prefix)
+        self._validate_egress(prefix)
 
         _require(_is_int(self.imds_hop_limit) and 1 <= self.imds_hop_limit <= 3,
                  f"{prefix}.imds_hop_limit", self.imds_hop_limit,
@@ -286,6 +372,21 @@ class TrainingConfig:
                  f"{prefix}.spot_fallback_on_demand_percentage", share,
                  f"more than on_demand_percentage ({self.on_demand_percentage}) and at most 100 "
                  "(or spot_fallback_after_minutes=None for no fallback)")
+
+    def _validate_egress(self, prefix: str) -> None:
+        path = f"{prefix}.egress"
+        _require(isinstance(self.egress, tuple) and len(self.egress) <= 50, path, self.egress,
+                 "a tuple of at most 50 EgressDestination (one security group rule each)")
+        for index, rule in enumerate(self.egress):
+            _require(isinstance(rule, EgressDestination), f"{path}[{index}]", rule, "an EgressDestination")
+            rule.validate(f"{path}[{index}]")
+        keys = [(r.destination, r.protocol, r.port, r.last_port) for r in self.egress]
+        _require(len(set(keys)) == len(keys), path, self.egress, "each destination and port range once")
+
+    @property
+    def reaches_internet_https(self) -> bool:
+        """True when ``egress`` allows HTTPS to the whole internet."""
+        return any(r.reaches_internet_https() for r in self.egress)
 
     @property
     def powertools_layer_version(self) -> int:

@@ -29,6 +29,11 @@ def estimate(resources: dict) -> cost.StageCost:
 STAGE_KEYS = 4
 
 
+def replica_keys(config) -> int:
+    """The replica stack's one key, when the stage replicates."""
+    return 1 if config.storage.replication_region is not None else 0
+
+
 def config_cost(config, prices: cost.Prices) -> tuple[float, float]:
     """(always on, maximum) of a stage, monthly, worked out from its config alone.
 
@@ -46,7 +51,7 @@ def config_cost(config, prices: cost.Prices) -> tuple[float, float]:
     fixed = (network.nat_gateways * month(prices.nat_gateway_hour)
              + len(network.interface_endpoints) * len(network.availability_zones)
              * month(prices.interface_endpoint_az_hour)
-             + STAGE_KEYS * prices.kms_key_month)
+             + (STAGE_KEYS + replica_keys(config)) * prices.kms_key_month)
     low = high = fixed
     if config.eks.enabled:
         low, high = low + month(prices.eks_cluster_hour), high + month(prices.eks_cluster_hour)

@@ -32,6 +32,8 @@ def snapshot_json(snapshot):
 @pytest.mark.parametrize("stack", STACKS)
 @pytest.mark.parametrize("stage", STAGES)
 def test_stack_matches_snapshot(all_templates, snapshot_json, stage, stack) -> None:
+    if (stage, stack) not in all_templates:
+        pytest.skip(f"{stage} has no {stack} stack")
     assert normalized(all_templates[(stage, stack)]) == snapshot_json
 
 

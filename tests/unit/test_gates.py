@@ -22,9 +22,11 @@ def test_every_stage_and_stack_is_synthesized_with_readable_names(synthesized) -
                                        for stack in stacks_of(synthesized.configs[stage])}
     for (stage, stack), synthesized_stack in synthesized.stacks.items():
         assert synthesized_stack.stack_name == f"ml-{stage}-{stack}"
-        # No account configured: account-agnostic with the stage's concrete region.
+        # No account configured: account-agnostic with a concrete region,
+        # the stage's (the replica's: its replication region).
         config = synthesized.configs[stage]
-        assert synthesized_stack.environment == f"aws://{config.account or 'unknown-account'}/{config.region}"
+        region = config.storage.replication_region if stack == "replica" else config.region
+        assert synthesized_stack.environment == f"aws://{config.account or 'unknown-account'}/{region}"
 
 
 def test_nag_gate_fails_synth_on_an_unacknowledged_finding(tmp_path) -> None:
