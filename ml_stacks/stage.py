@@ -6,12 +6,13 @@ import aws_cdk as cdk
 from constructs import Construct
 
 from constructs_lib.tagging import apply_tags
-from ml_stacks.config import StageConfig
+from ml_stacks.config import ModelConfig, StageConfig
 from ml_stacks.eks_stack import EksStack
 from ml_stacks.idle_stack import IdleStack
 from ml_stacks.network_stack import NetworkStack
 from ml_stacks.ops_stack import OpsStack
-from ml_stacks.serving_stack import ServingStack
+from ml_stacks.serving_names import SHARED_STACK_ID, model_stack_id
+from ml_stacks.serving_stack import ModelServingStack, ServingStack
 from ml_stacks.storage_stack import StorageStack
 from ml_stacks.training_stack import TrainingStack
 
@@ -46,8 +47,18 @@ class MlStage(cdk.Stage):
                 gpu_metrics=self.idle.gpu_metrics,
                 idle_shutdown=self.idle.shutdown,
             )
-        self.serving = ServingStack(
-            self, "serving", config=config,
+        self.serving = ServingStack(self, SHARED_STACK_ID, config=config)
+        self.model_stacks: dict[str, ModelServingStack] = {}
+        for model in config.serving.models:
+            self.model_stacks[model.name] = self._model_stack(config, model)
+        self.eks: EksStack | None = None
+        if config.eks.enabled:
+            self.eks = EksStack(self, "eks", config=config, vpc=self.network.vpc,
+                                key=self.storage.key)
+
+    def _model_stack(self, config: StageConfig, model: ModelConfig) -> ModelServingStack:
+        stack = ModelServingStack(
+            self, model_stack_id(model.name), config=config, model=model,
             vpc=self.network.vpc,
             key=self.storage.key,
             model_artifacts_bucket=self.storage.model_artifacts_bucket,
@@ -55,10 +66,12 @@ class MlStage(cdk.Stage):
             image_repository=self.storage.image_repository,
             alerts_topic=self.ops.alerts_topic,
         )
-        self.eks: EksStack | None = None
-        if config.eks.enabled:
-            self.eks = EksStack(self, "eks", config=config, vpc=self.network.vpc,
-                                key=self.storage.key)
+        # Deploy order only (no reference, no template change): the shared
+        # stack first, so a stage moving from the single serving stack has
+        # deleted the old endpoints before a model stack creates them again
+        # under the same names (docs/models.md, migration).
+        stack.add_stack_dependency(self.serving)
+        return stack
 
     @property
     def stacks(self) -> list[cdk.Stack]:

@@ -17,9 +17,24 @@ from aws_cdk.assertions import Template
 
 from ml_stacks.app_factory import build_app
 from ml_stacks.config import StageConfig, default_configs
+from ml_stacks.serving_names import model_stack_id
 
 STAGES = ("dev", "staging", "prod")
+# The stacks every stage has ("serving" is the shared one: its dashboard);
+# each model adds "serving-<model>" (stack_ids).
 STACKS = ("network", "storage", "ops", "idle", "training", "serving", "eks")
+
+
+def stack_ids(config: StageConfig) -> tuple[str, ...]:
+    """Construct IDs of every stack of ``config``'s stage, one per model included."""
+    fixed = [s for s in STACKS if (s != "training" or config.training.enabled)
+             and (s != "eks" or config.eks.enabled)]
+    return (*fixed, *(model_stack_id(m.name) for m in config.serving.models))
+
+
+# (stage, stack) of every stack the repository's configs synthesize.
+ALL_STACKS = tuple((name, stack) for name, config in default_configs().items()
+                   for stack in stack_ids(config))
 
 
 @dataclass(frozen=True)

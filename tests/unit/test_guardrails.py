@@ -11,7 +11,7 @@ from aws_cdk.assertions import Match, Template
 
 from ml_stacks.app_factory import build_app
 from ml_stacks.config import BudgetConfig, ConfigError, DriftConfig, default_configs
-from tests.conftest import STACKS, STAGES, resources_of_type
+from tests.conftest import STAGES, resources_of_type, stack_ids
 
 
 @pytest.mark.parametrize("stage,limit", [("dev", 1500), ("staging", 5000), ("prod", 60000)])
@@ -126,7 +126,7 @@ def test_drift_function_holds_every_read_its_stages_resource_types_need_and_no_w
     granted = {a for s in reads for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])}
     assert not [a for a in granted if "*" in a]
     schemas = read_handler_permissions()
-    types = {r["Type"] for name in STACKS
+    types = {r["Type"] for name in stack_ids(synthesized.configs[stage])
              for r in synthesized.stack(stage, name).template_json["Resources"].values()}
     missing = {}
     for resource_type in sorted(t for t in types if t.startswith("AWS::")):
