@@ -44,7 +44,7 @@ STAGE_CONTEXT := $(if $(STAGES),-c stages=$(STAGES),)
 # The stage being deployed, diffed or destroyed, pinned to ACCOUNT if given.
 ONE_STAGE := -c stages=$(STAGE) $(if $(ACCOUNT),-c account=$(ACCOUNT),)
 
-.PHONY: help setup synth cdk acknowledgements iam-report test test-config-change bench bench-drill bench-idle bench-preflight bootstrap preflight deploy destroy diff cost drift smoke run refresh-amis clean
+.PHONY: help setup synth cdk acknowledgements iam-report test test-config-change bench bench-drill bench-idle bench-preflight bench-serving bootstrap preflight deploy destroy diff cost drift smoke run refresh-amis clean
 
 help:
 	@echo "make synth [STAGES=dev,prod]   synthesize offline, print a summary"
@@ -57,6 +57,7 @@ help:
 	@echo "make bootstrap STAGE=dev       cdk bootstrap the stage's account/region (AWS credentials)"
 	@echo "make bench-drill [ARGS=...]    runs drill: goodput, steps lost, notice to resumed (tiny and 1 GiB checkpoints)"
 	@echo "make bench-idle                idle-shutdown sweep over 100/1,000/5,000 instances, import time"
+	@echo "make bench-serving [ARGS=...]  serving at 1/50/200 models: synth time, resources per stack, make diff"
 	@echo "make diff BASE=origin/main [STAGES=dev] [REPORT=diff.md]"
 	@echo "                               offline diff vs a git ref + summary, stateful guard, cost delta"
 	@echo "make diff STAGE=dev            cdk diff against the deployed stage (AWS credentials)"
@@ -133,6 +134,10 @@ bench-drill: setup
 	python bench/drill.py $(ARGS)
 bench-idle: setup
 	python bench/idle_shutdown.py --moto $(ARGS)
+
+bench-serving: export AWS_EC2_METADATA_DISABLED := true
+bench-serving: setup
+	python bench/serving_scale.py $(ARGS)
 
 bench-preflight: export AWS_EC2_METADATA_DISABLED := true
 bench-preflight: setup

@@ -116,33 +116,48 @@ def run(repo: Path, base_ref: str, *, stages: str | None = None,
     with tempfile.TemporaryDirectory(prefix="ml-diff-") as tmp:
         workdir = Path(tmp)
         base_out, head_out = synthesize_both(repo, base_ref, workdir, stages, cdk_args)
-        base_stacks = {(s.stage, s.stack): s for s in read_assembly(base_out)}
-        head_stacks = {(s.stage, s.stack): s for s in read_assembly(head_out)}
-        base_templates = {k: s.template() for k, s in base_stacks.items()}
-        head_templates = {k: s.template() for k, s in head_stacks.items()}
-        regions = cost.regions_of([base_out, head_out])
-        changes = compare_assemblies(base_templates, head_templates, region_of=regions)
-
-        empty = workdir / "empty.template.json"
-        empty.write_text(json.dumps({"Resources": {}}))
-
-        def render(key: tuple[str, str]) -> str:
-            stack = head_stacks[key]
-            base = base_stacks[key].template_path if key in base_stacks else empty
-            return cdk_diff(head_out, stack, base)
-
-        with ThreadPoolExecutor(max_workers=2) as pool:
-            rendered = dict(zip(head_stacks, pool.map(render, head_stacks)))
-        for key in base_stacks.keys() - head_stacks.keys():
-            removed = sorted(c.logical_id for c in changes if (c.stage, c.stack) == key)
-            rendered[key] = (f"Stack {'/'.join(key)} ({base_stacks[key].stack_name}) is deleted:"
-                             f" {len(removed)} resources removed\n" + "\n".join(f"[-] {r}" for r in removed))
-
         if allowances is None:
             allowances = guard.allowances_from_git(repo, base_ref)
-        verdict = guard.check(changes, allowances)
-        costs_base = cost.estimate(base_templates, region_of=regions)
-        costs_head = cost.estimate(head_templates, region_of=regions)
+        return diff_assemblies(base_out, head_out, base_label=base_ref, allowances=allowances,
+                               workdir=workdir)
+
+
+def diff_assemblies(base_out: Path, head_out: Path, *, base_label: str, allowances: list[str],
+                    workdir: Path) -> tuple[int, str, str]:
+    """(exit status, console text, markdown report) of two synthesized assemblies.
+
+    The CDK CLI renders only the stacks whose template changed (a stage of
+    200 models is 200 stacks: one ``cdk diff`` process each would take
+    minutes to say "no differences"); every stack still has its row in the
+    summary table.
+    """
+    base_stacks = {(s.stage, s.stack): s for s in read_assembly(base_out)}
+    head_stacks = {(s.stage, s.stack): s for s in read_assembly(head_out)}
+    base_templates = {k: s.template() for k, s in base_stacks.items()}
+    head_templates = {k: s.template() for k, s in head_stacks.items()}
+    regions = cost.regions_of([base_out, head_out])
+    changes = compare_assemblies(base_templates, head_templates, region_of=regions)
+
+    empty = workdir / "empty.template.json"
+    empty.write_text(json.dumps({"Resources": {}}))
+
+    def render(key: tuple[str, str]) -> str:
+        stack = head_stacks[key]
+        if base_templates.get(key) == head_templates[key]:
+            return f"Stack {stack.display_name} ({stack.stack_name}): no differences"
+        base = base_stacks[key].template_path if key in base_stacks else empty
+        return cdk_diff(head_out, stack, base)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        rendered = dict(zip(head_stacks, pool.map(render, head_stacks)))
+    for key in base_stacks.keys() - head_stacks.keys():
+        removed = sorted(c.logical_id for c in changes if (c.stage, c.stack) == key)
+        rendered[key] = (f"Stack {'/'.join(key)} ({base_stacks[key].stack_name}) is deleted:"
+                         f" {len(removed)} resources removed\n" + "\n".join(f"[-] {r}" for r in removed))
+
+    verdict = guard.check(changes, allowances)
+    costs_base = cost.estimate(base_templates, region_of=regions)
+    costs_head = cost.estimate(head_templates, region_of=regions)
 
     order = list(head_stacks) + [k for k in base_stacks if k not in head_stacks]
     summary = summary_table(changes, order)
@@ -153,12 +168,12 @@ def run(repo: Path, base_ref: str, *, stages: str | None = None,
 
     console = "\n\n".join([
         *(rendered[k] for k in order),
-        f"Infrastructure change {base_ref} -> {head_label}:\n{summary}",
+        f"Infrastructure change {base_label} -> {head_label}:\n{summary}",
         f"Monthly cost (always-on / max capacity, USD):\n{delta}",
         f"Stateful-replacement guard: {'passed' if verdict.passed else 'FAILED'}\n{guard_text}",
     ])
     markdown = "\n\n".join([
-        f"### Infrastructure diff `{base_ref}` → head",
+        f"### Infrastructure diff `{base_label}` → head",
         summary,
         "**Monthly cost** (always-on / max capacity, USD)\n\n" + delta,
         f"**Stateful-replacement guard: {'passed' if verdict.passed else 'FAILED'}**\n\n```\n"

@@ -2,7 +2,7 @@
 
 For each model in the stage's ``serving.models``, reads the endpoint (and,
 with scale to zero, the inference component) name from the outputs of the
-stage's serving stack, sends the model's smoke payload (an example model's
+model's own stack ``ml-<stage>-serving-<model>``, sends the model's smoke payload (an example model's
 ``payload.json``, or ``smoke_payload``) with ``InvokeEndpoint``, and prints
 the answer and the round-trip latency. Exit status 0 when every model
 answered, 1 otherwise.
@@ -73,12 +73,13 @@ def stack_outputs(cfn, stack_name: str, region: str, stage: str) -> dict[str, st
 
 
 def targets(config, outputs: dict[str, str]) -> list[Target]:
-    """What to invoke for each model of ``config``, from the serving stack's outputs."""
-    from ml_stacks.serving_stack import component_output_key, endpoint_output_key
+    """What to invoke for each model of ``config``, from its stack's outputs
+    (``outputs``: those of every model stack of the stage; their keys name the model)."""
+    from ml_stacks.serving_names import component_output_key, endpoint_output_key, model_stack_name
 
-    stack_name = f"{config.stack_prefix}-serving"
     found = []
     for model in config.serving.models:
+        stack_name = model_stack_name(config, model.name)
         keys = [endpoint_output_key(model.name)]
         if model.scale_to_zero:
             keys.append(component_output_key(model.name))
@@ -169,7 +170,12 @@ def smoke(config, cfn, runtime, *, wait_seconds: float = DEFAULT_WAIT_SECONDS,
     if not config.serving.models:
         out.write(f"{config.name}: no models in serving.models, nothing to invoke\n")
         return 0
-    outputs = stack_outputs(cfn, f"{config.stack_prefix}-serving", config.region, config.name)
+    from ml_stacks.serving_names import model_stack_name
+
+    outputs: dict[str, str] = {}
+    for model in config.serving.models:
+        outputs.update(stack_outputs(cfn, model_stack_name(config, model.name), config.region,
+                                     config.name))
     failed = 0
     for target in targets(config, outputs):
         where = target.endpoint + (f" (inference component {target.component})" if target.component else "")

@@ -89,14 +89,14 @@ def fixed_names(config: StageConfig) -> tuple[FixedName, ...]:
     for model in config.serving.models:
         endpoint = f"{config.stack_prefix}-{model.name}"
         names.append(FixedName(
-            stage=config.name, stack="serving", resource_type=LOG_GROUP,
+            stage=config.name, stack=f"serving-{model.name}", resource_type=LOG_GROUP,
             name=f"/aws/sagemaker/Endpoints/{endpoint}", retained=False,
             reason="SageMaker writes endpoint logs to /aws/sagemaker/Endpoints/<endpoint>; "
                    "it can recreate the group while the endpoint shuts down",
             logical_id_prefix=f"{model.name}Logs"))
         if model.scale_to_zero:
             names.append(FixedName(
-                stage=config.name, stack="serving", resource_type=LOG_GROUP,
+                stage=config.name, stack=f"serving-{model.name}", resource_type=LOG_GROUP,
                 name=f"/aws/sagemaker/InferenceComponents/{endpoint}", retained=False,
                 reason="SageMaker writes inference component logs to "
                        "/aws/sagemaker/InferenceComponents/<component>",

@@ -6,13 +6,14 @@ import aws_cdk as cdk
 from constructs import Construct
 
 from constructs_lib.tagging import apply_tags
-from ml_stacks.config import StageConfig
+from ml_stacks.config import ModelConfig, StageConfig
 from ml_stacks.eks_stack import EksStack
 from ml_stacks.idle_stack import IdleStack
 from ml_stacks.network_stack import NetworkStack
 from ml_stacks.ops_stack import OpsStack
 from ml_stacks.replica_stack import ReplicaStack
-from ml_stacks.serving_stack import ServingStack
+from ml_stacks.serving_names import SHARED_STACK_ID, model_stack_id
+from ml_stacks.serving_stack import ModelServingStack, ServingStack
 from ml_stacks.storage_stack import StorageStack
 from ml_stacks.training_stack import TrainingStack
 
@@ -59,21 +60,34 @@ class MlStage(cdk.Stage):
                 idle_shutdown=self.idle.shutdown,
                 endpoint_security_group=self.network.endpoint_security_group,
             )
-        self.serving = ServingStack(
-            self, "serving", config=config,
-            vpc=self.network.vpc,
-            data_key=storage.data_key,
-            capture_key=storage.capture_key,
-            logs_key=storage.logs_key,
-            model_artifacts_bucket=self.storage.model_artifacts_bucket,
-            data_capture_bucket=self.storage.data_capture_bucket,
-            image_repository=self.storage.image_repository,
-            alerts_topic=self.ops.alerts_topic,
-        )
+        self.serving = ServingStack(self, SHARED_STACK_ID, config=config)
+        self.model_stacks: dict[str, ModelServingStack] = {}
+        for model in config.serving.models:
+            self.model_stacks[model.name] = self._model_stack(config, model)
         self.eks: EksStack | None = None
         if config.eks.enabled:
             self.eks = EksStack(self, "eks", config=config, vpc=self.network.vpc,
                                 data_key=storage.data_key, logs_key=storage.logs_key)
+
+    def _model_stack(self, config: StageConfig, model: ModelConfig) -> ModelServingStack:
+        storage = self.storage
+        stack = ModelServingStack(
+            self, model_stack_id(model.name), config=config, model=model,
+            vpc=self.network.vpc,
+            data_key=storage.data_key,
+            capture_key=storage.capture_key,
+            logs_key=storage.logs_key,
+            model_artifacts_bucket=storage.model_artifacts_bucket,
+            data_capture_bucket=storage.data_capture_bucket,
+            image_repository=storage.image_repository,
+            alerts_topic=self.ops.alerts_topic,
+        )
+        # Deploy order only (no reference, no template change): the shared
+        # stack first, so a stage moving from the single serving stack has
+        # deleted the old endpoints before a model stack creates them again
+        # under the same names (docs/models.md, migration).
+        stack.add_stack_dependency(self.serving)
+        return stack
 
     @property
     def stacks(self) -> list[cdk.Stack]:

@@ -23,6 +23,7 @@ from aws_cdk.assertions import Template
 
 from ml_stacks.app_factory import build_app
 from ml_stacks.config import StageConfig
+from ml_stacks.serving_names import model_stack_id
 from tests import config_variants
 
 try:
@@ -36,6 +37,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if _VARIANT_ERROR:
         raise pytest.UsageError(_VARIANT_ERROR)
 
+
 def _stage_names() -> tuple[str, ...]:
     import ml_stacks.config
 
@@ -44,17 +46,30 @@ def _stage_names() -> tuple[str, ...]:
 
 # The stages default_configs() builds (after the variant, if any), in order.
 STAGES = _stage_names()
-# Every stack a stage can have; training and eks only where the stage enables
-# them, replica only with storage.replication_region.
+# Every fixed stack a stage can have; training and eks only where the stage
+# enables them, replica only with storage.replication_region. "serving" is the
+# shared one (its dashboard); each model adds "serving-<model>" (stacks_of).
 STACKS = ("network", "replica", "storage", "ops", "idle", "training", "serving", "eks")
 
 
 def stacks_of(config: StageConfig) -> tuple[str, ...]:
-    """The stacks ``build_app`` gives the stage ``config``."""
+    """Construct IDs of every stack ``build_app`` gives the stage ``config``, one per model included."""
     disabled = {"training"} if not config.training.enabled else set()
     disabled |= {"eks"} if not config.eks.enabled else set()
     disabled |= {"replica"} if config.storage.replication_region is None else set()
-    return tuple(s for s in STACKS if s not in disabled)
+    fixed = tuple(s for s in STACKS if s not in disabled)
+    return (*fixed, *(model_stack_id(m.name) for m in config.serving.models))
+
+
+def _all_stacks() -> tuple[tuple[str, str], ...]:
+    import ml_stacks.config
+
+    return tuple((name, stack) for name, config in ml_stacks.config.default_configs().items()
+                 for stack in stacks_of(config))
+
+
+# (stage, stack) of every stack the configs synthesize (after the variant, if any).
+ALL_STACKS = _all_stacks()
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,12 @@ EC2_VCPU_QUOTAS: Mapping[tuple[str, str], tuple[str, str]] = {
     ("Standard", "spot"): ("L-34B43A08", "All Standard (A, C, D, H, I, M, R, T, Z) Spot Instance Requests"),
 }
 EKS_CLUSTERS = ("L-1194D53C", "Clusters")
+# One stack per model: a stage of N models is N + 6 or 7 stacks, and every
+# stack of the account and region counts (default 2,000).
+CLOUDFORMATION_STACKS = ("L-0485CB21", "Stack count")
+# Every endpoint instance of the account and region, whatever its type
+# (default 200): a stage of 200 models at one instance each fills it.
+SAGEMAKER_ENDPOINT_INSTANCES = ("L-7A3DF611", "Number of instances across active endpoints")
 EKS_NODEGROUPS_PER_CLUSTER = ("L-6D54EA21", "Managed node groups per cluster")
 EKS_NODES_PER_NODEGROUP = ("L-BD136A63", "Nodes per managed node group")
 _STANDARD_LETTERS = frozenset("acdhimrtz")
@@ -140,6 +146,20 @@ def _eks_needs(config: StageConfig, vcpus: Mapping[str, int], needs: dict) -> No
     per_group = QuotaNeed("eks", *EKS_NODES_PER_NODEGROUP, "nodes")
     per_group.add(group.desired_size, group.max_size, f"largest group {role}")
     needs[EKS_NODES_PER_NODEGROUP[0]] = per_group
+
+
+def endpoint_instances_need(config: StageConfig) -> QuotaNeed | None:
+    """The stage's endpoints against the account-wide instance quota of all
+    endpoints (``L-7A3DF611``), which grows with the number of models whatever
+    their instance types; None without models."""
+    models = config.serving.models
+    if not models:
+        return None
+    need = QuotaNeed("sagemaker", *SAGEMAKER_ENDPOINT_INSTANCES, "instances")
+    need.add(sum(m.initial_instance_count for m in models), sum(m.max_instance_count for m in models),
+             f"{len(models)} endpoints",
+             update_peak=sum(m.max_instance_count * (1 if m.scale_to_zero else 2) for m in models))
+    return need
 
 
 def _serving_needs(config: StageConfig, needs: dict) -> None:
@@ -304,6 +324,39 @@ def check_eks_cluster_headroom(eks, quotas, *, cluster_name: str, region: str) -
     if cluster_name in clusters or limit is None or len(clusters) + 1 <= limit:
         return passed(name, figure)
     return failed(name, figure, f"delete an unused cluster or raise {EKS_CLUSTERS[0]}")
+
+
+def account_stacks(cfn) -> set[str]:
+    """Names of every stack of the region that counts against the quota
+    (DescribeStacks without a name lists all but the deleted ones)."""
+    names: set[str] = set()
+    for page in cfn.get_paginator("describe_stacks").paginate():
+        names |= {stack["StackName"] for stack in page["Stacks"]}
+    return names
+
+
+def check_stack_count(cfn, quotas, *, stack_names: Iterable[str], region: str) -> Result:
+    """The region's stacks plus the stage's new ones fit the stack quota."""
+    stage = set(stack_names)
+    existing = account_stacks(cfn)
+    new = stage - existing
+    limit = quota_value(quotas, "cloudformation", CLOUDFORMATION_STACKS[0])
+    name = f"quota cloudformation {CLOUDFORMATION_STACKS[0]}"
+    after = len(existing) + len(new)
+    figure = (f"{CLOUDFORMATION_STACKS[1]}: the stage has {len(stage)} stacks "
+              f"({len(stage) - len(new)} deployed, {len(new)} new), {len(existing)} in {region} "
+              f"already, {after} after the deploy; quota {'unknown' if limit is None else f'{limit:g}'}")
+    ask = (f"aws service-quotas request-service-quota-increase --region {region} "
+           f"--service-code cloudformation --quota-code {CLOUDFORMATION_STACKS[0]} "
+           f"--desired-value {after + len(stage)}")
+    if limit is None:
+        return warned(name, figure, f"no quota {CLOUDFORMATION_STACKS[0]} in {region}: check the "
+                                    "account's CloudFormation stack limit (DescribeAccountLimits)")
+    if after > limit:
+        return failed(name, figure, f"the deploy would fail: delete unused stacks or {ask}")
+    if limit - after < len(stage):
+        return warned(name, figure, f"no room for another stage of this size: {ask}")
+    return passed(name, figure)
 
 
 def check_lambda_concurrency(lambda_client, *, functions: int, reserved: int) -> Result:

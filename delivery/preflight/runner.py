@@ -85,6 +85,8 @@ def run_checks(config: StageConfig, *, assembly_dir: Path | str, client: ClientF
         cfn, client("ssm"), region=region, account=account_id, stage=stage, requirement=requirement))
     rows += _guarded("zones", lambda: _zone_rows(config, ec2))
     rows += _guarded("quotas", lambda: _quota_rows(config, ec2, client))
+    rows += _guarded("stack count", lambda: quotas.check_stack_count(
+        cfn, client("service-quotas"), stack_names=templates, region=region))
     functions, reserved = lambda_footprint(templates.values())
     rows += _guarded("lambda concurrency", lambda: quotas.check_lambda_concurrency(
         client("lambda"), functions=functions, reserved=reserved))
@@ -126,6 +128,8 @@ def _quota_rows(config: StageConfig, ec2, client: ClientFactory) -> list[Result]
     service_quotas = client("service-quotas")
     # The cluster quota is judged against the clusters the account already has.
     needs = [n for n in quotas.quota_needs(config, vcpus) if n.code != quotas.EKS_CLUSTERS[0]]
+    endpoints = quotas.endpoint_instances_need(config)
+    needs += [endpoints] if endpoints is not None else []
     in_use = quotas.ec2_vcpus_in_use(ec2)
     rows = quotas.check_quotas(service_quotas, needs, region=config.region, in_use=in_use)
     if config.eks.enabled:

@@ -114,6 +114,8 @@ def new_account() -> FreshAccount:
     - EC2 vCPUs: G and VT / P, on-demand and spot, 0 (the GPU quotas of
       accounts created in 2026); Standard 32.
     - SageMaker endpoint usage: 0 for GPU instance types, 2 for ml.m5.large.
+    - CloudFormation: 2,000 stacks (L-0485CB21); SageMaker: 200 instances
+      across active endpoints (L-7A3DF611), as Service Quotas lists them.
     - EKS: 100 clusters, 30 managed node groups per cluster, 450 nodes per
       group (the EKS defaults), no cluster yet.
     - Lambda: concurrency limit 10, all unreserved (new accounts: 10 to 50).
@@ -125,7 +127,8 @@ def new_account() -> FreshAccount:
     return FreshAccount(
         quotas={"L-DB2E81BA": 0, "L-3819A6DF": 0, "L-417A185B": 0, "L-7212CCBC": 0,
                 "L-1216C47A": 32, "L-34B43A08": 32,
-                "L-1194D53C": 100, "L-6D54EA21": 30, "L-BD136A63": 450},
+                "L-1194D53C": 100, "L-6D54EA21": 30, "L-BD136A63": 450,
+                "L-0485CB21": 2000, "L-7A3DF611": 200},
         sagemaker_quotas={"ml.m5.large for endpoint usage": 2, "ml.g5.xlarge for endpoint usage": 0,
                           "ml.g6.xlarge for endpoint usage": 0},
         lambda_limit=10, lambda_unreserved=10,

@@ -23,11 +23,12 @@ READ_ONLY = re.compile(r"^[a-z0-9-]+:(Describe|Get|List|Head)[A-Za-z]*$")
 
 def _ready_account(config) -> FreshAccount:
     """An account with room for everything ``config`` needs at max capacity."""
-    from delivery.preflight.quotas import quota_needs
+    from delivery.preflight.quotas import endpoint_instances_need, quota_needs
 
-    needs = quota_needs(config)
+    needs = quota_needs(config) + [endpoint_instances_need(config)]
     return FreshAccount(
-        quotas={n.code: float(n.update_peak) for n in needs if n.code} | {"L-1194D53C": 100.0},
+        quotas={n.code: float(n.update_peak) for n in needs if n.code} | {"L-1194D53C": 100.0,
+                                                                          "L-0485CB21": 2000.0},
         sagemaker_quotas={n.name: float(n.update_peak) for n in needs if not n.code},
         lambda_limit=1000, lambda_unreserved=1000,
         addon_versions={name: [v] for name, v in config.eks.addons.as_dict().items()},

@@ -5,6 +5,7 @@ through botocore Stubber: moto implements neither)."""
 from __future__ import annotations
 
 import dataclasses
+import datetime
 
 import boto3
 import pytest
@@ -189,3 +190,65 @@ def test_eks_cluster_headroom(existing, limit, status) -> None:
         sq_stub.add_response("get_service_quota", {"Quota": {"Value": float(limit)}})
         row = quotas.check_eks_cluster_headroom(eks, service_quotas, cluster_name="ml-prod", region="us-east-1")
     assert row.status == status and f"{len(existing)} in us-east-1 already; quota {limit}" in row.figure
+
+
+# --- one stack per model: the account-wide counts grow with the models -------------------
+
+def _stacks(names: list[str]) -> dict:
+    created = datetime.datetime(2026, 11, 1, tzinfo=datetime.timezone.utc)
+    return {"Stacks": [{"StackName": n, "CreationTime": created, "StackStatus": "CREATE_COMPLETE"}
+                       for n in names]}
+
+
+@pytest.mark.parametrize("deployed, others, limit, status", [
+    (0, 10, 2000, PASS),        # a first deploy with room to spare
+    (5, 1990, 2000, FAIL),      # the new stacks do not fit
+    (206, 1700, 2000, WARN),    # fits, but not another stage of this size
+    (206, 1500, 2000, PASS),    # a redeploy: only new stacks count
+])
+def test_stack_count_counts_the_stages_new_stacks_against_the_quota(deployed, others, limit, status) -> None:
+    stage = [f"ml-prod-serving-model-{i:03d}" for i in range(200)] + [
+        f"ml-prod-{s}" for s in ("network", "storage", "ops", "idle", "training", "serving")]
+    existing = stage[:deployed] + [f"other-{i}" for i in range(others)]
+    cfn, service_quotas = boto3.client("cloudformation", **KEYS), boto3.client("service-quotas", **KEYS)
+    with Stubber(cfn) as cfn_stub, Stubber(service_quotas) as sq_stub:
+        cfn_stub.add_response("describe_stacks", _stacks(existing), {})
+        sq_stub.add_response("get_service_quota", {"Quota": {"Value": float(limit)}},
+                             {"ServiceCode": "cloudformation", "QuotaCode": "L-0485CB21"})
+        row = quotas.check_stack_count(cfn, service_quotas, stack_names=stage, region="us-east-1")
+    after = len(existing) + len(stage) - deployed
+    assert row.status == status, row
+    assert (f"the stage has 206 stacks ({deployed} deployed, {206 - deployed} new), {len(existing)} in "
+            f"us-east-1 already, {after} after the deploy; quota {limit}") in row.figure
+
+
+def test_stack_count_reads_every_page_of_stacks() -> None:
+    with mock_aws():
+        cfn = boto3.client("cloudformation", **KEYS)
+        for i in range(120):  # DescribeStacks pages at 100
+            cfn.create_stack(StackName=f"other-{i}", TemplateBody='{"Resources": {"T": {"Type": "AWS::SNS::Topic"}}}')
+        service_quotas = boto3.client("service-quotas", **KEYS)
+        with Stubber(service_quotas) as sq_stub:
+            sq_stub.add_response("get_service_quota", {"Quota": {"Value": 2000.0}})
+            row = quotas.check_stack_count(cfn, service_quotas, stack_names=["ml-dev-serving"],
+                                           region="us-east-1")
+    assert "120 in us-east-1 already, 121 after the deploy" in row.figure and row.status == PASS
+
+
+def test_endpoint_instances_grow_with_every_model_of_the_stage() -> None:
+    from tests.serving_scale import with_models
+
+    stage = with_models(default_configs()["prod"], 200)
+    need = quotas.endpoint_instances_need(stage)
+    models = stage.serving.models
+    assert (need.code, need.service) == ("L-7A3DF611", "sagemaker")
+    assert need.deploy == sum(m.initial_instance_count for m in models)
+    assert need.maximum == sum(m.max_instance_count for m in models)
+    assert need.update_peak == 2 * need.maximum  # blue/green: the new fleet next to the old one
+    # A default account (200 instances) cannot hold 200 models at their maximum,
+    # nor their deploy once one model starts with more than one instance.
+    assert need.maximum > 200
+    expected = FAIL if need.deploy > 200 else WARN
+    assert quotas.judge(need, 200.0, region="us-east-1").status == expected
+    assert quotas.endpoint_instances_need(dataclasses.replace(
+        stage, serving=dataclasses.replace(stage.serving, models=()))) is None

@@ -51,6 +51,15 @@ class FakeClock:
         self.now += seconds
 
 
+def model_outputs(config, model) -> list[dict]:
+    outputs = [{"OutputKey": endpoint_output_key(model.name),
+                "OutputValue": f"{config.stack_prefix}-{model.name}"}]
+    if model.scale_to_zero:
+        outputs.append({"OutputKey": component_output_key(model.name),
+                        "OutputValue": f"{config.stack_prefix}-{model.name}"})
+    return outputs
+
+
 def outputs_of(config) -> list[dict]:
     outputs = []
     for model in config.serving.models:
@@ -63,10 +72,13 @@ def outputs_of(config) -> list[dict]:
 
 
 def describe_stacks(stub: Stubber, config, outputs=None, status="UPDATE_COMPLETE") -> None:
-    stub.add_response("describe_stacks", {"Stacks": [{
-        "StackName": f"{config.stack_prefix}-serving", "CreationTime": NOW, "StackStatus": status,
-        "Outputs": outputs_of(config) if outputs is None else outputs}]},
-        {"StackName": f"{config.stack_prefix}-serving"})
+    """One DescribeStacks per model, of the model's own stack ml-<stage>-serving-<model>."""
+    for model in config.serving.models:
+        name = f"{config.stack_prefix}-serving-{model.name}"
+        stub.add_response("describe_stacks", {"Stacks": [{
+            "StackName": name, "CreationTime": NOW, "StackStatus": status,
+            "Outputs": model_outputs(config, model) if outputs is None else outputs}]},
+            {"StackName": name})
 
 
 def expected_invoke(config, model: ModelConfig) -> dict:
@@ -186,13 +198,13 @@ def test_every_model_of_the_stage_is_invoked_each_with_its_own_payload(dev, tmp_
     assert lines[1].startswith("classifier: ml-dev-classifier (inference component ml-dev-classifier) answered")
 
 
-def test_fails_in_one_line_when_the_serving_stack_is_not_deployed(dev) -> None:
+def test_fails_in_one_line_when_a_model_stack_is_not_deployed(dev) -> None:
     cfn = client("cloudformation")
     with Stubber(cfn) as stub:
         stub.add_client_error("describe_stacks", service_error_code="ValidationError",
-                              service_message="Stack with id ml-dev-serving does not exist",
+                              service_message="Stack with id ml-dev-serving-classifier does not exist",
                               http_status_code=400)
-        with pytest.raises(UserError, match=r"^stack ml-dev-serving does not exist in us-east-1: deploy the "
+        with pytest.raises(UserError, match=r"^stack ml-dev-serving-classifier does not exist in us-east-1: deploy the "
                                             r"stage first \(make deploy STAGE=dev\)$"):
             smoke.smoke(dev, cfn, client("sagemaker-runtime"), out=io.StringIO())
 

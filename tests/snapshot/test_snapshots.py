@@ -9,7 +9,7 @@ import re
 import pytest
 from syrupy.extensions.json import JSONSnapshotExtension
 
-from tests.conftest import STACKS, STAGES
+from tests.conftest import ALL_STACKS
 
 _ASSET_HASH = re.compile(r"\b[0-9a-f]{64}\b")
 _ACCOUNT_ID = re.compile(r"(?<![0-9])[0-9]{12}(?![0-9])")
@@ -29,8 +29,7 @@ def snapshot_json(snapshot):
     return snapshot.use_extension(JSONSnapshotExtension)
 
 
-@pytest.mark.parametrize("stack", STACKS)
-@pytest.mark.parametrize("stage", STAGES)
+@pytest.mark.parametrize(("stage", "stack"), ALL_STACKS)
 def test_stack_matches_snapshot(all_templates, snapshot_json, stage, stack) -> None:
     if (stage, stack) not in all_templates:
         pytest.skip(f"{stage} has no {stack} stack")

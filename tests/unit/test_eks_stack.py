@@ -16,7 +16,7 @@ from constructs_lib.gpu_nodegroups import (
 from ml_stacks.app_factory import build_app
 from ml_stacks.config import AddonVersions, default_configs
 from ml_stacks.pins import eks_release_version
-from tests.conftest import STACKS, STAGES, resources_of_type
+from tests.conftest import STAGES, resources_of_type, stacks_of
 
 GPU_TAINT = {"Key": "nvidia.com/gpu", "Value": "true", "Effect": "NO_SCHEDULE"}
 HELM_CHART = "Custom::AWSCDK-EKS-HelmChart"
@@ -458,7 +458,8 @@ def test_vpc_cni_policy_is_held_by_the_cni_pod_identity_not_by_nodes(synthesized
 def test_eks_can_be_disabled_per_stage(tmp_path) -> None:
     stage = build_stage(tmp_path, with_eks("dev", enabled=False))
     assert stage.eks is None
-    assert {s.node.id for s in stage.stacks} == set(STACKS) - {"eks", "replica"}  # dev does not replicate
+    assert {s.node.id for s in stage.stacks} == set(stacks_of(stage.config))
+    assert "eks" not in stacks_of(stage.config)
 
 
 def test_kubeconfig_output_uses_the_callers_own_identity(synthesized) -> None:

@@ -49,7 +49,8 @@ def test_a_stage_added_to_stages_synthesizes_in_its_own_account(with_perf, tmp_p
     stacks = [s for nested in assembly.nested_assemblies for s in nested.nested_assembly.stacks]
     assert sorted(s.stack_name for s in stacks) == sorted(
         f"ml-perf-{name}" for name in ("network", "storage", "ops", "idle", "training",
-                                       "serving", "eks"))
+                                       "serving", "eks",
+                                       *(f"serving-{m.name}" for m in perf[0].serving.models)))
     assert {s.environment.account for s in stacks} == {PERF_ACCOUNT}
     assert {s.environment.region for s in stacks} == {"us-east-1"}
 

@@ -17,7 +17,7 @@ from constructs_lib.interruption_handler import checkpoint_document
 from ml_stacks.app_factory import build_app
 from ml_stacks.config import TrainingConfig, default_configs
 from ml_stacks.pins import training_ami
-from tests.conftest import STACKS, STAGES, resources_of_type
+from tests.conftest import STAGES, resources_of_type, stacks_of
 
 
 def only(template: dict, resource_type: str, prefix: str = "") -> dict:
@@ -554,7 +554,8 @@ def test_disabled_training_creates_no_training_stack(tmp_path) -> None:
     app = build_app([replace(dev, training=replace(dev.training, enabled=False))], outdir=str(tmp_path))
     stage = app.node.find_child("dev")
     assert stage.training is None
-    assert {s.node.id for s in stage.stacks} == set(STACKS) - {"training", "replica"}  # dev does not replicate
+    assert {s.node.id for s in stage.stacks} == set(stacks_of(stage.config))
+    assert "training" not in stacks_of(stage.config)
 
 
 def test_fleet_is_enrolled_in_idle_shutdown_and_publishes_gpu_metrics(dev) -> None:
