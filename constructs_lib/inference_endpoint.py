@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 import aws_cdk as cdk
@@ -37,8 +38,10 @@ from constructs import Construct
 from constructs_lib.acknowledge import acknowledge
 from constructs_lib.acknowledge_resolved import acknowledge_resources
 from constructs_lib.object_read import grant_read_object
+from constructs_lib.off_hours import OffHoursSchedule, add_scalable_target_off_hours_schedule
 
 VARIANT_NAME = "AllTraffic"
+SHADOW_VARIANT_NAME = "Shadow"
 SAGEMAKER_NAMESPACE = "AWS/SageMaker"
 ENDPOINT_INSTANCE_NAMESPACE = "/aws/sagemaker/Endpoints"
 COMPONENT_INSTANCE_NAMESPACE = "/aws/sagemaker/InferenceComponents"
@@ -102,6 +105,49 @@ class InferenceImage:
                               f"repository/{match['repository']}")
 
 
+_S3_URL_RE = re.compile(r"^s3://(?P<bucket>[^/]+)/(?P<key>.+)$")
+
+
+class InferenceModelPackage:
+    """A SageMaker Model Registry package version the endpoint serves, and
+    what each of its containers pulls and loads (the role may use those alone).
+
+    ``containers`` is ``(image URI, model data URL or None)`` per container of
+    the package's inference specification, as ``make refresh-models`` pinned them.
+    """
+
+    def __init__(self, package_arn: str, containers: Sequence[tuple[str, str | None]]) -> None:
+        if not containers:
+            raise ValueError(f"model package {package_arn}: no containers to serve")
+        self.package_arn = package_arn
+        self.images = [InferenceImage.from_uri(image) for image, _ in containers]
+        self.model_data_urls: list[str] = []
+        for _, url in containers:
+            if url is None:
+                continue
+            if not _S3_URL_RE.match(url):
+                raise ValueError(f"model package {package_arn}: {url!r} is not s3://<bucket>/<key>")
+            self.model_data_urls.append(url)
+
+
+@dataclass(frozen=True)
+class ShadowVariant:
+    """A candidate served as the endpoint's shadow variant: ``sampling_percent``
+    of production's requests are copied to it and its answers discarded.
+
+    ``model_data_key`` in ``model_data_bucket`` is its artifact, ``image`` its
+    container, on ``instance_count`` × ``instance_type`` (a fixed fleet: a
+    shadow is a test, not capacity).
+    """
+
+    image: InferenceImage
+    model_data_bucket: s3.IBucket
+    model_data_key: str
+    sampling_percent: int
+    instance_type: str
+    instance_count: int = 1
+
+
 class InferenceEndpoint(Construct):
     """A SageMaker real-time endpoint named ``endpoint_name`` serving one model.
 
@@ -127,6 +173,16 @@ class InferenceEndpoint(Construct):
     to zero when idle, and the first request that finds no copy
     (``NoCapacityInvocationFailures``) scales one back out. That request and
     all others until an instance is up (minutes) fail and must be retried.
+    ``off_hours`` closes the component at night (copies to 0, no scale-out
+    even on a request) and reopens it in the morning.
+
+    The model is either ``image`` with ``model_data_key`` in
+    ``model_data_bucket`` or ``model_package`` (a pinned Model Registry
+    version, not with ``scale_to_zero``). ``shadow`` adds a shadow variant
+    with its own model and latency/5XX alarms, which notify ``alarm_topic``
+    but never roll a deployment back. ``target_concurrent_requests`` adds
+    target tracking on the high-resolution (10 s) concurrent requests per
+    model (per copy with ``scale_to_zero``).
     """
 
     def __init__(
@@ -135,9 +191,6 @@ class InferenceEndpoint(Construct):
         construct_id: str,
         *,
         endpoint_name: str,
-        image: InferenceImage,
-        model_data_bucket: s3.IBucket,
-        model_data_key: str,
         capture_bucket: s3.IBucket,
         key: kms.IKey,
         vpc: ec2.IVpc,
@@ -168,14 +221,24 @@ class InferenceEndpoint(Construct):
         component_memory_mb: int = 1024,
         component_accelerators: int = 0,
         log_retention: logs.RetentionDays = logs.RetentionDays.ONE_MONTH,
+        image: InferenceImage | None = None,
+        model_data_bucket: s3.IBucket | None = None,
+        model_data_key: str | None = None,
+        model_package: InferenceModelPackage | None = None,
+        shadow: ShadowVariant | None = None,
+        target_concurrent_requests: float | None = None,
+        off_hours: OffHoursSchedule | None = None,
     ) -> None:
         """Defaults: private subnets, capture prefix ``<endpoint_name>/``,
         cooldowns 300 s in / 60 s out, p99 alarm at 1 s, canary 10% with 300 s
-        waits, one month of logs."""
+        waits, one month of logs; no shadow, no high-resolution scaling, no
+        off hours."""
         super().__init__(scope, construct_id)
         if deployment not in TRAFFIC_ROUTING:
             raise ValueError(f"deployment: {deployment!r} is not allowed — one of "
                              + ", ".join(TRAFFIC_ROUTING))
+        _check_model_source(image, model_data_bucket, model_data_key, model_package,
+                            scale_to_zero=scale_to_zero, shadow=shadow)
         stack = cdk.Stack.of(self)
         self.endpoint_name = endpoint_name
         self.scale_to_zero = scale_to_zero
@@ -188,8 +251,15 @@ class InferenceEndpoint(Construct):
         deployment_wait = deployment_wait if deployment_wait is not None else cdk.Duration.seconds(300)
         deployment_termination_wait = (deployment_termination_wait if deployment_termination_wait
                                        is not None else cdk.Duration.seconds(300))
-        volume_key = None if has_instance_storage(instance_type) else key
-        model_data_url = f"s3://{model_data_bucket.bucket_name}/{model_data_key}"
+        self.model_package = model_package
+        self.shadow = shadow
+        # One KmsKeyId covers every variant's volume: none as soon as one
+        # variant's instance type keeps its volume on local NVMe.
+        local_storage = has_instance_storage(instance_type) or (
+            shadow is not None and has_instance_storage(shadow.instance_type))
+        volume_key = None if local_storage else key
+        model_data_url = (None if model_package is not None
+                          else f"s3://{model_data_bucket.bucket_name}/{model_data_key}")
         environment = dict(environment or {})
 
         log_groups = self._build_log_groups(log_retention)
@@ -198,6 +268,7 @@ class InferenceEndpoint(Construct):
             image=image, model_data_bucket=model_data_bucket, model_data_key=model_data_key,
             capture_bucket=capture_bucket, capture_prefix=capture_prefix, key=key,
             volume_key=volume_key, log_groups=log_groups)
+        self._grant_release_sources()
         self._build_service_policy(stack, vpc, subnet_ids)
         capture = self._data_capture_config(
             capture_bucket=capture_bucket, capture_prefix=capture_prefix, key=key,
@@ -212,6 +283,10 @@ class InferenceEndpoint(Construct):
         rollback_alarms = self._build_alarms(
             alarm_topic=alarm_topic, alarm_5xx_errors=alarm_5xx_errors,
             alarm_4xx_rate_percent=alarm_4xx_rate_percent, alarm_latency_p99=alarm_latency_p99)
+        self.shadow_alarms: list[cloudwatch.Alarm] = []
+        if shadow is not None:
+            self._build_shadow_alarms(alarm_topic=alarm_topic, alarm_5xx_errors=alarm_5xx_errors,
+                                      alarm_latency_p99=alarm_latency_p99)
         deployment_config = None if scale_to_zero else self._blue_green_deployment_config(
             deployment=deployment, step_percent=deployment_step_percent,
             wait=deployment_wait, termination_wait=deployment_termination_wait,
@@ -229,13 +304,21 @@ class InferenceEndpoint(Construct):
                 autoscaling_role=autoscaling_role, max_instance_count=max_instance_count,
                 target_invocations_per_instance=target_invocations_per_instance,
                 scale_in_cooldown=scale_in_cooldown, scale_out_cooldown=scale_out_cooldown)
+            self.off_hours_actions = add_scalable_target_off_hours_schedule(
+                self.scalable_target, off_hours, restore_max_capacity=max_instance_count)
         else:
+            if off_hours is not None:
+                raise ValueError("off_hours: only an inference component (scale_to_zero) closes "
+                                 "for the night; a variant keeps at least one instance")
             self._build_variant_autoscaling(
                 autoscaling_role=autoscaling_role, min_instance_count=min_instance_count,
                 max_instance_count=max_instance_count,
                 target_invocations_per_instance=target_invocations_per_instance,
                 gpu_utilization_target_percent=gpu_utilization_target_percent,
                 scale_in_cooldown=scale_in_cooldown, scale_out_cooldown=scale_out_cooldown)
+        if target_concurrent_requests is not None:
+            self._track_concurrent_requests(target_concurrent_requests, scale_in_cooldown=scale_in_cooldown,
+                                            scale_out_cooldown=scale_out_cooldown)
 
     # --- construction steps, in the order the constructor calls them ------
 
@@ -269,8 +352,8 @@ class InferenceEndpoint(Construct):
             "HTTPS to S3 (gateway endpoint), ECR and CloudWatch via endpoints or NAT")
         return vpc.select_subnets(subnet_type=subnet_type).subnet_ids
 
-    def _build_role(self, *, image: InferenceImage, model_data_bucket: s3.IBucket,
-                    model_data_key: str, capture_bucket: s3.IBucket, capture_prefix: str,
+    def _build_role(self, *, image: InferenceImage | None, model_data_bucket: s3.IBucket | None,
+                    model_data_key: str | None, capture_bucket: s3.IBucket, capture_prefix: str,
                     key: kms.IKey, volume_key: kms.IKey | None,
                     log_groups: Sequence[logs.LogGroup]) -> None:
         """Execution role: every statement names its resource."""
@@ -280,9 +363,11 @@ class InferenceEndpoint(Construct):
             description=f"SageMaker execution role of endpoint {self.endpoint_name}",
         )
         # One object, wherever it lives (no KMS grant for the bootstrap
-        # bucket: constructs_lib/object_read.py says why).
-        grant_read_object(self.role, bucket=model_data_bucket, key=model_data_key,
-                          sid="ReadItsModelArtifact")
+        # bucket: constructs_lib/object_read.py says why). A model package's
+        # artifacts: _grant_release_sources.
+        if model_data_bucket is not None:
+            grant_read_object(self.role, bucket=model_data_bucket, key=model_data_key,
+                              sid="ReadItsModelArtifact")
         # Data capture writes objects whose keys SageMaker chooses, under the
         # model's own prefix: a policy of its own carries that one wildcard.
         self.capture_policy = iam.Policy(
@@ -299,11 +384,14 @@ class InferenceEndpoint(Construct):
                     [capture_bucket.arn_for_objects(f"{capture_prefix}*")],
                     "The only statement here lets SageMaker write data-capture objects, whose keys "
                     "it chooses, under this model's own prefix of the capture bucket.")
+        images = [image] if image is not None else []
+        images += self.model_package.images if self.model_package is not None else []
+        images += [self.shadow.image] if self.shadow is not None else []
         self.role.add_to_policy(iam.PolicyStatement(
             sid="PullItsImage",
             actions=["ecr:BatchCheckLayerAvailability", "ecr:GetDownloadUrlForLayer",
                      "ecr:BatchGetImage"],
-            resources=[image.repository_arn],
+            resources=list(dict.fromkeys(i.repository_arn for i in images)),
         ))
         # Decrypt: the model artifact (SSE-KMS); GenerateDataKey/Encrypt: the
         # captures SageMaker writes with KmsKeyId.
@@ -328,6 +416,19 @@ class InferenceEndpoint(Construct):
                      "logs:DescribeLogStreams"],
             resources=[group.log_group_arn for group in log_groups],
         ))
+
+    def _grant_release_sources(self) -> None:
+        """Read the pinned package's artifacts and the shadow candidate's, one object each."""
+        if self.model_package is not None and self.model_package.model_data_urls:
+            self.role.add_to_policy(iam.PolicyStatement(
+                sid="ReadItsModelPackageArtifacts",
+                actions=["s3:GetObject"],
+                resources=[f"arn:{cdk.Aws.PARTITION}:s3:::{match['bucket']}/{match['key']}"
+                           for match in map(_S3_URL_RE.match, self.model_package.model_data_urls)],
+            ))
+        if self.shadow is not None:
+            grant_read_object(self.role, bucket=self.shadow.model_data_bucket,
+                              key=self.shadow.model_data_key, sid="ReadItsShadowArtifact")
 
     def _build_service_policy(self, stack: cdk.Stack, vpc: ec2.IVpc,
                               subnet_ids: Sequence[str]) -> None:
@@ -403,7 +504,8 @@ class InferenceEndpoint(Construct):
         )
 
     def _build_model_and_endpoint_config(
-            self, *, image: InferenceImage, model_data_url: str, environment: dict[str, str],
+            self, *, image: InferenceImage | None, model_data_url: str | None,
+            environment: dict[str, str],
             subnet_ids: Sequence[str], volume_key: kms.IKey | None,
             capture: sagemaker.CfnEndpointConfig.DataCaptureConfigProperty,
             initial_instance_count: int, max_instance_count: int) -> None:
@@ -433,18 +535,35 @@ class InferenceEndpoint(Construct):
                 production_variants=[variant],
             )
         else:
-            self.model = sagemaker.CfnModel(
-                self, "Model",
-                execution_role_arn=self.role.role_arn,
-                enable_network_isolation=True,
-                vpc_config=vpc_config,
-                primary_container=sagemaker.CfnModel.ContainerDefinitionProperty(
-                    image=image.image_uri,
-                    model_data_url=model_data_url,
-                    environment=environment or None,
-                ),
-            )
-            self.model.node.add_dependency(self.role, self.service_policy, self.capture_policy)
+            if self.model_package is not None:
+                # The package names its image and artifact; SageMaker copies them into the model.
+                container = sagemaker.CfnModel.ContainerDefinitionProperty(
+                    model_package_name=self.model_package.package_arn,
+                    environment=environment or None)
+            else:
+                container = sagemaker.CfnModel.ContainerDefinitionProperty(
+                    image=image.image_uri, model_data_url=model_data_url,
+                    environment=environment or None)
+            self.model = self._variant_model("Model", container, vpc_config)
+            self.shadow_model = None
+            shadow_variants = None
+            if self.shadow is not None:
+                self.shadow_model = self._variant_model(
+                    "ShadowModel", sagemaker.CfnModel.ContainerDefinitionProperty(
+                        image=self.shadow.image.image_uri,
+                        model_data_url=(f"s3://{self.shadow.model_data_bucket.bucket_name}/"
+                                        f"{self.shadow.model_data_key}"),
+                        environment=environment or None),
+                    vpc_config)
+                shadow_variants = [sagemaker.CfnEndpointConfig.ProductionVariantProperty(
+                    variant_name=SHADOW_VARIANT_NAME,
+                    model_name=self.shadow_model.attr_model_name,
+                    instance_type=self.shadow.instance_type,
+                    initial_instance_count=self.shadow.instance_count,
+                    # Against production's weight of 1: the share of its
+                    # requests SageMaker copies to the shadow.
+                    initial_variant_weight=self.shadow.sampling_percent / 100,
+                )]
             self.endpoint_config = sagemaker.CfnEndpointConfig(
                 self, "Config",
                 kms_key_id=volume_key.key_arn if volume_key else None,
@@ -456,12 +575,28 @@ class InferenceEndpoint(Construct):
                     initial_instance_count=initial_instance_count,
                     initial_variant_weight=1,
                 )],
+                shadow_production_variants=shadow_variants,
             )
         if volume_key is None:
             cdk.Annotations.of(self).add_info(
-                f"{self.instance_type} keeps its volume on local NVMe instance storage, encrypted by "
-                "the instance's hardware; SageMaker rejects a KmsKeyId for it, so the endpoint "
-                "configuration has none. Data capture is still encrypted with the stage key.")
+                f"{self.instance_type} (or the shadow's instance type) keeps its volume on local "
+                "NVMe instance storage, encrypted by the instance's hardware; SageMaker rejects a "
+                "KmsKeyId for it, so the endpoint configuration has none. Data capture is still "
+                "encrypted with the stage key.")
+
+    def _variant_model(self, construct_id: str,
+                       container: sagemaker.CfnModel.ContainerDefinitionProperty,
+                       vpc_config: sagemaker.CfnModel.VpcConfigProperty) -> sagemaker.CfnModel:
+        """A model of a variant: in the VPC, network isolation on, created once the role may act."""
+        model = sagemaker.CfnModel(
+            self, construct_id,
+            execution_role_arn=self.role.role_arn,
+            enable_network_isolation=True,
+            vpc_config=vpc_config,
+            primary_container=container,
+        )
+        model.node.add_dependency(self.role, self.service_policy, self.capture_policy)
+        return model
 
     def _build_alarms(self, *, alarm_topic: sns.ITopic | None, alarm_5xx_errors: int,
                       alarm_4xx_rate_percent: float, alarm_latency_p99: cdk.Duration,
@@ -512,6 +647,41 @@ class InferenceEndpoint(Construct):
                 alarm.add_alarm_action(cloudwatch_actions.SnsAction(alarm_topic))
                 alarm.add_ok_action(cloudwatch_actions.SnsAction(alarm_topic))
         return [{"AlarmName": alarm.alarm_name} for alarm in self.alarms]
+
+    def _build_shadow_alarms(self, *, alarm_topic: sns.ITopic | None, alarm_5xx_errors: int,
+                             alarm_latency_p99: cdk.Duration) -> None:
+        """The candidate's latency and server errors at production's thresholds.
+        They notify, and never roll back: the shadow answers nobody."""
+        name = self.endpoint_name
+        latency_ms = int(alarm_latency_p99.to_milliseconds())
+        self.shadow_alarm_5xx = cloudwatch.Alarm(
+            self, "ShadowInvocation5xxAlarm",
+            alarm_name=f"{name}-shadow-invocation-5xx-errors",
+            alarm_description=(f"{name} shadow candidate: {alarm_5xx_errors}+ server errors in "
+                               "5 minutes (callers are not affected; do not promote it)"),
+            metric=self.metric_shadow("Invocation5XXErrors", period=cdk.Duration.minutes(5)),
+            threshold=alarm_5xx_errors,
+            comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+            evaluation_periods=1,
+            treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
+        )
+        self.shadow_alarm_latency = cloudwatch.Alarm(
+            self, "ShadowModelLatencyP99Alarm",
+            alarm_name=f"{name}-shadow-model-latency-p99",
+            alarm_description=(f"{name} shadow candidate: ModelLatency p99 above {latency_ms} ms "
+                               "in 3 of 5 minutes (callers are not affected; do not promote it)"),
+            metric=self.metric_shadow("ModelLatency", statistic="p99"),
+            threshold=latency_ms * 1000,
+            comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
+            evaluation_periods=5,
+            datapoints_to_alarm=3,
+            treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
+        )
+        self.shadow_alarms = [self.shadow_alarm_5xx, self.shadow_alarm_latency]
+        if alarm_topic is not None:
+            for alarm in self.shadow_alarms:
+                alarm.add_alarm_action(cloudwatch_actions.SnsAction(alarm_topic))
+                alarm.add_ok_action(cloudwatch_actions.SnsAction(alarm_topic))
 
     @staticmethod
     def _blue_green_deployment_config(*, deployment: str, step_percent: int, wait: cdk.Duration,
@@ -683,6 +853,23 @@ class InferenceEndpoint(Construct):
                 scale_out_cooldown=scale_out_cooldown,
             )
 
+    def _track_concurrent_requests(self, target: float, *, scale_in_cooldown: cdk.Duration,
+                                   scale_out_cooldown: cdk.Duration) -> None:
+        """Target tracking on concurrent requests per model (per copy for a
+        component), which SageMaker publishes every 10 seconds: a burst scales
+        out within a minute instead of after several one-minute datapoints."""
+        metric = (appscaling.PredefinedMetric
+                  .SAGEMAKER_INFERENCE_COMPONENT_CONCURRENT_REQUESTS_PER_COPY_HIGH_RESOLUTION
+                  if self.scale_to_zero else
+                  appscaling.PredefinedMetric.SAGEMAKER_VARIANT_CONCURRENT_REQUESTS_PER_MODEL_HIGH_RESOLUTION)
+        self.scalable_target.scale_to_track_metric(
+            "ConcurrentRequests",
+            target_value=target,
+            predefined_metric=metric,
+            scale_in_cooldown=scale_in_cooldown,
+            scale_out_cooldown=scale_out_cooldown,
+        )
+
     # --- metrics ---------------------------------------------------------
 
     def metric(self, metric_name: str, *, statistic: str = "Sum",
@@ -691,6 +878,16 @@ class InferenceEndpoint(Construct):
         """A metric of this endpoint (its inference component with scale-to-zero)."""
         return cloudwatch.Metric(
             namespace=namespace, metric_name=metric_name, dimensions_map=self._dimensions,
+            statistic=statistic, period=period or cdk.Duration.minutes(1))
+
+    def metric_shadow(self, metric_name: str, *, statistic: str = "Sum",
+                      period: cdk.Duration | None = None) -> cloudwatch.Metric:
+        """A metric of the shadow variant (``AWS/SageMaker``, its own VariantName)."""
+        if self.shadow is None:
+            raise ValueError(f"{self.endpoint_name} has no shadow variant")
+        return cloudwatch.Metric(
+            namespace=SAGEMAKER_NAMESPACE, metric_name=metric_name,
+            dimensions_map={"EndpointName": self.endpoint_name, "VariantName": SHADOW_VARIANT_NAME},
             statistic=statistic, period=period or cdk.Duration.minutes(1))
 
     def metric_invocations(self, *, period: cdk.Duration | None = None) -> cloudwatch.Metric:
@@ -737,3 +934,22 @@ class InferenceEndpoint(Construct):
         """Allow ``grantee`` to call InvokeEndpoint on this endpoint only."""
         return iam.Grant.add_to_principal(
             grantee=grantee, actions=["sagemaker:InvokeEndpoint"], resource_arns=[self.endpoint_arn])
+
+
+def _check_model_source(image: InferenceImage | None, bucket: s3.IBucket | None, key: str | None,
+                        package: InferenceModelPackage | None, *, scale_to_zero: bool,
+                        shadow: ShadowVariant | None) -> None:
+    """Exactly one model: an image with its artifact, or a model package."""
+    artifact = (image is not None, bucket is not None, key is not None)
+    if package is None and not all(artifact):
+        raise ValueError("model: give image, model_data_bucket and model_data_key, or model_package")
+    if package is not None and any(artifact):
+        raise ValueError("model: model_package names its image and artifact; give no image, "
+                         "model_data_bucket or model_data_key with it")
+    if package is not None and scale_to_zero:
+        raise ValueError("model_package: an inference component (scale_to_zero) takes an image and "
+                         "an artifact, not a model package")
+    if shadow is not None and scale_to_zero:
+        raise ValueError("shadow: an inference component endpoint's variant carries no model to shadow")
+    if shadow is not None and not 1 <= shadow.sampling_percent <= 100:
+        raise ValueError(f"shadow.sampling_percent: {shadow.sampling_percent!r} is not from 1 to 100")

@@ -27,6 +27,7 @@ from constructs_lib.inference_endpoint import InferenceEndpoint, InferenceImage
 from ml_stacks import example_models
 from ml_stacks.base_stack import StageStack, log_retention
 from ml_stacks.config import ModelConfig, StageConfig
+from ml_stacks.serving_release import release_props, shadow_widgets
 
 
 class ServingStack(StageStack):
@@ -93,6 +94,8 @@ class ServingStack(StageStack):
                 component_memory_mb=model.component_memory_mb,
                 component_accelerators=model.component_accelerators,
                 log_retention=retention,
+                **release_props(config, model, model_artifacts_bucket=model_artifacts_bucket,
+                                image_repository=image_repository),
             )
             self.endpoints[model.name] = endpoint
             cdk.CfnOutput(self, endpoint_output_key(model.name),
@@ -116,9 +119,14 @@ class ServingStack(StageStack):
         ))
         for endpoint in self.endpoints.values():
             self.dashboard.add_widgets(*_endpoint_widgets(endpoint))
+            if endpoint.shadow is not None:
+                self.dashboard.add_widgets(*shadow_widgets(endpoint))
 
-    def _model_data(self, model: ModelConfig, bucket: s3.IBucket) -> tuple[s3.IBucket, str]:
-        """(bucket, key) of the model's ``model.tar.gz``."""
+    def _model_data(self, model: ModelConfig, bucket: s3.IBucket
+                    ) -> tuple[s3.IBucket | None, str | None]:
+        """(bucket, key) of the model's ``model.tar.gz``; (None, None) for a registry model."""
+        if model.model_package_group is not None:
+            return None, None
         if model.example_model is None:
             return bucket, model.model_data_key
         # A single-file asset is uploaded as-is (only directories are zipped).
@@ -138,7 +146,9 @@ def endpoint_name(config: StageConfig, model: ModelConfig) -> str:
     return f"{config.stack_prefix}-{model.name}"
 
 
-def _image(model: ModelConfig, repository: ecr.IRepository) -> InferenceImage:
+def _image(model: ModelConfig, repository: ecr.IRepository) -> InferenceImage | None:
+    if model.model_package_group is not None:
+        return None  # the pinned model package names its image
     if model.image_tag is not None:
         return InferenceImage.from_repository(repository, model.image_tag)
     return InferenceImage.from_uri(model.image_uri)

@@ -1,0 +1,82 @@
+"""How a model is released: registry pins, shadow candidates, high-resolution
+scaling and off hours, from a ``ModelConfig`` to ``InferenceEndpoint`` props.
+
+The serving stack passes ``release_props(...)`` to each endpoint and adds
+``shadow_widgets(endpoint)`` to its dashboard; everything else about serving
+stays in the stack.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_cdk import aws_cloudwatch as cloudwatch
+from aws_cdk import aws_ecr as ecr
+from aws_cdk import aws_s3 as s3
+
+from constructs_lib.inference_endpoint import (
+    InferenceEndpoint,
+    InferenceImage,
+    InferenceModelPackage,
+    ShadowVariant,
+)
+from constructs_lib.off_hours import OffHoursSchedule
+from ml_stacks import model_pins
+from ml_stacks.config import ModelConfig, StageConfig
+
+
+def release_props(config: StageConfig, model: ModelConfig, *, model_artifacts_bucket: s3.IBucket,
+                  image_repository: ecr.IRepository) -> dict[str, Any]:
+    """The ``InferenceEndpoint`` keyword arguments of ``model``'s release features."""
+    props: dict[str, Any] = {"target_concurrent_requests": model.target_concurrent_requests}
+    if model.model_package_group is not None:
+        pin = model_pins.model_pin(config.name, model.name, model.model_package_group,
+                                   region=config.region, account=config.account)
+        props["model_package"] = InferenceModelPackage(
+            pin.model_package_arn, [(c.image, c.model_data_url) for c in pin.containers])
+    shadow = model.shadow
+    if shadow is not None:
+        props["shadow"] = ShadowVariant(
+            image=_shadow_image(model, image_repository),
+            model_data_bucket=model_artifacts_bucket,
+            model_data_key=shadow.model_data_key,
+            sampling_percent=shadow.sampling_percent,
+            instance_type=shadow.instance_type or model.instance_type,
+            instance_count=shadow.instance_count,
+        )
+    idle = config.idle_shutdown
+    if model.scale_to_zero and idle.off_hours:
+        props["off_hours"] = OffHoursSchedule(scale_in_cron=idle.off_hours_scale_in_cron,
+                                              scale_out_cron=idle.off_hours_scale_out_cron,
+                                              time_zone=idle.off_hours_time_zone)
+    return props
+
+
+def _shadow_image(model: ModelConfig, repository: ecr.IRepository) -> InferenceImage:
+    """The candidate's own image if it names one, otherwise production's."""
+    tag = model.shadow.image_tag if model.shadow.image_uri is None else None
+    uri = model.shadow.image_uri
+    if tag is None and uri is None:
+        tag, uri = model.image_tag, model.image_uri
+    if tag is not None:
+        return InferenceImage.from_repository(repository, tag)
+    return InferenceImage.from_uri(uri)
+
+
+def shadow_widgets(endpoint: InferenceEndpoint) -> list[cloudwatch.IWidget]:
+    """Production and shadow side by side (latency, errors, invocations); none without a shadow."""
+    if endpoint.shadow is None:
+        return []
+    name = endpoint.endpoint_name
+    pairs = [
+        ("model latency p99 (µs)", endpoint.metric_model_latency(statistic="p99"),
+         endpoint.metric_shadow("ModelLatency", statistic="p99")),
+        ("5XX errors", endpoint.metric_invocation_5xx_errors(),
+         endpoint.metric_shadow("Invocation5XXErrors")),
+        ("invocations (shadow: the sampled copies)", endpoint.metric_invocations(),
+         endpoint.metric_shadow("Invocations")),
+    ]
+    return [cloudwatch.GraphWidget(title=f"{name}: {title}, production vs shadow", width=8,
+                                   left=[production.with_(label="production"),
+                                         shadow.with_(label="shadow")])
+            for title, production, shadow in pairs]

@@ -1,0 +1,165 @@
+"""A stage serving a registry model with a shadow candidate, synthesized
+through build_app with every gate (cdk-nag included): the pinned package is
+the model, the approval rule notifies the alerts topic, the dashboard shows
+the shadow beside production, the dev component follows the off hours."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+
+from ml_stacks import model_pins
+from ml_stacks.config import ConfigError, ModelConfig, ShadowConfig, default_configs
+from tests.conftest import synthesize
+
+PIN = {
+    "model_package_group": "ranker-models",
+    "model_package_arn": "arn:aws:sagemaker:us-east-1:111122223333:model-package/ranker-models/12",
+    "version": 12,
+    "containers": [{"image": "111122223333.dkr.ecr.us-east-1.amazonaws.com/ranker:12",
+                    "model_data_url": "s3://registry-111122223333/ranker/12/model.tar.gz"}],
+    "resolved_at": "2026-11-29",
+}
+RANKER = ModelConfig(
+    name="ranker", model_package_group="ranker-models", instance_type="ml.c5.xlarge",
+    target_concurrent_requests=6,
+    shadow=ShadowConfig(sampling_percent=30, model_data_key="ranker/candidate/model.tar.gz",
+                        image_uri="111122223333.dkr.ecr.us-east-1.amazonaws.com/ranker:13-rc1",
+                        instance_type="ml.c5.large"))
+
+
+def dev_with(*models: ModelConfig):
+    dev = default_configs()["dev"]
+    return replace(dev, serving=replace(dev.serving, models=models))
+
+
+def write_pins(path, pins) -> None:
+    path.write_text(json.dumps(pins))
+
+
+@pytest.fixture(scope="module")
+def stage(tmp_path_factory):
+    pins = tmp_path_factory.mktemp("pins") / "model_pins.json"
+    write_pins(pins, {"dev": {"ranker": PIN}})
+    classifier = default_configs()["dev"].serving.models[0]
+    config = dev_with(classifier, RANKER)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(model_pins, "PIN_FILE", pins)
+        synthesized = synthesize({"dev": config}, tmp_path_factory.mktemp("out"))
+    return config, synthesized
+
+
+def of_type(template: dict, kind: str) -> dict[str, dict]:
+    return {lid: r for lid, r in template["Resources"].items() if r["Type"] == kind}
+
+
+def test_the_pinned_package_version_is_the_model_and_the_candidate_is_its_shadow(stage) -> None:
+    _, synthesized = stage
+    template = synthesized.stack("dev", "serving").template_json
+    models = {lid: r["Properties"] for lid, r in of_type(template, "AWS::SageMaker::Model").items()
+              if lid.startswith("ranker")}
+    production = next(p for lid, p in models.items() if not lid.startswith("rankerShadow"))
+    assert production["PrimaryContainer"] == {"ModelPackageName": PIN["model_package_arn"]}
+    shadow = next(p for lid, p in models.items() if lid.startswith("rankerShadow"))
+    assert shadow["PrimaryContainer"]["Image"] == RANKER.shadow.image_uri
+    [config] = [r["Properties"] for lid, r in of_type(template, "AWS::SageMaker::EndpointConfig").items()
+                if lid.startswith("ranker")]
+    [variant] = config["ShadowProductionVariants"]
+    assert (variant["InstanceType"], variant["InitialVariantWeight"]) == ("ml.c5.large", 0.3)
+
+
+def test_the_role_pulls_and_reads_what_the_pin_and_the_candidate_name(stage) -> None:
+    _, synthesized = stage
+    template = synthesized.stack("dev", "serving").template_json
+    [policy] = [r for lid, r in of_type(template, "AWS::IAM::Policy").items()
+                if lid.startswith("rankerRoleDefaultPolicy")]
+    statements = {s["Sid"]: s for s in policy["Properties"]["PolicyDocument"]["Statement"]}
+    assert statements["PullItsImage"]["Resource"] == "arn:aws:ecr:us-east-1:111122223333:repository/ranker"
+    assert json.dumps(statements["ReadItsModelPackageArtifacts"]["Resource"]).endswith(
+        ':s3:::registry-111122223333/ranker/12/model.tar.gz"]]}')
+    assert json.dumps(statements["ReadItsShadowArtifact"]["Resource"]).endswith(
+        '/ranker/candidate/model.tar.gz"]]}')
+
+
+def test_high_resolution_scaling_tracks_concurrent_requests_per_model(stage) -> None:
+    _, synthesized = stage
+    template = synthesized.stack("dev", "serving").template_json
+    tracked = {r["Properties"]["TargetTrackingScalingPolicyConfiguration"]["PredefinedMetricSpecification"]
+               ["PredefinedMetricType"]: r["Properties"]["TargetTrackingScalingPolicyConfiguration"]["TargetValue"]
+               for lid, r in of_type(template, "AWS::ApplicationAutoScaling::ScalingPolicy").items()
+               if lid.startswith("ranker") and "TargetTrackingScalingPolicyConfiguration" in r["Properties"]}
+    assert tracked == {"SageMakerVariantInvocationsPerInstance": RANKER.target_invocations_per_instance,
+                       "SageMakerVariantConcurrentRequestsPerModelHighResolution": 6}
+
+
+def test_the_dashboard_shows_the_shadow_beside_production(stage) -> None:
+    _, synthesized = stage
+    template = synthesized.stack("dev", "serving").template_json
+    [dashboard] = of_type(template, "AWS::CloudWatch::Dashboard").values()
+    body = json.dumps(dashboard["Properties"]["DashboardBody"])
+    assert body.count("production vs shadow") == 3
+    assert body.count('\\"VariantName\\",\\"Shadow\\"') == 3
+
+
+def test_the_dev_component_follows_the_stage_off_hours(stage) -> None:
+    config, synthesized = stage
+    template = synthesized.stack("dev", "serving").template_json
+    [target] = [r["Properties"] for lid, r in of_type(template, "AWS::ApplicationAutoScaling::ScalableTarget").items()
+                if lid.startswith("classifier")]
+    actions = {a["ScheduledActionName"]: a for a in target["ScheduledActions"]}
+    idle = config.idle_shutdown
+    minute, hour, _, _, days = idle.off_hours_scale_in_cron.split()
+    assert actions["OffHoursScaleIn"]["Schedule"] == f"cron({minute} {hour} ? * {days} *)"
+    assert actions["OffHoursScaleIn"]["ScalableTargetAction"] == {"MinCapacity": 0, "MaxCapacity": 0}
+    assert actions["OffHoursScaleIn"]["Timezone"] == idle.off_hours_time_zone
+    minute, hour, _, _, days = idle.off_hours_scale_out_cron.split()
+    assert actions["OffHoursScaleOut"]["Schedule"] == f"cron({minute} {hour} ? * {days} *)"
+    classifier = config.serving.models[0]
+    assert actions["OffHoursScaleOut"]["ScalableTargetAction"] == {
+        "MinCapacity": 0, "MaxCapacity": classifier.max_instance_count}
+    [ranker_target] = [r["Properties"] for lid, r in
+                       of_type(template, "AWS::ApplicationAutoScaling::ScalableTarget").items()
+                       if lid.startswith("ranker")]
+    assert "ScheduledActions" not in ranker_target
+
+
+def test_an_approval_in_the_stage_groups_notifies_the_alerts_topic_with_the_command(stage) -> None:
+    _, synthesized = stage
+    template = synthesized.stack("dev", "ops").template_json
+    [rule] = [r["Properties"] for lid, r in of_type(template, "AWS::Events::Rule").items()
+              if lid.startswith("ModelApprovals")]
+    assert rule["EventPattern"] == {
+        "source": ["aws.sagemaker"], "detail-type": ["SageMaker Model Package State Change"],
+        "detail": {"ModelPackageGroupName": ["ranker-models"], "ModelApprovalStatus": ["Approved"]}}
+    [target] = rule["Targets"]
+    [topic_id] = of_type(template, "AWS::SNS::Topic")
+    assert target["Arn"] == {"Ref": topic_id}
+    transformer = target["InputTransformer"]
+    assert transformer["InputPathsMap"] == {"detail-ModelPackageGroupName": "$.detail.ModelPackageGroupName",
+                                            "detail-ModelPackageVersion": "$.detail.ModelPackageVersion",
+                                            "detail-ModelPackageArn": "$.detail.ModelPackageArn"}
+    assert "<detail-ModelPackageVersion>" in transformer["InputTemplate"]
+    assert "make refresh-models STAGE=dev" in transformer["InputTemplate"]
+    # The topic policy is the ops stack's own: no unconditioned grant to EventBridge was added.
+    [policy] = of_type(template, "AWS::SNS::TopicPolicy").values()
+    publishers = [s for s in policy["Properties"]["PolicyDocument"]["Statement"]
+                  if s["Effect"] == "Allow" and "events.amazonaws.com" in json.dumps(s.get("Principal"))]
+    assert publishers and all("aws:SourceAccount" in json.dumps(s["Condition"]) for s in publishers)
+
+
+def test_no_approval_rule_when_the_stage_serves_no_registry_model(synthesized) -> None:
+    for stage_name, config in synthesized.configs.items():
+        assert not config.serving.model_package_groups
+        rules = of_type(synthesized.stack(stage_name, "ops").template_json, "AWS::Events::Rule")
+        assert not [r for r in rules.values() if "aws.sagemaker" in json.dumps(r["Properties"])]
+
+
+def test_a_missing_pin_fails_at_synth_with_the_command_to_run(tmp_path, monkeypatch) -> None:
+    write_pins(tmp_path / "model_pins.json", {"staging": {"ranker": PIN}})
+    monkeypatch.setattr(model_pins, "PIN_FILE", tmp_path / "model_pins.json")
+    with pytest.raises(ConfigError) as caught:
+        synthesize({"dev": dev_with(RANKER)}, tmp_path / "out")
+    assert str(caught.value) == ("model pin dev.ranker: 'ranker-models' is not allowed — a package version "
+                                 "pinned in model_pins.json: run `make refresh-models STAGE=dev`")
