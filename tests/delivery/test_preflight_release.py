@@ -1,0 +1,42 @@
+"""Preflight for release features: a registry model uploads nothing, a shadow
+candidate's artifact must be there, and a shadow fleet draws on the quota."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import boto3
+from moto import mock_aws
+
+from delivery.preflight import FAIL, PASS, artifacts, quotas
+from ml_stacks.config import PYTORCH_CPU_INFERENCE_IMAGE, ModelConfig, ShadowConfig, default_configs
+
+KEYS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing", "region_name": "us-east-1"}
+SHADOWED = ModelConfig(name="ranker", image_uri=PYTORCH_CPU_INFERENCE_IMAGE, model_data_key="ranker/v1/model.tar.gz",
+                       instance_type="ml.m5.large",
+                       shadow=ShadowConfig(sampling_percent=10, model_data_key="ranker/v2/model.tar.gz",
+                                           instance_type="ml.c5.xlarge", instance_count=2))
+REGISTRY = ModelConfig(name="scorer", model_package_group="scorer-models", instance_type="ml.m5.large")
+
+
+def test_a_registry_model_passes_and_a_shadow_candidate_must_be_uploaded() -> None:
+    with mock_aws():
+        s3 = boto3.client("s3", **KEYS)
+        s3.create_bucket(Bucket="ml-dev-models")
+        s3.put_object(Bucket="ml-dev-models", Key="ranker/v1/model.tar.gz", Body=b"123")
+        rows = artifacts.check_model_artifacts(s3, bucket="ml-dev-models", models=[SHADOWED, REGISTRY],
+                                               stage="dev", storage_stack="ml-dev-storage")
+    assert [(r.check, r.status) for r in rows] == [
+        ("model ranker", PASS), ("model ranker shadow candidate", FAIL), ("model scorer", PASS)]
+    assert rows[1].fix == "upload it: aws s3 cp model.tar.gz s3://ml-dev-models/ranker/v2/model.tar.gz"
+    assert "scorer-models" in rows[2].figure and "make refresh-models" in rows[2].figure
+
+
+def test_a_shadow_fleet_counts_against_its_instance_type_quota() -> None:
+    prod = default_configs()["prod"]
+    stage = dataclasses.replace(prod, serving=dataclasses.replace(prod.serving, models=(SHADOWED,)))
+    needs = {n.name: n for n in quotas.quota_needs(stage)}
+    shadow = needs["ml.c5.xlarge for endpoint usage"]
+    assert (shadow.deploy, shadow.maximum, shadow.update_peak) == (2, 2, 4)
+    assert json.dumps(shadow.parts) == '["endpoint ranker shadow 2"]'
