@@ -6,6 +6,9 @@ the shadow beside production, the dev component follows the off hours."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 from dataclasses import replace
 
 import pytest
@@ -163,3 +166,12 @@ def test_a_missing_pin_fails_at_synth_with_the_command_to_run(tmp_path, monkeypa
         synthesize({"dev": dev_with(RANKER)}, tmp_path / "out")
     assert str(caught.value) == ("model pin dev.ranker: 'ranker-models' is not allowed — a package version "
                                  "pinned in model_pins.json: run `make refresh-models STAGE=dev`")
+
+
+def test_cfn_lint_finds_nothing_in_the_release_templates(stage) -> None:
+    _, synthesized = stage
+    templates = [str(synthesized.stack("dev", name).template_path) for name in ("serving", "ops")]
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "cfn-lint"), "--format", "parseable", "--", *templates],
+        cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
