@@ -135,17 +135,27 @@ class ShadowVariant:
     """A candidate served as the endpoint's shadow variant: ``sampling_percent``
     of production's requests are copied to it and its answers discarded.
 
-    ``model_data_key`` in ``model_data_bucket`` is its artifact, ``image`` its
-    container, on ``instance_count`` × ``instance_type`` (a fixed fleet: a
-    shadow is a test, not capacity).
+    The candidate is ``image`` with ``model_data_key`` in ``model_data_bucket``,
+    or ``model_package``; it runs on ``instance_count`` × ``instance_type`` (a
+    fixed fleet: a shadow is a test, not capacity).
     """
 
-    image: InferenceImage
-    model_data_bucket: s3.IBucket
-    model_data_key: str
     sampling_percent: int
     instance_type: str
     instance_count: int = 1
+    image: InferenceImage | None = None
+    model_data_bucket: s3.IBucket | None = None
+    model_data_key: str | None = None
+    model_package: InferenceModelPackage | None = None
+
+    def container(self, environment: Mapping[str, str]) -> sagemaker.CfnModel.ContainerDefinitionProperty:
+        if self.model_package is not None:
+            return sagemaker.CfnModel.ContainerDefinitionProperty(
+                model_package_name=self.model_package.package_arn, environment=dict(environment) or None)
+        return sagemaker.CfnModel.ContainerDefinitionProperty(
+            image=self.image.image_uri,
+            model_data_url=f"s3://{self.model_data_bucket.bucket_name}/{self.model_data_key}",
+            environment=dict(environment) or None)
 
 
 class InferenceEndpoint(Construct):
@@ -385,8 +395,9 @@ class InferenceEndpoint(Construct):
                     "The only statement here lets SageMaker write data-capture objects, whose keys "
                     "it chooses, under this model's own prefix of the capture bucket.")
         images = [image] if image is not None else []
-        images += self.model_package.images if self.model_package is not None else []
-        images += [self.shadow.image] if self.shadow is not None else []
+        for package in self._packages():
+            images += package.images
+        images += [self.shadow.image] if self.shadow is not None and self.shadow.image else []
         self.role.add_to_policy(iam.PolicyStatement(
             sid="PullItsImage",
             actions=["ecr:BatchCheckLayerAvailability", "ecr:GetDownloadUrlForLayer",
@@ -417,16 +428,24 @@ class InferenceEndpoint(Construct):
             resources=[group.log_group_arn for group in log_groups],
         ))
 
+    def _packages(self) -> list[InferenceModelPackage]:
+        """The model packages served: production's and the shadow candidate's."""
+        packages = [self.model_package] if self.model_package is not None else []
+        if self.shadow is not None and self.shadow.model_package is not None:
+            packages.append(self.shadow.model_package)
+        return packages
+
     def _grant_release_sources(self) -> None:
-        """Read the pinned package's artifacts and the shadow candidate's, one object each."""
-        if self.model_package is not None and self.model_package.model_data_urls:
+        """Read the pinned packages' artifacts and the shadow candidate's, one object each."""
+        urls = list(dict.fromkeys(url for package in self._packages() for url in package.model_data_urls))
+        if urls:
             self.role.add_to_policy(iam.PolicyStatement(
                 sid="ReadItsModelPackageArtifacts",
                 actions=["s3:GetObject"],
                 resources=[f"arn:{cdk.Aws.PARTITION}:s3:::{match['bucket']}/{match['key']}"
-                           for match in map(_S3_URL_RE.match, self.model_package.model_data_urls)],
+                           for match in map(_S3_URL_RE.match, urls)],
             ))
-        if self.shadow is not None:
+        if self.shadow is not None and self.shadow.model_package is None:
             grant_read_object(self.role, bucket=self.shadow.model_data_bucket,
                               key=self.shadow.model_data_key, sid="ReadItsShadowArtifact")
 
@@ -549,12 +568,7 @@ class InferenceEndpoint(Construct):
             shadow_variants = None
             if self.shadow is not None:
                 self.shadow_model = self._variant_model(
-                    "ShadowModel", sagemaker.CfnModel.ContainerDefinitionProperty(
-                        image=self.shadow.image.image_uri,
-                        model_data_url=(f"s3://{self.shadow.model_data_bucket.bucket_name}/"
-                                        f"{self.shadow.model_data_key}"),
-                        environment=environment or None),
-                    vpc_config)
+                    "ShadowModel", self.shadow.container(environment), vpc_config)
                 shadow_variants = [sagemaker.CfnEndpointConfig.ProductionVariantProperty(
                     variant_name=SHADOW_VARIANT_NAME,
                     model_name=self.shadow_model.attr_model_name,
@@ -953,3 +967,8 @@ def _check_model_source(image: InferenceImage | None, bucket: s3.IBucket | None,
         raise ValueError("shadow: an inference component endpoint's variant carries no model to shadow")
     if shadow is not None and not 1 <= shadow.sampling_percent <= 100:
         raise ValueError(f"shadow.sampling_percent: {shadow.sampling_percent!r} is not from 1 to 100")
+    if shadow is not None:
+        candidate = (shadow.image is not None, shadow.model_data_bucket is not None,
+                     shadow.model_data_key is not None)
+        if (shadow.model_package is None) != all(candidate) or (shadow.model_package and any(candidate)):
+            raise ValueError("shadow: give image, model_data_bucket and model_data_key, or model_package")

@@ -62,10 +62,18 @@ def refresh(pins: dict[str, Any], config: StageConfig, *, sagemaker: Any,
         if group is None:
             continue
         arn = latest_approved(sagemaker, group, config.region)
-        new[model.name] = describe(sagemaker, arn, group=group, region=config.region, today=today)
-        before = old.get(model.name)
-        changes.append(Change(f"{config.name}/{model.name}", _label(before),
-                              _label(new[model.name])))
+        pin = new[model.name] = describe(sagemaker, arn, group=group, region=config.region, today=today)
+        before = old.get(model.name) or {}
+        changes.append(Change(f"{config.name}/{model.name}", _label(before), _label(pin)))
+        version = model.shadow.model_package_version if model.shadow else None
+        if version is not None:
+            # The candidate may still wait for approval: that is what the shadow is for.
+            pin["shadow"] = describe(sagemaker, f"{arn.rsplit('/', 1)[0]}/{version}", group=group,
+                                     region=config.region, today=today,
+                                     allowed=("Approved", "PendingManualApproval"))
+        if version is not None or before.get("shadow"):
+            changes.append(Change(f"{config.name}/{model.name} shadow", _label(before.get("shadow")),
+                                  _label(pin.get("shadow"))))
     for name in sorted(set(old) - set(new)):
         changes.append(Change(f"{config.name}/{name}", _label(old[name]), None))
     if new:
@@ -99,12 +107,22 @@ def latest_approved(sagemaker: Any, group: str, region: str) -> str:
                             "version: approve one in the model registry (or check the group name)")
 
 
-def describe(sagemaker: Any, arn: str, *, group: str, region: str, today: dt.date) -> dict[str, Any]:
-    """The pin of package ``arn``: version, each container's image and artifact."""
-    package = sagemaker.describe_model_package(ModelPackageName=arn)
-    if package.get("ModelApprovalStatus") != "Approved":
-        raise UserError(f"{arn} is {package.get('ModelApprovalStatus')!r} now, no longer Approved: "
-                        "run the command again")
+def describe(sagemaker: Any, arn: str, *, group: str, region: str, today: dt.date,
+             allowed: tuple[str, ...] = ("Approved",)) -> dict[str, Any]:
+    """The pin of package ``arn`` (its approval status one of ``allowed``):
+    version, each container's image and artifact."""
+    try:
+        package = sagemaker.describe_model_package(ModelPackageName=arn)
+    except sagemaker.exceptions.ClientError as error:
+        if error.response.get("Error", {}).get("Code") != "ValidationException":
+            raise
+        raise UserError(f"{arn} does not exist ({error.response['Error'].get('Message', '')}): check "
+                        "the group and version") from None
+    status = package.get("ModelApprovalStatus")
+    if status not in allowed:
+        raise UserError(f"{arn} is {status!r}, not {' or '.join(allowed)}: "
+                        + ("run the command again" if allowed == ("Approved",)
+                           else "a rejected version is no candidate; name another"))
     containers = []
     for container in package.get("InferenceSpecification", {}).get("Containers", []):
         if "ModelDataSource" in container and "ModelDataUrl" not in container:

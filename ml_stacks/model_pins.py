@@ -11,7 +11,9 @@ change of this file, with the blue/green deployment ``make diff`` shows.
 
 Shape: stage -> model name -> pin. A pin holds the package ARN and version,
 the image and model data URL of each of the package's containers (the
-endpoint's role may pull and read those alone) and the day it was resolved.
+endpoint's role may pull and read those alone) and the day it was resolved;
+a model whose ``shadow`` names a ``model_package_version`` also has a
+``shadow`` pin of that version, of the same shape.
 
 This module reads nothing but that file.
 """
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Mapping
@@ -55,6 +57,7 @@ class ModelPin:
     version: int
     containers: tuple[ContainerPin, ...]
     resolved_at: str
+    shadow: "ModelPin | None" = None
 
     @property
     def region(self) -> str:
@@ -115,13 +118,20 @@ def validate_pin(pin: Any, path: str) -> None:
             raise ConfigError(f"{where}.model_data_url", url, "None or s3://<bucket>/<key>")
     if not isinstance(pin["resolved_at"], str) or not _DATE_RE.match(pin["resolved_at"]):
         raise ConfigError(f"{path}.resolved_at", pin["resolved_at"], "a date YYYY-MM-DD")
+    if "shadow" in pin:
+        validate_pin(pin["shadow"], f"{path}.shadow")
+        if pin["shadow"]["model_package_group"] != group:
+            raise ConfigError(f"{path}.shadow.model_package_group", pin["shadow"]["model_package_group"],
+                              f"{group!r}: a shadow candidate is a version of the model's own group")
 
 
 def model_pin(stage: str, model: str, group: str, *, region: str, account: str | None = None,
-              pin_file: Path | None = None) -> ModelPin:
+              shadow_version: int | None = None, pin_file: Path | None = None) -> ModelPin:
     """The pinned package of ``model`` in ``stage``, from ``group`` in ``region``
-    (and ``account`` when the stage names one); a one-line ConfigError saying
-    which command to run when it is missing or pinned for another group or place."""
+    (and ``account`` when the stage names one), with the pin of its shadow
+    candidate ``shadow_version`` if given; a one-line ConfigError saying
+    which command to run when one is missing or pinned for another group,
+    version or place."""
     command = REFRESH_COMMAND.format(stage=stage)
     pin = load_pins(pin_file).get(stage, {}).get(model)
     if pin is None:
@@ -130,13 +140,25 @@ def model_pin(stage: str, model: str, group: str, *, region: str, account: str |
     if pin["model_package_group"] != group:
         raise ConfigError(f"model pin {stage}.{model}.model_package_group", pin["model_package_group"],
                           f"{group!r}, the group the model is configured with: run `{command}`")
-    built = ModelPin(
-        model_package_group=group, model_package_arn=pin["model_package_arn"],
-        version=pin["version"], resolved_at=pin["resolved_at"],
-        containers=tuple(ContainerPin(image=c["image"], model_data_url=c.get("model_data_url"))
-                         for c in pin["containers"]))
+    shadow = None
+    if shadow_version is not None:
+        shadow_pin = pin.get("shadow")
+        if shadow_pin is None or shadow_pin["version"] != shadow_version:
+            raise ConfigError(f"model pin {stage}.{model}.shadow", shadow_pin and shadow_pin["version"],
+                              f"version {shadow_version} of {group!r}, the configured shadow candidate: "
+                              f"run `{command}`")
+        shadow = _built(shadow_pin)
+    built = replace(_built(pin), shadow=shadow)
     if built.region != region or (account is not None and built.account != account):
         raise ConfigError(f"model pin {stage}.{model}.model_package_arn", built.model_package_arn,
                           f"a package in the stage's region {region}"
                           + (f" and account {account}" if account else "") + f": run `{command}`")
     return built
+
+
+def _built(pin: Mapping[str, Any]) -> ModelPin:
+    return ModelPin(
+        model_package_group=pin["model_package_group"], model_package_arn=pin["model_package_arn"],
+        version=pin["version"], resolved_at=pin["resolved_at"],
+        containers=tuple(ContainerPin(image=c["image"], model_data_url=c.get("model_data_url"))
+                         for c in pin["containers"]))

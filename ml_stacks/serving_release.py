@@ -29,27 +29,32 @@ def release_props(config: StageConfig, model: ModelConfig, *, model_artifacts_bu
                   image_repository: ecr.IRepository) -> dict[str, Any]:
     """The ``InferenceEndpoint`` keyword arguments of ``model``'s release features."""
     props: dict[str, Any] = {"target_concurrent_requests": model.target_concurrent_requests}
-    if model.model_package_group is not None:
-        pin = model_pins.model_pin(config.name, model.name, model.model_package_group,
-                                   region=config.region, account=config.account)
-        props["model_package"] = InferenceModelPackage(
-            pin.model_package_arn, [(c.image, c.model_data_url) for c in pin.containers])
     shadow = model.shadow
+    pin = None
+    if model.model_package_group is not None:
+        pin = model_pins.model_pin(
+            config.name, model.name, model.model_package_group, region=config.region,
+            account=config.account, shadow_version=shadow.model_package_version if shadow else None)
+        props["model_package"] = _package(pin)
     if shadow is not None:
-        props["shadow"] = ShadowVariant(
-            image=_shadow_image(model, image_repository),
-            model_data_bucket=model_artifacts_bucket,
-            model_data_key=shadow.model_data_key,
-            sampling_percent=shadow.sampling_percent,
-            instance_type=shadow.instance_type or model.instance_type,
-            instance_count=shadow.instance_count,
-        )
+        fleet = {"sampling_percent": shadow.sampling_percent, "instance_count": shadow.instance_count,
+                 "instance_type": shadow.instance_type or model.instance_type}
+        if shadow.model_package_version is not None:
+            props["shadow"] = ShadowVariant(model_package=_package(pin.shadow), **fleet)
+        else:
+            props["shadow"] = ShadowVariant(
+                image=_shadow_image(model, image_repository), model_data_bucket=model_artifacts_bucket,
+                model_data_key=shadow.model_data_key, **fleet)
     idle = config.idle_shutdown
     if model.scale_to_zero and idle.off_hours:
         props["off_hours"] = OffHoursSchedule(scale_in_cron=idle.off_hours_scale_in_cron,
                                               scale_out_cron=idle.off_hours_scale_out_cron,
                                               time_zone=idle.off_hours_time_zone)
     return props
+
+
+def _package(pin: model_pins.ModelPin) -> InferenceModelPackage:
+    return InferenceModelPackage(pin.model_package_arn, [(c.image, c.model_data_url) for c in pin.containers])
 
 
 def _shadow_image(model: ModelConfig, repository: ecr.IRepository) -> InferenceImage:

@@ -48,11 +48,13 @@ class ShadowConfig:
 
     SageMaker copies ``sampling_percent`` of the production requests to the
     candidate and discards its answers: callers only ever see production's.
-    The candidate is ``model_data_key`` in the model-artifacts bucket, served
-    by ``image_tag``/``image_uri`` (default: production's image; required when
-    production comes from the model registry, whose image is the package's),
-    on ``instance_count`` instances of ``instance_type`` (default:
-    production's). Its latency and error alarms notify the alerts topic but
+    The candidate is either ``model_data_key`` in the model-artifacts bucket,
+    served by ``image_tag``/``image_uri`` (default: production's image;
+    required when production comes from the model registry, whose image is
+    the package's), or ``model_package_version``, a version of the model's
+    own ``model_package_group`` (pinned by ``make refresh-models`` like
+    production's, approved or still pending), on ``instance_count``
+    instances of ``instance_type`` (default: production's). Its latency and error alarms notify the alerts topic but
     never roll a deployment back: they inform the promotion, which is a
     config change (the candidate becomes ``model_data_key``, ``shadow`` goes).
     """
@@ -63,6 +65,7 @@ class ShadowConfig:
     image_uri: str | None = None
     instance_type: str | None = None
     instance_count: int = 1
+    model_package_version: int | None = None
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], *, path: str = "shadow") -> "ShadowConfig":
@@ -78,11 +81,14 @@ class ShadowConfig:
         _require(_is_int(self.sampling_percent) and 1 <= self.sampling_percent <= 100,
                  f"{path}.sampling_percent", self.sampling_percent,
                  "an integer from 1 to 100 (percent of production requests copied to the candidate)")
+        if self.model_package_version is not None:
+            self._validate_package_version(path, model)
+            return self._validate_fleet(path)
         key = self.model_data_key
         _require(isinstance(key, str) and len(key) <= 1024 and bool(_S3_KEY_RE.match(key))
                  and key.endswith(".tar.gz"), f"{path}.model_data_key", key,
                  "the S3 key of the candidate's model.tar.gz in the model-artifacts bucket, "
-                 "e.g. 'my-model/v2/model.tar.gz'")
+                 "e.g. 'my-model/v2/model.tar.gz', or a model_package_version")
         _require(self.image_tag is None or self.image_uri is None, f"{path}.image_tag", self.image_tag,
                  "at most one of image_tag or image_uri (neither: production's image)")
         if self.image_tag is None and self.image_uri is None:
@@ -90,6 +96,21 @@ class ShadowConfig:
                      "an image_tag or image_uri: production comes from the model registry, so "
                      "there is no production image to default to")
         _validate_image_choice(path, self.image_tag, self.image_uri, region)
+        self._validate_fleet(path)
+
+    def _validate_package_version(self, path: str, model: "ModelConfig") -> None:
+        version = self.model_package_version
+        _require(_is_int(version) and version >= 1, f"{path}.model_package_version", version,
+                 "None or a model package version number (1 or more)")
+        _require(model.model_package_group is not None, f"{path}.model_package_version", version,
+                 "None unless the model has a model_package_group (the candidate is a version of it)")
+        _require(self.model_data_key is None, f"{path}.model_data_key", self.model_data_key,
+                 "None with model_package_version (exactly one candidate)")
+        _require(self.image_tag is None and self.image_uri is None, f"{path}.image_uri",
+                 self.image_uri or self.image_tag,
+                 "None with model_package_version: the model package names its image")
+
+    def _validate_fleet(self, path: str) -> None:
         instance_type = self.instance_type
         if instance_type is not None:
             _require(isinstance(instance_type, str) and bool(_ML_INSTANCE_TYPE_RE.match(instance_type)),

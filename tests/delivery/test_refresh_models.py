@@ -20,7 +20,7 @@ from botocore.stub import Stubber
 from delivery import refresh_models
 from delivery.cli_errors import run
 from ml_stacks import model_pins
-from ml_stacks.config import ModelConfig, default_configs
+from ml_stacks.config import ModelConfig, ShadowConfig, default_configs
 
 REGION = "us-east-1"
 ACCOUNT = "111122223333"
@@ -130,7 +130,7 @@ def test_keeps_other_stages_and_drops_models_that_left_the_registry(sagemaker) -
      f"SageMaker serves an ECR image in the endpoint's region {REGION} only"),
     ([("list_model_packages", {"ModelPackageSummaryList": [summary(3)]}),
       ("describe_model_package", description(3, approval="Rejected"))],
-     "is 'Rejected' now, no longer Approved"),
+     "is 'Rejected', not Approved: run the command again"),
 ])
 def test_expected_failures_are_one_line(sagemaker, responses, message) -> None:
     client, stub = sagemaker
@@ -222,3 +222,38 @@ def test_credentials_for_another_account_than_the_stage_are_refused(cli, monkeyp
     assert err.startswith(f"error: account: the credentials are for {ACCOUNT}, stage prod is pinned to "
                           "999999999999")
     assert json.loads(pin_file.read_text()) == {}
+
+
+SHADOWED = replace(RANKER, shadow=ShadowConfig(sampling_percent=10, model_package_version=13))
+
+
+def test_a_shadow_candidate_version_is_pinned_beside_production_even_while_pending(sagemaker, tmp_path) -> None:
+    client, stub = sagemaker
+    expect_latest(stub, 12)
+    stub.add_response("describe_model_package", description(13, approval="PendingManualApproval"),
+                      {"ModelPackageName": arn(13)})
+    pins, changes = refresh_models.refresh({}, prod_with(SHADOWED), sagemaker=client, today=TODAY)
+    assert pins["prod"]["ranker"]["version"] == 12
+    assert pins["prod"]["ranker"]["shadow"]["model_package_arn"] == arn(13)
+    assert [c.line() for c in changes] == [f"prod/ranker: (none) -> {GROUP} v12",
+                                           f"prod/ranker shadow: (none) -> {GROUP} v13"]
+    refresh_models.write_pins(tmp_path / "model_pins.json", pins)
+    pin = model_pins.model_pin("prod", "ranker", GROUP, region=REGION, shadow_version=13,
+                               pin_file=tmp_path / "model_pins.json")
+    assert (pin.version, pin.shadow.version) == (12, 13)
+
+
+@pytest.mark.parametrize(("response", "message"), [
+    ({"error": ("ValidationException", "ModelPackage arn does not exist")}, "does not exist"),
+    ({"body": description(13, approval="Rejected")}, "a rejected version is no candidate"),
+])
+def test_a_missing_or_rejected_shadow_version_is_one_line(sagemaker, response, message) -> None:
+    client, stub = sagemaker
+    expect_latest(stub, 12)
+    if "error" in response:
+        code, text = response["error"]
+        stub.add_client_error("describe_model_package", code, text, expected_params={"ModelPackageName": arn(13)})
+    else:
+        stub.add_response("describe_model_package", response["body"], {"ModelPackageName": arn(13)})
+    with pytest.raises(refresh_models.UserError, match=message):
+        refresh_models.refresh({}, prod_with(SHADOWED), sagemaker=client, today=TODAY)

@@ -194,3 +194,31 @@ def test_unix_crons_become_application_autoscaling_crons(unix, aws) -> None:
 def test_a_cron_with_both_day_fields_is_refused() -> None:
     with pytest.raises(ValueError, match="both day of month and day of week"):
         application_autoscaling_cron("0 7 1 * MON")
+
+
+def test_a_registry_candidate_shadows_the_pinned_production_version() -> None:
+    production = InferenceModelPackage(PACKAGE_ARN, [(PACKAGE_IMAGE, PACKAGE_DATA)])
+    candidate = InferenceModelPackage(PACKAGE_ARN[:-1] + "8", [(
+        "111122223333.dkr.ecr.us-east-1.amazonaws.com/ranker-next:8", PACKAGE_DATA.replace("/7/", "/8/"))])
+    _, template = build(model_package=production, shadow=ShadowVariant(
+        model_package=candidate, sampling_percent=5, instance_type="ml.c5.xlarge"))
+    models = resources(template, "AWS::SageMaker::Model")
+    [shadow] = [m["Properties"] for lid, m in models.items() if lid.startswith("RankerShadowModel")]
+    assert shadow["PrimaryContainer"] == {"ModelPackageName": candidate.package_arn}
+    statements = {s.get("Sid"): s for s in role_statements(template)}
+    assert [r["Fn::Join"][1][-1] for r in statements["ReadItsModelPackageArtifacts"]["Resource"]] == [
+        ":s3:::registry-artifacts-111122223333/ranker/7/model.tar.gz",
+        ":s3:::registry-artifacts-111122223333/ranker/8/model.tar.gz"]
+    assert statements["PullItsImage"]["Resource"] == [
+        "arn:aws:ecr:us-east-1:111122223333:repository/team/ranker",
+        "arn:aws:ecr:us-east-1:111122223333:repository/ranker-next"]
+    assert "ReadItsShadowArtifact" not in statements
+
+
+def test_fails_when_a_shadow_has_no_or_two_candidates() -> None:
+    package = InferenceModelPackage(PACKAGE_ARN, [(PACKAGE_IMAGE, PACKAGE_DATA)])
+    with pytest.raises(ValueError, match="shadow: give image, model_data_bucket and model_data_key, or model_package"):
+        build(shadow=ShadowVariant(sampling_percent=5, instance_type="ml.c5.xlarge"))
+    with pytest.raises(ValueError, match="shadow: give image"):
+        build(shadow=ShadowVariant(sampling_percent=5, instance_type="ml.c5.xlarge", model_package=package,
+                                   image=InferenceImage.from_uri(IMAGE)))

@@ -79,3 +79,35 @@ def test_invalid_json_is_one_line(tmp_path) -> None:
     path.write_text("{not json")
     with pytest.raises(ConfigError, match=r"^model_pins\.json: .* valid JSON"):
         model_pins.load_pins(path)
+
+
+SHADOW_PIN = {**PIN, "model_package_arn": PIN["model_package_arn"][:-1] + "4", "version": 4}
+
+
+def test_a_shadow_candidate_pin_comes_with_production(tmp_path) -> None:
+    path = pin_file(tmp_path, {"prod": {"ranker": {**PIN, "shadow": SHADOW_PIN}}})
+    pin = model_pins.model_pin("prod", "ranker", "ranker-models", region="us-east-1", shadow_version=4,
+                               pin_file=path)
+    assert (pin.version, pin.shadow.version, pin.shadow.model_package_arn) == (
+        3, 4, SHADOW_PIN["model_package_arn"])
+    assert model_pins.model_pin("prod", "ranker", "ranker-models", region="us-east-1",
+                                pin_file=path).shadow is None
+
+
+@pytest.mark.parametrize("pins", [{"prod": {"ranker": PIN}}, {"prod": {"ranker": {**PIN, "shadow": PIN}}}],
+                         ids=["no shadow pin", "another version"])
+def test_a_missing_or_other_shadow_pin_names_the_command(tmp_path, pins) -> None:
+    with pytest.raises(ConfigError) as caught:
+        model_pins.model_pin("prod", "ranker", "ranker-models", region="us-east-1", shadow_version=4,
+                             pin_file=pin_file(tmp_path, pins))
+    assert caught.value.field_path == "model pin prod.ranker.shadow"
+    assert caught.value.allowed == ("version 4 of 'ranker-models', the configured shadow candidate: "
+                                    "run `make refresh-models STAGE=prod`")
+
+
+def test_a_shadow_pin_of_another_group_fails_at_load(tmp_path) -> None:
+    other = {**SHADOW_PIN, "model_package_group": "other",
+             "model_package_arn": "arn:aws:sagemaker:us-east-1:111122223333:model-package/other/4"}
+    with pytest.raises(ConfigError) as caught:
+        model_pins.load_pins(pin_file(tmp_path, {"prod": {"ranker": {**PIN, "shadow": other}}}))
+    assert caught.value.field_path == "model_pins.json: prod.ranker.shadow.model_package_group"

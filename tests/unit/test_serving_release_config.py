@@ -99,3 +99,30 @@ def test_from_dict_builds_a_shadow_and_rejects_its_unknown_keys() -> None:
     with pytest.raises(ConfigError, match=r"required field sampling_percent$"):
         ModelConfig.from_dict({"name": "ranker", "image_tag": "1", "model_data_key": "r/model.tar.gz",
                                "instance_type": "ml.m5.large", "shadow": {"model_data_key": "x.tar.gz"}})
+
+
+PENDING = ShadowConfig(sampling_percent=10, model_package_version=13)
+
+
+def test_a_registry_model_can_shadow_another_version_of_its_group() -> None:
+    [model] = stage(replace(REGISTRY, shadow=PENDING)).serving.models
+    assert model.shadow.model_package_version == 13
+
+
+@pytest.mark.parametrize(("model", "field", "value", "allowed"), [
+    (replace(MODEL, shadow=PENDING), "dev.serving.models.ranker.shadow.model_package_version", 13,
+     "None unless the model has a model_package_group"),
+    (replace(REGISTRY, shadow=replace(PENDING, model_package_version=0)),
+     "dev.serving.models.ranker.shadow.model_package_version", 0, "version number (1 or more)"),
+    (replace(REGISTRY, shadow=replace(PENDING, model_data_key="r/model.tar.gz")),
+     "dev.serving.models.ranker.shadow.model_data_key", "r/model.tar.gz", "exactly one candidate"),
+    (replace(REGISTRY, shadow=replace(PENDING, image_uri=PYTORCH_CPU_INFERENCE_IMAGE)),
+     "dev.serving.models.ranker.shadow.image_uri", PYTORCH_CPU_INFERENCE_IMAGE, "names its image"),
+    (replace(REGISTRY, shadow=replace(PENDING, instance_count=101)),
+     "dev.serving.models.ranker.shadow.instance_count", 101, "1 to 100"),
+])
+def test_fails_when_a_registry_shadow_value_is_not_allowed(model, field, value, allowed) -> None:
+    with pytest.raises(ConfigError) as caught:
+        stage(model)
+    assert (caught.value.field_path, caught.value.value) == (field, value)
+    assert allowed in caught.value.allowed

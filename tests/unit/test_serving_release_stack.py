@@ -33,6 +33,21 @@ RANKER = ModelConfig(
                         instance_type="ml.c5.large"))
 
 
+SCORER_PIN = {
+    **PIN, "model_package_group": "scorer-models", "version": 3,
+    "model_package_arn": "arn:aws:sagemaker:us-east-1:111122223333:model-package/scorer-models/3",
+    "containers": [{"image": "111122223333.dkr.ecr.us-east-1.amazonaws.com/scorer:3",
+                    "model_data_url": "s3://registry-111122223333/scorer/3/model.tar.gz"}],
+    "shadow": {**PIN, "model_package_group": "scorer-models", "version": 4,
+               "model_package_arn": "arn:aws:sagemaker:us-east-1:111122223333:model-package/scorer-models/4",
+               "containers": [{"image": "111122223333.dkr.ecr.us-east-1.amazonaws.com/scorer:4",
+                               "model_data_url": "s3://registry-111122223333/scorer/4/model.tar.gz"}]},
+}
+# A registry model shadowing a pending version of its own group.
+SCORER = ModelConfig(name="scorer", model_package_group="scorer-models", instance_type="ml.m5.large",
+                     shadow=ShadowConfig(sampling_percent=5, model_package_version=4))
+
+
 def dev_with(*models: ModelConfig):
     dev = default_configs()["dev"]
     return replace(dev, serving=replace(dev.serving, models=models))
@@ -45,9 +60,9 @@ def write_pins(path, pins) -> None:
 @pytest.fixture(scope="module")
 def stage(tmp_path_factory):
     pins = tmp_path_factory.mktemp("pins") / "model_pins.json"
-    write_pins(pins, {"dev": {"ranker": PIN}})
+    write_pins(pins, {"dev": {"ranker": PIN, "scorer": SCORER_PIN}})
     classifier = default_configs()["dev"].serving.models[0]
-    config = dev_with(classifier, RANKER)
+    config = dev_with(classifier, RANKER, SCORER)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(model_pins, "PIN_FILE", pins)
         synthesized = synthesize({"dev": config}, tmp_path_factory.mktemp("out"))
@@ -102,8 +117,10 @@ def test_the_dashboard_shows_the_shadow_beside_production(stage) -> None:
     template = synthesized.stack("dev", "serving").template_json
     [dashboard] = of_type(template, "AWS::CloudWatch::Dashboard").values()
     body = json.dumps(dashboard["Properties"]["DashboardBody"])
-    assert body.count("production vs shadow") == 3
-    assert body.count('\\"VariantName\\",\\"Shadow\\"') == 3
+    for name in ("ranker", "scorer"):
+        assert body.count(f"ml-dev-{name}: ") == 8  # 5 production graphs, 3 production vs shadow
+    assert body.count("production vs shadow") == 6
+    assert body.count('\\"VariantName\\",\\"Shadow\\"') == 6
 
 
 def test_the_dev_component_follows_the_stage_off_hours(stage) -> None:
@@ -135,7 +152,8 @@ def test_an_approval_in_the_stage_groups_notifies_the_alerts_topic_with_the_comm
               if lid.startswith("ModelApprovals")]
     assert rule["EventPattern"] == {
         "source": ["aws.sagemaker"], "detail-type": ["SageMaker Model Package State Change"],
-        "detail": {"ModelPackageGroupName": ["ranker-models"], "ModelApprovalStatus": ["Approved"]}}
+        "detail": {"ModelPackageGroupName": ["ranker-models", "scorer-models"],
+                   "ModelApprovalStatus": ["Approved"]}}
     [target] = rule["Targets"]
     [topic_id] = of_type(template, "AWS::SNS::Topic")
     assert target["Arn"] == {"Ref": topic_id}
@@ -175,3 +193,15 @@ def test_cfn_lint_finds_nothing_in_the_release_templates(stage) -> None:
         [str(Path(sys.executable).parent / "cfn-lint"), "--format", "parseable", "--", *templates],
         cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_pending_registry_version_shadows_the_pinned_one(stage) -> None:
+    _, synthesized = stage
+    template = synthesized.stack("dev", "serving").template_json
+    models = {lid: r["Properties"]["PrimaryContainer"] for lid, r in of_type(template, "AWS::SageMaker::Model").items()
+              if lid.startswith("scorer")}
+    assert sorted(c["ModelPackageName"] for c in models.values()) == [
+        SCORER_PIN["model_package_arn"], SCORER_PIN["shadow"]["model_package_arn"]]
+    [config] = [r["Properties"] for lid, r in of_type(template, "AWS::SageMaker::EndpointConfig").items()
+                if lid.startswith("scorer")]
+    assert config["ShadowProductionVariants"][0]["InitialVariantWeight"] == 0.05
