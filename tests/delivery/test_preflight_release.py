@@ -7,6 +7,7 @@ import dataclasses
 import json
 
 import boto3
+import pytest
 from moto import mock_aws
 
 from delivery.preflight import FAIL, PASS, artifacts, quotas
@@ -40,3 +41,20 @@ def test_a_shadow_fleet_counts_against_its_instance_type_quota() -> None:
     shadow = needs["ml.c5.xlarge for endpoint usage"]
     assert (shadow.deploy, shadow.maximum, shadow.update_peak) == (2, 2, 4)
     assert json.dumps(shadow.parts) == '["endpoint ranker shadow 2"]'
+
+
+def test_make_cost_prices_the_shadow_variant_of_an_endpoint_config() -> None:
+    from delivery import cost
+
+    stage = cost.estimate({("dev", "serving"): {"Resources": {
+        "Config": {"Type": "AWS::SageMaker::EndpointConfig", "Properties": {
+            "ProductionVariants": [{"VariantName": "AllTraffic", "InstanceType": "ml.g5.xlarge",
+                                    "InitialInstanceCount": 2, "ModelName": "m"}],
+            "ShadowProductionVariants": [{"VariantName": "Shadow", "InstanceType": "ml.g5.xlarge",
+                                          "InitialInstanceCount": 1, "ModelName": "c",
+                                          "InitialVariantWeight": 0.2}]}}}}},
+        region_of={"dev": "us-east-1"})["dev"]
+    # ml.g5.xlarge $1.408/h x 730 h = $1027.84 a month each; the shadow is a fixed fleet.
+    assert stage.always_on == stage.maximum == pytest.approx(3 * 1027.84)
+    assert [line.detail for line in stage.lines] == ["variant AllTraffic: 2..2 x ml.g5.xlarge",
+                                                     "variant Shadow: 1..1 x ml.g5.xlarge"]
