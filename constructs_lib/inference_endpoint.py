@@ -248,7 +248,7 @@ class InferenceEndpoint(Construct):
             raise ValueError(f"deployment: {deployment!r} is not allowed — one of "
                              + ", ".join(TRAFFIC_ROUTING))
         _check_model_source(image, model_data_bucket, model_data_key, model_package,
-                            scale_to_zero=scale_to_zero, shadow=shadow)
+                            scale_to_zero=scale_to_zero, shadow=shadow, off_hours=off_hours)
         stack = cdk.Stack.of(self)
         self.endpoint_name = endpoint_name
         self.scale_to_zero = scale_to_zero
@@ -314,21 +314,17 @@ class InferenceEndpoint(Construct):
                 autoscaling_role=autoscaling_role, max_instance_count=max_instance_count,
                 target_invocations_per_instance=target_invocations_per_instance,
                 scale_in_cooldown=scale_in_cooldown, scale_out_cooldown=scale_out_cooldown)
-            self.off_hours_actions = add_scalable_target_off_hours_schedule(
-                self.scalable_target, off_hours, restore_max_capacity=max_instance_count)
         else:
-            if off_hours is not None:
-                raise ValueError("off_hours: only an inference component (scale_to_zero) closes "
-                                 "for the night; a variant keeps at least one instance")
             self._build_variant_autoscaling(
                 autoscaling_role=autoscaling_role, min_instance_count=min_instance_count,
                 max_instance_count=max_instance_count,
                 target_invocations_per_instance=target_invocations_per_instance,
                 gpu_utilization_target_percent=gpu_utilization_target_percent,
                 scale_in_cooldown=scale_in_cooldown, scale_out_cooldown=scale_out_cooldown)
-        if target_concurrent_requests is not None:
-            self._track_concurrent_requests(target_concurrent_requests, scale_in_cooldown=scale_in_cooldown,
-                                            scale_out_cooldown=scale_out_cooldown)
+        self._build_release_scaling(
+            off_hours=off_hours, max_instance_count=max_instance_count,
+            target_concurrent_requests=target_concurrent_requests,
+            scale_in_cooldown=scale_in_cooldown, scale_out_cooldown=scale_out_cooldown)
 
     # --- construction steps, in the order the constructor calls them ------
 
@@ -867,6 +863,16 @@ class InferenceEndpoint(Construct):
                 scale_out_cooldown=scale_out_cooldown,
             )
 
+    def _build_release_scaling(self, *, off_hours: OffHoursSchedule | None, max_instance_count: int,
+                               target_concurrent_requests: float | None, scale_in_cooldown: cdk.Duration,
+                               scale_out_cooldown: cdk.Duration) -> None:
+        """Off hours of a component and high-resolution target tracking, when asked for."""
+        self.off_hours_actions = add_scalable_target_off_hours_schedule(
+            self.scalable_target, off_hours, restore_max_capacity=max_instance_count)
+        if target_concurrent_requests is not None:
+            self._track_concurrent_requests(target_concurrent_requests, scale_in_cooldown=scale_in_cooldown,
+                                            scale_out_cooldown=scale_out_cooldown)
+
     def _track_concurrent_requests(self, target: float, *, scale_in_cooldown: cdk.Duration,
                                    scale_out_cooldown: cdk.Duration) -> None:
         """Target tracking on concurrent requests per model (per copy for a
@@ -952,8 +958,12 @@ class InferenceEndpoint(Construct):
 
 def _check_model_source(image: InferenceImage | None, bucket: s3.IBucket | None, key: str | None,
                         package: InferenceModelPackage | None, *, scale_to_zero: bool,
-                        shadow: ShadowVariant | None) -> None:
-    """Exactly one model: an image with its artifact, or a model package."""
+                        shadow: ShadowVariant | None, off_hours: OffHoursSchedule | None) -> None:
+    """Exactly one model (an image with its artifact, or a model package) and
+    release props the serving mode supports."""
+    if off_hours is not None and not scale_to_zero:
+        raise ValueError("off_hours: only an inference component (scale_to_zero) closes "
+                         "for the night; a variant keeps at least one instance")
     artifact = (image is not None, bucket is not None, key is not None)
     if package is None and not all(artifact):
         raise ValueError("model: give image, model_data_bucket and model_data_key, or model_package")
