@@ -80,7 +80,8 @@ class OffHoursSchedule:
     time_zone: str = "UTC"
 
 
-_DIGITS_RE = re.compile(r"\d+")
+# A day-of-week number: not a step (``/2``) or an occurrence (``#1``), which keep their value.
+_WEEK_DAY_NUMBER_RE = re.compile(r"(?<![#/\d])\d+")
 
 
 def application_autoscaling_cron(cron: str) -> appscaling.Schedule:
@@ -95,7 +96,7 @@ def application_autoscaling_cron(cron: str) -> appscaling.Schedule:
         raise ValueError(f"off-hours schedule: {cron!r} sets both day of month and day of week; "
                          "Application Auto Scaling accepts one of them")
     if week_day != "*":
-        week_day = _DIGITS_RE.sub(lambda m: str(int(m.group()) % 7 + 1), week_day)
+        week_day = _WEEK_DAY_NUMBER_RE.sub(lambda m: str(int(m.group()) % 7 + 1), week_day)
     return appscaling.Schedule.cron(
         minute=minute, hour=hour, month=month,
         day=None if day == "*" else day,

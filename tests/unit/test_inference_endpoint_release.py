@@ -186,6 +186,8 @@ def test_off_hours_are_refused_for_an_endpoint_variant() -> None:
     ("0 7 * * 0,6", "cron(0 7 ? * 1,7 *)"),
     ("15 6 1 * *", "cron(15 6 1 * ? *)"),
     ("0 22 * * *", "cron(0 22 * * ? *)"),
+    ("0 7 * * 1-5/2", "cron(0 7 ? * 2-6/2 *)"),
+    ("0 7 * * MON#1", "cron(0 7 ? * MON#1 *)"),
 ])
 def test_unix_crons_become_application_autoscaling_crons(unix, aws) -> None:
     assert application_autoscaling_cron(unix).expression_string == aws
