@@ -16,6 +16,8 @@ old model and configuration are deleted in the stack's cleanup phase.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import re
 from dataclasses import dataclass
@@ -41,7 +43,11 @@ from constructs_lib.object_read import grant_read_object
 from constructs_lib.off_hours import OffHoursSchedule, add_scalable_target_off_hours_schedule
 
 VARIANT_NAME = "AllTraffic"
-SHADOW_VARIANT_NAME = "Shadow"
+# A shadow variant is "Shadow-<digest of candidate and fleet>": a new
+# candidate or fleet is a new variant, which the blue/green update creates
+# as configured (a variant that keeps its name keeps its retained instance
+# count, RetainAllVariantProperties).
+SHADOW_VARIANT_PREFIX = "Shadow"
 SAGEMAKER_NAMESPACE = "AWS/SageMaker"
 ENDPOINT_INSTANCE_NAMESPACE = "/aws/sagemaker/Endpoints"
 COMPONENT_INSTANCE_NAMESPACE = "/aws/sagemaker/InferenceComponents"
@@ -147,6 +153,14 @@ class ShadowVariant:
     model_data_bucket: s3.IBucket | None = None
     model_data_key: str | None = None
     model_package: InferenceModelPackage | None = None
+
+    def identity(self) -> dict[str, object]:
+        """What makes this candidate and its fleet (tokens unresolved)."""
+        return {"image": self.image.image_uri if self.image else None,
+                "artifact": (f"{self.model_data_bucket.bucket_name}/{self.model_data_key}"
+                             if self.model_data_bucket else None),
+                "package": self.model_package.package_arn if self.model_package else None,
+                "instance_type": self.instance_type, "instance_count": self.instance_count}
 
     def container(self, environment: Mapping[str, str]) -> sagemaker.CfnModel.ContainerDefinitionProperty:
         if self.model_package is not None:
@@ -561,12 +575,16 @@ class InferenceEndpoint(Construct):
                     environment=environment or None)
             self.model = self._variant_model("Model", container, vpc_config)
             self.shadow_model = None
+            self.shadow_variant_name: str | None = None
             shadow_variants = None
             if self.shadow is not None:
                 self.shadow_model = self._variant_model(
                     "ShadowModel", self.shadow.container(environment), vpc_config)
+                identity = json.dumps(cdk.Stack.of(self).resolve(self.shadow.identity()), sort_keys=True)
+                self.shadow_variant_name = (f"{SHADOW_VARIANT_PREFIX}-"
+                                            f"{hashlib.sha256(identity.encode()).hexdigest()[:8]}")
                 shadow_variants = [sagemaker.CfnEndpointConfig.ProductionVariantProperty(
-                    variant_name=SHADOW_VARIANT_NAME,
+                    variant_name=self.shadow_variant_name,
                     model_name=self.shadow_model.attr_model_name,
                     instance_type=self.shadow.instance_type,
                     initial_instance_count=self.shadow.instance_count,
@@ -731,8 +749,10 @@ class InferenceEndpoint(Construct):
             # deploy at peak must not drop prod to initial_instance_count) but
             # applies a changed data-capture configuration.
             self.endpoint.add_property_override("RetainAllVariantProperties", True)
+            # A shadow's sampling share is its weight: a changed share applies too.
+            excluded = ["DataCaptureConfig"] + (["DesiredWeight"] if self.shadow is not None else [])
             self.endpoint.add_property_override(
-                "ExcludeRetainedVariantProperties", [{"VariantPropertyType": "DataCaptureConfig"}])
+                "ExcludeRetainedVariantProperties", [{"VariantPropertyType": t} for t in excluded])
         self.endpoint.node.add_dependency(self.role, self.service_policy, self.capture_policy,
                                          *log_groups)
         self.endpoint_arn = self.endpoint.ref
@@ -907,7 +927,7 @@ class InferenceEndpoint(Construct):
             raise ValueError(f"{self.endpoint_name} has no shadow variant")
         return cloudwatch.Metric(
             namespace=SAGEMAKER_NAMESPACE, metric_name=metric_name,
-            dimensions_map={"EndpointName": self.endpoint_name, "VariantName": SHADOW_VARIANT_NAME},
+            dimensions_map={"EndpointName": self.endpoint_name, "VariantName": self.shadow_variant_name},
             statistic=statistic, period=period or cdk.Duration.minutes(1))
 
     def metric_invocations(self, *, period: cdk.Duration | None = None) -> cloudwatch.Metric:

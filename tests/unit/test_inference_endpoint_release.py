@@ -3,6 +3,8 @@ package version, a shadow candidate, high-resolution scaling, off hours."""
 
 from __future__ import annotations
 
+import re
+
 import aws_cdk as cdk
 import pytest
 from aws_cdk import aws_ec2 as ec2
@@ -12,7 +14,6 @@ from aws_cdk import aws_sns as sns
 from aws_cdk.assertions import Template
 
 from constructs_lib.inference_endpoint import (
-    SHADOW_VARIANT_NAME,
     VARIANT_NAME,
     InferenceEndpoint,
     InferenceImage,
@@ -89,7 +90,8 @@ def test_a_shadow_candidate_is_a_shadow_variant_with_its_sampled_share_of_traffi
     [shadow] = config["Properties"]["ShadowProductionVariants"]
     assert (production["VariantName"], production["InitialVariantWeight"]) == (VARIANT_NAME, 1)
     assert (shadow["VariantName"], shadow["InstanceType"], shadow["InitialInstanceCount"]) == (
-        SHADOW_VARIANT_NAME, "ml.c5.2xlarge", 1)
+        endpoint.shadow_variant_name, "ml.c5.2xlarge", 1)
+    assert re.fullmatch(r"Shadow-[0-9a-f]{8}", endpoint.shadow_variant_name)
     assert shadow["InitialVariantWeight"] == SHADOW["sampling_percent"] / 100
     assert shadow["ModelName"]["Fn::GetAtt"][0].startswith("RankerShadowModel")
     models = resources(template, "AWS::SageMaker::Model")
@@ -110,7 +112,7 @@ def test_shadow_alarms_notify_but_never_roll_a_deployment_back() -> None:
               for r in resources(template, "AWS::CloudWatch::Alarm").values()}
     latency = alarms["ml-test-ranker-shadow-model-latency-p99"]
     assert (latency["Threshold"], latency["ExtendedStatistic"]) == (800_000, "p99")
-    assert {"Name": "VariantName", "Value": SHADOW_VARIANT_NAME} in latency["Dimensions"]
+    assert {"Name": "VariantName", "Value": endpoint.shadow_variant_name} in latency["Dimensions"]
     errors = alarms["ml-test-ranker-shadow-invocation-5xx-errors"]
     assert (errors["Threshold"], errors["MetricName"]) == (3, "Invocation5XXErrors")
     assert errors["AlarmActions"] and errors["OKActions"]
@@ -224,3 +226,18 @@ def test_fails_when_a_shadow_has_no_or_two_candidates() -> None:
     with pytest.raises(ValueError, match="shadow: give image"):
         build(shadow=ShadowVariant(sampling_percent=5, instance_type="ml.c5.xlarge", model_package=package,
                                    image=InferenceImage.from_uri(IMAGE)))
+
+
+def test_a_new_candidate_or_fleet_is_a_new_shadow_variant_and_its_share_is_not_retained() -> None:
+    first, template = build(shadow_props=SHADOW)
+    [deployed] = resources(template, "AWS::SageMaker::Endpoint").values()
+    assert deployed["Properties"]["ExcludeRetainedVariantProperties"] == [
+        {"VariantPropertyType": "DataCaptureConfig"}, {"VariantPropertyType": "DesiredWeight"}]
+    assert build(shadow_props={**SHADOW, "sampling_percent": 50})[0].shadow_variant_name == first.shadow_variant_name
+    for change in ({"instance_count": 2}, {"instance_type": "ml.c5.4xlarge"},
+                   {"model_data_key": "ranker/v3/model.tar.gz"}):
+        assert build(shadow_props={**SHADOW, **change})[0].shadow_variant_name != first.shadow_variant_name
+    _, template = build()
+    [deployed] = resources(template, "AWS::SageMaker::Endpoint").values()
+    assert deployed["Properties"]["ExcludeRetainedVariantProperties"] == [
+        {"VariantPropertyType": "DataCaptureConfig"}]
