@@ -206,3 +206,15 @@ def test_a_pending_registry_version_shadows_the_pinned_one(stage) -> None:
     [config] = [r["Properties"] for lid, r in of_type(template, "AWS::SageMaker::EndpointConfig").items()
                 if lid.startswith("scorer")]
     assert config["ShadowProductionVariants"][0]["InitialVariantWeight"] == 0.05
+
+
+def test_an_approval_notice_needs_a_group_to_watch() -> None:
+    import aws_cdk as cdk
+    from aws_cdk import aws_sns as sns
+
+    from constructs_lib.model_approval_notice import ModelApprovalNotice
+
+    stack = cdk.Stack(cdk.App(), "Test")
+    with pytest.raises(ValueError, match="at least one model package group"):
+        ModelApprovalNotice(stack, "Notice", groups=(), topic=sns.Topic(stack, "Topic"),
+                            command="make refresh-models STAGE=dev")
