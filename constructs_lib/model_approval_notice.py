@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import jsii
 from aws_cdk import aws_events as events
-from aws_cdk import aws_events_targets as targets
 from aws_cdk import aws_sns as sns
 from constructs import Construct
 
@@ -50,9 +50,20 @@ class ModelApprovalNotice(Construct):
         group = events.EventField.from_path("$.detail.ModelPackageGroupName")
         version = events.EventField.from_path("$.detail.ModelPackageVersion")
         arn = events.EventField.from_path("$.detail.ModelPackageArn")
-        # Imported, so the target's own publish grant is not added to the
-        # topic policy (which already admits this account's rules alone).
-        imported = sns.Topic.from_topic_arn(self, "Topic", topic.topic_arn)
-        self.rule.add_target(targets.SnsTopic(imported, message=events.RuleTargetInput.from_text(
+        self.rule.add_target(_TopicAsIs(topic, events.RuleTargetInput.from_text(
             f"Model package {group} version {version} was approved ({arn}). "
             f"Run `{command}` to pin it, review and merge the diff, then deploy.")))
+
+
+@jsii.implements(events.IRuleTarget)
+class _TopicAsIs:
+    """The topic as a rule target, without the publish grant
+    ``aws_events_targets.SnsTopic`` adds to the topic policy (one without the
+    ``aws:SourceAccount`` condition the alerts topic's own statement has)."""
+
+    def __init__(self, topic: sns.ITopic, message: events.RuleTargetInput) -> None:
+        self.topic = topic
+        self.message = message
+
+    def bind(self, _rule: events.IRule, _id: str | None = None) -> events.RuleTargetConfig:
+        return events.RuleTargetConfig(arn=self.topic.topic_arn, input=self.message)

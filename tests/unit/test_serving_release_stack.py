@@ -218,3 +218,12 @@ def test_an_approval_notice_needs_a_group_to_watch() -> None:
     with pytest.raises(ValueError, match="at least one model package group"):
         ModelApprovalNotice(stack, "Notice", groups=(), topic=sns.Topic(stack, "Topic"),
                             command="make refresh-models STAGE=dev")
+
+
+def test_the_approval_rule_adds_no_synth_warning(stage) -> None:
+    from aws_cdk.assertions import Annotations, Match
+
+    _, synthesized = stage
+    ops = synthesized.app.node.find_child("dev").ops
+    warnings = Annotations.from_stack(ops).find_warning("*", Match.any_value())
+    assert not [w for w in warnings if "ModelApprovals" in w.id], warnings
