@@ -167,6 +167,7 @@ def test_the_documented_permissions_are_the_calls_a_run_makes(synthesized) -> No
         "servicequotas:GetAWSDefaultServiceQuota",  # a quota without an applied value
         "ecr:DescribeRepositories",  # a template that names its repository
         "iam:GetRole",  # a template that names its role (none since the EKS access roles went)
+        "sagemaker:DescribeModelPackage",  # a stage serving a model registry version
     }
     assert made <= set(IAM_ACTIONS)
     assert set(IAM_ACTIONS) - made == conditional

@@ -58,3 +58,58 @@ def test_make_cost_prices_the_shadow_variant_of_an_endpoint_config() -> None:
     assert stage.always_on == stage.maximum == pytest.approx(3 * 1027.84)
     assert [line.detail for line in stage.lines] == ["variant AllTraffic: 2..2 x ml.g5.xlarge",
                                                      "variant Shadow: 1..1 x ml.g5.xlarge"]
+
+
+def _pins(tmp_path, monkeypatch) -> None:
+    from ml_stacks import model_pins
+
+    arn = "arn:aws:sagemaker:us-east-1:111122223333:model-package/scorer-models/{}"
+    pin = {"model_package_group": "scorer-models", "model_package_arn": arn.format(3), "version": 3,
+           "containers": [{"image": "111122223333.dkr.ecr.us-east-1.amazonaws.com/scorer:3"}],
+           "resolved_at": "2026-11-29"}
+    path = tmp_path / "model_pins.json"
+    path.write_text(json.dumps({"prod": {"scorer": {**pin, "shadow": {
+        **pin, "model_package_arn": arn.format(4), "version": 4}}}}))
+    monkeypatch.setattr(model_pins, "PIN_FILE", path)
+
+
+def _package(version: int, approval: str, status: str = "Completed") -> dict:
+    import datetime as dt
+
+    return {"ModelPackageName": "scorer-models", "ModelPackageGroupName": "scorer-models",
+            "ModelPackageVersion": version, "CreationTime": dt.datetime(2026, 11, 1),
+            "ModelPackageArn": f"arn:aws:sagemaker:us-east-1:111122223333:model-package/scorer-models/{version}",
+            "ModelPackageStatus": status, "ModelApprovalStatus": approval,
+            "ModelPackageStatusDetails": {"ValidationStatuses": []}}
+
+
+@pytest.mark.parametrize(("production", "shadow", "statuses", "figures"), [
+    (_package(3, "Approved"), _package(4, "PendingManualApproval"), [PASS, PASS],
+     ["scorer-models v3 exists and is Approved", "scorer-models v4 exists and is PendingManualApproval"]),
+    (_package(3, "Rejected"), _package(4, "Rejected"), [FAIL, "WARN"],
+     ["scorer-models v3 was pinned, and is Rejected now", "scorer-models v4 was pinned, and is Rejected now"]),
+    (None, _package(4, "Approved", status="Failed"), [FAIL, FAIL],
+     ["scorer-models v3 is pinned but does not exist any more", "scorer-models v4 is Failed, not Completed"]),
+])
+def test_pinned_registry_versions_must_still_be_servable(tmp_path, monkeypatch, production, shadow, statuses,
+                                                          figures) -> None:
+    from botocore.stub import Stubber
+
+    from delivery.preflight import model_packages
+
+    _pins(tmp_path, monkeypatch)
+    client = boto3.client("sagemaker", **KEYS)
+    arn = "arn:aws:sagemaker:us-east-1:111122223333:model-package/scorer-models/{}"
+    with Stubber(client) as stub:
+        if production is None:
+            stub.add_client_error("describe_model_package", "ValidationException", "does not exist",
+                                  expected_params={"ModelPackageName": arn.format(3)})
+        else:
+            stub.add_response("describe_model_package", production, {"ModelPackageName": arn.format(3)})
+        stub.add_response("describe_model_package", shadow, {"ModelPackageName": arn.format(4)})
+        model = dataclasses.replace(REGISTRY, shadow=ShadowConfig(sampling_percent=5, model_package_version=4))
+        rows = model_packages.check_model_packages(client, models=[SHADOWED, model], stage="prod",
+                                                   region="us-east-1", account=None)
+    assert [r.status for r in rows] == statuses
+    assert [r.figure for r in rows] == figures
+    assert all("make refresh-models STAGE=prod" in r.fix for r in rows if r.status != PASS)
