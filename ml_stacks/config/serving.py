@@ -54,9 +54,10 @@ class ShadowConfig:
     the package's), or ``model_package_version``, a version of the model's
     own ``model_package_group`` (pinned by ``make refresh-models`` like
     production's, approved or still pending), on ``instance_count``
-    instances of ``instance_type`` (default: production's). Its latency and error alarms notify the alerts topic but
-    never roll a deployment back: they inform the promotion, which is a
-    config change (the candidate becomes ``model_data_key``, ``shadow`` goes).
+    instances of ``instance_type`` (default: production's). Its latency and
+    error alarms notify the alerts topic but never roll a deployment back:
+    they inform the promotion, which is a config change (the candidate
+    becomes the model, ``shadow`` goes; docs/models.md).
     """
 
     sampling_percent: int
@@ -75,7 +76,7 @@ class ShadowConfig:
         return cls(**kwargs)
 
     def validate(self, path: str, *, model: "ModelConfig", region: str) -> None:
-        _require(not model.scale_to_zero, f"{path}", "shadow",
+        _require(not model.scale_to_zero, path, "shadow",
                  "None with scale_to_zero: an inference component endpoint's variant carries "
                  "no model, so SageMaker has nothing to shadow")
         _require(_is_int(self.sampling_percent) and 1 <= self.sampling_percent <= 100,
@@ -83,7 +84,11 @@ class ShadowConfig:
                  "an integer from 1 to 100 (percent of production requests copied to the candidate)")
         if self.model_package_version is not None:
             self._validate_package_version(path, model)
-            return self._validate_fleet(path)
+        else:
+            self._validate_artifact_candidate(path, model, region)
+        self._validate_fleet(path)
+
+    def _validate_artifact_candidate(self, path: str, model: "ModelConfig", region: str) -> None:
         key = self.model_data_key
         _require(isinstance(key, str) and len(key) <= 1024 and bool(_S3_KEY_RE.match(key))
                  and key.endswith(".tar.gz"), f"{path}.model_data_key", key,
@@ -96,7 +101,6 @@ class ShadowConfig:
                      "an image_tag or image_uri: production comes from the model registry, so "
                      "there is no production image to default to")
         _validate_image_choice(path, self.image_tag, self.image_uri, region)
-        self._validate_fleet(path)
 
     def _validate_package_version(self, path: str, model: "ModelConfig") -> None:
         version = self.model_package_version
@@ -155,7 +159,7 @@ class ModelConfig:
     Deployments are blue/green (``canary``, ``linear`` or ``all_at_once``)
     and roll back by themselves when one of the endpoint's alarms fires.
 
-    ``model_package_group`` serves the latest ``Approved`` version of a
+    ``model_package_group`` serves the pinned ``Approved`` version of a
     SageMaker Model Registry group instead of an S3 artifact (a third
     choice beside ``model_data_key`` and ``example_model``; the package
     names its image, so ``image_tag``/``image_uri`` stay None). The version
