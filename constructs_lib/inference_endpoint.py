@@ -543,6 +543,8 @@ class InferenceEndpoint(Construct):
         vpc_config = sagemaker.CfnModel.VpcConfigProperty(
             security_group_ids=[self.security_group.security_group_id], subnets=subnet_ids)
         self.model: sagemaker.CfnModel | None = None
+        self.shadow_model: sagemaker.CfnModel | None = None
+        self.shadow_variant_name: str | None = None
         if self.scale_to_zero:
             variant = sagemaker.CfnEndpointConfig.ProductionVariantProperty(
                 variant_name=VARIANT_NAME,
@@ -574,8 +576,6 @@ class InferenceEndpoint(Construct):
                     image=image.image_uri, model_data_url=model_data_url,
                     environment=environment or None)
             self.model = self._variant_model("Model", container, vpc_config)
-            self.shadow_model = None
-            self.shadow_variant_name: str | None = None
             shadow_variants = None
             if self.shadow is not None:
                 self.shadow_model = self._variant_model(
