@@ -44,7 +44,7 @@ STAGE_CONTEXT := $(if $(STAGES),-c stages=$(STAGES),)
 # The stage being deployed, diffed or destroyed, pinned to ACCOUNT if given.
 ONE_STAGE := -c stages=$(STAGE) $(if $(ACCOUNT),-c account=$(ACCOUNT),)
 
-.PHONY: help setup synth cdk acknowledgements iam-report test test-config-change bench bench-drill bench-idle bench-preflight bench-serving bootstrap preflight deploy destroy diff cost drift smoke run refresh-amis clean
+.PHONY: help setup synth cdk acknowledgements iam-report test test-config-change bench bench-drill bench-idle bench-preflight bench-serving bootstrap preflight deploy destroy diff cost drift smoke run refresh-amis refresh-models clean
 
 help:
 	@echo "make synth [STAGES=dev,prod]   synthesize offline, print a summary"
@@ -67,6 +67,8 @@ help:
 	@echo "                               training runs: submit SPEC | list | show ID | cancel ID | logs ID [--follow]"
 	@echo "make refresh-amis [STAGE=dev]  re-pin the AMIs in ml_stacks/ami_pins.json from the public"
 	@echo "                               parameters, print old -> new (AWS credentials; commit the diff)"
+	@echo "make refresh-models STAGE=prod pin the newest Approved version of each registry model in"
+	@echo "                               ml_stacks/model_pins.json, print old -> new (AWS credentials; commit the diff)"
 	@echo "make preflight STAGE=dev       read-only checks of the account before a deploy (AWS credentials)"
 	@echo "make bench-preflight           preflight of every stage on a fresh moto account, quota needs"
 	@echo "make deploy STAGE=dev          preflight, then cdk deploy '<stage>/*' (AWS credentials)"
@@ -195,6 +197,11 @@ run: setup
 # The only way the AMI pins change: a reviewed diff of ml_stacks/ami_pins.json.
 refresh-amis: setup
 	python -m delivery.refresh_amis $(if $(STAGE),--stage '$(STAGE)',)
+
+# The only way a registry model's version changes: a reviewed diff of ml_stacks/model_pins.json.
+refresh-models: setup
+	$(require_stage)
+	python -m delivery.refresh_models --stage '$(STAGE)' $(if $(ACCOUNT),--account '$(ACCOUNT)',)
 
 # Synthesizes the stage into cdk.out and checks the account against it
 # (read-only): `make deploy` then deploys exactly the assembly it checked.

@@ -16,8 +16,11 @@ old model and configuration are deleted in the stack's cleanup phase.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import re
+from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 import aws_cdk as cdk
@@ -38,8 +41,14 @@ from constructs_lib.acknowledge import acknowledge
 from constructs_lib.acknowledge_resolved import acknowledge_resources
 from constructs_lib.kms_grants import via_service
 from constructs_lib.object_read import grant_read_object
+from constructs_lib.off_hours import OffHoursSchedule, add_scalable_target_off_hours_schedule
 
 VARIANT_NAME = "AllTraffic"
+# A shadow variant is "Shadow-<digest of candidate and fleet>": a new
+# candidate or fleet is a new variant, which the blue/green update creates
+# as configured (a variant that keeps its name keeps its retained instance
+# count, RetainAllVariantProperties).
+SHADOW_VARIANT_PREFIX = "Shadow"
 SAGEMAKER_NAMESPACE = "AWS/SageMaker"
 ENDPOINT_INSTANCE_NAMESPACE = "/aws/sagemaker/Endpoints"
 COMPONENT_INSTANCE_NAMESPACE = "/aws/sagemaker/InferenceComponents"
@@ -87,9 +96,18 @@ class InferenceImage:
         self.repository_arn = repository_arn
 
     @classmethod
-    def from_repository(cls, repository: ecr.IRepository, tag: str) -> "InferenceImage":
-        """``tag`` in ``repository`` (e.g. the stage's image repository)."""
-        return cls(repository.repository_uri_for_tag(tag), repository.repository_arn)
+    def from_repository(cls, repository: ecr.IRepository, tag: str, *,
+                        scope: Construct) -> "InferenceImage":
+        """``tag`` in ``repository``, a repository in ``scope``'s account and
+        region (e.g. the stage's image repository).
+
+        Not ``repository.repository_uri_for_tag()``: it derives account and
+        region by splitting the repository ARN, and across stacks that ARN is
+        a ``Fn::GetStackOutput``, which ``Fn::Split`` rejects (cfn-lint E1022).
+        """
+        stack = cdk.Stack.of(scope)
+        uri = f"{stack.account}.dkr.ecr.{stack.region}.{stack.url_suffix}/{repository.repository_name}:{tag}"
+        return cls(uri, repository.repository_arn)
 
     @classmethod
     def from_uri(cls, image_uri: str) -> "InferenceImage":
@@ -101,6 +119,67 @@ class InferenceImage:
         partition = "aws-cn" if match["cn"] else "aws"
         return cls(image_uri, f"arn:{partition}:ecr:{match['region']}:{match['account']}:"
                               f"repository/{match['repository']}")
+
+
+_S3_URL_RE = re.compile(r"^s3://(?P<bucket>[^/]+)/(?P<key>.+)$")
+
+
+class InferenceModelPackage:
+    """A SageMaker Model Registry package version the endpoint serves, and
+    what each of its containers pulls and loads (the role may use those alone).
+
+    ``containers`` is ``(image URI, model data URL or None)`` per container of
+    the package's inference specification, as ``make refresh-models`` pinned them.
+    """
+
+    def __init__(self, package_arn: str, containers: Sequence[tuple[str, str | None]]) -> None:
+        if not containers:
+            raise ValueError(f"model package {package_arn}: no containers to serve")
+        self.package_arn = package_arn
+        self.images = [InferenceImage.from_uri(image) for image, _ in containers]
+        self.model_data_urls: list[str] = []
+        for _, url in containers:
+            if url is None:
+                continue
+            if not _S3_URL_RE.match(url):
+                raise ValueError(f"model package {package_arn}: {url!r} is not s3://<bucket>/<key>")
+            self.model_data_urls.append(url)
+
+
+@dataclass(frozen=True)
+class ShadowVariant:
+    """A candidate served as the endpoint's shadow variant: ``sampling_percent``
+    of production's requests are copied to it and its answers discarded.
+
+    The candidate is ``image`` with ``model_data_key`` in ``model_data_bucket``,
+    or ``model_package``; it runs on ``instance_count`` × ``instance_type`` (a
+    fixed fleet: a shadow is a test, not capacity).
+    """
+
+    sampling_percent: int
+    instance_type: str
+    instance_count: int = 1
+    image: InferenceImage | None = None
+    model_data_bucket: s3.IBucket | None = None
+    model_data_key: str | None = None
+    model_package: InferenceModelPackage | None = None
+
+    def identity(self) -> dict[str, object]:
+        """What makes this candidate and its fleet (tokens unresolved)."""
+        return {"image": self.image.image_uri if self.image else None,
+                "artifact": (f"{self.model_data_bucket.bucket_name}/{self.model_data_key}"
+                             if self.model_data_bucket else None),
+                "package": self.model_package.package_arn if self.model_package else None,
+                "instance_type": self.instance_type, "instance_count": self.instance_count}
+
+    def container(self, environment: Mapping[str, str]) -> sagemaker.CfnModel.ContainerDefinitionProperty:
+        if self.model_package is not None:
+            return sagemaker.CfnModel.ContainerDefinitionProperty(
+                model_package_name=self.model_package.package_arn, environment=dict(environment) or None)
+        return sagemaker.CfnModel.ContainerDefinitionProperty(
+            image=self.image.image_uri,
+            model_data_url=f"s3://{self.model_data_bucket.bucket_name}/{self.model_data_key}",
+            environment=dict(environment) or None)
 
 
 class InferenceEndpoint(Construct):
@@ -133,6 +212,16 @@ class InferenceEndpoint(Construct):
     to zero when idle, and the first request that finds no copy
     (``NoCapacityInvocationFailures``) scales one back out. That request and
     all others until an instance is up (minutes) fail and must be retried.
+    ``off_hours`` closes the component at night (copies to 0, no scale-out
+    even on a request) and reopens it in the morning.
+
+    The model is either ``image`` with ``model_data_key`` in
+    ``model_data_bucket`` or ``model_package`` (a pinned Model Registry
+    version, not with ``scale_to_zero``). ``shadow`` adds a shadow variant
+    with its own model and latency/5XX alarms, which notify ``alarm_topic``
+    but never roll a deployment back. ``target_concurrent_requests`` adds
+    target tracking on the high-resolution (10 s) concurrent requests per
+    model (per copy with ``scale_to_zero``).
     """
 
     def __init__(
@@ -141,9 +230,6 @@ class InferenceEndpoint(Construct):
         construct_id: str,
         *,
         endpoint_name: str,
-        image: InferenceImage,
-        model_data_bucket: s3.IBucket,
-        model_data_key: str,
         capture_bucket: s3.IBucket,
         key: kms.IKey,
         vpc: ec2.IVpc,
@@ -176,14 +262,24 @@ class InferenceEndpoint(Construct):
         log_retention: logs.RetentionDays = logs.RetentionDays.ONE_MONTH,
         capture_key: kms.IKey | None = None,
         log_key: kms.IKey | None = None,
+        image: InferenceImage | None = None,
+        model_data_bucket: s3.IBucket | None = None,
+        model_data_key: str | None = None,
+        model_package: InferenceModelPackage | None = None,
+        shadow: ShadowVariant | None = None,
+        target_concurrent_requests: float | None = None,
+        off_hours: OffHoursSchedule | None = None,
     ) -> None:
         """Defaults: private subnets, capture prefix ``<endpoint_name>/``,
         cooldowns 300 s in / 60 s out, p99 alarm at 1 s, canary 10% with 300 s
-        waits, one month of logs."""
+        waits, one month of logs; no shadow, no high-resolution scaling, no
+        off hours."""
         super().__init__(scope, construct_id)
         if deployment not in TRAFFIC_ROUTING:
             raise ValueError(f"deployment: {deployment!r} is not allowed — one of "
                              + ", ".join(TRAFFIC_ROUTING))
+        _check_model_source(image, model_data_bucket, model_data_key, model_package,
+                            scale_to_zero=scale_to_zero, shadow=shadow, off_hours=off_hours)
         stack = cdk.Stack.of(self)
         self.endpoint_name = endpoint_name
         self.scale_to_zero = scale_to_zero
@@ -196,9 +292,16 @@ class InferenceEndpoint(Construct):
         deployment_wait = deployment_wait if deployment_wait is not None else cdk.Duration.seconds(300)
         deployment_termination_wait = (deployment_termination_wait if deployment_termination_wait
                                        is not None else cdk.Duration.seconds(300))
-        volume_key = None if has_instance_storage(instance_type) else key
+        self.model_package = model_package
+        self.shadow = shadow
+        # One KmsKeyId covers every variant's volume: none as soon as one
+        # variant's instance type keeps its volume on local NVMe.
+        local_storage = has_instance_storage(instance_type) or (
+            shadow is not None and has_instance_storage(shadow.instance_type))
+        volume_key = None if local_storage else key
         capture_key = capture_key or key
-        model_data_url = f"s3://{model_data_bucket.bucket_name}/{model_data_key}"
+        model_data_url = (None if model_package is not None
+                          else f"s3://{model_data_bucket.bucket_name}/{model_data_key}")
         environment = dict(environment or {})
 
         log_groups = self._build_log_groups(log_retention, log_key)
@@ -207,6 +310,7 @@ class InferenceEndpoint(Construct):
             image=image, model_data_bucket=model_data_bucket, model_data_key=model_data_key,
             capture_bucket=capture_bucket, capture_prefix=capture_prefix, key=key,
             capture_key=capture_key, volume_key=volume_key, log_groups=log_groups)
+        self._grant_release_sources()
         self._build_service_policy(stack, vpc, subnet_ids)
         capture = self._data_capture_config(
             capture_bucket=capture_bucket, capture_prefix=capture_prefix, key=capture_key,
@@ -221,6 +325,10 @@ class InferenceEndpoint(Construct):
         rollback_alarms = self._build_alarms(
             alarm_topic=alarm_topic, alarm_5xx_errors=alarm_5xx_errors,
             alarm_4xx_rate_percent=alarm_4xx_rate_percent, alarm_latency_p99=alarm_latency_p99)
+        self.shadow_alarms: list[cloudwatch.Alarm] = []
+        if shadow is not None:
+            self._build_shadow_alarms(alarm_topic=alarm_topic, alarm_5xx_errors=alarm_5xx_errors,
+                                      alarm_latency_p99=alarm_latency_p99)
         deployment_config = None if scale_to_zero else self._blue_green_deployment_config(
             deployment=deployment, step_percent=deployment_step_percent,
             wait=deployment_wait, termination_wait=deployment_termination_wait,
@@ -245,6 +353,10 @@ class InferenceEndpoint(Construct):
                 target_invocations_per_instance=target_invocations_per_instance,
                 gpu_utilization_target_percent=gpu_utilization_target_percent,
                 scale_in_cooldown=scale_in_cooldown, scale_out_cooldown=scale_out_cooldown)
+        self._build_release_scaling(
+            off_hours=off_hours, max_instance_count=max_instance_count,
+            target_concurrent_requests=target_concurrent_requests,
+            scale_in_cooldown=scale_in_cooldown, scale_out_cooldown=scale_out_cooldown)
 
     # --- construction steps, in the order the constructor calls them ------
 
@@ -282,8 +394,8 @@ class InferenceEndpoint(Construct):
             "HTTPS to S3 (gateway endpoint), ECR and CloudWatch via endpoints or NAT")
         return vpc.select_subnets(subnet_type=subnet_type).subnet_ids
 
-    def _build_role(self, *, image: InferenceImage, model_data_bucket: s3.IBucket,
-                    model_data_key: str, capture_bucket: s3.IBucket, capture_prefix: str,
+    def _build_role(self, *, image: InferenceImage | None, model_data_bucket: s3.IBucket | None,
+                    model_data_key: str | None, capture_bucket: s3.IBucket, capture_prefix: str,
                     key: kms.IKey, capture_key: kms.IKey, volume_key: kms.IKey | None,
                     log_groups: Sequence[logs.LogGroup]) -> None:
         """Execution role: every statement names its resource."""
@@ -293,9 +405,11 @@ class InferenceEndpoint(Construct):
             description=f"SageMaker execution role of endpoint {self.endpoint_name}",
         )
         # One object, wherever it lives (no KMS grant for the bootstrap
-        # bucket: constructs_lib/object_read.py says why).
-        grant_read_object(self.role, bucket=model_data_bucket, key=model_data_key,
-                          sid="ReadItsModelArtifact")
+        # bucket: constructs_lib/object_read.py says why). A model package's
+        # artifacts: _grant_release_sources.
+        if model_data_bucket is not None:
+            grant_read_object(self.role, bucket=model_data_bucket, key=model_data_key,
+                              sid="ReadItsModelArtifact")
         # Data capture writes objects whose keys SageMaker chooses, under the
         # model's own prefix: a policy of its own carries that one wildcard.
         self.capture_policy = iam.Policy(
@@ -312,11 +426,15 @@ class InferenceEndpoint(Construct):
                     [capture_bucket.arn_for_objects(f"{capture_prefix}*")],
                     "The only statement here lets SageMaker write data-capture objects, whose keys "
                     "it chooses, under this model's own prefix of the capture bucket.")
+        images = [image] if image is not None else []
+        for package in self._packages():
+            images += package.images
+        images += [self.shadow.image] if self.shadow is not None and self.shadow.image else []
         self.role.add_to_policy(iam.PolicyStatement(
             sid="PullItsImage",
             actions=["ecr:BatchCheckLayerAvailability", "ecr:GetDownloadUrlForLayer",
                      "ecr:BatchGetImage"],
-            resources=[image.repository_arn],
+            resources=list(dict.fromkeys(i.repository_arn for i in images)),
         ))
         # Decrypt: the model artifact (SSE-KMS). Encrypt/GenerateDataKey: the
         # captures SageMaker writes to S3 with KmsKeyId (Decrypt too, which S3
@@ -349,6 +467,27 @@ class InferenceEndpoint(Construct):
                      "logs:DescribeLogStreams"],
             resources=[group.log_group_arn for group in log_groups],
         ))
+
+    def _packages(self) -> list[InferenceModelPackage]:
+        """The model packages served: production's and the shadow candidate's."""
+        packages = [self.model_package] if self.model_package is not None else []
+        if self.shadow is not None and self.shadow.model_package is not None:
+            packages.append(self.shadow.model_package)
+        return packages
+
+    def _grant_release_sources(self) -> None:
+        """Read the pinned packages' artifacts and the shadow candidate's, one object each."""
+        urls = list(dict.fromkeys(url for package in self._packages() for url in package.model_data_urls))
+        if urls:
+            self.role.add_to_policy(iam.PolicyStatement(
+                sid="ReadItsModelPackageArtifacts",
+                actions=["s3:GetObject"],
+                resources=[f"arn:{cdk.Aws.PARTITION}:s3:::{match['bucket']}/{match['key']}"
+                           for match in map(_S3_URL_RE.match, urls)],
+            ))
+        if self.shadow is not None and self.shadow.model_package is None:
+            grant_read_object(self.role, bucket=self.shadow.model_data_bucket,
+                              key=self.shadow.model_data_key, sid="ReadItsShadowArtifact")
 
     def _build_service_policy(self, stack: cdk.Stack, vpc: ec2.IVpc,
                               subnet_ids: Sequence[str]) -> None:
@@ -424,7 +563,8 @@ class InferenceEndpoint(Construct):
         )
 
     def _build_model_and_endpoint_config(
-            self, *, image: InferenceImage, model_data_url: str, environment: dict[str, str],
+            self, *, image: InferenceImage | None, model_data_url: str | None,
+            environment: dict[str, str],
             subnet_ids: Sequence[str], volume_key: kms.IKey | None,
             capture: sagemaker.CfnEndpointConfig.DataCaptureConfigProperty,
             initial_instance_count: int, max_instance_count: int) -> None:
@@ -433,6 +573,8 @@ class InferenceEndpoint(Construct):
         vpc_config = sagemaker.CfnModel.VpcConfigProperty(
             security_group_ids=[self.security_group.security_group_id], subnets=subnet_ids)
         self.model: sagemaker.CfnModel | None = None
+        self.shadow_model: sagemaker.CfnModel | None = None
+        self.shadow_variant_name: str | None = None
         if self.scale_to_zero:
             variant = sagemaker.CfnEndpointConfig.ProductionVariantProperty(
                 variant_name=VARIANT_NAME,
@@ -454,18 +596,32 @@ class InferenceEndpoint(Construct):
                 production_variants=[variant],
             )
         else:
-            self.model = sagemaker.CfnModel(
-                self, "Model",
-                execution_role_arn=self.role.role_arn,
-                enable_network_isolation=True,
-                vpc_config=vpc_config,
-                primary_container=sagemaker.CfnModel.ContainerDefinitionProperty(
-                    image=image.image_uri,
-                    model_data_url=model_data_url,
-                    environment=environment or None,
-                ),
-            )
-            self.model.node.add_dependency(self.role, self.service_policy, self.capture_policy)
+            if self.model_package is not None:
+                # The package names its image and artifact; SageMaker copies them into the model.
+                container = sagemaker.CfnModel.ContainerDefinitionProperty(
+                    model_package_name=self.model_package.package_arn,
+                    environment=environment or None)
+            else:
+                container = sagemaker.CfnModel.ContainerDefinitionProperty(
+                    image=image.image_uri, model_data_url=model_data_url,
+                    environment=environment or None)
+            self.model = self._variant_model("Model", container, vpc_config)
+            shadow_variants = None
+            if self.shadow is not None:
+                self.shadow_model = self._variant_model(
+                    "ShadowModel", self.shadow.container(environment), vpc_config)
+                identity = json.dumps(cdk.Stack.of(self).resolve(self.shadow.identity()), sort_keys=True)
+                self.shadow_variant_name = (f"{SHADOW_VARIANT_PREFIX}-"
+                                            f"{hashlib.sha256(identity.encode()).hexdigest()[:8]}")
+                shadow_variants = [sagemaker.CfnEndpointConfig.ProductionVariantProperty(
+                    variant_name=self.shadow_variant_name,
+                    model_name=self.shadow_model.attr_model_name,
+                    instance_type=self.shadow.instance_type,
+                    initial_instance_count=self.shadow.instance_count,
+                    # Against production's weight of 1: the share of its
+                    # requests SageMaker copies to the shadow.
+                    initial_variant_weight=self.shadow.sampling_percent / 100,
+                )]
             self.endpoint_config = sagemaker.CfnEndpointConfig(
                 self, "Config",
                 kms_key_id=volume_key.key_arn if volume_key else None,
@@ -477,12 +633,28 @@ class InferenceEndpoint(Construct):
                     initial_instance_count=initial_instance_count,
                     initial_variant_weight=1,
                 )],
+                shadow_production_variants=shadow_variants,
             )
         if volume_key is None:
             cdk.Annotations.of(self).add_info(
-                f"{self.instance_type} keeps its volume on local NVMe instance storage, encrypted by "
-                "the instance's hardware; SageMaker rejects a KmsKeyId for it, so the endpoint "
-                "configuration has none. Data capture is still encrypted with the stage key.")
+                f"{self.instance_type} (or the shadow's instance type) keeps its volume on local "
+                "NVMe instance storage, encrypted by the instance's hardware; SageMaker rejects a "
+                "KmsKeyId for it, so the endpoint configuration has none. Data capture is still "
+                "encrypted with the stage key.")
+
+    def _variant_model(self, construct_id: str,
+                       container: sagemaker.CfnModel.ContainerDefinitionProperty,
+                       vpc_config: sagemaker.CfnModel.VpcConfigProperty) -> sagemaker.CfnModel:
+        """A model of a variant: in the VPC, network isolation on, created once the role may act."""
+        model = sagemaker.CfnModel(
+            self, construct_id,
+            execution_role_arn=self.role.role_arn,
+            enable_network_isolation=True,
+            vpc_config=vpc_config,
+            primary_container=container,
+        )
+        model.node.add_dependency(self.role, self.service_policy, self.capture_policy)
+        return model
 
     def _build_alarms(self, *, alarm_topic: sns.ITopic | None, alarm_5xx_errors: int,
                       alarm_4xx_rate_percent: float, alarm_latency_p99: cdk.Duration,
@@ -534,6 +706,41 @@ class InferenceEndpoint(Construct):
                 alarm.add_ok_action(cloudwatch_actions.SnsAction(alarm_topic))
         return [{"AlarmName": alarm.alarm_name} for alarm in self.alarms]
 
+    def _build_shadow_alarms(self, *, alarm_topic: sns.ITopic | None, alarm_5xx_errors: int,
+                             alarm_latency_p99: cdk.Duration) -> None:
+        """The candidate's latency and server errors at production's thresholds.
+        They notify, and never roll back: the shadow answers nobody."""
+        name = self.endpoint_name
+        latency_ms = int(alarm_latency_p99.to_milliseconds())
+        self.shadow_alarm_5xx = cloudwatch.Alarm(
+            self, "ShadowInvocation5xxAlarm",
+            alarm_name=f"{name}-shadow-invocation-5xx-errors",
+            alarm_description=(f"{name} shadow candidate: {alarm_5xx_errors}+ server errors in "
+                               "5 minutes (callers are not affected; do not promote it)"),
+            metric=self.metric_shadow("Invocation5XXErrors", period=cdk.Duration.minutes(5)),
+            threshold=alarm_5xx_errors,
+            comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+            evaluation_periods=1,
+            treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
+        )
+        self.shadow_alarm_latency = cloudwatch.Alarm(
+            self, "ShadowModelLatencyP99Alarm",
+            alarm_name=f"{name}-shadow-model-latency-p99",
+            alarm_description=(f"{name} shadow candidate: ModelLatency p99 above {latency_ms} ms "
+                               "in 3 of 5 minutes (callers are not affected; do not promote it)"),
+            metric=self.metric_shadow("ModelLatency", statistic="p99"),
+            threshold=latency_ms * 1000,
+            comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
+            evaluation_periods=5,
+            datapoints_to_alarm=3,
+            treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
+        )
+        self.shadow_alarms = [self.shadow_alarm_5xx, self.shadow_alarm_latency]
+        if alarm_topic is not None:
+            for alarm in self.shadow_alarms:
+                alarm.add_alarm_action(cloudwatch_actions.SnsAction(alarm_topic))
+                alarm.add_ok_action(cloudwatch_actions.SnsAction(alarm_topic))
+
     @staticmethod
     def _blue_green_deployment_config(*, deployment: str, step_percent: int, wait: cdk.Duration,
                                       termination_wait: cdk.Duration,
@@ -572,8 +779,10 @@ class InferenceEndpoint(Construct):
             # deploy at peak must not drop prod to initial_instance_count) but
             # applies a changed data-capture configuration.
             self.endpoint.add_property_override("RetainAllVariantProperties", True)
+            # A shadow's sampling share is its weight: a changed share applies too.
+            excluded = ["DataCaptureConfig"] + (["DesiredWeight"] if self.shadow is not None else [])
             self.endpoint.add_property_override(
-                "ExcludeRetainedVariantProperties", [{"VariantPropertyType": "DataCaptureConfig"}])
+                "ExcludeRetainedVariantProperties", [{"VariantPropertyType": t} for t in excluded])
         self.endpoint.node.add_dependency(self.role, self.service_policy, self.capture_policy,
                                          *log_groups)
         self.endpoint_arn = self.endpoint.ref
@@ -704,6 +913,33 @@ class InferenceEndpoint(Construct):
                 scale_out_cooldown=scale_out_cooldown,
             )
 
+    def _build_release_scaling(self, *, off_hours: OffHoursSchedule | None, max_instance_count: int,
+                               target_concurrent_requests: float | None, scale_in_cooldown: cdk.Duration,
+                               scale_out_cooldown: cdk.Duration) -> None:
+        """Off hours of a component and high-resolution target tracking, when asked for."""
+        self.off_hours_actions = add_scalable_target_off_hours_schedule(
+            self.scalable_target, off_hours, restore_max_capacity=max_instance_count)
+        if target_concurrent_requests is not None:
+            self._track_concurrent_requests(target_concurrent_requests, scale_in_cooldown=scale_in_cooldown,
+                                            scale_out_cooldown=scale_out_cooldown)
+
+    def _track_concurrent_requests(self, target: float, *, scale_in_cooldown: cdk.Duration,
+                                   scale_out_cooldown: cdk.Duration) -> None:
+        """Target tracking on concurrent requests per model (per copy for a
+        component), which SageMaker publishes every 10 seconds: a burst scales
+        out within a minute instead of after several one-minute datapoints."""
+        metric = (appscaling.PredefinedMetric
+                  .SAGEMAKER_INFERENCE_COMPONENT_CONCURRENT_REQUESTS_PER_COPY_HIGH_RESOLUTION
+                  if self.scale_to_zero else
+                  appscaling.PredefinedMetric.SAGEMAKER_VARIANT_CONCURRENT_REQUESTS_PER_MODEL_HIGH_RESOLUTION)
+        self.scalable_target.scale_to_track_metric(
+            "ConcurrentRequests",
+            target_value=target,
+            predefined_metric=metric,
+            scale_in_cooldown=scale_in_cooldown,
+            scale_out_cooldown=scale_out_cooldown,
+        )
+
     # --- metrics ---------------------------------------------------------
 
     def metric(self, metric_name: str, *, statistic: str = "Sum",
@@ -712,6 +948,16 @@ class InferenceEndpoint(Construct):
         """A metric of this endpoint (its inference component with scale-to-zero)."""
         return cloudwatch.Metric(
             namespace=namespace, metric_name=metric_name, dimensions_map=self._dimensions,
+            statistic=statistic, period=period or cdk.Duration.minutes(1))
+
+    def metric_shadow(self, metric_name: str, *, statistic: str = "Sum",
+                      period: cdk.Duration | None = None) -> cloudwatch.Metric:
+        """A metric of the shadow variant (``AWS/SageMaker``, its own VariantName)."""
+        if self.shadow is None:
+            raise ValueError(f"{self.endpoint_name} has no shadow variant")
+        return cloudwatch.Metric(
+            namespace=SAGEMAKER_NAMESPACE, metric_name=metric_name,
+            dimensions_map={"EndpointName": self.endpoint_name, "VariantName": self.shadow_variant_name},
             statistic=statistic, period=period or cdk.Duration.minutes(1))
 
     def metric_invocations(self, *, period: cdk.Duration | None = None) -> cloudwatch.Metric:
@@ -758,3 +1004,31 @@ class InferenceEndpoint(Construct):
         """Allow ``grantee`` to call InvokeEndpoint on this endpoint only."""
         return iam.Grant.add_to_principal(
             grantee=grantee, actions=["sagemaker:InvokeEndpoint"], resource_arns=[self.endpoint_arn])
+
+
+def _check_model_source(image: InferenceImage | None, bucket: s3.IBucket | None, key: str | None,
+                        package: InferenceModelPackage | None, *, scale_to_zero: bool,
+                        shadow: ShadowVariant | None, off_hours: OffHoursSchedule | None) -> None:
+    """Exactly one model (an image with its artifact, or a model package) and
+    release props the serving mode supports."""
+    if off_hours is not None and not scale_to_zero:
+        raise ValueError("off_hours: only an inference component (scale_to_zero) closes "
+                         "for the night; a variant keeps at least one instance")
+    artifact = (image is not None, bucket is not None, key is not None)
+    if package is None and not all(artifact):
+        raise ValueError("model: give image, model_data_bucket and model_data_key, or model_package")
+    if package is not None and any(artifact):
+        raise ValueError("model: model_package names its image and artifact; give no image, "
+                         "model_data_bucket or model_data_key with it")
+    if package is not None and scale_to_zero:
+        raise ValueError("model_package: an inference component (scale_to_zero) takes an image and "
+                         "an artifact, not a model package")
+    if shadow is not None and scale_to_zero:
+        raise ValueError("shadow: an inference component endpoint's variant carries no model to shadow")
+    if shadow is not None and not 1 <= shadow.sampling_percent <= 100:
+        raise ValueError(f"shadow.sampling_percent: {shadow.sampling_percent!r} is not from 1 to 100")
+    if shadow is not None:
+        candidate = (shadow.image is not None, shadow.model_data_bucket is not None,
+                     shadow.model_data_key is not None)
+        if (shadow.model_package is None) != all(candidate) or (shadow.model_package and any(candidate)):
+            raise ValueError("shadow: give image, model_data_bucket and model_data_key, or model_package")

@@ -1,9 +1,15 @@
 """Off-hours schedules: close a GPU Auto Scaling group at night (minimum,
 desired and maximum 0) and reopen it in the morning (scheduled actions on the
-group itself, no Lambda)."""
+group itself, no Lambda). The same schedule closes an Application Auto
+Scaling target, e.g. a SageMaker inference component's copy count."""
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
+
+import aws_cdk as cdk
+from aws_cdk import aws_applicationautoscaling as appscaling
 from aws_cdk import aws_autoscaling as autoscaling
 
 
@@ -62,3 +68,65 @@ def add_off_hours_schedule(
         desired_capacity=restore_desired_capacity,
     )
     return [scale_in, scale_out]
+
+
+@dataclass(frozen=True)
+class OffHoursSchedule:
+    """A stage's night: five-field unix crons in an IANA ``time_zone``
+    (the idle config's ``off_hours_*`` values)."""
+
+    scale_in_cron: str
+    scale_out_cron: str
+    time_zone: str = "UTC"
+
+
+# A day-of-week number: not a step (``/2``) or an occurrence (``#1``), which keep their value.
+_WEEK_DAY_NUMBER_RE = re.compile(r"(?<![#/\d])\d+")
+
+
+def application_autoscaling_cron(cron: str) -> appscaling.Schedule:
+    """A five-field unix cron as an Application Auto Scaling ``cron(...)``
+    schedule, which wants six fields, a ``?`` in day-of-month or day-of-week,
+    and numbers days of the week from 1 (Sunday) instead of 0."""
+    fields = cron.split()
+    if len(fields) != 5:
+        raise ValueError(f"off-hours schedule: {cron!r} is not a five-field unix cron")
+    minute, hour, day, month, week_day = fields
+    if day != "*" and week_day != "*":
+        raise ValueError(f"off-hours schedule: {cron!r} sets both day of month and day of week; "
+                         "Application Auto Scaling accepts one of them")
+    if week_day != "*":
+        week_day = _WEEK_DAY_NUMBER_RE.sub(lambda m: str(int(m.group()) % 7 + 1), week_day)
+    return appscaling.Schedule.cron(
+        minute=minute, hour=hour, month=month,
+        day=None if day == "*" else day,
+        week_day=None if week_day == "*" else week_day)
+
+
+def add_scalable_target_off_hours_schedule(
+    target: appscaling.ScalableTarget,
+    schedule: OffHoursSchedule | None,
+    *,
+    restore_max_capacity: int,
+    restore_min_capacity: int = 0,
+) -> list[str]:
+    """Close ``target`` at ``schedule.scale_in_cron`` (minimum and maximum 0:
+    nothing scales it out, not even a scale-out-from-zero alarm) and reopen it
+    at ``scale_out_cron`` (``restore_min_capacity``..``restore_max_capacity``;
+    its own scaling policies take it from there). Returns the two action names;
+    none without a schedule."""
+    if schedule is None:
+        return []
+    if restore_min_capacity < 0 or restore_max_capacity < max(1, restore_min_capacity):
+        raise ValueError("off-hours schedule: restore_max_capacity must be at least 1 and "
+                         f"restore_min_capacity ({restore_min_capacity}, >= 0), got {restore_max_capacity!r}")
+    if schedule.scale_in_cron == schedule.scale_out_cron:
+        raise ValueError(f"off-hours schedule: scale in and out at the same time ({schedule.scale_in_cron!r})")
+    time_zone = cdk.TimeZone.of(schedule.time_zone)
+    target.scale_on_schedule("OffHoursScaleIn", schedule=application_autoscaling_cron(schedule.scale_in_cron),
+                             min_capacity=0, max_capacity=0, time_zone=time_zone)
+    target.scale_on_schedule("OffHoursScaleOut",
+                             schedule=application_autoscaling_cron(schedule.scale_out_cron),
+                             min_capacity=restore_min_capacity, max_capacity=restore_max_capacity,
+                             time_zone=time_zone)
+    return ["OffHoursScaleIn", "OffHoursScaleOut"]

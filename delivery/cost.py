@@ -292,7 +292,9 @@ class _TemplateEstimator:
                 elif rtype == "AWS::SageMaker::EndpointConfig":
                     if scaling is None:
                         scaling = self._sagemaker_scaling()
-                    for variant in props.get("ProductionVariants", []):
+                    # A shadow variant's instances run (and bill) like production's.
+                    for variant in (*props.get("ProductionVariants", []),
+                                    *props.get("ShadowProductionVariants", [])):
                         if variant.get("ServerlessConfig"):
                             continue  # billed per request, nothing always on
                         name = variant.get("VariantName")

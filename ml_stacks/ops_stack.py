@@ -15,11 +15,13 @@ from aws_cdk import aws_sns_subscriptions as subscriptions
 from constructs import Construct
 
 from constructs_lib.drift_detection import StackDriftDetection
+from constructs_lib.model_approval_notice import ModelApprovalNotice
 from constructs_lib.stage_budget import StageBudget
 from ml_stacks.base_stack import StageStack, log_retention
 from ml_stacks.config import StageConfig
 from ml_stacks.fixed_names import gpu_agent_parameter
 from ml_stacks.log_groups import log_group_name
+from ml_stacks.model_pins import REFRESH_COMMAND
 
 # Services that publish to the alerts topic on the stage's behalf. Each must
 # also be able to use the topic's key, or its messages are silently dropped:
@@ -30,8 +32,9 @@ PUBLISHING_SERVICES = ("cloudwatch.amazonaws.com", "events.amazonaws.com",
 
 class OpsStack(StageStack):
     """Exposes ``alerts_topic`` (``sns.ITopic``), encrypted with ``messaging_key``,
-    ``drift_detection`` (``StackDriftDetection`` or None when disabled) and
-    ``budget`` (``StageBudget``)."""
+    ``drift_detection`` (``StackDriftDetection`` or None when disabled),
+    ``budget`` (``StageBudget``) and ``model_approvals`` (``ModelApprovalNotice``
+    for the stage's model registry groups, or None when it serves none)."""
 
     def __init__(self, scope: Construct, construct_id: str, *, config: StageConfig,
                  messaging_key: kms.IKey, logs_key: kms.IKey,
@@ -86,5 +89,9 @@ class OpsStack(StageStack):
             forecast_alert_percents=budget.forecast_alert_percents,
             cost_tags={"Environment": config.name} if budget.filter_by_environment_tag else None,
         )
+        groups = config.serving.model_package_groups
+        self.model_approvals = ModelApprovalNotice(
+            self, "ModelApprovals", groups=groups, topic=self.alerts_topic,
+            command=REFRESH_COMMAND.format(stage=config.name)) if groups else None
         cdk.CfnOutput(self, "AlertsTopicArn", value=self.alerts_topic.topic_arn,
                       description="Subscribe here for the stage's alarms and notifications")

@@ -40,6 +40,7 @@ from constructs_lib.inference_endpoint import (
 from ml_stacks import example_models
 from ml_stacks.base_stack import StageStack, log_retention
 from ml_stacks.config import ModelConfig, StageConfig
+from ml_stacks.serving_release import release_props, shadow_widgets
 from ml_stacks.serving_names import (  # noqa: F401  (the serving names, re-exported)
     MODEL_STACK_PREFIX, SHARED_STACK_ID, component_output_key, endpoint_name, endpoint_output_key,
     model_stack_id, model_stack_name, serving_stack_ids,
@@ -108,11 +109,24 @@ class ModelServingStack(StageStack):
         self.endpoint = self._build_endpoint(
             config, model, vpc=vpc, keys=(data_key, capture_key, logs_key), data_bucket=data_bucket,
             artifact_key=artifact_key, capture_bucket=data_capture_bucket,
-            image=self._image(model, image_repository), alerts_topic=alerts_topic)
+            image=self._image(model, image_repository), alerts_topic=alerts_topic,
+            release=release_props(self, config, model, model_artifacts_bucket=model_artifacts_bucket,
+                                  image_repository=image_repository))
         self._build_outputs(model)
+        self.shadow_dashboard: cloudwatch.Dashboard | None = None
+        if self.endpoint.shadow is not None:
+            # Production beside the candidate, in the model's own stack: the
+            # stage dashboard's per-variant graphs show the shadow too, this
+            # one pairs them metric by metric.
+            self.shadow_dashboard = cloudwatch.Dashboard(
+                self, "ShadowDashboard", dashboard_name=f"{endpoint_name(config, model)}-shadow",
+                widgets=[shadow_widgets(self.endpoint)])
 
-    def _model_data(self, model: ModelConfig, bucket: s3.IBucket) -> tuple[s3.IBucket, str]:
-        """(bucket, key) of the model's ``model.tar.gz``."""
+    def _model_data(self, model: ModelConfig, bucket: s3.IBucket
+                    ) -> tuple[s3.IBucket | None, str | None]:
+        """(bucket, key) of the model's ``model.tar.gz``; (None, None) for a registry model."""
+        if model.model_package_group is not None:
+            return None, None
         if model.example_model is None:
             return bucket, model.model_data_key
         # A single-file asset is uploaded as-is (only directories are zipped).
@@ -125,22 +139,21 @@ class ModelServingStack(StageStack):
         )
         return self.example_asset.bucket, self.example_asset.s3_object_key
 
-    def _image(self, model: ModelConfig, repository: ecr.IRepository) -> InferenceImage:
+    def _image(self, model: ModelConfig, repository: ecr.IRepository) -> InferenceImage | None:
+        if model.model_package_group is not None:
+            return None  # the pinned model package names its image
         if model.image_tag is None:
             return InferenceImage.from_uri(model.image_uri)
-        # Not repository.repository_uri_for_tag(): it derives account and
-        # region by splitting the repository ARN, and across stacks that ARN
-        # is a Fn::GetStackOutput, which Fn::Split rejects (cfn-lint E1022).
-        # The repository is the stage's, in this stack's account and region.
-        uri = (f"{self.account}.dkr.ecr.{self.region}.{self.url_suffix}/"
-               f"{repository.repository_name}:{model.image_tag}")
-        return InferenceImage(uri, repository.repository_arn)
+        return InferenceImage.from_repository(repository, model.image_tag, scope=self)
 
     def _build_endpoint(self, config: StageConfig, model: ModelConfig, *, vpc: ec2.IVpc,
-                        keys: tuple[kms.IKey, kms.IKey, kms.IKey], data_bucket: s3.IBucket,
-                        artifact_key: str, capture_bucket: s3.IBucket, image: InferenceImage,
-                        alerts_topic: sns.ITopic) -> InferenceEndpoint:
-        """``keys``: the stage's data, capture and logs keys."""
+                        keys: tuple[kms.IKey, kms.IKey, kms.IKey], data_bucket: s3.IBucket | None,
+                        artifact_key: str | None, capture_bucket: s3.IBucket,
+                        image: InferenceImage | None, alerts_topic: sns.ITopic,
+                        release: dict) -> InferenceEndpoint:
+        """``keys``: the stage's data, capture and logs keys; ``release``: the
+        registry, shadow, high-resolution scaling and off-hours props
+        (``ml_stacks/serving_release.py``)."""
         data_key, capture_key, logs_key = keys
         return InferenceEndpoint(
             self,
@@ -181,6 +194,7 @@ class ModelServingStack(StageStack):
             component_memory_mb=model.component_memory_mb,
             component_accelerators=model.component_accelerators,
             log_retention=log_retention(config.serving.log_retention_days),
+            **release,
         )
 
     def _build_outputs(self, model: ModelConfig) -> None:

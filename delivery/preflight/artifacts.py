@@ -37,23 +37,33 @@ def check_model_artifacts(s3, *, bucket: str | None, models: Iterable, stage: st
         example = model.example_model
         if example is not None:
             rows.append(passed(name, f"example model {example!r} ships with the deploy"))
-            continue
-        key = model.model_data_key
-        if bucket is None:
-            rows.append(failed(
-                name, f"{storage_stack} is not deployed: s3://<model-artifacts>/{key} cannot exist yet",
-                f"node_modules/.bin/cdk deploy -c stages={stage} '{stage}/storage' (creates the bucket), "
-                f"then aws s3 cp model.tar.gz "
-                f"s3://$(aws cloudformation describe-stacks --stack-name {storage_stack} --query "
-                f"\"Stacks[0].Outputs[?OutputKey=='{BUCKET_OUTPUT}'].OutputValue\" --output text)/{key}"))
-            continue
-        try:
-            head = s3.head_object(Bucket=bucket, Key=key)
-        except Exception as error:  # noqa: BLE001 - only "not found" is expected
-            if error_code(error) not in ("404", "NoSuchKey", "NotFound"):
-                raise
-            rows.append(failed(name, f"s3://{bucket}/{key} does not exist",
-                               f"upload it: aws s3 cp model.tar.gz s3://{bucket}/{key}"))
-            continue
-        rows.append(passed(name, f"s3://{bucket}/{key} exists ({head['ContentLength']} bytes)"))
+        elif model.model_package_group is not None:
+            # The synth that preflight checks already failed if no version is pinned.
+            rows.append(passed(name, f"model registry group {model.model_package_group!r}, version "
+                                     "pinned in ml_stacks/model_pins.json (make refresh-models)"))
+        else:
+            rows.append(_uploaded(s3, name, bucket=bucket, key=model.model_data_key, stage=stage,
+                                  storage_stack=storage_stack))
+        if model.shadow is not None:
+            rows.append(_uploaded(s3, f"{name} shadow candidate", bucket=bucket,
+                                  key=model.shadow.model_data_key, stage=stage, storage_stack=storage_stack))
     return rows
+
+
+def _uploaded(s3, name: str, *, bucket: str | None, key: str, stage: str, storage_stack: str) -> Result:
+    """Whether ``key`` was uploaded to the model-artifacts bucket, with the way in if not."""
+    if bucket is None:
+        return failed(
+            name, f"{storage_stack} is not deployed: s3://<model-artifacts>/{key} cannot exist yet",
+            f"node_modules/.bin/cdk deploy -c stages={stage} '{stage}/storage' (creates the bucket), "
+            f"then aws s3 cp model.tar.gz "
+            f"s3://$(aws cloudformation describe-stacks --stack-name {storage_stack} --query "
+            f"\"Stacks[0].Outputs[?OutputKey=='{BUCKET_OUTPUT}'].OutputValue\" --output text)/{key}")
+    try:
+        head = s3.head_object(Bucket=bucket, Key=key)
+    except Exception as error:  # noqa: BLE001 - only "not found" is expected
+        if error_code(error) not in ("404", "NoSuchKey", "NotFound"):
+            raise
+        return failed(name, f"s3://{bucket}/{key} does not exist",
+                      f"upload it: aws s3 cp model.tar.gz s3://{bucket}/{key}")
+    return passed(name, f"s3://{bucket}/{key} exists ({head['ContentLength']} bytes)")

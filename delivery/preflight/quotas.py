@@ -172,6 +172,15 @@ def _serving_needs(config: StageConfig, needs: dict) -> None:
         need.add(model.initial_instance_count, model.max_instance_count,
                  f"endpoint {model.name} {model.initial_instance_count}..{model.max_instance_count}",
                  update_peak=peak)
+        shadow = model.shadow
+        if shadow is not None:
+            # A fixed candidate fleet, also rebuilt next to the old one on an update.
+            shadow_type = shadow.instance_type or model.instance_type
+            name = f"{shadow_type} for endpoint usage"
+            need = needs.setdefault(name, QuotaNeed("sagemaker", None, name, "instances"))
+            need.add(shadow.instance_count, shadow.instance_count,
+                     f"endpoint {model.name} shadow {shadow.instance_count}",
+                     update_peak=2 * shadow.instance_count)
 
 
 def quota_needs(config: StageConfig, vcpus: Mapping[str, int] = VCPUS) -> list[QuotaNeed]:

@@ -9,7 +9,7 @@ from typing import Callable, Iterable
 from delivery.assembly import read_assembly
 from delivery.cli_errors import describe
 from delivery.preflight import FAIL, WARN, Result
-from delivery.preflight import account, artifacts, billing, leftovers, pins, quotas, zones
+from delivery.preflight import account, artifacts, billing, leftovers, model_packages, pins, quotas, zones
 from ml_stacks.config import StageConfig
 
 ClientFactory = Callable[[str], object]
@@ -29,6 +29,7 @@ IAM_ACTIONS: tuple[str, ...] = (
     "s3:GetObject",  # HeadObject
     "logs:DescribeLogGroups", "ecr:DescribeRepositories", "kms:DescribeKey", "iam:GetRole",
     "ssm:GetParameter", "sagemaker:DescribeEndpoint", "sagemaker:DescribeInferenceComponent",
+    "sagemaker:DescribeModelPackage",
     "autoscaling:DescribeAutoScalingGroups", "cloudwatch:DescribeAlarms", "cloudwatch:GetDashboard",
     "events:DescribeEventBus", "ce:ListCostAllocationTags",
 )
@@ -97,6 +98,10 @@ def run_checks(config: StageConfig, *, assembly_dir: Path | str, client: ClientF
     rows += _guarded("model artifacts", lambda: artifacts.check_model_artifacts(
         client("s3"), bucket=artifacts.artifacts_bucket(cfn, f"{config.stack_prefix}-storage"),
         models=config.serving.models, stage=stage, storage_stack=f"{config.stack_prefix}-storage"))
+    if config.serving.model_package_groups:
+        rows += _guarded("model packages", lambda: model_packages.check_model_packages(
+            client("sagemaker"), models=config.serving.models, stage=stage, region=region,
+            account=config.account))
     rows += _guarded("leftovers", lambda: leftovers.check_leftovers(
         client, cfn, leftovers.fixed_names(templates), stage=stage))
     tag = "Environment" if config.budget.filter_by_environment_tag else None

@@ -34,6 +34,96 @@ MAX_ENVIRONMENT = 16
 MAX_CONTENT_TYPES = 10
 # SageMaker invocations time out after 60 s: a p99 above that cannot happen.
 MAX_LATENCY_MS = 60_000
+# A SageMaker Model Registry model package group name.
+MODEL_PACKAGE_GROUP_RE = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
+# SageMaker shadow tests exclude endpoints on Inf1 (Inferentia 1) instances.
+_INF1_RE = re.compile(r"^ml\.inf1\.")
+# Target concurrent requests per model (or per copy) of high-resolution scaling.
+MAX_CONCURRENT_REQUESTS_TARGET = 1000
+
+
+@dataclass(frozen=True)
+class ShadowConfig:
+    """A candidate version of a model served beside production as a shadow variant.
+
+    SageMaker copies ``sampling_percent`` of the production requests to the
+    candidate and discards its answers: callers only ever see production's.
+    The candidate is either ``model_data_key`` in the model-artifacts bucket,
+    served by ``image_tag``/``image_uri`` (default: production's image;
+    required when production comes from the model registry, whose image is
+    the package's), or ``model_package_version``, a version of the model's
+    own ``model_package_group`` (pinned by ``make refresh-models`` like
+    production's, approved or still pending), on ``instance_count``
+    instances of ``instance_type`` (default: production's). Its latency and
+    error alarms notify the alerts topic but never roll a deployment back:
+    they inform the promotion, which is a config change (the candidate
+    becomes the model, ``shadow`` goes; docs/models.md).
+    """
+
+    sampling_percent: int
+    model_data_key: str | None = None
+    image_tag: str | None = None
+    image_uri: str | None = None
+    instance_type: str | None = None
+    instance_count: int = 1
+    model_package_version: int | None = None
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], *, path: str = "shadow") -> "ShadowConfig":
+        kwargs = _from_mapping(cls, values, path)
+        _require("sampling_percent" in kwargs, path, sorted(kwargs),
+                 "a mapping with the required field sampling_percent")
+        return cls(**kwargs)
+
+    def validate(self, path: str, *, model: "ModelConfig", region: str) -> None:
+        _require(not model.scale_to_zero, path, "shadow",
+                 "None with scale_to_zero: an inference component endpoint's variant carries "
+                 "no model, so SageMaker has nothing to shadow")
+        _require(_is_int(self.sampling_percent) and 1 <= self.sampling_percent <= 100,
+                 f"{path}.sampling_percent", self.sampling_percent,
+                 "an integer from 1 to 100 (percent of production requests copied to the candidate)")
+        if self.model_package_version is not None:
+            self._validate_package_version(path, model)
+        else:
+            self._validate_artifact_candidate(path, model, region)
+        self._validate_fleet(path)
+
+    def _validate_artifact_candidate(self, path: str, model: "ModelConfig", region: str) -> None:
+        key = self.model_data_key
+        _require(isinstance(key, str) and len(key) <= 1024 and bool(_S3_KEY_RE.match(key))
+                 and key.endswith(".tar.gz"), f"{path}.model_data_key", key,
+                 "the S3 key of the candidate's model.tar.gz in the model-artifacts bucket, "
+                 "e.g. 'my-model/v2/model.tar.gz', or a model_package_version")
+        _require(self.image_tag is None or self.image_uri is None, f"{path}.image_tag", self.image_tag,
+                 "at most one of image_tag or image_uri (neither: production's image)")
+        if self.image_tag is None and self.image_uri is None:
+            _require(model.model_package_group is None, f"{path}.image_uri", None,
+                     "an image_tag or image_uri: production comes from the model registry, so "
+                     "there is no production image to default to")
+        _validate_image_choice(path, self.image_tag, self.image_uri, region)
+
+    def _validate_package_version(self, path: str, model: "ModelConfig") -> None:
+        version = self.model_package_version
+        _require(_is_int(version) and version >= 1, f"{path}.model_package_version", version,
+                 "None or a model package version number (1 or more)")
+        _require(model.model_package_group is not None, f"{path}.model_package_version", version,
+                 "None unless the model has a model_package_group (the candidate is a version of it)")
+        _require(self.model_data_key is None, f"{path}.model_data_key", self.model_data_key,
+                 "None with model_package_version (exactly one candidate)")
+        _require(self.image_tag is None and self.image_uri is None, f"{path}.image_uri",
+                 self.image_uri or self.image_tag,
+                 "None with model_package_version: the model package names its image")
+
+    def _validate_fleet(self, path: str) -> None:
+        instance_type = self.instance_type
+        if instance_type is not None:
+            _require(isinstance(instance_type, str) and bool(_ML_INSTANCE_TYPE_RE.match(instance_type)),
+                     f"{path}.instance_type", instance_type,
+                     "None (production's) or a SageMaker instance type such as 'ml.g5.xlarge'")
+            _require(not _INF1_RE.match(instance_type), f"{path}.instance_type", instance_type,
+                     "not an Inf1 type: SageMaker shadow variants exclude Inf1 instances")
+        _require(_is_int(self.instance_count) and 1 <= self.instance_count <= 100,
+                 f"{path}.instance_count", self.instance_count, "an integer from 1 to 100")
 
 
 @dataclass(frozen=True)
@@ -68,6 +158,21 @@ class ModelConfig:
 
     Deployments are blue/green (``canary``, ``linear`` or ``all_at_once``)
     and roll back by themselves when one of the endpoint's alarms fires.
+
+    ``model_package_group`` serves the pinned ``Approved`` version of a
+    SageMaker Model Registry group instead of an S3 artifact (a third
+    choice beside ``model_data_key`` and ``example_model``; the package
+    names its image, so ``image_tag``/``image_uri`` stay None). The version
+    is pinned in ``ml_stacks/model_pins.json`` and changes only through
+    ``make refresh-models STAGE=<stage>``: a new version is a reviewed diff.
+
+    ``shadow`` (a ``ShadowConfig``) runs a candidate as a shadow variant
+    beside production. ``target_concurrent_requests`` adds target tracking on
+    the concurrent requests per model (per copy with ``scale_to_zero``),
+    which SageMaker publishes every 10 seconds instead of every minute.
+    A ``scale_to_zero`` model follows the stage's off-hours schedule
+    (``idle_shutdown.off_hours_*``): no copy at night, serving again in the
+    morning.
     """
 
     name: str
@@ -99,11 +204,16 @@ class ModelConfig:
     component_cpu_cores: float = 1
     component_memory_mb: int = 1024
     component_accelerators: int = 0
+    model_package_group: str | None = None
+    shadow: ShadowConfig | None = None
+    target_concurrent_requests: float | None = None
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], *, path: str = "model") -> "ModelConfig":
         """Build from a plain mapping (e.g. parsed YAML/JSON); unknown keys fail."""
         kwargs = _from_mapping(cls, values, path)
+        if isinstance(kwargs.get("shadow"), Mapping):
+            kwargs["shadow"] = ShadowConfig.from_dict(kwargs["shadow"], path=f"{path}.shadow")
         for key in ("capture_json_content_types", "capture_csv_content_types"):
             if isinstance(kwargs.get(key), list):
                 kwargs[key] = tuple(kwargs[key])
@@ -127,11 +237,19 @@ class ModelConfig:
         return None
 
     def _validate_artifact(self, path: str) -> None:
-        key, example = self.model_data_key, self.example_model
-        _require((key is None) != (example is None), f"{path}.model_data_key", key,
-                 "exactly one of model_data_key (a model.tar.gz you upload) or example_model "
-                 f"(shipped with the deploy; example_model is {example!r})")
-        if key is not None:
+        key, example, group = self.model_data_key, self.example_model, self.model_package_group
+        _require(sum(v is not None for v in (key, example, group)) == 1, f"{path}.model_data_key", key,
+                 "exactly one of model_data_key (a model.tar.gz you upload), example_model "
+                 f"(shipped with the deploy; example_model is {example!r}) or model_package_group "
+                 f"(a model registry group; model_package_group is {group!r})")
+        if group is not None:
+            _require(isinstance(group, str) and bool(MODEL_PACKAGE_GROUP_RE.match(group)),
+                     f"{path}.model_package_group", group,
+                     "a model package group name: 1 to 63 letters, digits and hyphens")
+            _require(not self.scale_to_zero, f"{path}.model_package_group", group,
+                     "None with scale_to_zero (an inference component takes an image and an "
+                     "artifact, not a model package): serve a registry model on instances")
+        elif key is not None:
             _require(isinstance(key, str) and len(key) <= 1024 and bool(_S3_KEY_RE.match(key))
                      and key.endswith(".tar.gz"), f"{path}.model_data_key", key,
                      "an S3 key of a model.tar.gz in the model-artifacts bucket, "
@@ -163,22 +281,20 @@ class ModelConfig:
         self._validate_scaling(path)
         self._validate_capture_and_alarms(path)
         self._validate_deployment(path)
+        if self.shadow is not None:
+            _require(isinstance(self.shadow, ShadowConfig), f"{path}.shadow", self.shadow,
+                     "None or a ShadowConfig")
+            self.shadow.validate(f"{path}.shadow", model=self, region=region)
 
     def _validate_image(self, path: str, region: str) -> None:
         has_tag, has_uri = self.image_tag is not None, self.image_uri is not None
+        if self.model_package_group is not None:
+            _require(not has_tag and not has_uri, f"{path}.image_uri", self.image_uri or self.image_tag,
+                     "None with model_package_group: the model package names its image")
+            return
         _require(has_tag != has_uri, f"{path}.image_tag", self.image_tag,
                  "exactly one of image_tag (in the stage's ECR repository) or image_uri")
-        if has_tag:
-            _require(isinstance(self.image_tag, str) and bool(_IMAGE_TAG_RE.match(self.image_tag)),
-                     f"{path}.image_tag", self.image_tag,
-                     "an ECR image tag: letters, digits, _ . - (at most 128)")
-        else:
-            match = IMAGE_URI_RE.match(self.image_uri) if isinstance(self.image_uri, str) else None
-            _require(match is not None, f"{path}.image_uri", self.image_uri,
-                     "an ECR image URI <account>.dkr.ecr.<region>.amazonaws.com/<repository>:<tag> "
-                     "(or @sha256:<digest>)")
-            _require(match["region"] == region, f"{path}.image_uri", self.image_uri,
-                     f"an image in the stage's region {region!r} (SageMaker pulls from its own region)")
+        _validate_image_choice(path, self.image_tag, self.image_uri, region)
 
     def _validate_environment(self, path: str) -> None:
         env = self.environment
@@ -195,6 +311,9 @@ class ModelConfig:
         _require(isinstance(self.instance_type, str) and self.instance_type.startswith("ml.")
                  and bool(_ML_INSTANCE_TYPE_RE.match(self.instance_type)), f"{path}.instance_type",
                  self.instance_type, "a SageMaker instance type starting with 'ml.', e.g. 'ml.g5.xlarge'")
+        _require(self.shadow is None or not _INF1_RE.match(self.instance_type), f"{path}.instance_type",
+                 self.instance_type, "not an Inf1 type with shadow: SageMaker shadow variants exclude "
+                 "endpoints on Inf1 instances")
 
         for count in ("initial_instance_count", "min_instance_count", "max_instance_count"):
             value = getattr(self, count)
@@ -248,6 +367,12 @@ class ModelConfig:
                      f"None on {self.instance_type!r}: GPU scaling needs a GPU instance type (ml.g*/ml.p*)")
             _require(not self.scale_to_zero, f"{path}.gpu_utilization_target_percent", gpu,
                      "None with scale_to_zero (inference components scale on invocations per copy)")
+        target = self.target_concurrent_requests
+        if target is not None:
+            _require(_is_number(target) and 0 < target <= MAX_CONCURRENT_REQUESTS_TARGET,
+                     f"{path}.target_concurrent_requests", target,
+                     f"None or a number above 0, at most {MAX_CONCURRENT_REQUESTS_TARGET} concurrent "
+                     "requests per model (per copy with scale_to_zero)")
 
     def _validate_capture_and_alarms(self, path: str) -> None:
         _require(_is_int(self.capture_sampling_percent) and 0 <= self.capture_sampling_percent <= 100,
@@ -285,6 +410,22 @@ class ModelConfig:
                      "an integer from 0 to 3600 seconds")
 
 
+def _validate_image_choice(path: str, image_tag: str | None, image_uri: str | None,
+                           region: str) -> None:
+    """An ECR tag of the stage's repository or a full ECR URI in ``region``, whichever is set."""
+    if image_tag is not None:
+        _require(isinstance(image_tag, str) and bool(_IMAGE_TAG_RE.match(image_tag)),
+                 f"{path}.image_tag", image_tag,
+                 "an ECR image tag: letters, digits, _ . - (at most 128)")
+    elif image_uri is not None:
+        match = IMAGE_URI_RE.match(image_uri) if isinstance(image_uri, str) else None
+        _require(match is not None, f"{path}.image_uri", image_uri,
+                 "an ECR image URI <account>.dkr.ecr.<region>.amazonaws.com/<repository>:<tag> "
+                 "(or @sha256:<digest>)")
+        _require(match["region"] == region, f"{path}.image_uri", image_uri,
+                 f"an image in the stage's region {region!r} (SageMaker pulls from its own region)")
+
+
 @dataclass(frozen=True)
 class ServingConfig:
     """The stage's SageMaker real-time endpoints: one per model.
@@ -295,6 +436,12 @@ class ServingConfig:
 
     models: tuple[ModelConfig, ...] = ()
     log_retention_days: int = 30
+
+    @property
+    def model_package_groups(self) -> tuple[str, ...]:
+        """The model registry groups the stage's models are served from, sorted."""
+        return tuple(sorted({m.model_package_group for m in self.models
+                             if m.model_package_group is not None}))
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], *, path: str = "serving") -> "ServingConfig":

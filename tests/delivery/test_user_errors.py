@@ -87,3 +87,11 @@ def test_stage_check_rejects_credentials_for_another_account(monkeypatch):
                                         "to 111122223333"):
         stage_check.check_account(config, "444455556666")
     stage_check.check_account(config, "111122223333")
+
+
+@pytest.mark.parametrize(("stage", "expected"), [
+    ("dev", NO_CREDENTIALS),
+    ("foo", "error: stages: 'foo' is not allowed"),
+])
+def test_refresh_models_prints_one_line(stage, expected):
+    _assert_one_line(_run(sys.executable, "-m", "delivery.refresh_models", "--stage", stage), expected)
