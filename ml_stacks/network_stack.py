@@ -15,7 +15,7 @@ from ml_stacks.log_groups import encrypt_provider_logs, log_group_name
 
 class NetworkStack(StageStack):
     """Exposes ``vpc`` (``ec2.IVpc``) and ``endpoint_security_group`` (the
-    interface endpoints' group, None without endpoints) for the other stacks."""
+    interface endpoints' group, None without endpoints) for the other stacks.
 
     Flow logs and the log group of CDK's default-security-group function are
     encrypted with ``logs_key``."""
