@@ -24,6 +24,7 @@ RESOURCE_NAME = re.compile(rf"\b({'|'.join(STACK_IDS)})/([A-Za-z][A-Za-z0-9]*)\b
 CODE_PATH = re.compile(r"\b((?:lambda|node_agent|constructs_lib|ml_stacks|delivery)/[\w./-]+\.(?:py|json|sh))\b")
 
 # --- Mermaid, the subset the docs use ------------------------------------
+SHARED_SERVING = "serving"
 FLOW_NODE = re.compile(r'^(\w+)\["([^"]+)"\]$')
 FLOW_EDGE = re.compile(r'^(\w+) -->\|"([^"]+)"\| (\w+)$')
 SEQ_PARTICIPANT = re.compile(r"^participant (\w+) as (.+)$")
@@ -80,15 +81,27 @@ def architecture() -> tuple[dict[str, str], list[tuple[str, list[str], str]]]:
     return nodes, edges
 
 
+# Every model's stack (serving-<model>) is drawn once, as this node.
+MODEL_NODE = "serving_model"
+
+
+def node_of(stack_id: str) -> str:
+    """The architecture node that stands for stack ``stack_id``."""
+    return MODEL_NODE if stack_id.startswith(f"{SHARED_SERVING}-") else stack_id
+
+
 def test_the_architecture_diagram_has_every_stack_of_a_stage_by_its_name(synthesized) -> None:
     nodes, _ = architecture()
     assert diagram("architecture.md", 0)[0] == "flowchart LR"
-    assert set(nodes) == {name for _, name in synthesized.stacks}
+    assert set(nodes) == {node_of(name) for _, name in synthesized.stacks}
     stage = nodes["network"].removeprefix("ml-").removesuffix("-network")
     assert stage in synthesized.configs
-    for stack_id, label in nodes.items():
-        stack = synthesized.stacks.get((stage, stack_id))
-        assert stack is not None and label == stack.stack_name, (stack_id, label)
+    for node, label in nodes.items():
+        if node == MODEL_NODE:
+            assert label == f"ml-{stage}-{SHARED_SERVING}-{{model}}", label
+            continue
+        stack = synthesized.stacks.get((stage, node))
+        assert stack is not None and label == stack.stack_name, (node, label)
 
 
 def test_every_arrow_names_resources_of_the_stack_it_leaves(synthesized) -> None:
@@ -99,7 +112,7 @@ def test_every_arrow_names_resources_of_the_stack_it_leaves(synthesized) -> None
         assert producer in nodes and consumer in nodes and producer != consumer
         for name in names:
             if not any(logical_id(s.template_json, name)
-                       for (_, sid), s in synthesized.stacks.items() if sid == producer):
+                       for (_, sid), s in synthesized.stacks.items() if node_of(sid) == producer):
                 missing.append(f"{producer}/{name}")
     assert missing == []
 
@@ -114,7 +127,8 @@ def test_every_cross_stack_reference_of_every_stage_is_an_arrow(synthesized) -> 
     undrawn = sorted(f"{producer} -> {consumer}: {lid}" for (producer, consumer), lids in references.items()
                      for lid in lids
                      # a resource under a drawn construct (Vpc's subnets under Vpc)
-                     if not any(lid.startswith(name) for name in drawn[(producer, consumer)]))
+                     if not any(lid.startswith(name)
+                                for name in drawn[(node_of(producer), node_of(consumer))]))
     assert undrawn == []
 
 
