@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -329,21 +330,27 @@ def estimate(templates: Mapping[tuple[str, str], Mapping], *, region_of: Mapping
 
 
 def regions_of(templates_dirs: Iterable[Path]) -> dict[str, str]:
-    """Stage -> region from the assemblies' manifests (``aws://account/region``)."""
-    regions: dict[str, str] = {}
+    """Stage -> region from the assemblies' manifests (``aws://account/region``).
+
+    The region most of the stage's stacks deploy to: a stage's replica stack
+    lives in another region, but the stage is priced (and its resource
+    schemas read) in its own. The replica holds only keys and buckets, whose
+    prices are the same in every region.
+    """
+    counts: dict[str, Counter] = {}
     for outdir in templates_dirs:
-        _collect_regions(Path(outdir), regions)
-    return regions
+        _collect_regions(Path(outdir), counts)
+    return {stage: regions.most_common(1)[0][0] for stage, regions in counts.items()}
 
 
-def _collect_regions(outdir: Path, regions: dict[str, str]) -> None:
+def _collect_regions(outdir: Path, counts: dict[str, Counter]) -> None:
     manifest = json.loads((outdir / "manifest.json").read_text())
     for artifact_id, artifact in manifest.get("artifacts", {}).items():
         if artifact.get("type") == "cdk:cloud-assembly":
-            _collect_regions(outdir / artifact["properties"]["directoryName"], regions)
+            _collect_regions(outdir / artifact["properties"]["directoryName"], counts)
         elif artifact.get("type") == "aws:cloudformation:stack":
             stage = artifact.get("displayName", artifact_id).rpartition("/")[0]
-            regions.setdefault(stage, artifact["environment"].rsplit("/", 1)[-1])
+            counts.setdefault(stage, Counter())[artifact["environment"].rsplit("/", 1)[-1]] += 1
 
 
 def money(amount: float) -> str:
