@@ -33,7 +33,8 @@ import boto3  # noqa: E402
 from botocore.stub import Stubber  # noqa: E402
 from moto import mock_aws  # noqa: E402
 
-from tests.interruption_lambda import batch, fixture, handler, logic, quarantine, sqs_record  # noqa: E402
+from tests.interruption_lambda import (batch, fixture, handler, logic, quarantine, sqs_record,  # noqa: E402
+                                      telemetry)
 
 GROUP, TABLE, INSTANCE = "ml-dev-training-gpu", "bench-idempotency", "i-0b662ef9931388ba0"
 BATCH = 10
@@ -87,8 +88,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--records", type=int, default=400, help="records per scenario (default 400)")
     args = parser.parse_args()
-    # One JSON log line per decision still goes through Powertools, to a buffer.
-    handler.logger.registered_handler.stream = io.StringIO()
+    # One JSON log line per decision and the EMF line are still written, to a buffer.
+    sink = io.StringIO()
+    handler.logger = telemetry.Logger(sink.write)
+    metrics = telemetry.CountMetrics(sink.write)
     logging.getLogger("botocore").setLevel(logging.WARNING)
 
     kinds = ["spot warning, fleet instance -> SendCommand", "lifecycle, not ours -> CompleteLifecycleAction",
@@ -110,7 +113,7 @@ def main() -> int:
             settings=logic.Settings(autoscaling_group_name=GROUP, fleet_tag_key="ml:training-fleet",
                                     fleet_tag_value=GROUP, document_name="ml-dev-training-Checkpoint"),
             clients=clients, dynamodb=dynamodb, table_name=TABLE,
-            metrics=handler._PowertoolsMetrics(), log=handler.log_outcome,
+            metrics=metrics, log=handler.log_outcome,
             quarantine=quarantine.Quarantine(sqs, "https://sqs.us-east-1.amazonaws.com/123456789012/dlq"))
         per_batch(kinds[0], *stubs)
         warm = scenario(kinds[0], 0, *stubs)
@@ -129,7 +132,7 @@ def main() -> int:
                 result = processor.process_batch({"Records": records}, Context())
                 per_record.append((time.perf_counter() - began) / BATCH * 1e6)
                 assert result.response() == {"batchItemFailures": []}, result.outcomes
-                handler.metrics.clear_metrics()
+                metrics.flush()
             for stub in stubs:
                 stub.assert_no_pending_responses()
             p95 = statistics.quantiles(per_record, n=20)[-1]

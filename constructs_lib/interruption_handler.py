@@ -61,8 +61,11 @@ LIFECYCLE_ACTION_TOKEN_PATTERN = (
 )
 AUTOSCALING_GROUP_NAME_PATTERN = r"^[A-Za-z0-9_./-]{0,255}$"
 EXECUTION_TIMEOUT_PATTERN = r"^[0-9]{1,5}$"
-POWERTOOLS_LAYER_ACCOUNT = "017000801446"
-RUNTIME = lambda_.Runtime.PYTHON_3_13
+RUNTIME = lambda_.Runtime.PYTHON_3_14
+# The handler's EMF metrics (lambda/interruption_handler/telemetry.py has the
+# same two values; a test keeps them equal).
+METRICS_NAMESPACE = "MlInfra/Training"
+SERVICE_NAME = "interruption-handler"
 SPOT_WARNING = "EC2 Spot Instance Interruption Warning"
 REBALANCE_RECOMMENDATION = "EC2 Instance Rebalance Recommendation"
 RESERVATION_INTERRUPTION = "EC2 Capacity Reservation Instance Interruption Warning"
@@ -123,7 +126,6 @@ class InterruptionHandler(Construct):
         lambda_code_dir: Path,
         heartbeat_timeout: cdk.Duration,
         checkpoint_budget: cdk.Duration,
-        powertools_layer_version: int,
         rebalance_action: str = "checkpoint",
         lambda_timeout: cdk.Duration = cdk.Duration.seconds(DEFAULT_LAMBDA_TIMEOUT_SECONDS),
         log_retention: logs.RetentionDays = logs.RetentionDays.THREE_MONTHS,
@@ -143,8 +145,7 @@ class InterruptionHandler(Construct):
         self._build_document(checkpoint_budget)
         self._build_idempotency_table()
         self._build_log_group(log_retention, log_group_name, log_key)
-        self._build_function(fleet, lambda_code_dir, powertools_layer_version, rebalance_action,
-                             lambda_timeout, timeout_seconds)
+        self._build_function(fleet, lambda_code_dir, rebalance_action, lambda_timeout, timeout_seconds)
         self._grant_function(fleet)
         self._build_alarms(fleet, alarm_topic)
 
@@ -245,13 +246,11 @@ class InterruptionHandler(Construct):
         self,
         fleet: GpuTrainingFleet,
         lambda_code_dir: Path,
-        powertools_layer_version: int,
         rebalance_action: str,
         lambda_timeout: cdk.Duration,
         timeout_seconds: int,
     ) -> None:
-        """Role and the interruption Lambda on the queue."""
-        stack = cdk.Stack.of(self)
+        """Role and the interruption Lambda on the queue (standard library and boto3 only: no layer)."""
         self.role = iam.Role(self, "Role", assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
                              description=f"Interruption handler of {fleet.auto_scaling_group_name}")
         self.log_group.grant_write(self.role)
@@ -263,8 +262,6 @@ class InterruptionHandler(Construct):
             architecture=lambda_.Architecture.X86_64,
             handler="handler.handler",
             code=lambda_.Code.from_asset(str(lambda_code_dir), exclude=["__pycache__", "*.pyc"]),
-            layers=[lambda_.LayerVersion.from_layer_version_arn(
-                self, "PowertoolsLayer", powertools_layer_arn(stack, powertools_layer_version))],
             timeout=lambda_timeout,
             memory_size=256,
             role=self.role,
@@ -281,8 +278,6 @@ class InterruptionHandler(Construct):
                 # Failed records are made visible again sooner (lambda requeue.py).
                 "QUEUE_URL": self.queue.queue_url,
                 "QUEUE_VISIBILITY_TIMEOUT_SECONDS": str(visibility_timeout_seconds(timeout_seconds)),
-                "POWERTOOLS_SERVICE_NAME": "interruption-handler",
-                "POWERTOOLS_METRICS_NAMESPACE": "MlInfra/Training",
             },
         )
         # The keyless view: the consume grant would add kms:Decrypt usable
@@ -317,11 +312,6 @@ class InterruptionHandler(Construct):
             "ssm:DescribeInstanceInformation": "no resource type; is the instance's agent online",
             "ssm:ListCommands": "no resource type; commands already sent to the instance",
         })
-        acknowledge(self.function.node.default_child, "AwsSolutions::AwsSolutions-L1",
-                    f"{RUNTIME.name} is the runtime whose public Powertools layer build is pinned "
-                    "(AWSLambdaPowertoolsPythonV3-python313-x86_64 at the version in "
-                    "ml_stacks/config/training.py POWERTOOLS_LAYER_VERSIONS); a newer runtime needs its own "
-                    "verified layer pin first.")
 
     def _build_alarms(self, fleet: GpuTrainingFleet, alarm_topic: sns.ITopic) -> None:
         """The dead-letter and malformed-message alarms, both to ``alarm_topic``."""
@@ -413,8 +403,8 @@ class InterruptionHandler(Construct):
 
     @staticmethod
     def _metric(name: str, **props) -> cloudwatch.Metric:
-        return cloudwatch.Metric(namespace="MlInfra/Training", metric_name=name,
-                                 dimensions_map={"service": "interruption-handler"},
+        return cloudwatch.Metric(namespace=METRICS_NAMESPACE, metric_name=name,
+                                 dimensions_map={"service": SERVICE_NAME},
                                  statistic="Sum", **props)
 
 
@@ -431,12 +421,6 @@ def worst_case_retry_seconds(lambda_timeout_seconds: int) -> int:
 def max_lambda_timeout_seconds() -> int:
     return max(t for t in range(1, RETRY_BUDGET_SECONDS)
                if worst_case_retry_seconds(t) <= RETRY_BUDGET_SECONDS)
-
-
-def powertools_layer_arn(stack: cdk.Stack, layer_version: int) -> str:
-    runtime = RUNTIME.name.replace(".", "")  # python3.13 -> python313
-    return (f"arn:{stack.partition}:lambda:{stack.region}:{POWERTOOLS_LAYER_ACCOUNT}:layer:"
-            f"AWSLambdaPowertoolsPythonV3-{runtime}-x86_64:{layer_version}")
 
 
 def checkpoint_document(*, budget_seconds: int) -> dict:

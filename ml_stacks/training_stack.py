@@ -120,7 +120,6 @@ class TrainingStack(StageStack):
             lambda_code_dir=PROJECT_ROOT / "lambda" / "interruption_handler",
             heartbeat_timeout=cdk.Duration.seconds(training.lifecycle_heartbeat_timeout_seconds),
             checkpoint_budget=budget,
-            powertools_layer_version=training.powertools_layer_version,
             rebalance_action=training.rebalance_action,
             lambda_timeout=cdk.Duration.seconds(training.lambda_timeout_seconds),
             log_retention=log_retention(training.log_retention_days),

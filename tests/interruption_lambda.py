@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -18,12 +17,11 @@ from types import ModuleType
 ROOT = Path(__file__).resolve().parent.parent
 LAMBDA_DIR = ROOT / "lambda" / "interruption_handler"
 FIXTURES = Path(__file__).resolve().parent / "lambda" / "fixtures" / "interruption_handler"
-_NAMES = ("calls", "messages", "logic", "ledger", "quarantine", "requeue", "batch", "handler")
+_NAMES = ("calls", "messages", "logic", "ledger", "quarantine", "requeue", "batch", "telemetry",
+          "handler")
 
 
 def _load() -> dict[str, ModuleType]:
-    os.environ.setdefault("POWERTOOLS_SERVICE_NAME", "interruption-handler")
-    os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "MlInfra/Training")
     saved = {name: sys.modules.pop(name) for name in _NAMES if name in sys.modules}
     sys.path.insert(0, str(LAMBDA_DIR))
     try:
@@ -43,6 +41,7 @@ requeue = _modules["requeue"]
 messages = _modules["messages"]
 logic = _modules["logic"]
 batch = _modules["batch"]
+telemetry = _modules["telemetry"]
 handler = _modules["handler"]
 
 

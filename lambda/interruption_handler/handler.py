@@ -4,7 +4,8 @@ The queue carries spot interruption warnings and rebalance recommendations
 (EventBridge) and the fleet's termination lifecycle hook messages. See
 ``batch.py`` for how a batch runs, ``logic.py`` for the decisions,
 ``ledger.py`` for idempotency, ``calls.py`` for retries, ``quarantine.py``
-and ``requeue.py`` for what happens to malformed and failed records.
+and ``requeue.py`` for what happens to malformed and failed records,
+``telemetry.py`` for the JSON log lines and EMF metrics (standard library).
 """
 
 from __future__ import annotations
@@ -13,17 +14,16 @@ import os
 from typing import Any
 
 import boto3
-from aws_lambda_powertools import Logger, Metrics
-from aws_lambda_powertools.metrics import MetricUnit
 from botocore.config import Config
 
 from batch import MAX_WORKERS, Processor, RecordOutcome
 from logic import Clients, Settings
 from quarantine import Quarantine
 from requeue import Requeue
+from telemetry import CountMetrics, Logger
 
 logger = Logger()
-metrics = Metrics()
+metrics = CountMetrics()
 
 # One attempt per SDK call: calls.py retries inside the record's deadline
 # and knows when a repeat of SendCommand must look before it sends. Short
@@ -32,20 +32,15 @@ _BOTO_CONFIG = Config(retries={"mode": "standard", "max_attempts": 1},
                       connect_timeout=2, read_timeout=4, max_pool_connections=MAX_WORKERS + 4)
 
 
-class _PowertoolsMetrics:
-    def count(self, name: str) -> None:
-        metrics.add_metric(name=name, unit=MetricUnit.Count, value=1)
-
-
 def log_outcome(outcome: RecordOutcome) -> None:
     """The one structured line per decision."""
     fields = {"message_id": outcome.message_id, "instance_id": outcome.instance_id,
               "event_kind": outcome.kind, "outcome": outcome.outcome, "action": outcome.action,
               "reason": outcome.reason}
     if outcome.outcome == "failed":
-        logger.warning("interruption decision", extra=fields)
+        logger.warning("interruption decision", **fields)
     else:
-        logger.info("interruption decision", extra=fields)
+        logger.info("interruption decision", **fields)
 
 
 def build_processor(environ: dict[str, str] | None = None) -> Processor:
@@ -64,7 +59,7 @@ def build_processor(environ: dict[str, str] | None = None) -> Processor:
                       autoscaling=boto3.client("autoscaling", config=_BOTO_CONFIG))
     return Processor(settings=settings, clients=clients,
                      dynamodb=boto3.client("dynamodb", config=_BOTO_CONFIG),
-                     table_name=env["IDEMPOTENCY_TABLE_NAME"], metrics=_PowertoolsMetrics(),
+                     table_name=env["IDEMPOTENCY_TABLE_NAME"], metrics=metrics,
                      log=log_outcome,
                      quarantine=Quarantine(sqs, env["DEAD_LETTER_QUEUE_URL"]),
                      requeue=Requeue(sqs, env["QUEUE_URL"], int(env["QUEUE_VISIBILITY_TIMEOUT_SECONDS"])))
@@ -92,7 +87,6 @@ def handler(event: Any, context: Any) -> dict[str, Any]:
         return {"batchItemFailures": [{"itemIdentifier": m} for m in _message_ids(event)]}
     finally:
         try:
-            if metrics.metric_set:
-                metrics.flush_metrics()
+            metrics.flush()
         except Exception:  # noqa: BLE001 - metrics must not fail the batch
             logger.exception("could not flush metrics")

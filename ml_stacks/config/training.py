@@ -43,10 +43,6 @@ GPUS_PER_INSTANCE_TYPE: Mapping[str, int] = {
 MAX_LEASE_SECONDS = 120
 MAX_RUN_DURATION_MINUTES = 30 * 24 * 60
 _INSTANCE_TYPE_RE = re.compile(r"^([a-z][a-z0-9]*)\.(metal|[0-9]*x?large)$")
-# Powertools for AWS Lambda (Python) releases and the public layer version
-# that ships each (AWSLambdaPowertoolsPythonV3-<python>-x86_64:<layer>). The
-# same release is pinned in requirements-dev.txt, so tests run what deploys.
-POWERTOOLS_LAYER_VERSIONS: Mapping[str, int] = {"3.23.0": 27}
 TRAINING_SIGNALS: tuple[str, ...] = ("SIGUSR1", "SIGUSR2", "SIGTERM", "SIGINT", "SIGHUP")
 REBALANCE_ACTIONS: tuple[str, ...] = ("checkpoint", "log-only")
 # What the node agent does about a run without progress for hung_after_minutes:
@@ -210,7 +206,6 @@ class TrainingConfig:
     training_signal: str = "SIGUSR1"
     rebalance_action: str = "checkpoint"
     lambda_timeout_seconds: int = 8
-    powertools_version: str = "3.23.0"
     log_retention_days: int = 90
     lease_seconds: int = 90
     lease_renew_seconds: int = 30
@@ -242,10 +237,6 @@ class TrainingConfig:
                  f"{prefix}.lambda_timeout_seconds", self.lambda_timeout_seconds,
                  "3 to 8 seconds (the queue's visibility timeout is 6 times this, and a retried "
                  "record must be acted on within 60 s: README, interruption time budget)")
-        _require(self.powertools_version in POWERTOOLS_LAYER_VERSIONS,
-                 f"{prefix}.powertools_version", self.powertools_version,
-                 "a Powertools release with a known public layer version: "
-                 + ", ".join(POWERTOOLS_LAYER_VERSIONS))
         _require(self.log_retention_days in LOG_RETENTION_DAYS, f"{prefix}.log_retention_days",
                  self.log_retention_days,
                  "a CloudWatch Logs retention: " + ", ".join(map(str, LOG_RETENTION_DAYS)))
@@ -387,10 +378,6 @@ class TrainingConfig:
     def reaches_internet_https(self) -> bool:
         """True when ``egress`` allows HTTPS to the whole internet."""
         return any(r.reaches_internet_https() for r in self.egress)
-
-    @property
-    def powertools_layer_version(self) -> int:
-        return POWERTOOLS_LAYER_VERSIONS[self.powertools_version]
 
     @property
     def max_gpus_per_instance(self) -> int:

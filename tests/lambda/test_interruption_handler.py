@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import io
 import json
 
 import pytest
 from botocore.stub import Stubber
 
-from tests.interruption_lambda import batch, fixture, handler, messages, sqs_event, sqs_record
+from tests.interruption_lambda import batch, fixture, handler, messages, sqs_event, sqs_record, telemetry
 from tests.interruption_aws import (DOCUMENT, GROUP, HOOK, LambdaContext, short_circuit)
 from tests.interruption_lambda import batch  # noqa: F811
 from tests.interruption_aws import aws  # noqa: F401  (the fixture)
@@ -380,26 +379,78 @@ def test_handler_hands_every_record_back_when_it_cannot_even_start(monkeypatch) 
 
 
 def test_handler_logs_one_structured_line_per_decision_and_emits_metrics(aws, monkeypatch, capsys) -> None:
-    log_stream = io.StringIO()
-    monkeypatch.setattr(handler.logger.registered_handler, "stream", log_stream)
     monkeypatch.setattr(handler, "_processor", None)
     monkeypatch.setattr(handler, "build_processor", lambda: batch.Processor(
         settings=aws.processor().settings, clients=aws.processor().clients, dynamodb=aws.dynamodb,
-        table_name="interruption-idempotency", metrics=handler._PowertoolsMetrics(),
+        table_name="interruption-idempotency", metrics=handler.metrics,
         log=handler.log_outcome, quarantine=aws.processor().quarantine, requeue=aws.processor().requeue))
     event = sqs_event(sqs_record(spot(aws.fleet_instance), message_id="one"),
                       sqs_record("garbage", message_id="two"))
+    capsys.readouterr()
     assert handler.handler(event, LambdaContext()) == {"batchItemFailures": []}
 
-    decisions = [json.loads(line) for line in log_stream.getvalue().splitlines()]
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
-    assert [(d["message_id"], d["outcome"], d["action"]) for d in decisions] == [
-        ("one", "handled", "checkpoint-requested"), ("two", "skipped", "quarantined")]
+    decisions = [line for line in lines if line.get("message") == "interruption decision"]
+    assert [(d["message_id"], d["outcome"], d["action"], d["level"]) for d in decisions] == [
+        ("one", "handled", "checkpoint-requested", "INFO"), ("two", "skipped", "quarantined", "INFO")]
     assert decisions[0]["instance_id"] == aws.fleet_instance
     assert decisions[0]["event_kind"] == "spot-interruption"
+    assert all(d["service"] == telemetry.SERVICE_NAME for d in decisions)
+    assert "instance_id" not in decisions[1]  # None fields are left out, as Powertools did
     [emf] = [line for line in lines if "_aws" in line]
-    assert emf["CheckpointsRequested"] in (1.0, [1.0]) and emf["MalformedMessages"] in (1.0, [1.0])
-    assert emf["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "MlInfra/Training"
+    [directive] = emf["_aws"]["CloudWatchMetrics"]
+    assert directive["Namespace"] == telemetry.METRICS_NAMESPACE
+    assert directive["Dimensions"] == [["service"]] and emf["service"] == telemetry.SERVICE_NAME
+    assert {m["Name"]: m["Unit"] for m in directive["Metrics"]} == {
+        "CheckpointsRequested": "Count", "MalformedMessages": "Count"}
+    assert emf["CheckpointsRequested"] == 1 and emf["MalformedMessages"] == 1
+    assert isinstance(emf["_aws"]["Timestamp"], int)
+
+
+def test_a_failed_decision_is_a_warning_line(capsys) -> None:
+    capsys.readouterr()
+    handler.log_outcome(batch.RecordOutcome("m-1", "failed", "retry", "retry: throttled",
+                                            "i-0123456789abcdef0", "spot-interruption"))
+    [line] = [json.loads(out) for out in capsys.readouterr().out.splitlines()]
+    assert line["level"] == "WARNING" and line["message"] == "interruption decision"
+    assert (line["message_id"], line["outcome"], line["reason"]) == ("m-1", "failed", "retry: throttled")
+    assert line["location"].startswith("log_outcome:")
+
+
+def test_a_batch_that_cannot_start_logs_the_traceback_and_still_flushes_its_counts(monkeypatch, capsys) -> None:
+    def broken() -> None:
+        raise RuntimeError("no settings")
+
+    monkeypatch.setattr(handler, "_processor", None)
+    monkeypatch.setattr(handler, "build_processor", broken)
+    handler.metrics.count("RecordsFailed", 2)  # counted before the failure
+    capsys.readouterr()
+    event = sqs_event(sqs_record("{}", message_id="a"))
+    assert handler.handler(event, LambdaContext()) == {"batchItemFailures": [{"itemIdentifier": "a"}]}
+
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    [error] = [line for line in lines if line.get("level") == "ERROR"]
+    assert error["exception_name"] == "RuntimeError"
+    assert error["exception"].startswith("Traceback (most recent call last):")
+    assert error["exception"].endswith("RuntimeError: no settings")
+    [emf] = [line for line in lines if "_aws" in line]
+    assert emf["RecordsFailed"] == 2
+    handler.handler(event, LambdaContext())
+    assert not [line for line in capsys.readouterr().out.splitlines() if "_aws" in line]
+
+
+def test_emf_lines_stay_within_cloudwatchs_100_metrics_per_directive() -> None:
+    lines: list[str] = []
+    counts = telemetry.CountMetrics(lines.append, clock=lambda: 1_700_000_000.5)
+    names = [f"Metric{i:03d}" for i in range(telemetry.MAX_METRICS_PER_LINE + 1)]
+    for name in names:
+        counts.count(name)
+    counts.flush()
+    emfs = [json.loads(line) for line in lines]
+    assert [len(e["_aws"]["CloudWatchMetrics"][0]["Metrics"]) for e in emfs] == [
+        telemetry.MAX_METRICS_PER_LINE, 1]
+    assert sorted(n for e in emfs for n in e if n.startswith("Metric")) == names
+    assert {e["_aws"]["Timestamp"] for e in emfs} == {1_700_000_000_500}
 
 
 def test_build_processor_reads_its_settings_from_the_environment(monkeypatch) -> None:

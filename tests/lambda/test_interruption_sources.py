@@ -15,7 +15,7 @@ from botocore.stub import Stubber
 from constructs_lib import interruption_handler as construct
 from tests.interruption_aws import DOCUMENT, GROUP, LambdaContext
 from tests.interruption_aws import aws  # noqa: F401  (the fixture)
-from tests.interruption_lambda import batch, fixture, logic, messages, sqs_event, sqs_record
+from tests.interruption_lambda import batch, fixture, logic, messages, sqs_event, sqs_record, telemetry
 
 from .interruption_fake import FakeAws
 
@@ -80,6 +80,11 @@ def test_handler_accepts_exactly_what_the_rules_match() -> None:
     assert messages.CAPACITY_BLOCK_WARNINGS == construct.CAPACITY_BLOCK_WARNINGS
     assert ("aws.ec2", construct.RESERVATION_INTERRUPTION) in messages.EVENTBRIDGE_PARSERS
     assert ("aws.health", construct.HEALTH_EVENT) in messages.EVENTBRIDGE_PARSERS
+
+
+def test_the_alarms_read_the_namespace_and_dimension_the_handler_writes() -> None:
+    assert telemetry.METRICS_NAMESPACE == construct.METRICS_NAMESPACE
+    assert telemetry.SERVICE_NAME == construct.SERVICE_NAME
     import re
     for kind in (messages.HEALTH_SCHEDULED_CHANGE, messages.CAPACITY_BLOCK_EXPIRING,
                  messages.RESERVATION_INTERRUPTION):

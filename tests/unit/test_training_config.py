@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
 from ml_stacks.config import (
-    POWERTOOLS_LAYER_VERSIONS,
     ConfigError,
     NetworkConfig,
     StageConfig,
@@ -18,7 +16,6 @@ from ml_stacks.config import (
 )
 
 TAGS = StageTags(team="t", project="p", cost_center="c", repository="r")
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def stage(**training) -> StageConfig:
@@ -53,12 +50,6 @@ def test_defaults_follow_the_contract_and_the_design() -> None:
     assert training.efa_enabled is False
     assert {t.split(".")[0] for t in training.instance_types} == {"g5", "g6"}
     assert (training.checkpoint_budget_seconds, training.heartbeat_interval_seconds) == (90, 30)
-
-
-def test_powertools_layer_pin_matches_the_dev_requirements() -> None:
-    version = TrainingConfig().powertools_version
-    assert f"aws-lambda-powertools=={version}\n" in (ROOT / "requirements-dev.txt").read_text()
-    assert TrainingConfig().powertools_layer_version == POWERTOOLS_LAYER_VERSIONS[version]
 
 
 @pytest.mark.parametrize(
@@ -123,7 +114,6 @@ def test_powertools_layer_pin_matches_the_dev_requirements() -> None:
         ({"rebalance_action": "ignore"}, "rebalance_action", "ignore", "checkpoint, log-only"),
         ({"lambda_timeout_seconds": 2}, "lambda_timeout_seconds", 2, "3 to 8"),
         ({"lambda_timeout_seconds": 9}, "lambda_timeout_seconds", 9, "within 60 s"),
-        ({"powertools_version": "3.99.0"}, "powertools_version", "3.99.0", "known public layer version"),
         ({"log_retention_days": 42}, "log_retention_days", 42, "CloudWatch Logs retention"),
     ],
 )

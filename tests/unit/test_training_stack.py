@@ -13,9 +13,9 @@ from aws_cdk import aws_iam as iam
 from aws_cdk.assertions import Match, Template
 
 from constructs_lib.gpu_training_fleet import SSM_AGENT_ACTIONS
-from constructs_lib.interruption_handler import checkpoint_document
+from constructs_lib.interruption_handler import RUNTIME, checkpoint_document
 from ml_stacks.app_factory import build_app
-from ml_stacks.config import TrainingConfig, default_configs
+from ml_stacks.config import default_configs
 from ml_stacks.pins import training_ami
 from tests.conftest import STAGES, resources_of_type, stacks_of
 
@@ -127,7 +127,8 @@ def test_lambda_asset_is_the_handler_modules_without_caches(synthesized) -> None
     key = synthesized.app.node.find_child("dev").training.resolve(code)["s3Key"]
     staged = synthesized.outdir / f"asset.{key.removesuffix('.zip')}"
     assert {p.name for p in staged.iterdir()} == {"handler.py", "batch.py", "calls.py", "ledger.py",
-                                                  "logic.py", "messages.py", "quarantine.py", "requeue.py"}
+                                                  "logic.py", "messages.py", "quarantine.py", "requeue.py",
+                                                  "telemetry.py"}
 
 
 # --- Auto Scaling group ---------------------------------------------------------------
@@ -366,17 +367,18 @@ def test_dead_letter_queue_alarm_goes_to_the_alerts_topic(dev) -> None:
     assert alarm["TreatMissingData"] == "notBreaching"
 
 
-def test_lambda_reports_batch_item_failures_and_runs_the_pinned_powertools_layer(dev) -> None:
+def test_lambda_reports_batch_item_failures_and_runs_without_a_layer(dev) -> None:
     mapping = only(dev, "AWS::Lambda::EventSourceMapping")["Properties"]
     assert mapping["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
     assert mapping["EventSourceArn"]["Fn::GetAtt"][0].startswith("InterruptionHandlerQueue")
     function = only(dev, "AWS::Lambda::Function", "InterruptionHandler")["Properties"]
     assert function["Handler"] == "handler.handler"
-    assert function["Runtime"].startswith("python3.1") and int(function["Runtime"][8:]) >= 12
-    layer = TrainingConfig().powertools_layer_version
-    assert function["Layers"] == [
-        f"arn:aws:lambda:us-east-1:017000801446:layer:AWSLambdaPowertoolsPythonV3-python313-x86_64:{layer}"]
+    # The runtime of every other function of the app, nothing from a public layer.
+    runtimes = {f["Properties"]["Runtime"] for f in resources_of_type(dev, "AWS::Lambda::Function").values()}
+    assert function["Runtime"] == RUNTIME.name and runtimes == {RUNTIME.name}
+    assert "Layers" not in function
     env = function["Environment"]["Variables"]
+    assert not [name for name in env if name.startswith("POWERTOOLS_")]
     assert env["AUTOSCALING_GROUP_NAME"] == "ml-dev-training-gpu"
     assert env["REBALANCE_ACTION"] == "checkpoint"
     assert env["CHECKPOINT_DOCUMENT_NAME"]["Ref"].startswith("InterruptionHandlerCheckpointDocument")
