@@ -60,6 +60,14 @@ NOT_RUN = {
     "make diff BASE=origin/main [STAGES=dev] [REPORT=diff.md]":
         "run end to end by tests/delivery/test_make_diff.py (make diff BASE=HEAD STAGES=dev REPORT=diff.md "
         "on a copy of this checkout with a real change)",
+    "make test-config-change [ARGS=...]": "the suite again on the configs with the docs' two example "
+                                          "changes (minutes); CI runs it as its own step",
+    "make acknowledgements": "rewrites tests/unit/acknowledgements.txt; tests/unit/test_acknowledgements.py "
+                             "checks the list equals what it would write, on the session synth",
+    "make iam-report": "make synth and then python -m delivery.iam_report cdk.out, whose counts "
+                       "tests/unit/test_acknowledgements.py checks on the session synth",
+    "make bench-serving": "synthesizes dev with 1, 50 and 200 models (minutes); "
+                          "tests/unit/test_serving_scale.py synthesizes the 200-model stage",
     "make bench-preflight": "synthesizes every stage again, then preflights all three on moto (about 45 s); "
                             "tests/delivery/test_preflight_cli.py runs the same preflight on a fresh moto account",
 }
