@@ -41,7 +41,8 @@ def documented_model_examples() -> list[tuple[Path, ModelConfig]]:
         for block in re.findall(r"```python\n(.*?)```", path.read_text(), flags=re.S):
             code = block.strip().rstrip(",")
             if code.startswith("ModelConfig(") and code.endswith(")"):
-                examples.append((path, eval(code, {"ModelConfig": ModelConfig})))  # noqa: S307 (our docs)
+                # The docs' examples use the config package's names (ShadowConfig, ...).
+                examples.append((path, eval(code, vars(ml_stacks.config))))  # noqa: S307 (our docs)
     return examples
 
 
