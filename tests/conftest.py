@@ -8,15 +8,56 @@ an unacknowledged finding fails the fixture, and so every test).
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import aws_cdk as cdk
+import botocore.loaders
 import pytest
 from aws_cdk.assertions import Template
 
 from ml_stacks.app_factory import build_app
 from ml_stacks.config import StageConfig, default_configs
+
+
+def _share_botocore_models() -> None:
+    """Parse each botocore/boto3 data file once per test process.
+
+    moto's ``mock_aws`` resets ``boto3.DEFAULT_SESSION``, so every moto test
+    builds a new session whose new ``Loader`` parses the service models
+    (ec2 alone is megabytes of JSON) again: most of a moto test's setup.
+    The loader's own per-instance cache becomes one cache shared by every
+    loader with the same search paths, extras and file loader: a second
+    session gets the very dicts a second client of the first session gets.
+    """
+    shared: dict[tuple, object] = {}
+
+    def sharing(name: str, cached):
+        def method(self, *args, **kwargs):
+            key = (name, tuple(self.search_paths), tuple(self.extras_types), type(self.file_loader),
+                   args, tuple(sorted(kwargs.items())))
+            if key not in shared:
+                shared[key] = cached(self, *args, **kwargs)
+            return shared[key]
+        return method
+
+    for name in ("list_available_services", "determine_latest_version", "list_api_versions",
+                 "load_service_model", "load_data_with_path"):
+        setattr(botocore.loaders.Loader, name, sharing(name, getattr(botocore.loaders.Loader, name)))
+
+
+_share_botocore_models()
+
+# moto's EC2 otherwise turns every public AMI it knows into objects each time
+# an EC2 backend is created or reset (twice per moto test, about half a second
+# each). One Deep Learning AMI is all the suite launches or describes; set
+# before any test module imports moto's EC2 models, so the whole session sees
+# the same images whichever tests are selected (until now this depended on
+# tests/interruption_aws.py being collected first).
+os.environ.setdefault(
+    "MOTO_AMIS_PATH",
+    str(Path(__file__).resolve().parent / "lambda" / "fixtures" / "interruption_handler" / "moto_amis.json"))
 
 STAGES = ("dev", "staging", "prod")
 STACKS = ("network", "storage", "ops", "idle", "training", "serving", "eks")
