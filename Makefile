@@ -12,6 +12,10 @@ STAGE ?=
 FORCE ?=
 ARGS ?=
 ACCOUNT ?=
+# `make test`: one pytest-xdist worker per core (TEST_WORKERS=1: one process).
+TEST_WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
+# `make test-fast`: leave out the slow tests (pytest marker `slow`, pytest.ini).
+FAST ?= not slow
 # `make diff BASE=<git ref>`: offline diff of the working tree against a ref.
 BASE ?=
 # `make diff BASE=... REPORT=diff.md`: also write the Markdown report (PR comment).
@@ -41,12 +45,14 @@ STAGE_CONTEXT := $(if $(STAGES),-c stages=$(STAGES),)
 # The stage being deployed, diffed or destroyed, pinned to ACCOUNT if given.
 ONE_STAGE := -c stages=$(STAGE) $(if $(ACCOUNT),-c account=$(ACCOUNT),)
 
-.PHONY: help setup synth test bench bench-drill bench-idle bench-preflight bootstrap preflight deploy destroy diff cost drift smoke run refresh-amis clean
+.PHONY: help setup synth test test-fast bench bench-tests bench-drill bench-idle bench-preflight bootstrap preflight deploy destroy diff cost drift smoke run refresh-amis clean
 
 help:
 	@echo "make synth [STAGES=dev,prod]   synthesize offline, print a summary"
-	@echo "make test                      the whole test suite"
+	@echo "make test [ARGS=...]           the whole test suite on one worker per core, then a summary"
+	@echo "make test-fast [ARGS=...]      the inner loop: everything but the tests marked slow (under 20 s)"
 	@echo "make bench                     synth wall-time benchmark"
+	@echo "make bench-tests               make test three times (median wall, CPU) and make synth once"
 	@echo "make bootstrap STAGE=dev       cdk bootstrap the stage's account/region (AWS credentials)"
 	@echo "make bench-drill [ARGS=...]    runs drill: goodput, steps lost, notice to resumed (tiny and 1 GiB checkpoints)"
 	@echo "make bench-idle                idle-shutdown sweep over 100/1,000/5,000 instances, import time"
@@ -89,13 +95,25 @@ synth: setup
 	  | { grep -v -e '^Successfully synthesized' -e '^Supply a stack id' -e '^$$' >&2 || true; }
 	@python scripts/synth_summary.py cdk.out
 
+# Workers share the run: everything that uses the session synthesis goes to
+# one worker (tests/conftest.py), the rest to whichever is free.
+XDIST = $(if $(filter-out 0 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadgroup,)
+
 test: export AWS_EC2_METADATA_DISABLED := true
 test: setup
-	python -m pytest $(ARGS)
+	python -m pytest $(XDIST) --suite-summary $(ARGS)
+
+test-fast: export AWS_EC2_METADATA_DISABLED := true
+test-fast: setup
+	python -m pytest $(XDIST) -q -m '$(FAST)' --suite-summary $(ARGS)
 
 bench: export AWS_EC2_METADATA_DISABLED := true
 bench: setup
 	python bench/synth.py
+
+bench-tests: export AWS_EC2_METADATA_DISABLED := true
+bench-tests: setup
+	python bench/test_suite.py $(ARGS)
 
 bench-drill: export AWS_EC2_METADATA_DISABLED := true
 bench-drill: setup

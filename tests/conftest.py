@@ -1,8 +1,16 @@
-"""One synthesized app for the whole test session.
+"""One synthesized app per test process, shared by every test in it.
 
 The app comes from the same ``build_app`` that ``app.py`` calls, with the
-repository's stage configs, and is synthesized once (cdk-nag gate included:
-an unacknowledged finding fails the fixture, and so every test).
+repository's stage configs, and is synthesized once per process (cdk-nag
+gate included: an unacknowledged finding fails the fixture, and so every
+test that uses it). ``make test`` runs the suite on pytest-xdist workers;
+every test that uses the synthesis is sent to the same worker (xdist group
+``synth``, ``--dist loadgroup``), so the whole app is synthesized once per
+run, not once per worker.
+
+Nothing here imports aws_cdk at import time: the xdist controller loads
+this file too and never synthesizes, and starting the jsii kernel costs
+seconds of CPU.
 """
 
 from __future__ import annotations
@@ -11,14 +19,22 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import aws_cdk as cdk
 import botocore.loaders
 import pytest
-from aws_cdk.assertions import Template
 
-from ml_stacks.app_factory import build_app
-from ml_stacks.config import StageConfig, default_configs
+if TYPE_CHECKING:
+    import aws_cdk as cdk
+    from aws_cdk.assertions import Template
+
+    from ml_stacks.config import StageConfig
+
+pytest_plugins = ["tests.suite_summary"]
+
+# Fixtures that mean "this test needs the session synthesis".
+SYNTH_FIXTURES = frozenset({"synthesized", "all_templates"})
+SYNTH_GROUP = "synth"
 
 
 def _share_botocore_models() -> None:
@@ -78,6 +94,8 @@ class SynthesizedStack:
 
     @property
     def template(self) -> Template:
+        from aws_cdk.assertions import Template
+
         return Template.from_json(self.template_json)
 
 
@@ -96,6 +114,8 @@ class Synthesized:
 
 
 def synthesize(configs: dict[str, StageConfig], outdir: Path) -> Synthesized:
+    from ml_stacks.app_factory import build_app
+
     app = build_app(configs.values(), outdir=str(outdir))
     assembly = app.synth()
     stacks: dict[tuple[str, str], SynthesizedStack] = {}
@@ -115,6 +135,8 @@ def synthesize(configs: dict[str, StageConfig], outdir: Path) -> Synthesized:
 
 @pytest.fixture(scope="session")
 def synthesized(tmp_path_factory: pytest.TempPathFactory) -> Synthesized:
+    from ml_stacks.config import default_configs
+
     return synthesize(default_configs(), tmp_path_factory.mktemp("cdk.out"))
 
 
@@ -125,3 +147,16 @@ def all_templates(synthesized: Synthesized) -> dict[tuple[str, str], dict]:
 
 def resources_of_type(template: dict, resource_type: str) -> dict[str, dict]:
     return {lid: r for lid, r in template["Resources"].items() if r["Type"] == resource_type}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Send every test that uses the session synthesis to one xdist worker.
+
+    Runs before xdist's own hook, which turns the ``xdist_group`` mark into
+    the ``@synth`` suffix of the node id that ``--dist loadgroup`` schedules
+    by. Without xdist (or with another ``--dist``) the mark does nothing.
+    """
+    for item in items:
+        if SYNTH_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.xdist_group(SYNTH_GROUP))

@@ -11,6 +11,8 @@ from syrupy.extensions.json import JSONSnapshotExtension
 
 from tests.conftest import STACKS, STAGES
 
+pytestmark = [pytest.mark.slow, pytest.mark.gate("snapshots")]
+
 _ASSET_HASH = re.compile(r"\b[0-9a-f]{64}\b")
 _ACCOUNT_ID = re.compile(r"(?<![0-9])[0-9]{12}(?![0-9])")
 
