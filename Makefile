@@ -96,8 +96,9 @@ synth: setup
 	@python scripts/synth_summary.py cdk.out
 
 # Workers share the run: everything that uses the session synthesis goes to
-# one worker (tests/conftest.py), the rest to whichever is free.
-XDIST = $(if $(filter-out 0 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadgroup,)
+# one worker (tests/conftest.py), the rest to whichever is free. Snapshot
+# updates run in one process: syrupy 4 deletes unused snapshots only there.
+XDIST = $(if $(filter-out 0 1,$(TEST_WORKERS)),$(if $(findstring --snapshot-update,$(ARGS)),,-n $(TEST_WORKERS) --dist loadgroup),)
 
 test: export AWS_EC2_METADATA_DISABLED := true
 test: setup
