@@ -149,14 +149,30 @@ def resources_of_type(template: dict, resource_type: str) -> dict[str, dict]:
     return {lid: r for lid, r in template["Resources"].items() if r["Type"] == resource_type}
 
 
+def _uses_module_fixture(item: pytest.Item) -> bool:
+    definitions = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
+    return any(defs and defs[-1].scope in ("module", "class") for defs in definitions.values())
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Send every test that uses the session synthesis to one xdist worker.
+    """Keep shared work on one xdist worker.
 
-    Runs before xdist's own hook, which turns the ``xdist_group`` mark into
-    the ``@synth`` suffix of the node id that ``--dist loadgroup`` schedules
-    by. Without xdist (or with another ``--dist``) the mark does nothing.
+    Every test that uses the session synthesis goes to group ``synth``; the
+    tests of a module that share a module-scoped fixture (a synthesis, the
+    ``make diff`` run, a drill) go to one group per module, or to ``synth``
+    when some test of that module uses the session synthesis too, so no
+    fixture is built on two workers. Runs before xdist's own hook, which
+    turns the ``xdist_group`` mark into the ``@group`` suffix of the node id
+    that ``--dist loadgroup`` schedules by. Without xdist (or with another
+    ``--dist``) the mark does nothing.
     """
+    uses_synth = {item: bool(SYNTH_FIXTURES & set(getattr(item, "fixturenames", ()))) for item in items}
+    modules_with_synth = {item.module for item in items if uses_synth[item] and hasattr(item, "module")}
     for item in items:
-        if SYNTH_FIXTURES & set(getattr(item, "fixturenames", ())):
+        if uses_synth[item]:
             item.add_marker(pytest.mark.xdist_group(SYNTH_GROUP))
+        elif _uses_module_fixture(item):
+            module = getattr(item, "module", None)
+            group = SYNTH_GROUP if module in modules_with_synth else item.nodeid.split("::")[0]
+            item.add_marker(pytest.mark.xdist_group(group))
