@@ -14,7 +14,9 @@ ARGS ?=
 ACCOUNT ?=
 # `make test`: one pytest-xdist worker per core (TEST_WORKERS=1: one process).
 TEST_WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
-# `make test-fast`: leave out the slow tests (pytest marker `slow`, pytest.ini).
+# `make test-fast`: the tests that depend on a file changed since CHANGED (git
+# ref; tests/changed.py), without the slow ones (pytest marker, pytest.ini).
+CHANGED ?= HEAD
 FAST ?= not slow
 # `make diff BASE=<git ref>`: offline diff of the working tree against a ref.
 BASE ?=
@@ -50,7 +52,8 @@ ONE_STAGE := -c stages=$(STAGE) $(if $(ACCOUNT),-c account=$(ACCOUNT),)
 help:
 	@echo "make synth [STAGES=dev,prod]   synthesize offline, print a summary"
 	@echo "make test [ARGS=...]           the whole test suite on one worker per core, then a summary"
-	@echo "make test-fast [ARGS=...]      the inner loop: everything but the tests marked slow (under 20 s)"
+	@echo "make test-fast [CHANGED=HEAD]  the inner loop: tests of the files changed since CHANGED, none"
+	@echo "                               marked slow (CHANGED= : every test not marked slow)"
 	@echo "make bench                     synth wall-time benchmark"
 	@echo "make bench-tests               make test three times (median wall, CPU) and make synth once"
 	@echo "make bootstrap STAGE=dev       cdk bootstrap the stage's account/region (AWS credentials)"
@@ -106,7 +109,7 @@ test: setup
 
 test-fast: export AWS_EC2_METADATA_DISABLED := true
 test-fast: setup
-	python -m pytest $(XDIST) -q -m '$(FAST)' --suite-summary $(ARGS)
+	python -m pytest $(XDIST) -q -m '$(FAST)' $(if $(CHANGED),--changed '$(CHANGED)',) --suite-summary $(ARGS)
 
 bench: export AWS_EC2_METADATA_DISABLED := true
 bench: setup

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
     from ml_stacks.config import StageConfig
 
-pytest_plugins = ["tests.suite_summary"]
+pytest_plugins = ["tests.suite_summary", "tests.changed"]
 
 # Fixtures that mean "this test needs the session synthesis".
 SYNTH_FIXTURES = frozenset({"synthesized", "all_templates"})
