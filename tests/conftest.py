@@ -156,7 +156,7 @@ def _uses_module_fixture(item: pytest.Item) -> bool:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Keep shared work on one xdist worker.
+    """Keep shared work on one xdist worker; the session synthesis is slow.
 
     Every test that uses the session synthesis goes to group ``synth``; the
     tests of a module that share a module-scoped fixture (a synthesis, the
@@ -172,6 +172,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if uses_synth[item]:
             item.add_marker(pytest.mark.xdist_group(SYNTH_GROUP))
+            item.add_marker(pytest.mark.slow)  # the whole app, every stage: make test-fast leaves it out
         elif _uses_module_fixture(item):
             module = getattr(item, "module", None)
             group = SYNTH_GROUP if module in modules_with_synth else item.nodeid.split("::")[0]
