@@ -28,6 +28,7 @@ EVERYTHING = frozenset({"pytest.ini", "requirements.txt", "requirements-dev.txt"
 _SYNTH_FIXTURES = frozenset({"synthesized", "all_templates"})
 # Folders whose code tests load by path rather than import.
 _PATH_LOADED = ("lambda", "node_agent")
+_CHANGED = pytest.StashKey[set]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -139,27 +140,27 @@ def dependencies(path: Path) -> frozenset[str]:
     return frozenset(relative)
 
 
-def _depends(item: pytest.Item, changed: set[str]) -> bool:
-    needs = set(dependencies(Path(str(item.path)).resolve()))
-    if _SYNTH_FIXTURES & set(getattr(item, "fixturenames", ())):
+def _depends(module: Path, changed: set[str]) -> bool:
+    needs = set(dependencies(module))
+    if any(name in module.read_text() for name in _SYNTH_FIXTURES):
         needs |= dependencies(ROOT / "tests" / "conftest.py")
     return any(name in needs or Path(name).name in needs for name in changed)
 
 
-@pytest.hookimpl(trylast=True)
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+def pytest_configure(config: pytest.Config) -> None:
     ref = config.getoption("changed")
-    if ref is None:
-        return
-    changed = {name for name in changed_files(ref) if (ROOT / name).exists() or name.endswith(".py")}
-    if changed & EVERYTHING:
-        return
-    keep = {item.nodeid: _depends(item, changed) for item in items}
-    selected = [item for item in items if keep[item.nodeid]]
-    deselected = [item for item in items if not keep[item.nodeid]]
-    if deselected:
-        config.hook.pytest_deselected(items=deselected)
-        items[:] = selected
+    if ref is not None:
+        changed = changed_files(ref)
+        config.stash[_CHANGED] = None if changed & EVERYTHING else changed
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """Not even import a test module that depends on nothing changed: imports
+    (aws_cdk, moto, hypothesis) are most of a small run's time."""
+    changed = config.stash.get(_CHANGED, None)
+    if changed is None or not collection_path.name.startswith("test_") or collection_path.suffix != ".py":
+        return None
+    return True if not _depends(collection_path.resolve(), changed) else None
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
