@@ -16,8 +16,10 @@ ACCOUNT ?=
 TEST_WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
 # `make test-fast`: the tests that depend on a file changed since CHANGED (git
 # ref; tests/changed.py), without the slow ones (pytest marker, pytest.ini).
+# One process by default: a small selection costs less than starting workers.
 CHANGED ?= HEAD
 FAST ?= not slow
+FAST_WORKERS ?= 1
 # `make diff BASE=<git ref>`: offline diff of the working tree against a ref.
 BASE ?=
 # `make diff BASE=... REPORT=diff.md`: also write the Markdown report (PR comment).
@@ -52,8 +54,8 @@ ONE_STAGE := -c stages=$(STAGE) $(if $(ACCOUNT),-c account=$(ACCOUNT),)
 help:
 	@echo "make synth [STAGES=dev,prod]   synthesize offline, print a summary"
 	@echo "make test [ARGS=...]           the whole test suite on one worker per core, then a summary"
-	@echo "make test-fast [CHANGED=HEAD]  the inner loop: tests of the files changed since CHANGED, none"
-	@echo "                               marked slow (CHANGED= : every test not marked slow)"
+	@echo "make test-fast [CHANGED=HEAD]  the inner loop: the tests of the files changed since the git ref"
+	@echo "                               CHANGED, none marked slow (CHANGED= : every test not marked slow)"
 	@echo "make bench                     synth wall-time benchmark"
 	@echo "make bench-tests               make test three times (median wall, CPU) and make synth once"
 	@echo "make bootstrap STAGE=dev       cdk bootstrap the stage's account/region (AWS credentials)"
@@ -109,7 +111,8 @@ test: setup
 
 test-fast: export AWS_EC2_METADATA_DISABLED := true
 test-fast: setup
-	python -m pytest $(XDIST) -q -m '$(FAST)' $(if $(CHANGED),--changed '$(CHANGED)',) --suite-summary $(ARGS)
+	python -m pytest $(if $(filter-out 0 1,$(FAST_WORKERS)),-n $(FAST_WORKERS) --dist loadgroup,) -q \
+	  -m '$(FAST)' $(if $(CHANGED),--changed '$(CHANGED)',) --suite-summary $(ARGS)
 
 bench: export AWS_EC2_METADATA_DISABLED := true
 bench: setup

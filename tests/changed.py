@@ -8,9 +8,10 @@ fixtures import lazily; elsewhere such an import is a deliberately lazy one),
 plus the code loaded by path: a Lambda function or the node agent whose
 folder a reached module names in a string (``Path(...) / "lambda" /
 "idle_shutdown"``), and any non-Python file whose name a reached module
-names (``"README.md"``). A test that uses the session synthesis depends on
+names (``"README.md"``). A module that uses the session synthesis depends on
 the whole app (tests/conftest.py). A change to the test machinery itself
 (conftest, pytest.ini, this plugin, the requirements) selects every test.
+Unaffected modules are not even collected (imported).
 """
 
 from __future__ import annotations
