@@ -12,6 +12,14 @@ STAGE ?=
 FORCE ?=
 ARGS ?=
 ACCOUNT ?=
+# `make test`: one pytest-xdist worker per core (TEST_WORKERS=1: one process).
+TEST_WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
+# `make test-fast`: the tests that depend on a file changed since CHANGED (git
+# ref; tests/changed.py), without the slow ones (pytest marker, pytest.ini).
+# One process by default: a small selection costs less than starting workers.
+CHANGED ?= HEAD
+FAST ?= not slow
+FAST_WORKERS ?= 1
 # `make diff BASE=<git ref>`: offline diff of the working tree against a ref.
 BASE ?=
 # `make diff BASE=... REPORT=diff.md`: also write the Markdown report (PR comment).
@@ -44,16 +52,20 @@ STAGE_CONTEXT := $(if $(STAGES),-c stages=$(STAGES),)
 # The stage being deployed, diffed or destroyed, pinned to ACCOUNT if given.
 ONE_STAGE := -c stages=$(STAGE) $(if $(ACCOUNT),-c account=$(ACCOUNT),)
 
-.PHONY: help setup synth cdk acknowledgements iam-report test test-config-change bench bench-drill bench-idle bench-preflight bench-serving bootstrap preflight deploy destroy diff cost drift smoke run refresh-amis refresh-models clean
+.PHONY: help setup synth cdk acknowledgements iam-report test test-fast test-scale test-config-change bench bench-tests bench-drill bench-idle bench-preflight bench-serving bootstrap preflight deploy destroy diff cost drift smoke run refresh-amis refresh-models clean
 
 help:
 	@echo "make synth [STAGES=dev,prod]   synthesize offline, print a summary"
 	@echo "make acknowledgements          synthesize, rewrite tests/unit/acknowledgements.txt (commit the diff)"
 	@echo "make iam-report                acknowledgements per rule and stage, IAM statements on Resource: *"
-	@echo "make test                      the whole test suite"
-	@echo "make test-config-change        the suite minus snapshots, on the configs with the README's"
+	@echo "make test [ARGS=...]           the whole test suite on one worker per core, then a summary"
+	@echo "make test-fast [CHANGED=HEAD]  the inner loop: the tests of the files changed since the git ref"
+	@echo "                               CHANGED, none marked slow (CHANGED= : every test not marked slow)"
+	@echo "make test-scale                a stage of 200 models through every gate (minutes; CI runs it)"
+	@echo "make test-config-change        the suite minus snapshots, on the configs with the docs'"
 	@echo "                               documented changes applied (tests/config_variants.py)"
 	@echo "make bench                     synth wall-time benchmark"
+	@echo "make bench-tests               make test three times (median wall, CPU) and make synth once"
 	@echo "make bootstrap STAGE=dev       cdk bootstrap the stage's account/region (AWS credentials)"
 	@echo "make bench-drill [ARGS=...]    runs drill: goodput, steps lost, notice to resumed (tiny and 1 GiB checkpoints)"
 	@echo "make bench-idle                idle-shutdown sweep over 100/1,000/5,000 instances, import time"
@@ -116,9 +128,24 @@ cdk: setup
 	@test -n "$(ARGS)" || { echo "ARGS is required, e.g. make cdk ARGS=\"diff 'dev/*'\"" >&2; exit 2; }
 	$(CDK) $(ARGS) $(CONTEXT)
 
+# Workers share the run: everything that uses the session synthesis goes to
+# one worker (tests/conftest.py), the rest to whichever is free. Snapshot
+# updates run in one process: syrupy 4 deletes unused snapshots only there.
+XDIST = $(if $(filter-out 0 1,$(TEST_WORKERS)),$(if $(findstring --snapshot-update,$(ARGS)),,-n $(TEST_WORKERS) --dist loadgroup),)
+
 test: export AWS_EC2_METADATA_DISABLED := true
 test: setup
-	python -m pytest $(ARGS)
+	python -m pytest $(XDIST) --suite-summary -m 'not scale' $(ARGS)
+
+# The claims that take minutes: a stage of 200 models passes every gate.
+test-scale: export AWS_EC2_METADATA_DISABLED := true
+test-scale: setup
+	python -m pytest -m scale $(ARGS)
+
+test-fast: export AWS_EC2_METADATA_DISABLED := true
+test-fast: setup
+	python -m pytest $(if $(filter-out 0 1,$(FAST_WORKERS)),-n $(FAST_WORKERS) --dist loadgroup,) -q \
+	  -m '$(FAST)' $(if $(CHANGED),--changed '$(CHANGED)',) --suite-summary $(ARGS)
 
 # Proof that a config change the README documents changes snapshots and
 # nothing else: every other test, on the configs with those changes applied.
@@ -130,6 +157,10 @@ test-config-change: setup
 bench: export AWS_EC2_METADATA_DISABLED := true
 bench: setup
 	python bench/synth.py
+
+bench-tests: export AWS_EC2_METADATA_DISABLED := true
+bench-tests: setup
+	python bench/test_suite.py $(ARGS)
 
 bench-drill: export AWS_EC2_METADATA_DISABLED := true
 bench-drill: setup

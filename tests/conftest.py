@@ -1,30 +1,88 @@
-"""One synthesized app for the whole test session.
+"""One synthesized app per test process, shared by every test in it.
 
 The app comes from the same ``build_app`` that ``app.py`` calls, with the
-repository's stage configs, and is synthesized once (cdk-nag gate included:
-an unacknowledged finding fails the fixture, and so every test).
+repository's stage configs, and is synthesized once per process (cdk-nag
+gate included: an unacknowledged finding fails the fixture, and so every
+test that uses it). ``make test`` runs the suite on pytest-xdist workers;
+every test that uses the synthesis is sent to the same worker (xdist group
+``synth``, ``--dist loadgroup``), so the whole app is synthesized once per
+run, not once per worker.
 
 Tests read stage values from ``synthesized.configs[stage]`` (or build their
 own small configs), never from literals: with ``ML_TEST_CONFIG_VARIANT`` set
 (``make test-config-change``), ``default_configs()`` returns the configs as
 a user changed them (tests/config_variants.py), and the suite minus the
 snapshots must pass all the same.
+
+Nothing here imports aws_cdk at import time: the xdist controller loads
+this file too and never synthesizes, and starting the jsii kernel costs
+seconds of CPU.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import aws_cdk as cdk
+import botocore.loaders
 import pytest
-from aws_cdk.assertions import Template
 
-from ml_stacks.app_factory import build_app
-from ml_stacks.config import StageConfig
 from ml_stacks.serving_names import model_stack_id
 from tests import config_variants
+
+if TYPE_CHECKING:
+    import aws_cdk as cdk
+    from aws_cdk.assertions import Template
+
+    from ml_stacks.config import StageConfig
+
+pytest_plugins = ["tests.suite_summary", "tests.changed"]
+
+# Fixtures that mean "this test needs the session synthesis".
+SYNTH_FIXTURES = frozenset({"synthesized", "all_templates"})
+SYNTH_GROUP = "synth"
+
+
+def _share_botocore_models() -> None:
+    """Parse each botocore/boto3 data file once per test process.
+
+    moto's ``mock_aws`` resets ``boto3.DEFAULT_SESSION``, so every moto test
+    builds a new session whose new ``Loader`` parses the service models
+    (ec2 alone is megabytes of JSON) again: most of a moto test's setup.
+    The loader's own per-instance cache becomes one cache shared by every
+    loader with the same search paths, extras and file loader: a second
+    session gets the very dicts a second client of the first session gets.
+    """
+    shared: dict[tuple, object] = {}
+
+    def sharing(name: str, cached):
+        def method(self, *args, **kwargs):
+            key = (name, tuple(self.search_paths), tuple(self.extras_types), type(self.file_loader),
+                   args, tuple(sorted(kwargs.items())))
+            if key not in shared:
+                shared[key] = cached(self, *args, **kwargs)
+            return shared[key]
+        return method
+
+    for name in ("list_available_services", "determine_latest_version", "list_api_versions",
+                 "load_service_model", "load_data_with_path"):
+        setattr(botocore.loaders.Loader, name, sharing(name, getattr(botocore.loaders.Loader, name)))
+
+
+_share_botocore_models()
+
+# moto's EC2 otherwise turns every public AMI it knows into objects each time
+# an EC2 backend is created or reset (twice per moto test, about half a second
+# each). One Deep Learning AMI is all the suite launches or describes; set
+# before any test module imports moto's EC2 models, so the whole session sees
+# the same images whichever tests are selected (until now this depended on
+# tests/interruption_aws.py being collected first).
+os.environ.setdefault(
+    "MOTO_AMIS_PATH",
+    str(Path(__file__).resolve().parent / "lambda" / "fixtures" / "interruption_handler" / "moto_amis.json"))
 
 try:
     # Before any test module imports default_configs (see the docstring).
@@ -87,6 +145,8 @@ class SynthesizedStack:
 
     @property
     def template(self) -> Template:
+        from aws_cdk.assertions import Template
+
         return Template.from_json(self.template_json)
 
 
@@ -105,6 +165,8 @@ class Synthesized:
 
 
 def synthesize(configs: dict[str, StageConfig], outdir: Path) -> Synthesized:
+    from ml_stacks.app_factory import build_app
+
     app = build_app(configs.values(), outdir=str(outdir))
     assembly = app.synth()
     stacks: dict[tuple[str, str], SynthesizedStack] = {}
@@ -122,17 +184,11 @@ def synthesize(configs: dict[str, StageConfig], outdir: Path) -> Synthesized:
     return Synthesized(app=app, outdir=outdir, configs=configs, stacks=stacks)
 
 
-def pytest_report_header(config: pytest.Config) -> str | None:
-    if CONFIG_VARIANT:
-        return f"stage configs: {config_variants.ENV}={CONFIG_VARIANT} (tests/config_variants.py)"
-    return None
-
-
 @pytest.fixture(scope="session")
 def synthesized(tmp_path_factory: pytest.TempPathFactory) -> Synthesized:
-    import ml_stacks.config
+    from ml_stacks.config import default_configs
 
-    return synthesize(ml_stacks.config.default_configs(), tmp_path_factory.mktemp("cdk.out"))
+    return synthesize(default_configs(), tmp_path_factory.mktemp("cdk.out"))
 
 
 @pytest.fixture(scope="session")
@@ -142,3 +198,33 @@ def all_templates(synthesized: Synthesized) -> dict[tuple[str, str], dict]:
 
 def resources_of_type(template: dict, resource_type: str) -> dict[str, dict]:
     return {lid: r for lid, r in template["Resources"].items() if r["Type"] == resource_type}
+
+
+def _uses_module_fixture(item: pytest.Item) -> bool:
+    definitions = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
+    return any(defs and defs[-1].scope in ("module", "class") for defs in definitions.values())
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Keep shared work on one xdist worker; the session synthesis is slow.
+
+    Every test that uses the session synthesis goes to group ``synth``; the
+    tests of a module that share a module-scoped fixture (a synthesis, the
+    ``make diff`` run, a drill) go to one group per module, or to ``synth``
+    when some test of that module uses the session synthesis too, so no
+    fixture is built on two workers. Runs before xdist's own hook, which
+    turns the ``xdist_group`` mark into the ``@group`` suffix of the node id
+    that ``--dist loadgroup`` schedules by. Without xdist (or with another
+    ``--dist``) the mark does nothing.
+    """
+    uses_synth = {item: bool(SYNTH_FIXTURES & set(getattr(item, "fixturenames", ()))) for item in items}
+    modules_with_synth = {item.module for item in items if uses_synth[item] and hasattr(item, "module")}
+    for item in items:
+        if uses_synth[item]:
+            item.add_marker(pytest.mark.xdist_group(SYNTH_GROUP))
+            item.add_marker(pytest.mark.slow)  # the whole app, every stage: make test-fast leaves it out
+        elif _uses_module_fixture(item):
+            module = getattr(item, "module", None)
+            group = SYNTH_GROUP if module in modules_with_synth else item.nodeid.split("::")[0]
+            item.add_marker(pytest.mark.xdist_group(group))

@@ -35,6 +35,12 @@ def base(tmp_path_factory) -> dict:
     return synth(tmp_path_factory.mktemp("base"), "base")
 
 
+@pytest.fixture(scope="module")
+def renamed_checkpoint_bucket(tmp_path_factory) -> dict:
+    """The head with a renamed checkpoint bucket, synthesized once for the tests that read it."""
+    return synth(tmp_path_factory.mktemp("renamed"), "head", change=_rename_checkpoint_bucket)
+
+
 def _logical_id(stage, construct) -> str:
     return stage.storage.resolve(construct.node.default_child.logical_id)
 
@@ -55,9 +61,8 @@ def test_stateless_change_passes(base, tmp_path) -> None:
     assert guard.check(changes).passed
 
 
-def test_bucket_replacement_fails(base, tmp_path) -> None:
-    head = synth(tmp_path, "head", change=_rename_checkpoint_bucket)
-    changes = compare_assemblies(base, head)
+def test_bucket_replacement_fails(base, renamed_checkpoint_bucket) -> None:
+    changes = compare_assemblies(base, renamed_checkpoint_bucket)
     result = guard.check(changes)
     assert not result.passed
     [violation] = result.violations
@@ -102,8 +107,8 @@ def test_allow_trailer_lets_exactly_the_named_replacement_through(base, tmp_path
     assert both.passed and not both.unused_allowances
 
 
-def test_an_allowance_for_another_stage_or_a_typo_allows_nothing(base, tmp_path) -> None:
-    changes = compare_assemblies(base, synth(tmp_path, "head", change=_rename_checkpoint_bucket))
+def test_an_allowance_for_another_stage_or_a_typo_allows_nothing(base, renamed_checkpoint_bucket) -> None:
+    changes = compare_assemblies(base, renamed_checkpoint_bucket)
     [hit] = guard.destructive(changes)
     wrong = [hit.address.replace("dev/", "prod/", 1), hit.address.lower()]
     result = guard.check(changes, wrong)

@@ -18,6 +18,8 @@ import pytest
 
 from ml_stacks.app_factory import PROJECT_ROOT
 
+pytestmark = [pytest.mark.slow, pytest.mark.gate("offline make diff")]
+
 
 @pytest.fixture(scope="module")
 def checkout(tmp_path_factory) -> Path:

@@ -68,6 +68,8 @@ def test_app_with_an_unknown_stage_prints_one_line():
     _assert_one_line(result, BAD_STAGE)
 
 
+@pytest.mark.slow
+@pytest.mark.gate("pinned CDK CLI")
 def test_pinned_cli_synth_with_an_unknown_stage_shows_no_traceback(tmp_path):
     cli = ROOT / "node_modules" / ".bin" / "cdk"
     env = _env()

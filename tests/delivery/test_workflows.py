@@ -6,9 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from ml_stacks.app_factory import PROJECT_ROOT
+
+pytestmark = pytest.mark.gate("actionlint")
 
 WORKFLOWS = PROJECT_ROOT / ".github" / "workflows"
 ACTIONLINT = Path(sys.executable).parent / "actionlint"

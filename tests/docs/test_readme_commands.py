@@ -62,6 +62,9 @@ NOT_RUN = {
         "on a copy of this checkout with a real change)",
     "make test-config-change [ARGS=...]": "the suite again on the configs with the docs' two example "
                                           "changes (minutes); CI runs it as its own step",
+    "make test-fast [CHANGED=HEAD]": "a part of this suite, which runs inside it",
+    "make bench-tests": "runs make test three times (minutes)",
+    "make test-scale": "minutes: a 200-model stage through every gate; CI runs it as its own step",
     "make acknowledgements": "rewrites tests/unit/acknowledgements.txt; tests/unit/test_acknowledgements.py "
                              "checks the list equals what it would write, on the session synth",
     "make iam-report": "make synth and then python -m delivery.iam_report cdk.out, whose counts "

@@ -9,6 +9,8 @@ import pytest
 
 from tests.node_agent import drill
 
+pytestmark = pytest.mark.slow  # real agent and trainer processes, seconds each
+
 
 @pytest.fixture(scope="module")
 def reclaimed_twice(tmp_path_factory):

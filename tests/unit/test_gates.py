@@ -29,6 +29,7 @@ def test_every_stage_and_stack_is_synthesized_with_readable_names(synthesized) -
         assert synthesized_stack.environment == f"aws://{config.account or 'unknown-account'}/{region}"
 
 
+@pytest.mark.gate("cdk-nag")
 def test_nag_gate_fails_synth_on_an_unacknowledged_finding(tmp_path) -> None:
     app = build_app([default_configs()["dev"]], outdir=str(tmp_path))
     storage = app.node.find_child("dev").storage
@@ -57,6 +58,8 @@ def test_every_acknowledgement_has_a_real_reason(synthesized) -> None:
     assert all(not p.get("violations") for p in report["pluginReports"])
 
 
+@pytest.mark.slow
+@pytest.mark.gate("cfn-lint")
 def test_cfn_lint_finds_nothing_in_any_template(synthesized) -> None:
     templates = sorted(str(s.template_path) for s in synthesized.stacks.values())
     result = subprocess.run(
@@ -67,12 +70,15 @@ def test_cfn_lint_finds_nothing_in_any_template(synthesized) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.gate("cfn-lint")
 def test_cfn_lint_config_ignores_only_w3005() -> None:
     lines = [ln.strip() for ln in (PROJECT_ROOT / ".cfnlintrc.yaml").read_text().splitlines()
              if ln.strip() and not ln.strip().startswith("#")]
     assert lines == ["ignore_checks:", "- W3005"]
 
 
+@pytest.mark.slow
+@pytest.mark.gate("deterministic synth")
 def test_two_synths_give_byte_identical_templates(synthesized, tmp_path) -> None:
     again = synthesize(default_configs(), tmp_path)
     assert set(again.stacks) == set(synthesized.stacks)
@@ -96,6 +102,8 @@ def _cli_env() -> dict[str, str]:
     return env
 
 
+@pytest.mark.slow
+@pytest.mark.gate("pinned CDK CLI")
 def test_pinned_cli_synthesizes_one_stage_with_an_account_offline(tmp_path) -> None:
     """app.py reads -c stages / -c account; the pinned CLI reads our assembly."""
     out = tmp_path / "cdk.out"
@@ -120,6 +128,8 @@ def test_pinned_cli_synthesizes_one_stage_with_an_account_offline(tmp_path) -> N
     assert sorted(listed.stdout.splitlines()) == [f"dev/{stack} (ml-dev-{stack})" for stack in sorted(stacks_of(default_configs()["dev"]))]
 
 
+@pytest.mark.slow
+@pytest.mark.gate("pinned CDK CLI")
 def test_pinned_cli_rejects_an_unknown_stage_with_a_clear_message(tmp_path) -> None:
     result = subprocess.run(
         [_cdk_cli(), "--no-notices", "synth", "--quiet", "-o", str(tmp_path), "-c", "stages=qa"],
@@ -129,6 +139,7 @@ def test_pinned_cli_rejects_an_unknown_stage_with_a_clear_message(tmp_path) -> N
     assert "stages: 'qa' is not allowed — a comma-separated list of dev, staging, prod" in result.stderr
 
 
+@pytest.mark.gate("pinned CDK CLI")
 def test_node_on_path_is_the_project_local_node_22() -> None:
     node = shutil.which("node", path=_cli_env()["PATH"])
     version = subprocess.run([node, "--version"], capture_output=True, text=True, check=True).stdout

@@ -31,7 +31,7 @@ def large_stage(tmp_path_factory):
     return synthesize({"dev": config}, tmp_path_factory.mktemp("large"))
 
 
-@pytest.mark.slow
+@pytest.mark.scale
 def test_a_stage_of_200_models_has_a_stack_per_model_far_below_the_resource_limit(large_stage) -> None:
     config = large_stage.configs["dev"]
     assert len(config.serving.models) == MODELS
@@ -46,7 +46,7 @@ def test_a_stage_of_200_models_has_a_stack_per_model_far_below_the_resource_limi
     assert all(not p.get("violations") for p in report["pluginReports"])
 
 
-@pytest.mark.slow
+@pytest.mark.scale
 def test_a_stage_of_200_models_passes_cfn_lint(large_stage) -> None:
     templates = sorted(str(s.template_path) for s in large_stage.stacks.values())
     result = subprocess.run(

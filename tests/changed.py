@@ -1,0 +1,169 @@
+"""``--changed REF``: run only the tests that depend on a file changed since
+the git ref REF (tracked changes, staged or not, and untracked files); what
+``make test-fast`` selects with, together with ``-m "not slow"``.
+
+A test depends on its own module and on every repository file that module
+reaches through imports (transitively; inside functions only in tests/, where
+fixtures import lazily; elsewhere such an import is a deliberately lazy one),
+plus the code loaded by path: a Lambda function or the node agent whose
+folder a reached module names in a string (``Path(...) / "lambda" /
+"idle_shutdown"``), and any non-Python file whose name a reached module
+names (``"README.md"``). A module that uses the session synthesis depends on
+the whole app (tests/conftest.py). A change to the test machinery itself
+(conftest, pytest.ini, this plugin, the requirements) selects every test.
+Unaffected modules are not even collected (imported).
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+from functools import lru_cache
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+EVERYTHING = frozenset({"pytest.ini", "requirements.txt", "requirements-dev.txt", "tests/conftest.py",
+                        "tests/changed.py", "tests/suite_summary.py"})
+_SYNTH_FIXTURES = frozenset({"synthesized", "all_templates"})
+# Folders whose code tests load by path rather than import.
+_PATH_LOADED = ("lambda", "node_agent")
+_CHANGED = pytest.StashKey[set]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--changed", metavar="REF", default=None,
+                     help="run only the tests depending on files changed since the git ref REF")
+
+
+def changed_files(ref: str) -> set[str]:
+    def git(*args: str) -> list[str]:
+        result = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise pytest.UsageError(f"--changed {ref}: {result.stderr.strip() or 'git failed'}")
+        return [line for line in result.stdout.splitlines() if line]
+
+    return {*git("diff", "--name-only", ref, "--"), *git("ls-files", "--others", "--exclude-standard")}
+
+
+def _module_file(dotted: str, beside: Path | None = None) -> Path | None:
+    """The repository file of a module; ``beside``: also a flat module next to
+    the importing file (a Lambda function's folder is its sys.path)."""
+    for root in (ROOT, beside) if beside else (ROOT,):
+        base = root.joinpath(*dotted.split("."))
+        for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def _path_loaded(strings: set[str], *, folders: bool) -> set[Path]:
+    """Files of the Lambda folders and the node agent a module names in strings:
+    the files it names, or (``folders``: a test helper loading the code) the
+    whole folder. Outside tests/ a folder is a CDK asset: its bytes reach
+    the templates as a hash only, which the snapshots normalize away."""
+    found: set[Path] = set()
+    for top in _PATH_LOADED:
+        folder = ROOT / top
+        if top not in strings or not folder.is_dir():
+            continue
+        candidates = [folder] if top == "node_agent" else [
+            sub for sub in folder.iterdir() if sub.is_dir() and sub.name in strings]
+        for sub in candidates:
+            files = [p for p in sub.rglob("*") if p.is_file()]
+            named = [p for p in files if p.name in strings]
+            # Named files (and what they import); the whole folder only for a test helper.
+            found.update(named or (files if folders else ()))
+    return found
+
+
+def _nodes(tree: ast.AST, *, lazy_imports: bool):
+    """Every node, or (outside tests/) none inside a function: an import there is
+    a lazy one (``ml_stacks.build_app``) that only its callers depend on."""
+    todo = [tree]
+    while todo:
+        node = todo.pop()
+        yield node
+        for child in ast.iter_child_nodes(node):
+            if lazy_imports or not isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+                todo.append(child)
+            else:
+                todo.extend(n for n in ast.walk(child) if isinstance(n, ast.Constant))
+
+
+@lru_cache(maxsize=None)
+def _direct(path: Path) -> tuple[frozenset[Path], frozenset[str]]:
+    """Repository files ``path`` imports or loads, and the strings it names."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    package = path.relative_to(ROOT).parent.parts
+    files: set[Path] = set()
+    strings: set[str] = set()
+    for node in _nodes(tree, lazy_imports=package[:1] == ("tests",)):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base_parts = list(package[:len(package) - node.level + 1]) if node.level else []
+            base = ".".join([*base_parts, *(node.module.split(".") if node.module else [])])
+            names = [base, *(f"{base}.{alias.name}" for alias in node.names)]
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and len(node.value) < 200:
+            strings.add(node.value)
+        for name in names:
+            parts = name.split(".")
+            for end in range(1, len(parts) + 1):
+                found = _module_file(".".join(parts[:end]), beside=path.parent)
+                if found:
+                    files.add(found)
+    files.update(_path_loaded(strings, folders=package[:1] == ("tests",)))
+    return frozenset(files), frozenset(strings)
+
+
+@lru_cache(maxsize=None)
+def dependencies(path: Path) -> frozenset[str]:
+    """Repository-relative paths ``path`` depends on, itself included."""
+    seen: set[Path] = set()
+    strings: set[str] = set()
+    todo = [path]
+    while todo:
+        current = todo.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        if current.suffix != ".py":
+            continue
+        files, named = _direct(current)
+        strings |= named
+        todo.extend(files - seen)
+    relative = {str(p.relative_to(ROOT)) for p in seen}
+    # Non-Python files a reached module names (README.md, a fixture JSON...).
+    relative |= {name for name in strings if "/" not in name and "." in name}
+    return frozenset(relative)
+
+
+def _depends(module: Path, changed: set[str]) -> bool:
+    needs = set(dependencies(module))
+    if any(name in module.read_text() for name in _SYNTH_FIXTURES):
+        needs |= dependencies(ROOT / "tests" / "conftest.py")
+    return any(name in needs or Path(name).name in needs for name in changed)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    ref = config.getoption("changed")
+    if ref is not None:
+        changed = changed_files(ref)
+        config.stash[_CHANGED] = None if changed & EVERYTHING else changed
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """Not even import a test module that depends on nothing changed: imports
+    (aws_cdk, moto, hypothesis) are most of a small run's time."""
+    changed = config.stash.get(_CHANGED, None)
+    if changed is None or not collection_path.name.startswith("test_") or collection_path.suffix != ".py":
+        return None
+    return True if not _depends(collection_path.resolve(), changed) else None
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if session.config.getoption("changed") is not None and exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED:
+        session.exitstatus = pytest.ExitCode.OK  # nothing changed that any selected test depends on
