@@ -40,10 +40,21 @@ def log_group_name(stack: cdk.Stack, config: StageConfig, purpose: str) -> str:
     return f"{own_log_group_prefix(config)}{stack.node.id}/{purpose}/{stack_uuid}"
 
 
+# The groups SageMaker names after an endpoint or inference component.
+SAGEMAKER_LOG_GROUP_PREFIXES = ("/aws/sagemaker/Endpoints/", "/aws/sagemaker/InferenceComponents/")
+
+
 def log_group_name_patterns(config: StageConfig) -> list[str]:
-    """Every log group name of ``config``'s stage, as ``ArnLike`` resource-name patterns."""
-    service_named = [f.name for f in fixed_names(config) if f.resource_type == LOG_GROUP]
-    return [f"{own_log_group_prefix(config)}*", *service_named]
+    """Every log group name of ``config``'s stage, as ``ArnLike`` resource-name patterns.
+
+    SageMaker's groups are matched by the stage's endpoint name prefix
+    (``ml-<stage>-``), not one name per model: adding or removing a model must
+    not change the storage stack's key policy (one stack per model).
+    """
+    service_named = [f.name for f in fixed_names(config) if f.resource_type == LOG_GROUP
+                     and not f.name.startswith(SAGEMAKER_LOG_GROUP_PREFIXES)]
+    sagemaker = [f"{prefix}{config.stack_prefix}-*" for prefix in SAGEMAKER_LOG_GROUP_PREFIXES]
+    return [f"{own_log_group_prefix(config)}*", *service_named, *sagemaker]
 
 
 def encrypted_log_group(scope: Construct, construct_id: str, *, config: StageConfig, purpose: str,

@@ -69,8 +69,12 @@ def test_each_data_class_has_its_own_key(all_templates, stage) -> None:
     [table] = [t for lid, t in resources_of_type(all_templates[(stage, "training")], "AWS::DynamoDB::Table").items()
                if lid.startswith("RunsTable")]
     assert key_reference(table["Properties"]["SSESpecification"]["KMSMasterKeyId"], "training", stage, DATA_KEY)
-    [config] = resources_of_type(all_templates[(stage, "serving")], "AWS::SageMaker::EndpointConfig").values()
-    assert key_reference(config["Properties"]["DataCaptureConfig"]["KmsKeyId"], "serving", stage, CAPTURE_KEY)
+    for (template_stage, stack), template in all_templates.items():
+        if template_stage != stage or not stack.startswith("serving-"):
+            continue  # one stack per model: each captures with the capture key
+        for config in resources_of_type(template, "AWS::SageMaker::EndpointConfig").values():
+            assert key_reference(config["Properties"]["DataCaptureConfig"]["KmsKeyId"], stack, stage,
+                                 CAPTURE_KEY), stack
 
 
 @pytest.mark.parametrize("stage", STAGES)

@@ -1,7 +1,8 @@
 """A stage serving a registry model with a shadow candidate, synthesized
 through build_app with every gate (cdk-nag included): the pinned package is
-the model, the approval rule notifies the alerts topic, the dashboard shows
-the shadow beside production, the dev component follows the off hours."""
+the model, the approval rule notifies the alerts topic, a shadowed model's
+dashboard shows the shadow beside production, the dev component follows the
+off hours."""
 
 from __future__ import annotations
 
@@ -70,13 +71,18 @@ def stage(tmp_path_factory):
     return config, synthesized
 
 
+def model_template(synthesized, model: str) -> dict:
+    """The template of ``model``'s own stack (one stack per model)."""
+    return synthesized.stack("dev", f"serving-{model}").template_json
+
+
 def of_type(template: dict, kind: str) -> dict[str, dict]:
     return {lid: r for lid, r in template["Resources"].items() if r["Type"] == kind}
 
 
 def test_the_pinned_package_version_is_the_model_and_the_candidate_is_its_shadow(stage) -> None:
     _, synthesized = stage
-    template = synthesized.stack("dev", "serving").template_json
+    template = model_template(synthesized, "ranker")
     models = {lid: r["Properties"] for lid, r in of_type(template, "AWS::SageMaker::Model").items()
               if lid.startswith("ranker")}
     production = next(p for lid, p in models.items() if not lid.startswith("rankerShadow"))
@@ -91,7 +97,7 @@ def test_the_pinned_package_version_is_the_model_and_the_candidate_is_its_shadow
 
 def test_the_role_pulls_and_reads_what_the_pin_and_the_candidate_name(stage) -> None:
     _, synthesized = stage
-    template = synthesized.stack("dev", "serving").template_json
+    template = model_template(synthesized, "ranker")
     [policy] = [r for lid, r in of_type(template, "AWS::IAM::Policy").items()
                 if lid.startswith("rankerRoleDefaultPolicy")]
     statements = {s["Sid"]: s for s in policy["Properties"]["PolicyDocument"]["Statement"]}
@@ -104,7 +110,7 @@ def test_the_role_pulls_and_reads_what_the_pin_and_the_candidate_name(stage) -> 
 
 def test_high_resolution_scaling_tracks_concurrent_requests_per_model(stage) -> None:
     _, synthesized = stage
-    template = synthesized.stack("dev", "serving").template_json
+    template = model_template(synthesized, "ranker")
     tracked = {r["Properties"]["TargetTrackingScalingPolicyConfiguration"]["PredefinedMetricSpecification"]
                ["PredefinedMetricType"]: r["Properties"]["TargetTrackingScalingPolicyConfiguration"]["TargetValue"]
                for lid, r in of_type(template, "AWS::ApplicationAutoScaling::ScalingPolicy").items()
@@ -113,20 +119,21 @@ def test_high_resolution_scaling_tracks_concurrent_requests_per_model(stage) -> 
                        "SageMakerVariantConcurrentRequestsPerModelHighResolution": 6}
 
 
-def test_the_dashboard_shows_the_shadow_beside_production(stage) -> None:
+def test_each_shadowed_model_has_a_dashboard_of_production_beside_its_shadow(stage) -> None:
     _, synthesized = stage
-    template = synthesized.stack("dev", "serving").template_json
-    [dashboard] = of_type(template, "AWS::CloudWatch::Dashboard").values()
-    body = json.dumps(dashboard["Properties"]["DashboardBody"])
     for name in ("ranker", "scorer"):
-        assert body.count(f"ml-dev-{name}: ") == 8  # 5 production graphs, 3 production vs shadow
-    assert body.count("production vs shadow") == 6
-    assert len(re.findall(r'\\"VariantName\\",\\"Shadow-[0-9a-f]{8}\\"', body)) == 6
+        [dashboard] = of_type(model_template(synthesized, name), "AWS::CloudWatch::Dashboard").values()
+        assert dashboard["Properties"]["DashboardName"] == f"ml-dev-{name}-shadow"
+        body = json.dumps(dashboard["Properties"]["DashboardBody"])
+        assert body.count("production vs shadow") == 3
+        assert len(re.findall(r'\\"VariantName\\",\\"Shadow-[0-9a-f]{8}\\"', body)) == 3
+    # A model without a shadow gets no dashboard of its own: the stage's shows it.
+    assert not of_type(model_template(synthesized, "classifier"), "AWS::CloudWatch::Dashboard")
 
 
 def test_the_dev_component_follows_the_stage_off_hours(stage) -> None:
     config, synthesized = stage
-    template = synthesized.stack("dev", "serving").template_json
+    template = model_template(synthesized, "classifier")
     [target] = [r["Properties"] for lid, r in of_type(template, "AWS::ApplicationAutoScaling::ScalableTarget").items()
                 if lid.startswith("classifier")]
     actions = {a["ScheduledActionName"]: a for a in target["ScheduledActions"]}
@@ -141,7 +148,8 @@ def test_the_dev_component_follows_the_stage_off_hours(stage) -> None:
     assert actions["OffHoursScaleOut"]["ScalableTargetAction"] == {
         "MinCapacity": 0, "MaxCapacity": classifier.max_instance_count}
     [ranker_target] = [r["Properties"] for lid, r in
-                       of_type(template, "AWS::ApplicationAutoScaling::ScalableTarget").items()
+                       of_type(model_template(synthesized, "ranker"),
+                               "AWS::ApplicationAutoScaling::ScalableTarget").items()
                        if lid.startswith("ranker")]
     assert "ScheduledActions" not in ranker_target
 
@@ -189,7 +197,8 @@ def test_a_missing_pin_fails_at_synth_with_the_command_to_run(tmp_path, monkeypa
 
 def test_cfn_lint_finds_nothing_in_the_release_templates(stage) -> None:
     _, synthesized = stage
-    templates = [str(synthesized.stack("dev", name).template_path) for name in ("serving", "ops")]
+    templates = [str(synthesized.stack("dev", name).template_path)
+                 for name in ("serving", "serving-ranker", "serving-scorer", "ops")]
     result = subprocess.run(
         [str(Path(sys.executable).parent / "cfn-lint"), "--format", "parseable", "--", *templates],
         cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, check=False)
@@ -198,7 +207,7 @@ def test_cfn_lint_finds_nothing_in_the_release_templates(stage) -> None:
 
 def test_a_pending_registry_version_shadows_the_pinned_one(stage) -> None:
     _, synthesized = stage
-    template = synthesized.stack("dev", "serving").template_json
+    template = model_template(synthesized, "scorer")
     models = {lid: r["Properties"]["PrimaryContainer"] for lid, r in of_type(template, "AWS::SageMaker::Model").items()
               if lid.startswith("scorer")}
     assert sorted(c["ModelPackageName"] for c in models.values()) == [
