@@ -53,5 +53,5 @@ def test_every_snapshot_file_belongs_to_a_stack_of_a_stage(request) -> None:
     if request.config.getoption("--snapshot-update"):
         pytest.skip("syrupy deletes unused snapshots at the end of an update run")
     directory = Path(__file__).parent / "__snapshots__" / Path(__file__).stem
-    expected = {f"test_stack_matches_snapshot[{stage}-{stack}].json" for stage in STAGES for stack in STACKS}
+    expected = {f"test_stack_matches_snapshot[{stage}-{stack}].json" for stage, stack in ALL_STACKS}
     assert {path.name for path in directory.iterdir()} <= expected
