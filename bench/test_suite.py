@@ -47,7 +47,11 @@ def children_cpu() -> float:
 def run(cmd: list[str]) -> Run:
     load = os.getloadavg()[0]
     cpu, start = children_cpu(), time.perf_counter()
-    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
+    # Not the variables of the make that started this script: `make bench-tests
+    # ARGS=...` exports ARGS, which `make test` would hand to pytest.
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("ARGS", "MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES")}
+    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
     wall = time.perf_counter() - start
     match = SUMMARY.search(result.stdout)
     if result.returncode != 0:

@@ -57,3 +57,13 @@ def aws_env(monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+
+
+@pytest.fixture(autouse=True)
+def _no_stalled_upload_outlives_its_test():
+    """A stalled upload (helpers.RecordingS3) ends with its test, not 20 s later
+    in another test's moto account (seen under pytest-xdist's test order)."""
+    yield
+    from tests.node_agent.helpers import RecordingS3
+
+    RecordingS3.abandon_stalled_uploads()

@@ -7,6 +7,7 @@ import os
 import subprocess
 import threading
 import time
+import weakref
 from pathlib import Path
 
 import boto3
@@ -105,7 +106,13 @@ class RecordingAutoscaling:
 
 
 class RecordingS3:
-    """Delegates to a real (moto) client and records the order of writes; can fail or stall a key."""
+    """Delegates to a real (moto) client and records the order of writes; can fail or stall a key.
+
+    A stalled upload the agent gave up on is abandoned when its test ends
+    (``abandon_stalled_uploads``): it must not land, seconds later, in the
+    moto account of whichever test runs then."""
+
+    _live: "weakref.WeakSet[RecordingS3]" = weakref.WeakSet()
 
     def __init__(self, client, fail_key_suffix=None, stall_seconds=0.0):
         self.client = client
@@ -113,15 +120,22 @@ class RecordingS3:
         self.fail_key_suffix = fail_key_suffix
         self.stall_seconds = stall_seconds
         self.lock = threading.Lock()
+        self._abandoned = threading.Event()
+        RecordingS3._live.add(self)
 
     def upload_file(self, filename, bucket, key):
         with self.lock:
             self.writes.append(key)
         if self.fail_key_suffix and key.endswith(self.fail_key_suffix):
             raise OSError("connection reset by peer")
-        if self.stall_seconds:
-            time.sleep(self.stall_seconds)
+        if self.stall_seconds and self._abandoned.wait(self.stall_seconds):
+            raise OSError("abandoned: the test that stalled this upload has ended")
         return self.client.upload_file(filename, bucket, key)
+
+    @classmethod
+    def abandon_stalled_uploads(cls) -> None:
+        for recording in list(cls._live):
+            recording._abandoned.set()
 
     def put_object(self, **kwargs):
         with self.lock:
