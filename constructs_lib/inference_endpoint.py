@@ -270,39 +270,67 @@ class InferenceEndpoint(Construct):
         target_concurrent_requests: float | None = None,
         off_hours: OffHoursSchedule | None = None,
     ) -> None:
-        """Defaults: private subnets, capture prefix ``<endpoint_name>/``,
-        cooldowns 300 s in / 60 s out, p99 alarm at 1 s, canary 10% with 300 s
-        waits, one month of logs; no shadow, no high-resolution scaling, no
-        off hours."""
+        """Defaults: private subnets, capture prefix ``<endpoint_name>/``, cooldowns 300 s in /
+        60 s out, p99 alarm at 1 s, canary 10% with 300 s waits, one month of logs; no shadow,
+        no high-resolution scaling, no off hours."""
         super().__init__(scope, construct_id)
-        if deployment not in TRAFFIC_ROUTING:
-            raise ValueError(f"deployment: {deployment!r} is not allowed — one of "
-                             + ", ".join(TRAFFIC_ROUTING))
-        _check_model_source(image, model_data_bucket, model_data_key, model_package,
-                            scale_to_zero=scale_to_zero, shadow=shadow, off_hours=off_hours)
-        stack = cdk.Stack.of(self)
-        self.endpoint_name = endpoint_name
-        self.scale_to_zero = scale_to_zero
-        self.instance_type = instance_type
+        _check_props(deployment, image, model_data_bucket, model_data_key, model_package,
+                     scale_to_zero=scale_to_zero, shadow=shadow, off_hours=off_hours)
+        self.endpoint_name, self.instance_type = endpoint_name, instance_type
+        self.scale_to_zero, self.model_package, self.shadow = scale_to_zero, model_package, shadow
         self.component_name = endpoint_name if scale_to_zero else None
-        capture_prefix = capture_prefix if capture_prefix is not None else f"{endpoint_name}/"
-        scale_in_cooldown = scale_in_cooldown or cdk.Duration.seconds(300)
-        scale_out_cooldown = scale_out_cooldown or cdk.Duration.seconds(60)
-        alarm_latency_p99 = alarm_latency_p99 or cdk.Duration.seconds(1)
         deployment_wait = deployment_wait if deployment_wait is not None else cdk.Duration.seconds(300)
+        model_data_url = _model_data_url(model_package, model_data_bucket, model_data_key)
+        environment = dict(environment or {})
+        rollback_alarms = self._build_serving(
+            image=image, model_data_bucket=model_data_bucket, model_data_key=model_data_key,
+            model_data_url=model_data_url, environment=environment, vpc=vpc, subnet_type=subnet_type,
+            initial_instance_count=initial_instance_count, max_instance_count=max_instance_count,
+            log_retention=log_retention, log_key=log_key, key=key, capture_key=capture_key,
+            capture_bucket=capture_bucket, capture_prefix=capture_prefix, alarm_topic=alarm_topic,
+            capture_sampling_percent=capture_sampling_percent, deployment=deployment,
+            capture_json_content_types=capture_json_content_types, alarm_5xx_errors=alarm_5xx_errors,
+            capture_csv_content_types=capture_csv_content_types, alarm_latency_p99=alarm_latency_p99,
+            alarm_4xx_rate_percent=alarm_4xx_rate_percent, deployment_wait=deployment_wait,
+            deployment_step_percent=deployment_step_percent,
+            deployment_termination_wait=deployment_termination_wait)
+        self._build_scaling(
+            image=image, model_data_url=model_data_url, environment=environment,
+            component_cpu_cores=component_cpu_cores, component_memory_mb=component_memory_mb,
+            component_accelerators=component_accelerators, deployment_wait=deployment_wait,
+            rollback_alarms=rollback_alarms, min_instance_count=min_instance_count,
+            max_instance_count=max_instance_count, off_hours=off_hours,
+            target_invocations_per_instance=target_invocations_per_instance,
+            gpu_utilization_target_percent=gpu_utilization_target_percent,
+            scale_in_cooldown=scale_in_cooldown, scale_out_cooldown=scale_out_cooldown,
+            target_concurrent_requests=target_concurrent_requests)
+
+    # --- the two halves: serving (model to endpoint), then scaling ---------
+
+    def _build_serving(
+            self, *, capture_bucket: s3.IBucket, key: kms.IKey, vpc: ec2.IVpc,
+            subnet_type: ec2.SubnetType, capture_prefix: str | None, environment: dict[str, str],
+            image: InferenceImage | None, model_data_bucket: s3.IBucket | None,
+            model_data_key: str | None, model_data_url: str | None, initial_instance_count: int,
+            max_instance_count: int, capture_sampling_percent: int,
+            capture_json_content_types: Sequence[str], capture_csv_content_types: Sequence[str],
+            alarm_topic: sns.ITopic | None, alarm_5xx_errors: int, alarm_4xx_rate_percent: float,
+            alarm_latency_p99: cdk.Duration | None, deployment: str, deployment_step_percent: int,
+            deployment_wait: cdk.Duration, deployment_termination_wait: cdk.Duration | None,
+            log_retention: logs.RetentionDays, capture_key: kms.IKey | None,
+            log_key: kms.IKey | None) -> list[dict[str, str]]:
+        """Logs, network, role and policies, model and endpoint config, alarms
+        and the endpoint, in that order. Returns the rollback alarms."""
+        capture_prefix = capture_prefix if capture_prefix is not None else f"{self.endpoint_name}/"
+        alarm_latency_p99 = alarm_latency_p99 or cdk.Duration.seconds(1)
         deployment_termination_wait = (deployment_termination_wait if deployment_termination_wait
                                        is not None else cdk.Duration.seconds(300))
-        self.model_package = model_package
-        self.shadow = shadow
         # One KmsKeyId covers every variant's volume: none as soon as one
         # variant's instance type keeps its volume on local NVMe.
-        local_storage = has_instance_storage(instance_type) or (
-            shadow is not None and has_instance_storage(shadow.instance_type))
+        local_storage = has_instance_storage(self.instance_type) or (
+            self.shadow is not None and has_instance_storage(self.shadow.instance_type))
         volume_key = None if local_storage else key
         capture_key = capture_key or key
-        model_data_url = (None if model_package is not None
-                          else f"s3://{model_data_bucket.bucket_name}/{model_data_key}")
-        environment = dict(environment or {})
 
         log_groups = self._build_log_groups(log_retention, log_key)
         subnet_ids = self._build_security_group(vpc, subnet_type)
@@ -311,7 +339,7 @@ class InferenceEndpoint(Construct):
             capture_bucket=capture_bucket, capture_prefix=capture_prefix, key=key,
             capture_key=capture_key, volume_key=volume_key, log_groups=log_groups)
         self._grant_release_sources()
-        self._build_service_policy(stack, vpc, subnet_ids)
+        self._build_service_policy(cdk.Stack.of(self), vpc, subnet_ids)
         capture = self._data_capture_config(
             capture_bucket=capture_bucket, capture_prefix=capture_prefix, key=capture_key,
             sampling_percent=capture_sampling_percent,
@@ -326,17 +354,33 @@ class InferenceEndpoint(Construct):
             alarm_topic=alarm_topic, alarm_5xx_errors=alarm_5xx_errors,
             alarm_4xx_rate_percent=alarm_4xx_rate_percent, alarm_latency_p99=alarm_latency_p99)
         self.shadow_alarms: list[cloudwatch.Alarm] = []
-        if shadow is not None:
+        if self.shadow is not None:
             self._build_shadow_alarms(alarm_topic=alarm_topic, alarm_5xx_errors=alarm_5xx_errors,
                                       alarm_latency_p99=alarm_latency_p99)
-        deployment_config = None if scale_to_zero else self._blue_green_deployment_config(
+        deployment_config = None if self.scale_to_zero else self._blue_green_deployment_config(
             deployment=deployment, step_percent=deployment_step_percent,
             wait=deployment_wait, termination_wait=deployment_termination_wait,
             rollback_alarms=rollback_alarms)
         self._build_endpoint(deployment_config, log_groups)
-        autoscaling_role = self._build_autoscaling_role(stack)
+        return rollback_alarms
+
+    def _build_scaling(
+            self, *, image: InferenceImage | None, model_data_url: str | None,
+            environment: dict[str, str], component_cpu_cores: float, component_memory_mb: int,
+            component_accelerators: int, deployment_wait: cdk.Duration,
+            rollback_alarms: list[dict[str, str]], min_instance_count: int,
+            max_instance_count: int, target_invocations_per_instance: int,
+            gpu_utilization_target_percent: int | None, scale_in_cooldown: cdk.Duration | None,
+            scale_out_cooldown: cdk.Duration | None, off_hours: OffHoursSchedule | None,
+            target_concurrent_requests: float | None) -> None:
+        """The inference component and its autoscaling (scale to zero) or the
+        variant's autoscaling, then the release's scaling (off hours,
+        concurrent requests)."""
+        scale_in_cooldown = scale_in_cooldown or cdk.Duration.seconds(300)
+        scale_out_cooldown = scale_out_cooldown or cdk.Duration.seconds(60)
+        autoscaling_role = self._build_autoscaling_role(cdk.Stack.of(self))
         self.component: sagemaker.CfnInferenceComponent | None = None
-        if scale_to_zero:
+        if self.scale_to_zero:
             self._build_inference_component(
                 image=image, model_data_url=model_data_url, environment=environment,
                 cpu_cores=component_cpu_cores, memory_mb=component_memory_mb,
@@ -1006,11 +1050,20 @@ class InferenceEndpoint(Construct):
             grantee=grantee, actions=["sagemaker:InvokeEndpoint"], resource_arns=[self.endpoint_arn])
 
 
-def _check_model_source(image: InferenceImage | None, bucket: s3.IBucket | None, key: str | None,
-                        package: InferenceModelPackage | None, *, scale_to_zero: bool,
-                        shadow: ShadowVariant | None, off_hours: OffHoursSchedule | None) -> None:
-    """Exactly one model (an image with its artifact, or a model package) and
-    release props the serving mode supports."""
+def _model_data_url(package: InferenceModelPackage | None, bucket: s3.IBucket | None,
+                    key: str | None) -> str | None:
+    """The S3 URL of the model artifact; none for a model package (it names its own)."""
+    return None if package is not None else f"s3://{bucket.bucket_name}/{key}"
+
+
+def _check_props(deployment: str, image: InferenceImage | None, bucket: s3.IBucket | None,
+                 key: str | None, package: InferenceModelPackage | None, *, scale_to_zero: bool,
+                 shadow: ShadowVariant | None, off_hours: OffHoursSchedule | None) -> None:
+    """A known deployment, exactly one model (an image with its artifact, or a
+    model package) and release props the serving mode supports."""
+    if deployment not in TRAFFIC_ROUTING:
+        raise ValueError(f"deployment: {deployment!r} is not allowed — one of "
+                         + ", ".join(TRAFFIC_ROUTING))
     if off_hours is not None and not scale_to_zero:
         raise ValueError("off_hours: only an inference component (scale_to_zero) closes "
                          "for the night; a variant keeps at least one instance")

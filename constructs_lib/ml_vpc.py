@@ -56,10 +56,20 @@ class MlVpc(Construct):
         flow_log_key: kms.IKey | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
+        self.vpc = self._build_vpc(cidr, availability_zones, nat_gateways)
+        self._place_subnets(zone_ids)
+        self._build_flow_log(flow_log_retention, flow_log_group_name, flow_log_key,
+                             removal_policy)
+        self._build_interface_endpoints(cidr, interface_endpoints)
+
+    # --- construction steps, in the order the constructor calls them ------
+
+    def _build_vpc(self, cidr: str, availability_zones: Sequence[str],
+                   nat_gateways: int) -> ec2.Vpc:
+        """The VPC with its three subnet tiers and the S3 and DynamoDB gateway endpoints."""
         prefix = int(cidr.split("/")[1])
         az_bits = math.ceil(math.log2(len(availability_zones))) if len(availability_zones) > 1 else 0
-
-        self.vpc = ec2.Vpc(
+        return ec2.Vpc(
             self,
             "Resource",
             ip_addresses=ec2.IpAddresses.cidr(cidr),
@@ -82,14 +92,15 @@ class MlVpc(Construct):
             },
         )
 
-        self._place_subnets(zone_ids)
-
+    def _build_flow_log(self, retention: logs.RetentionDays, log_group_name: str | None,
+                        key: kms.IKey | None, removal_policy: cdk.RemovalPolicy) -> None:
+        """Flow logs of all the VPC's traffic to ``flow_log_group``."""
         self.flow_log_group = logs.LogGroup(
             self,
             "FlowLogGroup",
-            retention=flow_log_retention,
-            log_group_name=flow_log_group_name,
-            encryption_key=flow_log_key,
+            retention=retention,
+            log_group_name=log_group_name,
+            encryption_key=key,
             removal_policy=removal_policy,
         )
         self.flow_log = ec2.FlowLog(
@@ -100,32 +111,37 @@ class MlVpc(Construct):
             traffic_type=ec2.FlowLogTrafficType.ALL,
         )
 
+    def _build_interface_endpoints(
+            self, cidr: str,
+            interface_endpoints: dict[str, ec2.InterfaceVpcEndpointAwsService]) -> None:
+        """Interface endpoints in the private subnets behind one security group
+        admitting HTTPS from the VPC CIDR (none of either without endpoints)."""
         self.endpoint_security_group: ec2.SecurityGroup | None = None
         self.interface_endpoints: dict[str, ec2.InterfaceVpcEndpoint] = {}
-        if interface_endpoints:
-            self.endpoint_security_group = ec2.SecurityGroup(
-                self,
-                "EndpointSecurityGroup",
-                vpc=self.vpc,
-                description="Interface VPC endpoints: HTTPS from inside the VPC",
-                allow_all_outbound=False,
+        if not interface_endpoints:
+            return
+        self.endpoint_security_group = ec2.SecurityGroup(
+            self,
+            "EndpointSecurityGroup",
+            vpc=self.vpc,
+            description="Interface VPC endpoints: HTTPS from inside the VPC",
+            allow_all_outbound=False,
+        )
+        self.endpoint_security_group.add_ingress_rule(
+            # The literal CIDR, not the VPC's token, so the rule is
+            # reviewable in the template and checkable by cdk-nag.
+            ec2.Peer.ipv4(cidr), ec2.Port.tcp(443),
+            "HTTPS from the VPC to AWS service endpoints",
+        )
+        for name, service in interface_endpoints.items():
+            self.interface_endpoints[name] = self.vpc.add_interface_endpoint(
+                _endpoint_id(name),
+                service=service,
+                private_dns_enabled=True,
+                open=False,
+                security_groups=[self.endpoint_security_group],
+                subnets=ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS),
             )
-            self.endpoint_security_group.add_ingress_rule(
-                # The literal CIDR, not the VPC's token, so the rule is
-                # reviewable in the template and checkable by cdk-nag.
-                ec2.Peer.ipv4(cidr), ec2.Port.tcp(443),
-                "HTTPS from the VPC to AWS service endpoints",
-            )
-            for name, service in interface_endpoints.items():
-                self.interface_endpoints[name] = self.vpc.add_interface_endpoint(
-                    _endpoint_id(name),
-                    service=service,
-                    private_dns_enabled=True,
-                    open=False,
-                    security_groups=[self.endpoint_security_group],
-                    subnets=ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS),
-                )
-
 
     def _place_subnets(self, zone_ids: bool) -> None:
         for subnet in [*self.vpc.public_subnets, *self.vpc.private_subnets, *self.vpc.isolated_subnets]:

@@ -54,21 +54,45 @@ class EksStack(StageStack):
                  vpc: ec2.IVpc, data_key: kms.IKey, logs_key: kms.IKey) -> None:
         super().__init__(scope, construct_id, config=config,
                          description=f"ml-infra {config.name}: EKS cluster with GPU node groups")
-        eks_config = config.eks
-        cluster_name = config.stack_prefix
+        log_group = self._build_control_plane_logs(logs_key)
+        self.cluster = self._build_cluster(vpc, data_key, log_group)
+        self.access_entries = self._add_access()
+        self.nodegroups = self._build_nodegroups(data_key, logs_key)
+        self.vpc_cni_role = self._vpc_cni_role()
+        self.addons = self._add_addons()
+        # No node starts without the CNI's permissions: the add-on has its own first.
+        self.nodegroups.node_role.node.add_dependency(self.addons[VPC_CNI_ADDON])
+        if self.cluster.kubectl_provider is not None:
+            self._acknowledge_kubectl_provider()
+            self._encrypt_kubectl_provider_logs(config, logs_key)
 
-        # EKS writes control-plane logs (audit included) to this group;
-        # creating it first gives it a retention instead of "never expire"
-        # and the stage's logs key instead of CloudWatch Logs' own.
-        log_group = logs.LogGroup(
+        acknowledge(
+            self.cluster.role,
+            "AwsSolutions::AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/AmazonEKSClusterPolicy]",
+            "The EKS service role's documented policy; AWS updates it as the control plane's needs change.",
+        )
+        self._add_outputs()
+
+    # --- construction steps, in the order the constructor calls them ------
+
+    def _build_control_plane_logs(self, logs_key: kms.IKey) -> logs.LogGroup:
+        """EKS writes control-plane logs (audit included) to this group;
+        creating it first gives it a retention instead of "never expire"
+        and the stage's logs key instead of CloudWatch Logs' own."""
+        return logs.LogGroup(
             self,
             "ControlPlaneLogs",
-            log_group_name=eks_control_plane_log_group(config),
-            retention=log_retention(eks_config.control_plane_log_retention_days),
+            log_group_name=eks_control_plane_log_group(self.config),
+            retention=log_retention(self.config.eks.control_plane_log_retention_days),
             encryption_key=logs_key,
             removal_policy=self.removal_policy,
         )
 
+    def _build_cluster(self, vpc: ec2.IVpc, data_key: kms.IKey,
+                       log_group: logs.LogGroup) -> eks.Cluster:
+        """The cluster (private endpoint unless ``eks.public_access_cidrs``),
+        created after its control-plane log group."""
+        eks_config = self.config.eks
         if eks_config.public_access_cidrs:
             endpoint_access = eks.EndpointAccess.PUBLIC_AND_PRIVATE.only_from(
                 *eks_config.public_access_cidrs)
@@ -82,10 +106,10 @@ class EksStack(StageStack):
             kubectl_options = eks.KubectlProviderOptions(
                 kubectl_layer=KubectlV34Layer(self, "KubectlLayer"))
 
-        self.cluster = eks.Cluster(
+        cluster = eks.Cluster(
             self,
             "Cluster",
-            cluster_name=cluster_name,
+            cluster_name=self.config.stack_prefix,
             version=eks.KubernetesVersion.of(eks_config.kubernetes_version),
             vpc=vpc,
             vpc_subnets=[ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS)],
@@ -102,11 +126,13 @@ class EksStack(StageStack):
             kubectl_provider_options=kubectl_options,
             output_config_command=False,
         )
-        self.cluster.node.add_dependency(log_group)
+        cluster.node.add_dependency(log_group)
+        return cluster
 
-        self.access_entries = self._add_access()
-
-        self.nodegroups = GpuNodegroups(
+    def _build_nodegroups(self, data_key: kms.IKey, logs_key: kms.IKey) -> GpuNodegroups:
+        """The system and GPU managed node groups of ``config.eks``."""
+        eks_config = self.config.eks
+        return GpuNodegroups(
             self,
             "Nodegroups",
             cluster=self.cluster,
@@ -120,28 +146,17 @@ class EksStack(StageStack):
             # Node volumes hold images, container layers and pod scratch
             # data (datasets and weights a pod stages): the data key, not aws/ebs.
             volume_key=data_key,
-            log_group_name=log_group_name(self, config, "asg-tagger"),
+            log_group_name=log_group_name(self, self.config, "asg-tagger"),
             log_key=logs_key,
         )
-        self.vpc_cni_role = self._vpc_cni_role()
-        self.addons = self._add_addons()
-        # No node starts without the CNI's permissions: the add-on has its own first.
-        self.nodegroups.node_role.node.add_dependency(self.addons[VPC_CNI_ADDON])
-        if self.cluster.kubectl_provider is not None:
-            self._acknowledge_kubectl_provider()
-            self._encrypt_kubectl_provider_logs(config, logs_key)
 
-        acknowledge(
-            self.cluster.role,
-            "AwsSolutions::AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/AmazonEKSClusterPolicy]",
-            "The EKS service role's documented policy; AWS updates it as the control plane's needs change.",
-        )
-
+    def _add_outputs(self) -> None:
+        """The cluster's name and the command that writes a kubeconfig for it."""
         cdk.CfnOutput(self, "ClusterName", value=self.cluster.cluster_name)
         cdk.CfnOutput(
             self,
             "UpdateKubeconfigCommand",
-            value=f"aws eks update-kubeconfig --name {cluster_name} --region {self.region}",
+            value=f"aws eks update-kubeconfig --name {self.config.stack_prefix} --region {self.region}",
             description="kubeconfig for a principal in eks.admin_principal_arns or "
                         "eks.readonly_principal_arns (run it as that principal)",
         )

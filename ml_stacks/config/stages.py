@@ -185,6 +185,32 @@ def _staging_config() -> StageConfig:
     )
 
 
+def _prod_eks() -> EksConfig:
+    """Prod's cluster: three system nodes, two GPU inference nodes at least,
+    training and burst groups that scale from zero."""
+    return EksConfig(
+        control_plane_log_retention_days=365,
+        system=NodegroupConfig(instance_types=("m7i.large", "m6i.large"), min_size=2,
+                               desired_size=3, max_size=4, ami_type="BOTTLEROCKET_x86_64",
+                               disk_size_gib=40),
+        gpu_inference=NodegroupConfig(instance_types=("g6.2xlarge", "g5.2xlarge"), min_size=2,
+                                      desired_size=2, max_size=6,
+                                      ami_type="BOTTLEROCKET_x86_64_NVIDIA", disk_size_gib=150),
+        gpu_training=NodegroupConfig(instance_types=("g6e.12xlarge", "g6.12xlarge", "g5.12xlarge",
+                                                     "p4d.24xlarge"),
+                                     min_size=0, desired_size=0, max_size=8,
+                                     ami_type="BOTTLEROCKET_x86_64_NVIDIA", disk_size_gib=500),
+        serving_pair=ServingPairConfig(
+            baseline=NodegroupConfig(instance_types=("g6.2xlarge",), min_size=1, desired_size=1,
+                                     max_size=2, ami_type="BOTTLEROCKET_x86_64_NVIDIA",
+                                     disk_size_gib=150),
+            burst=NodegroupConfig(instance_types=("g6.2xlarge", "g5.2xlarge", "g6e.2xlarge"),
+                                  min_size=0, desired_size=0, max_size=8,
+                                  ami_type="BOTTLEROCKET_x86_64_NVIDIA", disk_size_gib=150),
+        ),
+    )
+
+
 def _prod_config() -> StageConfig:
     """Prod: retained, private, on-demand coordinator, canary deployments."""
     region = "us-east-1"
@@ -248,27 +274,7 @@ def _prod_config() -> StageConfig:
                 deployment_termination_wait_seconds=600,
             ),
         ), log_retention_days=90),
-        eks=EksConfig(
-            control_plane_log_retention_days=365,
-            system=NodegroupConfig(instance_types=("m7i.large", "m6i.large"), min_size=2,
-                                   desired_size=3, max_size=4, ami_type="BOTTLEROCKET_x86_64",
-                                   disk_size_gib=40),
-            gpu_inference=NodegroupConfig(instance_types=("g6.2xlarge", "g5.2xlarge"), min_size=2,
-                                          desired_size=2, max_size=6,
-                                          ami_type="BOTTLEROCKET_x86_64_NVIDIA", disk_size_gib=150),
-            gpu_training=NodegroupConfig(instance_types=("g6e.12xlarge", "g6.12xlarge", "g5.12xlarge",
-                                                         "p4d.24xlarge"),
-                                         min_size=0, desired_size=0, max_size=8,
-                                         ami_type="BOTTLEROCKET_x86_64_NVIDIA", disk_size_gib=500),
-            serving_pair=ServingPairConfig(
-                baseline=NodegroupConfig(instance_types=("g6.2xlarge",), min_size=1, desired_size=1,
-                                         max_size=2, ami_type="BOTTLEROCKET_x86_64_NVIDIA",
-                                         disk_size_gib=150),
-                burst=NodegroupConfig(instance_types=("g6.2xlarge", "g5.2xlarge", "g6e.2xlarge"),
-                                      min_size=0, desired_size=0, max_size=8,
-                                      ami_type="BOTTLEROCKET_x86_64_NVIDIA", disk_size_gib=150),
-            ),
-        ),
+        eks=_prod_eks(),
         budget=BudgetConfig(monthly_limit_usd=60000),
         drift=DriftConfig(log_retention_days=365),
         tags=DEFAULT_TAGS,
