@@ -110,3 +110,23 @@ def install() -> str | None:
             module.default_configs = varied
     config.default_configs = varied
     return name
+
+
+def repository_default_configs() -> Callable[..., Configs]:
+    """The repository's own ``default_configs``, unwrapped when a variant is installed."""
+    import ml_stacks.config as config
+
+    function = config.default_configs
+    return getattr(function, "__wrapped__", function)
+
+
+def repository_configs() -> Configs:
+    """The repository's own stage configs, whatever variant is installed: for
+    tests that build their own config from them, and for what a subprocess
+    (the pinned CLI, ``make``) synthesizes, which no variant reaches."""
+    return repository_default_configs()()
+
+
+# Reason to skip a test of the repository's own figures under a variant.
+REPOSITORY_VALUES = ("checks the repository's own stage values (like the snapshots): "
+                     "a documented config change updates them with the snapshots")

@@ -20,6 +20,8 @@ from delivery import smoke
 from delivery.cli_errors import UserError
 from ml_stacks.config import ModelConfig, default_configs
 from ml_stacks.serving_stack import component_output_key, endpoint_output_key
+from tests.config_variants import REPOSITORY_VALUES
+from tests.conftest import CONFIG_VARIANT
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 NOW = dt.datetime(2026, 11, 29, 12, 0, tzinfo=dt.timezone.utc)
@@ -97,7 +99,9 @@ def answer(body: bytes = ANSWER) -> dict:
 
 @pytest.fixture
 def dev():
-    return default_configs()["dev"]
+    """Dev serving its first model only: the scale-to-zero example model."""
+    config = default_configs()["dev"]
+    return replace(config, serving=replace(config.serving, models=config.serving.models[:1]))
 
 
 def test_invokes_the_dev_component_with_the_example_payload_and_prints_answer_and_latency(dev) -> None:
@@ -242,6 +246,7 @@ def test_fails_when_the_payload_file_is_missing(dev, tmp_path, monkeypatch) -> N
         smoke.targets(dev, {o["OutputKey"]: o["OutputValue"] for o in outputs_of(dev)})
 
 
+@pytest.mark.skipif(CONFIG_VARIANT is not None, reason=REPOSITORY_VALUES)
 def test_every_stage_has_a_payload_file_in_the_repository() -> None:
     for config in default_configs().values():
         for target in smoke.targets(config, {o["OutputKey"]: o["OutputValue"] for o in outputs_of(config)}):

@@ -22,14 +22,7 @@ from tests.conftest import CONFIG_VARIANT
 DOCS = [PROJECT_ROOT / "README.md", *sorted((PROJECT_ROOT / "docs").rglob("*.md"))]
 
 
-def repository_default_configs():
-    """The repository's own default_configs, unwrapped when a variant is installed."""
-    function = ml_stacks.config.default_configs
-    return getattr(function, "__wrapped__", function)
-
-
-def repository_configs():
-    return repository_default_configs()()
+from tests.config_variants import repository_configs, repository_default_configs  # noqa: E402
 
 
 def documented_model_examples() -> list[tuple[Path, ModelConfig]]:

@@ -19,6 +19,7 @@ import pytest
 from ml_stacks.app_factory import PROJECT_ROOT
 from ml_stacks.config import ModelConfig, default_configs
 from ml_stacks.serving_names import model_stack_id
+from tests.config_variants import repository_configs
 from tests.conftest import resources_of_type, synthesize
 
 PAGE = PROJECT_ROOT / "docs" / "models.md"
@@ -35,7 +36,8 @@ def documented_model() -> ModelConfig:
 
 @pytest.fixture(scope="module")
 def with_example(tmp_path_factory):
-    dev = default_configs()["dev"]
+    # The repository's dev (not a variant's, which already holds the example).
+    dev = repository_configs()["dev"]
     model = documented_model()
     config = replace(dev, serving=replace(dev.serving, models=(*dev.serving.models, model)))
     # synthesize() runs cdk-nag: an unacknowledged finding fails here.

@@ -14,6 +14,7 @@ from aws_cdk import aws_s3 as s3
 
 from ml_stacks.app_factory import PROJECT_ROOT, build_app
 from ml_stacks.config import default_configs
+from tests.config_variants import repository_configs
 from tests.conftest import stacks_of, synthesize
 
 
@@ -125,7 +126,9 @@ def test_pinned_cli_synthesizes_one_stage_with_an_account_offline(tmp_path) -> N
     )
     assert listed.returncode == 0, listed.stderr[-3000:]
     # "dev/network (ml-dev-network)": the stage selector `cdk deploy 'dev/*'` uses.
-    assert sorted(listed.stdout.splitlines()) == [f"dev/{stack} (ml-dev-{stack})" for stack in sorted(stacks_of(default_configs()["dev"]))]
+    # The CLI synthesizes the repository's configs: no test variant reaches a subprocess.
+    expected = sorted(stacks_of(repository_configs()["dev"]))
+    assert sorted(listed.stdout.splitlines()) == [f"dev/{stack} (ml-dev-{stack})" for stack in expected]
 
 
 @pytest.mark.slow

@@ -17,6 +17,7 @@ from constructs_lib.inference_endpoint import deployment_timeout_seconds, has_in
 from ml_stacks import example_models
 from ml_stacks.config import ModelConfig, default_configs, pytorch_inference_image
 from ml_stacks.serving_names import component_output_key, endpoint_output_key, model_stack_id
+from tests.config_variants import repository_configs
 from tests.conftest import STAGES, resources_of_type, synthesize
 
 # (stage, model name) of every model the repository's stages serve.
@@ -242,7 +243,8 @@ def test_role_reads_only_its_model_artifact_pulls_only_its_repository_and_uses_t
     model = model_config(synthesized, stage, name)
     template = stack_of(all_templates, stage, name)
     statements = {s["Sid"]: s for s in policy_statements(template, f"{name}RoleDefaultPolicy")}
-    volume_key = not has_instance_storage(model.instance_type)
+    # Only an inference component's role encrypts volumes itself (no local NVMe).
+    volume_key = model.scale_to_zero and not has_instance_storage(model.instance_type)
     assert set(statements) == {"ReadItsModelArtifact", "PullItsImage", "DecryptItsModelArtifact",
                                "EncryptItsDataCapture", "WriteItsLogs"} | (
         {"EncryptItsVolumes"} if volume_key else set())
@@ -603,7 +605,7 @@ TAGGER = replace(RANKER, name="tagger", image_tag="tagger-0.9", model_data_key="
 def variants(tmp_path_factory) -> dict[str, dict[str, bytes]]:
     """dev with N models (the repository's plus three), then with one of them
     changed, one added, one removed, and the last one of a kind removed."""
-    base = default_configs()["dev"].serving.models
+    base = repository_configs()["dev"].serving.models
     before = (*base, RANKER, SCORER, TAGGER)
     changed = (*base, replace(RANKER, model_data_key="ranker/v2/model.tar.gz", image_tag="ranker-1.5.0",
                               environment={"TOP_K": "20"}), SCORER, TAGGER)
