@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from delivery.cli_errors import UserError, run
+from ml_stacks import pin_file as pin_file_io
 from ml_stacks.config import StageConfig, default_configs, select_stages
 from ml_stacks.pins import (
     PIN_FILE,
@@ -128,7 +129,7 @@ def _image_name(ec2: Any, ami_id: str, parameter: str, region: str) -> str:
 
 
 def write_pins(path: Path, pins: dict[str, Any]) -> None:
-    path.write_text(json.dumps(pins, indent=2) + "\n")
+    pin_file_io.write(path, pins)
 
 
 def boto3_clients() -> Clients:
@@ -151,15 +152,8 @@ def main(argv: list[str] | None = None, *, clients: Clients | None = None,
     configs = select_stages(default_configs(), args.stage or None)
     pins, changes = refresh(load_pins(pin_file), targets(configs), clients=clients or boto3_clients(),
                             today=today or dt.datetime.now(dt.timezone.utc).date())
-    for change in changes:
-        print(change.line())
-    changed = [c for c in changes if c.old != c.new]
-    if changed:
-        write_pins(pin_file, pins)
-        print(f"{len(changed)} pin(s) changed in {pin_file.name}: commit it; `make diff` shows "
-              "the instances the new AMIs replace")
-    else:
-        print("every pin is current; nothing written")
+    pin_file_io.report(changes, pins=pins, pin_file=pin_file,
+                       what_diff_shows="the instances the new AMIs replace")
     return 0
 
 

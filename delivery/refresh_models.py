@@ -28,6 +28,7 @@ from typing import Any, Callable
 from delivery.cli_errors import UserError, run
 from delivery.stage_check import caller_account, check_account, stage_config
 from ml_stacks import model_pins
+from ml_stacks import pin_file as pin_file_io
 from ml_stacks.config import IMAGE_URI_RE, StageConfig
 
 SOURCE = "make refresh-models (sagemaker:ListModelPackages, sagemaker:DescribeModelPackage)"
@@ -142,7 +143,7 @@ def describe(sagemaker: Any, arn: str, *, group: str, region: str, today: dt.dat
 
 
 def write_pins(path: Path, pins: dict[str, Any]) -> None:
-    path.write_text(json.dumps(pins, indent=2, sort_keys=True) + "\n")
+    pin_file_io.write(path, pins, sort_keys=True)
 
 
 def boto3_clients() -> Clients:
@@ -171,15 +172,8 @@ def main(argv: list[str] | None = None, *, clients: Clients | None = None,
         print(f"{config.name} serves no model from the model registry (model_package_group); "
               "nothing to pin")
         return 0
-    for change in changes:
-        print(change.line())
-    changed = [c for c in changes if c.old != c.new]
-    if changed:
-        write_pins(pin_file, pins)
-        print(f"{len(changed)} pin(s) changed in {pin_file.name}: commit it; `make diff` shows the "
-              "blue/green update of each endpoint")
-    else:
-        print("every pin is current; nothing written")
+    pin_file_io.report(changes, pins=pins, pin_file=pin_file, sort_keys=True,
+                       what_diff_shows="the blue/green update of each endpoint")
     return 0
 
 

@@ -20,13 +20,12 @@ This module reads nothing but that file.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, replace
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Mapping
 
+from ml_stacks import pin_file as pin_file_io
 from ml_stacks.config import IMAGE_URI_RE, MODEL_PACKAGE_GROUP_RE, ConfigError
 
 PIN_FILE = Path(__file__).resolve().parent / "model_pins.json"
@@ -70,19 +69,7 @@ class ModelPin:
 
 def load_pins(pin_file: Path | None = None) -> dict[str, Any]:
     """The pin file as a dict, validated (a malformed pin fails here, at synth)."""
-    path = Path(pin_file or PIN_FILE)
-    return json.loads(_parse(path.read_text(), path.name))
-
-
-@lru_cache(maxsize=8)
-def _parse(text: str, where: str) -> str:
-    """``text`` validated, normalized; cached on the content, so a rewritten file is re-read."""
-    try:
-        pins = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ConfigError(where, error.msg, "valid JSON (see ml_stacks/model_pins.py)") from None
-    validate_pins(pins, where)
-    return json.dumps(pins)
+    return pin_file_io.load(Path(pin_file or PIN_FILE), validate_pins, described_in="ml_stacks/model_pins.py")
 
 
 def validate_pins(pins: Any, where: str) -> None:

@@ -22,13 +22,12 @@ every pin still exists and is not deprecated.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Mapping
 
+from ml_stacks import pin_file as pin_file_io
 from ml_stacks.config import CPU_AMI_TYPES, GPU_AMI_TYPES, ConfigError
 
 PIN_FILE = Path(__file__).resolve().parent / "ami_pins.json"
@@ -81,19 +80,7 @@ def release_version_parameter(kubernetes_version: str, ami_type: str) -> str:
 
 def load_pins(pin_file: Path = PIN_FILE) -> dict[str, Any]:
     """The pin file as a dict, validated (a malformed pin fails here, at synth)."""
-    path = Path(pin_file)
-    return json.loads(_parse(path.read_text(), path.name))
-
-
-@lru_cache(maxsize=8)
-def _parse(text: str, where: str) -> str:
-    """``text`` validated, normalized; cached on the content, so a rewritten file is re-read."""
-    try:
-        pins = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ConfigError(where, error.msg, "valid JSON (see ml_stacks/pins.py)") from None
-    validate_pins(pins, where)
-    return json.dumps(pins)
+    return pin_file_io.load(Path(pin_file), validate_pins, described_in="ml_stacks/pins.py")
 
 
 def validate_pins(pins: Mapping[str, Any], where: str) -> None:
