@@ -419,28 +419,34 @@ def test_snapshot_keeps_the_completed_checkpoint_while_the_next_one_replaces_fil
     assert taken["model.bin"].read_bytes() == files["model.bin"]
 
 
+# Restores read a run no other test writes: a daemon thread another test left
+# running (moto's mock is process-wide) uploads under RUN_ID and must not
+# land in these prefixes.
+RESTORED_RUN = "restore-only-9f8e7d6c"
+
+
 def test_restore_downloads_latest_into_an_emptied_directory(agent, s3, tmp_path, logs):
-    prefix = f"runs/{RUN_ID}/20261123T090000000000Z/"
+    prefix = f"runs/{RESTORED_RUN}/20261123T090000000000Z/"
     for key, body in {"state.json": b"{}", "shards/rank-0.bin": b"s", "CHECKPOINT_DONE": b"5"}.items():
         s3.put_object(Bucket=BUCKET, Key=prefix + key, Body=body)
-    s3.put_object(Bucket=BUCKET, Key=f"runs/{RUN_ID}/LATEST", Body=prefix.encode())
+    s3.put_object(Bucket=BUCKET, Key=f"runs/{RESTORED_RUN}/LATEST", Body=prefix.encode())
     (tmp_path / "ckpt").mkdir()
     (tmp_path / "ckpt" / "stale-from-another-run.bin").write_bytes(b"x")
-    uri = agent.restore_checkpoint(s3, BUCKET, RUN_ID, tmp_path / "ckpt", agent.JsonLog(logs.stream))
+    uri = agent.restore_checkpoint(s3, BUCKET, RESTORED_RUN, tmp_path / "ckpt", agent.JsonLog(logs.stream))
     assert uri == f"s3://{BUCKET}/{prefix}"
     assert sorted(p.relative_to(tmp_path / "ckpt").as_posix() for p in (tmp_path / "ckpt").rglob("*")
                   if p.is_file()) == ["CHECKPOINT_DONE", "shards/rank-0.bin", "state.json"]
 
 
 def test_restore_of_a_first_attempt_is_empty(agent, s3, tmp_path, logs):
-    assert agent.restore_checkpoint(s3, BUCKET, RUN_ID, tmp_path / "ckpt", agent.JsonLog(logs.stream)) == ""
+    assert agent.restore_checkpoint(s3, BUCKET, RESTORED_RUN, tmp_path / "ckpt", agent.JsonLog(logs.stream)) == ""
     assert list((tmp_path / "ckpt").iterdir()) == []
 
 
 def test_restore_refuses_a_latest_outside_the_run(agent, s3, tmp_path, logs):
-    s3.put_object(Bucket=BUCKET, Key=f"runs/{RUN_ID}/LATEST", Body=b"runs/other-run/20261123T090000000000Z/")
+    s3.put_object(Bucket=BUCKET, Key=f"runs/{RESTORED_RUN}/LATEST", Body=b"runs/other-run/20261123T090000000000Z/")
     with pytest.raises(agent.UploadError, match="does not name a prefix of the run"):
-        agent.restore_checkpoint(s3, BUCKET, RUN_ID, tmp_path / "ckpt", agent.JsonLog(logs.stream))
+        agent.restore_checkpoint(s3, BUCKET, RESTORED_RUN, tmp_path / "ckpt", agent.JsonLog(logs.stream))
 
 
 # ----------------------------------------------------------------------------- lifecycle completion
