@@ -6,6 +6,7 @@ import importlib.util
 import io
 import json
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -62,8 +63,17 @@ def aws_env(monkeypatch):
 @pytest.fixture(autouse=True)
 def _no_stalled_upload_outlives_its_test():
     """A stalled upload (helpers.RecordingS3) ends with its test, not 20 s later
-    in another test's moto account (seen under pytest-xdist's test order)."""
+    in another test's moto account (seen under pytest-xdist's test order).
+
+    The agent's upload workers also outlive an upload that failed early
+    (UploadError on the first failure, the other files still in flight): the
+    test waits for them, or they would write its checkpoint files into the
+    next test's moto S3, which is process-wide."""
+    before = set(threading.enumerate())
     yield
     from tests.node_agent.helpers import RecordingS3
 
     RecordingS3.abandon_stalled_uploads()
+    for thread in set(threading.enumerate()) - before:
+        if thread.name.endswith("(worker)"):
+            thread.join(timeout=10)
