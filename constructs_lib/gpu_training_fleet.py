@@ -439,8 +439,9 @@ class GpuTrainingFleet(Construct):
         in the role's default policy would be a cycle. What this policy
         holds (lifecycle completion and heartbeat, instance health) is
         only used once an instance runs, and the group starts with none.
-        For that role the returned grant is a no-op placeholder
-        (``Grant.drop``): the statement is in ``GroupActionsPolicy``.
+        For that role the statement lives in ``GroupActionsPolicy``, so the
+        grant returned is ``Grant.drop`` (CDK's grant for a permission
+        written elsewhere: nothing more to add to the principal).
         """
         if grantee.grant_principal is not self.role:
             return iam.Grant.add_to_principal(grantee=grantee, actions=[action],
