@@ -708,16 +708,11 @@ class InferenceEndpoint(Construct):
         endpoint_name = self.endpoint_name
         self._dimensions = ({"InferenceComponentName": self.component_name} if self.scale_to_zero
                             else {"EndpointName": endpoint_name, "VariantName": VARIANT_NAME})
-        self.alarm_5xx = cloudwatch.Alarm(
-            self, "Invocation5xxAlarm",
-            alarm_name=f"{endpoint_name}-invocation-5xx-errors",
-            alarm_description=f"{endpoint_name}: {alarm_5xx_errors}+ server errors in 5 minutes",
+        self.alarm_5xx = self._server_errors_alarm(
+            "Invocation5xxAlarm", alarm_name=f"{endpoint_name}-invocation-5xx-errors",
+            description=f"{endpoint_name}: {alarm_5xx_errors}+ server errors in 5 minutes",
             metric=self.metric_invocation_5xx_errors(period=cdk.Duration.minutes(5)),
-            threshold=alarm_5xx_errors,
-            comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
-            evaluation_periods=1,
-            treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
-        )
+            threshold=alarm_5xx_errors)
         self.alarm_4xx_rate = cloudwatch.Alarm(
             self, "Invocation4xxRateAlarm",
             alarm_name=f"{endpoint_name}-invocation-4xx-rate",
@@ -729,20 +724,12 @@ class InferenceEndpoint(Construct):
             evaluation_periods=1,
             treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
         )
-        latency_us = int(alarm_latency_p99.to_milliseconds()) * 1000
-        self.alarm_latency = cloudwatch.Alarm(
-            self, "ModelLatencyP99Alarm",
-            alarm_name=f"{endpoint_name}-model-latency-p99",
-            alarm_description=(f"{endpoint_name}: ModelLatency p99 above "
-                               f"{int(alarm_latency_p99.to_milliseconds())} ms in 3 of 5 minutes"),
-            # ModelLatency is published in microseconds.
+        latency_ms = int(alarm_latency_p99.to_milliseconds())
+        self.alarm_latency = self._latency_alarm(
+            "ModelLatencyP99Alarm", alarm_name=f"{endpoint_name}-model-latency-p99",
+            description=f"{endpoint_name}: ModelLatency p99 above {latency_ms} ms in 3 of 5 minutes",
             metric=self.metric_model_latency(statistic="p99", period=cdk.Duration.minutes(1)),
-            threshold=latency_us,
-            comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
-            evaluation_periods=5,
-            datapoints_to_alarm=3,
-            treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
-        )
+            threshold_ms=latency_ms)
         self.alarms = [self.alarm_5xx, self.alarm_4xx_rate, self.alarm_latency]
         if alarm_topic is not None:
             for alarm in self.alarms:
@@ -756,34 +743,43 @@ class InferenceEndpoint(Construct):
         They notify, and never roll back: the shadow answers nobody."""
         name = self.endpoint_name
         latency_ms = int(alarm_latency_p99.to_milliseconds())
-        self.shadow_alarm_5xx = cloudwatch.Alarm(
-            self, "ShadowInvocation5xxAlarm",
-            alarm_name=f"{name}-shadow-invocation-5xx-errors",
-            alarm_description=(f"{name} shadow candidate: {alarm_5xx_errors}+ server errors in "
-                               "5 minutes (callers are not affected; do not promote it)"),
+        self.shadow_alarm_5xx = self._server_errors_alarm(
+            "ShadowInvocation5xxAlarm", alarm_name=f"{name}-shadow-invocation-5xx-errors",
+            description=(f"{name} shadow candidate: {alarm_5xx_errors}+ server errors in "
+                         "5 minutes (callers are not affected; do not promote it)"),
             metric=self.metric_shadow("Invocation5XXErrors", period=cdk.Duration.minutes(5)),
-            threshold=alarm_5xx_errors,
-            comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
-            evaluation_periods=1,
-            treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
-        )
-        self.shadow_alarm_latency = cloudwatch.Alarm(
-            self, "ShadowModelLatencyP99Alarm",
-            alarm_name=f"{name}-shadow-model-latency-p99",
-            alarm_description=(f"{name} shadow candidate: ModelLatency p99 above {latency_ms} ms "
-                               "in 3 of 5 minutes (callers are not affected; do not promote it)"),
+            threshold=alarm_5xx_errors)
+        self.shadow_alarm_latency = self._latency_alarm(
+            "ShadowModelLatencyP99Alarm", alarm_name=f"{name}-shadow-model-latency-p99",
+            description=(f"{name} shadow candidate: ModelLatency p99 above {latency_ms} ms "
+                         "in 3 of 5 minutes (callers are not affected; do not promote it)"),
             metric=self.metric_shadow("ModelLatency", statistic="p99"),
-            threshold=latency_ms * 1000,
-            comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
-            evaluation_periods=5,
-            datapoints_to_alarm=3,
-            treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
-        )
+            threshold_ms=latency_ms)
         self.shadow_alarms = [self.shadow_alarm_5xx, self.shadow_alarm_latency]
         if alarm_topic is not None:
             for alarm in self.shadow_alarms:
                 alarm.add_alarm_action(cloudwatch_actions.SnsAction(alarm_topic))
                 alarm.add_ok_action(cloudwatch_actions.SnsAction(alarm_topic))
+
+    def _server_errors_alarm(self, construct_id: str, *, alarm_name: str, description: str,
+                             metric: cloudwatch.IMetric, threshold: int) -> cloudwatch.Alarm:
+        """``threshold`` or more server errors in one period of ``metric``."""
+        return cloudwatch.Alarm(
+            self, construct_id, alarm_name=alarm_name, alarm_description=description,
+            metric=metric, threshold=threshold,
+            comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+            evaluation_periods=1, treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING)
+
+    def _latency_alarm(self, construct_id: str, *, alarm_name: str, description: str,
+                       metric: cloudwatch.IMetric, threshold_ms: int) -> cloudwatch.Alarm:
+        """``metric`` (ModelLatency, published in microseconds) above
+        ``threshold_ms`` in 3 of 5 periods."""
+        return cloudwatch.Alarm(
+            self, construct_id, alarm_name=alarm_name, alarm_description=description,
+            metric=metric, threshold=threshold_ms * 1000,
+            comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
+            evaluation_periods=5, datapoints_to_alarm=3,
+            treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING)
 
     @staticmethod
     def _blue_green_deployment_config(*, deployment: str, step_percent: int, wait: cdk.Duration,
