@@ -172,22 +172,22 @@ def _event_id(body: Mapping[str, Any]) -> str:
     return _field(body, "id", _EVENT_ID, "EventBridge event")
 
 
+def _instance_notice(kind: str, body: Mapping[str, Any]) -> Interruption:
+    """An EC2 event about one instance (``detail.instance-id``)."""
+    return Interruption(kind=kind, event_id=_event_id(body),
+                        instance_id=_field(_detail(body), "instance-id", _INSTANCE_ID, "detail"))
+
+
 def parse_spot_warning(body: Mapping[str, Any]) -> Interruption:
-    detail = _detail(body)
-    return Interruption(kind=SPOT_INTERRUPTION, event_id=_event_id(body),
-                        instance_id=_field(detail, "instance-id", _INSTANCE_ID, "detail"))
+    return _instance_notice(SPOT_INTERRUPTION, body)
 
 
 def parse_rebalance_recommendation(body: Mapping[str, Any]) -> Interruption:
-    detail = _detail(body)
-    return Interruption(kind=REBALANCE_RECOMMENDATION, event_id=_event_id(body),
-                        instance_id=_field(detail, "instance-id", _INSTANCE_ID, "detail"))
+    return _instance_notice(REBALANCE_RECOMMENDATION, body)
 
 
 def parse_reservation_interruption(body: Mapping[str, Any]) -> Interruption:
-    detail = _detail(body)
-    return Interruption(kind=RESERVATION_INTERRUPTION, event_id=_event_id(body),
-                        instance_id=_field(detail, "instance-id", _INSTANCE_ID, "detail"))
+    return _instance_notice(RESERVATION_INTERRUPTION, body)
 
 
 def parse_capacity_block_warning(body: Mapping[str, Any]) -> ReservationNotice:
