@@ -18,7 +18,7 @@ TEST_WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
 # ref; tests/changed.py), without the slow ones (pytest marker, pytest.ini).
 # One process by default: a small selection costs less than starting workers.
 CHANGED ?= HEAD
-FAST ?= not slow
+FAST ?= not slow and not scale
 FAST_WORKERS ?= 1
 # `make diff BASE=<git ref>`: offline diff of the working tree against a ref.
 BASE ?=

@@ -1,6 +1,6 @@
 """``--changed REF``: run only the tests that depend on a file changed since
 the git ref REF (tracked changes, staged or not, and untracked files); what
-``make test-fast`` selects with, together with ``-m "not slow"``.
+``make test-fast`` selects with, together with ``-m "not slow and not scale"``.
 
 A test depends on its own module and on every repository file that module
 reaches through imports (transitively; inside functions only in tests/, where
@@ -145,7 +145,16 @@ def _depends(module: Path, changed: set[str]) -> bool:
     needs = set(dependencies(module))
     if any(name in module.read_text() for name in _SYNTH_FIXTURES):
         needs |= dependencies(ROOT / "tests" / "conftest.py")
-    return any(name in needs or Path(name).name in needs for name in changed)
+    return any(name in needs or (_bare_name_counts(name) and Path(name).name in needs)
+               for name in changed)
+
+
+def _bare_name_counts(changed: str) -> bool:
+    """Whether a module naming just the file name (``"README.md"``) depends on
+    ``changed``. Not for a Lambda function's or the node agent's files: every
+    function has a ``handler.py``, and ``_path_loaded`` already found the
+    exact files of the folder a module names."""
+    return Path(changed).parts[0] not in _PATH_LOADED
 
 
 def pytest_configure(config: pytest.Config) -> None:

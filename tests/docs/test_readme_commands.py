@@ -163,6 +163,7 @@ def _assert_ran(result: subprocess.CompletedProcess, expected: str) -> None:
     assert expected in result.stdout, result.stdout[-3000:]
 
 
+@pytest.mark.slow  # the whole app through the CDK CLI
 def test_make_synth_and_what_reads_its_output(scratch) -> None:
     _assert_ran(run(SYNTH[0], scratch), SYNTH[1])
     assert sorted(p.name for p in (scratch / "cdk.out").glob("assembly-*"))
@@ -170,6 +171,7 @@ def test_make_synth_and_what_reads_its_output(scratch) -> None:
         _assert_ran(run(command, scratch), expected)
 
 
+@pytest.mark.slow  # make, the CDK CLI or a benchmark: seconds each
 @pytest.mark.parametrize("documented", sorted(RUN))
 def test_offline_command_runs(documented, scratch) -> None:
     command, expected = RUN[documented]
