@@ -18,6 +18,9 @@ TEST_WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
 # ref; tests/changed.py), without the slow ones (pytest marker, pytest.ini).
 # One process by default: a small selection costs less than starting workers.
 CHANGED ?= HEAD
+# SCOPE=direct: the unit tests of what changed (what their modules and test
+# helpers import); SCOPE=all: every test that reaches a changed file.
+SCOPE ?= direct
 FAST ?= not slow and not scale
 FAST_WORKERS ?= 1
 # `make diff BASE=<git ref>`: offline diff of the working tree against a ref.
@@ -143,9 +146,11 @@ test-scale: setup
 	python -m pytest -m scale $(ARGS)
 
 test-fast: export AWS_EC2_METADATA_DISABLED := true
+# Property tests draw a tenth of their examples (tests/property_budget.py).
+test-fast: export ML_TEST_FAST := 1
 test-fast: setup
 	python -m pytest $(if $(filter-out 0 1,$(FAST_WORKERS)),-n $(FAST_WORKERS) --dist loadgroup,) -q \
-	  -m '$(FAST)' $(if $(CHANGED),--changed '$(CHANGED)',) --suite-summary $(ARGS)
+	  -m '$(FAST)' $(if $(CHANGED),--changed '$(CHANGED)' --changed-scope '$(SCOPE)',) --suite-summary $(ARGS)
 
 # Proof that a config change the README documents changes snapshots and
 # nothing else: every other test, on the configs with those changes applied.

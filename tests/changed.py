@@ -2,7 +2,21 @@
 the git ref REF (tracked changes, staged or not, and untracked files); what
 ``make test-fast`` selects with, together with ``-m "not slow and not scale"``.
 
-A test depends on its own module and on every repository file that module
+``--changed-scope`` says which dependencies count:
+
+- ``all`` (the default here): everything a test reaches, described below. A
+  change to a construct selects every test that builds the app, since the
+  app imports every construct.
+- ``direct`` (``make test-fast``'s default): the unit tests of what changed.
+  A test depends on what its own module and the test helpers it uses
+  import or name, on the Lambda or node agent code they load with what that
+  code imports, and, for a name imported from a package
+  (``from ml_stacks.config import TrainingConfig``), on the module the
+  package takes it from; not on what those library modules import in turn.
+  A test module named ``test_<name>.py`` also depends on every changed
+  ``<name>.py`` (``ml_stacks/idle_stack.py`` -> ``tests/unit/test_idle_stack.py``).
+
+Scope ``all``: a test depends on its own module and on every repository file that module
 reaches through imports (transitively; inside functions only in tests/, where
 fixtures import lazily; elsewhere such an import is a deliberately lazy one),
 plus the code loaded by path: a Lambda function or the node agent whose
@@ -30,11 +44,15 @@ _SYNTH_FIXTURES = frozenset({"synthesized", "all_templates"})
 # Folders whose code tests load by path rather than import.
 _PATH_LOADED = ("lambda", "node_agent")
 _CHANGED = pytest.StashKey[set]()
+SCOPES = ("all", "direct")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--changed", metavar="REF", default=None,
                      help="run only the tests depending on files changed since the git ref REF")
+    parser.addoption("--changed-scope", choices=SCOPES, default="all",
+                     help="with --changed: every dependency a test reaches (all), or only what "
+                          "its module and test helpers import (direct); default: all")
 
 
 def changed_files(ref: str) -> set[str]:
@@ -93,9 +111,14 @@ def _nodes(tree: ast.AST, *, lazy_imports: bool):
 
 
 @lru_cache(maxsize=None)
+def _tree(path: Path) -> ast.Module:
+    return ast.parse(path.read_text(), filename=str(path))
+
+
+@lru_cache(maxsize=None)
 def _direct(path: Path) -> tuple[frozenset[Path], frozenset[str]]:
     """Repository files ``path`` imports or loads, and the strings it names."""
-    tree = ast.parse(path.read_text(), filename=str(path))
+    tree = _tree(path)
     package = path.relative_to(ROOT).parent.parts
     files: set[Path] = set()
     strings: set[str] = set()
@@ -141,10 +164,76 @@ def dependencies(path: Path) -> frozenset[str]:
     return frozenset(relative)
 
 
-def _depends(module: Path, changed: set[str]) -> bool:
-    needs = set(dependencies(module))
-    if any(name in module.read_text() for name in _SYNTH_FIXTURES):
-        needs |= dependencies(ROOT / "tests" / "conftest.py")
+@lru_cache(maxsize=None)
+def _reexports(package_init: Path) -> dict[str, Path]:
+    """{name: module} a package's ``__init__`` imports from its own modules."""
+    found: dict[str, Path] = {}
+    if package_init.name != "__init__.py":
+        return found
+    dotted = ".".join(package_init.relative_to(ROOT).parent.parts)
+    for node in _tree(package_init).body:
+        if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            source = _module_file(node.module)
+            if source and node.module.startswith(f"{dotted}."):
+                found.update({alias.asname or alias.name: source for alias in node.names})
+    return found
+
+
+@lru_cache(maxsize=None)
+def _imported_from_packages(path: Path) -> frozenset[Path]:
+    """The modules that names ``path`` imports from a package are defined in."""
+    found: set[Path] = set()
+    for node in ast.walk(_tree(path)):
+        if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            package = _module_file(node.module)
+            if package is not None:
+                exported = _reexports(package)
+                found.update(exported[a.name] for a in node.names if a.name in exported)
+    return frozenset(found)
+
+
+@lru_cache(maxsize=None)
+def direct_dependencies(path: Path) -> frozenset[str]:
+    """What scope ``direct`` counts: ``path``, what it and the test helpers
+    and path-loaded code it reaches import or name, one step into library code."""
+    seen: set[Path] = set()
+    reached: set[Path] = set()
+    strings: set[str] = set()
+    todo = [path]
+    while todo:
+        current = todo.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        reached.add(current)
+        if current.suffix != ".py":
+            continue
+        files, named = _direct(current)
+        strings |= named
+        for found in files | _imported_from_packages(current):
+            top = found.relative_to(ROOT).parts[0]
+            if top == "tests" or top in _PATH_LOADED:
+                todo.append(found)
+            else:
+                reached.add(found)
+    relative = {str(p.relative_to(ROOT)) for p in reached}
+    relative |= {name for name in strings if "/" not in name and "." in name}
+    return frozenset(relative)
+
+
+def _named_after(module: Path, changed: set[str]) -> bool:
+    return any(module.name == f"test_{Path(name).name}" for name in changed if name.endswith(".py"))
+
+
+def _depends(module: Path, changed: set[str], scope: str = "all") -> bool:
+    if scope == "direct":
+        needs = set(direct_dependencies(module))
+        if _named_after(module, changed):
+            return True
+    else:
+        needs = set(dependencies(module))
+        if any(name in module.read_text() for name in _SYNTH_FIXTURES):
+            needs |= dependencies(ROOT / "tests" / "conftest.py")
     return any(name in needs or (_bare_name_counts(name) and Path(name).name in needs)
                for name in changed)
 
@@ -170,7 +259,8 @@ def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool 
     changed = config.stash.get(_CHANGED, None)
     if changed is None or not collection_path.name.startswith("test_") or collection_path.suffix != ".py":
         return None
-    return True if not _depends(collection_path.resolve(), changed) else None
+    scope = config.getoption("changed_scope")
+    return True if not _depends(collection_path.resolve(), changed, scope) else None
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -31,6 +31,7 @@ from hypothesis import event as note
 from hypothesis import strategies as st
 
 from tests.idle_function import handler_module, module
+from tests.property_budget import examples
 
 from .idle_fake import FAULTS, MUTATING, READS, FakeGroup, FakeInstance, IdleAccount
 
@@ -165,7 +166,7 @@ def expected_scale_down(groups: dict[str, FakeGroup], name: str) -> int | None:
 
 # --- the property ------------------------------------------------------------------------------
 
-@settings(max_examples=1000, deadline=None, derandomize=True, database=None,
+@settings(max_examples=examples(1000), deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(payload=payloads(), groups=fleets(), fault=faults, dry_run=st.sampled_from([False, False, False, True]))
 def test_any_payload_and_any_fault_stop_only_what_the_rules_allow_and_report_it(payload, groups, fault,

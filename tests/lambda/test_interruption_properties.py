@@ -30,6 +30,7 @@ from hypothesis import strategies as st
 
 from constructs_lib import interruption_handler as spec
 from tests.interruption_aws import FakeClock
+from tests.property_budget import examples
 from tests.interruption_lambda import batch, fixture, handler, logic, quarantine, requeue
 
 from .interruption_fake import DLQ_URL, DOCUMENT, FAULTS, GROUP, FakeAws, operations
@@ -45,7 +46,7 @@ RESERVATIONS = {"cr-0a1b2c3d4e5f67890": {INSTANCES["fleet-online"], INSTANCES["f
                                          INSTANCES["not-fleet"]},
                 "cr-0ffffffffffffff01": {INSTANCES["not-fleet"]}}
 FUNCTION_TIMEOUT_MS = spec.DEFAULT_LAMBDA_TIMEOUT_SECONDS * 1000
-SETTINGS = dict(max_examples=1000, deadline=None, derandomize=True, database=None,
+SETTINGS = dict(max_examples=examples(1000), deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 # --- the specification ---------------------------------------------------------
@@ -380,7 +381,7 @@ def test_one_record_causes_exactly_its_action_whatever_fails(record, fault, reba
     check(aws, raw, rebalance)
 
 
-@settings(**{**SETTINGS, "max_examples": 200})
+@settings(**{**SETTINGS, "max_examples": examples(200)})
 @given(batch_records=st.lists(records(), min_size=2, max_size=6), copies=st.lists(st.integers(0, 5), max_size=3),
        fault=faults, rebalance=st.sampled_from(["checkpoint", "log-only"]))
 def test_a_batch_with_duplicates_causes_each_action_once_whatever_fails(batch_records, copies, fault,
@@ -393,7 +394,7 @@ def test_a_batch_with_duplicates_causes_each_action_once_whatever_fails(batch_re
     check(aws, raw, rebalance)
 
 
-@settings(**{**SETTINGS, "max_examples": 200})
+@settings(**{**SETTINGS, "max_examples": examples(200)})
 @given(event=nasty | st.fixed_dictionaries({"Records": nasty}) | st.lists(records(), max_size=2))
 def test_events_that_are_not_sqs_batches_change_nothing(event) -> None:
     aws, _ = deliver(event, {}, "checkpoint")
@@ -416,7 +417,7 @@ def valid_records(draw) -> dict:
             "attributes": {"ApproximateReceiveCount": "1"}, "eventSource": "aws:sqs"}
 
 
-@settings(**{**SETTINGS, "max_examples": 300})
+@settings(**{**SETTINGS, "max_examples": examples(300)})
 @given(batch_records=st.lists(valid_records(), min_size=1, max_size=4),
        fault=st.tuples(st.sampled_from(["PutItem", "SendCommand", "ListCommands", "GetItem"]),
                        st.sampled_from(FAULTS)).map(lambda pair: {pair[0]: pair[1]}))
