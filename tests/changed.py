@@ -41,6 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 EVERYTHING = frozenset({"pytest.ini", "requirements.txt", "requirements-dev.txt", "tests/conftest.py",
                         "tests/changed.py", "tests/suite_summary.py"})
 _SYNTH_FIXTURES = frozenset({"synthesized", "all_templates"})
+_CONFTEST = ROOT / "tests" / "conftest.py"
 # Folders whose code tests load by path rather than import.
 _PATH_LOADED = ("lambda", "node_agent")
 _CHANGED = pytest.StashKey[set]()
@@ -212,7 +213,10 @@ def direct_dependencies(path: Path) -> frozenset[str]:
         strings |= named
         for found in files | _imported_from_packages(current):
             top = found.relative_to(ROOT).parts[0]
-            if top == "tests" or top in _PATH_LOADED:
+            # The test machinery (conftest) is not a helper: a change to it
+            # selects every test (EVERYTHING), and what it imports is the
+            # whole suite's, not one test's.
+            if (top == "tests" and found != _CONFTEST) or top in _PATH_LOADED:
                 todo.append(found)
             else:
                 reached.add(found)
