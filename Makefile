@@ -48,7 +48,11 @@ export PATH := $(CURDIR)/node_modules/.bin:$(CURDIR)/$(VENV)/bin:$(PATH)
 # or version checks.
 export CDK_DISABLE_CLI_TELEMETRY := true
 export CDK_DISABLE_VERSION_CHECK := true
-export PYTHONDONTWRITEBYTECODE := 1
+# Bytecode goes to one cache outside the source tree (the Lambda and node
+# agent folders are assets: nothing may appear in them), so repeated runs
+# skip recompiling the project and pytest's rewritten test modules.
+export PYTHONDONTWRITEBYTECODE :=
+export PYTHONPYCACHEPREFIX := $(CURDIR)/$(VENV)/.pycache
 
 CDK := cdk --no-notices
 STAGE_CONTEXT := $(if $(STAGES),-c stages=$(STAGES),)
