@@ -62,7 +62,7 @@ NOT_RUN = {
         "on a copy of this checkout with a real change)",
     "make test-config-change [ARGS=...]": "the suite again on the configs with the docs' two example "
                                           "changes (minutes); CI runs it as its own step",
-    "make test-fast [CHANGED=HEAD]": "a part of this suite, which runs inside it",
+    "make test-fast [CHANGED=HEAD] [SCOPE=all]": "a part of this suite, which runs inside it",
     "make bench-tests": "runs make test three times (minutes)",
     "make test-scale": "minutes: a 200-model stage through every gate; CI runs it as its own step",
     "make acknowledgements": "rewrites tests/unit/acknowledgements.txt; tests/unit/test_acknowledgements.py "
