@@ -97,13 +97,15 @@ def main() -> int:
     parser.add_argument("--latency-ms", type=float, default=25,
                         help="simulated round trip per AWS call for the last column (default 25)")
     parser.add_argument("--moto", action="store_true", help="also run N=100 on moto")
+    parser.add_argument("--fleets", type=int, nargs="+", default=[100, 1_000, 5_000], metavar="N",
+                        help="fleet sizes (instances) to sweep (default 100 1000 5000)")
     args = parser.parse_args()
 
     header = f"{'N':>6} | " + " | ".join(f"{SHORT[o]:>13}" for o in OPERATIONS) + \
         f" | {'max queries':>11} | {'stopped':>7} | {'handler s':>9} | {f'@{args.latency_ms:g} ms/call':>14}"
     print(header)
     print("-" * len(header))
-    for n in (100, 1_000, 5_000):
+    for n in args.fleets:
         best = None
         for _ in range(args.runs):
             seconds, account, result = sweep_once(n)

@@ -37,12 +37,12 @@ READS_SYNTH = {
 }
 RUN = {
     'make bench-drill [ARGS="--checkpoint-mib 0 256"]':
-        ('make bench-drill ARGS="--checkpoint-mib 0 --steps 100"', "run SUCCEEDED"),
+        ('make bench-drill ARGS="--checkpoint-mib 0 --steps 100 --step-seconds 0.01"', "run SUCCEEDED"),
     ".venv/bin/python bench/interruption_handler.py":
         (".venv/bin/python bench/interruption_handler.py --records 40", "duplicate delivery"),
     ".venv/bin/python bench/interruption_storm.py [--hooks]":
         (".venv/bin/python bench/interruption_storm.py --hooks --notices 10", '"seed"'),
-    "make bench-idle": ('make bench-idle ARGS="--runs 1 --imports 1"', "import handler"),
+    "make bench-idle": ('make bench-idle ARGS="--runs 1 --imports 1 --fleets 100"', "import handler"),
     "make cost [STAGES=dev]": ("make cost STAGES=dev", "always-on"),
     ".venv/bin/python -m delivery.preflight --stage prod --quotas":
         (".venv/bin/python -m delivery.preflight --stage prod --quotas", "L-"),
