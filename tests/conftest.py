@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import botocore.client
 import botocore.loaders
 import pytest
 
@@ -73,6 +74,31 @@ def _share_botocore_models() -> None:
 
 
 _share_botocore_models()
+
+
+def _share_client_classes() -> None:
+    """Build each service's client class once per test process.
+
+    A client's class holds one method per API operation (EC2 has over 700),
+    and botocore builds it again for every client of every new session: with
+    a new session per moto test, that is most of creating a client. The
+    class depends only on the service model (one shared object per service,
+    above) and on the session's ``creating-client-class`` handlers, which
+    are botocore's and boto3's own and the same in every session.
+    """
+    build = botocore.client.ClientCreator._create_client_class
+    built: dict[tuple[str, int], type] = {}
+
+    def create_client_class(self, service_name, service_model):
+        key = (service_name, id(service_model._service_description))
+        if key not in built:
+            built[key] = build(self, service_name, service_model)
+        return built[key]
+
+    botocore.client.ClientCreator._create_client_class = create_client_class
+
+
+_share_client_classes()
 
 # moto's EC2 otherwise turns every public AMI it knows into objects each time
 # an EC2 backend is created or reset (twice per moto test, about half a second
