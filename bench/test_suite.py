@@ -11,6 +11,11 @@ load average is printed next to each run.
 
     make bench-tests                          # or: python bench/test_suite.py
     python bench/test_suite.py --runs 5 --make-args TEST_WORKERS=1
+    python bench/test_suite.py --fast         # make test-fast for typical changes
+
+``--fast``: instead, `make test-fast` as if one file had changed, for each
+file of ``FAST_CASES`` (a Lambda handler, the node agent, two constructs,
+a delivery CLI): the inner loop's wall time, median of ``--runs``.
 """
 
 from __future__ import annotations
@@ -27,6 +32,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+# One typical change each: what `make test-fast` selects and how long it takes.
+FAST_CASES = ("lambda/idle_shutdown/handler.py", "lambda/interruption_handler/handler.py",
+              "node_agent/ml_node_agent.py", "constructs_lib/idle_shutdown.py",
+              "constructs_lib/gpu_nodegroups.py", "delivery/cost.py")
 SUMMARY = re.compile(r"^tests: (\d+) passed, (\d+) failed, (\d+) errors, (\d+) skipped", re.MULTILINE)
 
 
@@ -66,7 +75,7 @@ def line(label: str, sample: Run) -> str:
         passed, failed, errors, skipped = sample.counts
         counts = f"  {passed} passed, {failed} failed, {errors} errors, {skipped} skipped"
     status = "" if sample.status == 0 else f"  EXIT {sample.status}"
-    return (f"  {label:<18} wall {sample.wall:7.1f} s  cpu {sample.cpu:7.1f} s  "
+    return (f"  {label:<40} wall {sample.wall:7.1f} s  cpu {sample.cpu:7.1f} s  "
             f"load {sample.load:5.2f}{counts}{status}")
 
 
@@ -75,11 +84,15 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3, help="runs of `make test` (default 3)")
     parser.add_argument("--make-args", nargs="*", default=[],
                         help="extra make arguments for `make test`, e.g. TEST_WORKERS=1 or ARGS=-x")
+    parser.add_argument("--fast", action="store_true",
+                        help="time `make test-fast` for each typical change of FAST_CASES instead")
     args = parser.parse_args()
     if args.runs < 1:
         parser.error("--runs must be at least 1")
 
     make = ["make", "--no-print-directory"]
+    if args.fast:
+        return fast(make, args.runs)
     print(f"{os.cpu_count()} CPUs; `make test {' '.join(args.make_args)}`".rstrip() + f" x {args.runs}, "
           "then `make synth` once")
     tests = []
@@ -92,6 +105,19 @@ def main() -> int:
           f"cpu {statistics.median(t.cpu for t in tests):.1f} s "
           f"({statistics.median(t.wall for t in tests) / synth.wall:.1f}x make synth)")
     return 0 if all(t.status == 0 for t in (*tests, synth)) else 1
+
+
+def fast(make: list[str], runs: int) -> int:
+    """`make test-fast` as if each of FAST_CASES alone had changed (nothing is edited)."""
+    print(f"{os.cpu_count()} CPUs; `make test-fast` (SCOPE=direct) per changed file, median of {runs}")
+    status = 0
+    for path in FAST_CASES:
+        samples = [run([*make, "test-fast", "CHANGED=",
+                        f"ARGS=--changed-files {path} --changed-scope direct"]) for _ in range(runs)]
+        median = sorted(samples, key=lambda sample: sample.wall)[len(samples) // 2]
+        print(line(path, median), flush=True)
+        status |= any(sample.status != 0 for sample in samples)
+    return status
 
 
 if __name__ == "__main__":

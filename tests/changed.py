@@ -51,6 +51,9 @@ SCOPES = ("all", "direct")
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--changed", metavar="REF", default=None,
                      help="run only the tests depending on files changed since the git ref REF")
+    parser.addoption("--changed-files", metavar="PATHS", default=None,
+                     help="as if these comma-separated repository paths had changed "
+                          "(with or instead of --changed; bench/test_suite.py --fast uses it)")
     parser.addoption("--changed-scope", choices=SCOPES, default="all",
                      help="with --changed: every dependency a test reaches (all), or only what "
                           "its module and test helpers import (direct); default: all")
@@ -250,10 +253,15 @@ def _bare_name_counts(changed: str) -> bool:
     return Path(changed).parts[0] not in _PATH_LOADED
 
 
+def _selecting(config: pytest.Config) -> bool:
+    return config.getoption("changed") is not None or config.getoption("changed_files") is not None
+
+
 def pytest_configure(config: pytest.Config) -> None:
-    ref = config.getoption("changed")
-    if ref is not None:
-        changed = changed_files(ref)
+    if _selecting(config):
+        ref, named = config.getoption("changed"), config.getoption("changed_files")
+        changed = changed_files(ref) if ref is not None else set()
+        changed |= {path.strip() for path in (named or "").split(",") if path.strip()}
         config.stash[_CHANGED] = None if changed & EVERYTHING else changed
 
 
@@ -268,5 +276,5 @@ def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool 
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    if session.config.getoption("changed") is not None and exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED:
+    if _selecting(session.config) and exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED:
         session.exitstatus = pytest.ExitCode.OK  # nothing changed that any selected test depends on

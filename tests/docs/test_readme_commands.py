@@ -63,7 +63,8 @@ NOT_RUN = {
     "make test-config-change [ARGS=...]": "the suite again on the configs with the docs' two example "
                                           "changes (minutes); CI runs it as its own step",
     "make test-fast [CHANGED=HEAD] [SCOPE=all]": "a part of this suite, which runs inside it",
-    "make bench-tests": "runs make test three times (minutes)",
+    "make bench-tests [ARGS=--fast]": "runs make test three times (minutes); --fast runs make test-fast "
+                                      "six times, each a part of this suite",
     "make test-scale": "minutes: a 200-model stage through every gate; CI runs it as its own step",
     "make acknowledgements": "rewrites tests/unit/acknowledgements.txt; tests/unit/test_acknowledgements.py "
                              "checks the list equals what it would write, on the session synth",
