@@ -113,7 +113,7 @@ def fast(make: list[str], runs: int) -> int:
     status = 0
     for path in FAST_CASES:
         samples = [run([*make, "test-fast", "CHANGED=",
-                        f"ARGS=--changed-files {path} --changed-scope direct"]) for _ in range(runs)]
+                        f"ARGS=--changed-files={path} --changed-scope=direct"]) for _ in range(runs)]
         median = sorted(samples, key=lambda sample: sample.wall)[len(samples) // 2]
         print(line(path, median), flush=True)
         status |= any(sample.status != 0 for sample in samples)
