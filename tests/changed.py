@@ -149,23 +149,7 @@ def _direct(path: Path) -> tuple[frozenset[Path], frozenset[str]]:
 @lru_cache(maxsize=None)
 def dependencies(path: Path) -> frozenset[str]:
     """Repository-relative paths ``path`` depends on, itself included."""
-    seen: set[Path] = set()
-    strings: set[str] = set()
-    todo = [path]
-    while todo:
-        current = todo.pop()
-        if current in seen:
-            continue
-        seen.add(current)
-        if current.suffix != ".py":
-            continue
-        files, named = _direct(current)
-        strings |= named
-        todo.extend(files - seen)
-    relative = {str(p.relative_to(ROOT)) for p in seen}
-    # Non-Python files a reached module names (README.md, a fixture JSON...).
-    relative |= {name for name in strings if "/" not in name and "." in name}
-    return frozenset(relative)
+    return _walk(path, direct=False)
 
 
 @lru_cache(maxsize=None)
@@ -200,6 +184,19 @@ def _imported_from_packages(path: Path) -> frozenset[Path]:
 def direct_dependencies(path: Path) -> frozenset[str]:
     """What scope ``direct`` counts: ``path``, what it and the test helpers
     and path-loaded code it reaches import or name, one step into library code."""
+    return _walk(path, direct=True)
+
+
+def _followed_directly(found: Path) -> bool:
+    """Whether scope ``direct`` also counts what ``found`` imports: test
+    helpers and the Lambda and node agent code under test, not the test
+    machinery (a change to conftest selects every test anyway, EVERYTHING,
+    and what it imports is the whole suite's, not one test's)."""
+    top = found.relative_to(ROOT).parts[0]
+    return (top == "tests" and found != _CONFTEST) or top in _PATH_LOADED
+
+
+def _walk(path: Path, *, direct: bool) -> frozenset[str]:
     seen: set[Path] = set()
     reached: set[Path] = set()
     strings: set[str] = set()
@@ -214,16 +211,13 @@ def direct_dependencies(path: Path) -> frozenset[str]:
             continue
         files, named = _direct(current)
         strings |= named
+        if not direct:
+            todo.extend(files - seen)
+            continue
         for found in files | _imported_from_packages(current):
-            top = found.relative_to(ROOT).parts[0]
-            # The test machinery (conftest) is not a helper: a change to it
-            # selects every test (EVERYTHING), and what it imports is the
-            # whole suite's, not one test's.
-            if (top == "tests" and found != _CONFTEST) or top in _PATH_LOADED:
-                todo.append(found)
-            else:
-                reached.add(found)
+            (todo.append if _followed_directly(found) else reached.add)(found)
     relative = {str(p.relative_to(ROOT)) for p in reached}
+    # Non-Python files a reached module names (README.md, a fixture JSON...).
     relative |= {name for name in strings if "/" not in name and "." in name}
     return frozenset(relative)
 
