@@ -15,10 +15,19 @@ class AssemblyStack:
     stack: str  # construct id inside the stage: "network", "storage", ...
     stack_name: str  # CloudFormation stack name: "ml-dev-network"
     template_path: Path
+    environment: str = ""  # "aws://ACCOUNT/REGION" ("unknown-account" when agnostic)
 
     @property
     def display_name(self) -> str:
         return f"{self.stage}/{self.stack}"
+
+    @property
+    def account(self) -> str:
+        return self.environment.removeprefix("aws://").partition("/")[0]
+
+    @property
+    def region(self) -> str:
+        return self.environment.rpartition("/")[2]
 
     def template(self) -> dict:
         return json.loads(self.template_path.read_text())
@@ -45,6 +54,7 @@ def read_assembly(outdir: Path | str) -> list[AssemblyStack]:
                 stack=stack,
                 stack_name=props.get("stackName", artifact_id),
                 template_path=outdir / props["templateFile"],
+                environment=artifact.get("environment", ""),
             ))
     return stacks
 

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from delivery.assembly import read_assembly, templates_by_stack
+
 PRICES_DIR = Path(__file__).resolve().parent / "prices"
 
 
@@ -339,18 +341,9 @@ def regions_of(templates_dirs: Iterable[Path]) -> dict[str, str]:
     """
     counts: dict[str, Counter] = {}
     for outdir in templates_dirs:
-        _collect_regions(Path(outdir), counts)
+        for stack in read_assembly(outdir):
+            counts.setdefault(stack.stage, Counter())[stack.region] += 1
     return {stage: regions.most_common(1)[0][0] for stage, regions in counts.items()}
-
-
-def _collect_regions(outdir: Path, counts: dict[str, Counter]) -> None:
-    manifest = json.loads((outdir / "manifest.json").read_text())
-    for artifact_id, artifact in manifest.get("artifacts", {}).items():
-        if artifact.get("type") == "cdk:cloud-assembly":
-            _collect_regions(outdir / artifact["properties"]["directoryName"], counts)
-        elif artifact.get("type") == "aws:cloudformation:stack":
-            stage = artifact.get("displayName", artifact_id).rpartition("/")[0]
-            counts.setdefault(stage, Counter())[artifact["environment"].rsplit("/", 1)[-1]] += 1
 
 
 def money(amount: float) -> str:
@@ -400,8 +393,6 @@ def main(argv: list[str]) -> int:
     Exits 1 when a resource that costs money cannot be priced (an instance
     type missing from the price table): add its price rather than ignore it.
     """
-    from delivery.assembly import templates_by_stack
-
     outdir = Path(argv[1] if len(argv) > 1 else "cdk.out")
     stages = estimate(templates_by_stack(outdir), region_of=regions_of([outdir]))
     print(format_report(stages))

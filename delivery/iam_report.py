@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from delivery.assembly import read_assembly
 from delivery.cli_errors import UserError, run
 
 REVIEWED_LIST = Path(__file__).resolve().parent.parent / "tests" / "unit" / "acknowledgements.txt"
@@ -87,39 +88,24 @@ def acknowledgements(assembly: Path) -> list[Acknowledgement]:
 def stage_names(assembly: Path) -> dict[str, str]:
     """Stage-specific strings -> placeholders: stack name prefix, region, account."""
     names: dict[str, str] = {}
-    for stage, stacks in stage_stacks(assembly).items():
-        for stack_name, environment in stacks:
-            prefix = stack_name.rsplit("-", 1)[0]
-            names[prefix] = "<prefix>"
-            # aws://ACCOUNT/REGION (account "unknown-account" when agnostic)
-            account, region = environment.removeprefix("aws://").split("/")
-            names[region] = "<region>"
-            if account.isdigit():
-                names[account] = "<account>"
+    for stack in read_assembly(assembly):
+        names[stack.stack_name.rsplit("-", 1)[0]] = "<prefix>"
+        names[stack.region] = "<region>"
+        if stack.account.isdigit():
+            names[stack.account] = "<account>"
     return names
 
 
-def stage_stacks(assembly: Path) -> dict[str, list[tuple[str, str]]]:
-    """{stage: [(stack name, environment)]} from the manifests."""
-    root = json.loads((assembly / "manifest.json").read_text())
-    result: dict[str, list[tuple[str, str]]] = {}
-    for artifact in root.get("artifacts", {}).values():
-        if artifact.get("type") != "cdk:cloud-assembly":
-            continue
-        directory = assembly / artifact["properties"]["directoryName"]
-        stage = artifact.get("displayName") or directory.name.removeprefix("assembly-")
-        nested = json.loads((directory / "manifest.json").read_text())
-        result[stage] = [(a["properties"].get("stackName", ""), a.get("environment", ""))
-                         for a in nested.get("artifacts", {}).values()
-                         if a.get("type") == "aws:cloudformation:stack"]
-    return result
+def stages_of(assembly: Path) -> list[str]:
+    """The stages of the assembly, sorted."""
+    return sorted({stack.stage for stack in read_assembly(assembly)})
 
 
 def acknowledgement_lines(assembly: Path) -> list[str]:
     """The reviewed list: one line per distinct acknowledgement, sorted; a
     line that not every stage has ends with the stages that have it."""
     names = stage_names(assembly)
-    stages = sorted(stage_stacks(assembly))
+    stages = stages_of(assembly)
     by_line: dict[str, set[str]] = defaultdict(set)
     for ack in acknowledgements(assembly):
         by_line[ack.line(names)].add(ack.stage)
@@ -130,22 +116,10 @@ def acknowledgement_lines(assembly: Path) -> list[str]:
 def unscoped_statements(assembly: Path) -> Iterator[tuple[str, str, str, list[str]]]:
     """(stage, stack display name, policy logical ID, actions) of every IAM
     statement that allows on ``Resource: *``."""
-    root = json.loads((assembly / "manifest.json").read_text())
-    for artifact in root.get("artifacts", {}).values():
-        if artifact.get("type") != "cdk:cloud-assembly":
-            continue
-        directory = assembly / artifact["properties"]["directoryName"]
-        stage = artifact.get("displayName") or directory.name.removeprefix("assembly-")
-        nested = json.loads((directory / "manifest.json").read_text())
-        for stack in nested.get("artifacts", {}).values():
-            if stack.get("type") != "aws:cloudformation:stack":
-                continue
-            template = json.loads((directory / stack["properties"]["templateFile"]).read_text())
-            display = stack.get("displayName", "").split("/")[-1]
-            for logical_id, statement in _statements(template):
-                resources = statement.get("Resource", [])
-                if statement.get("Effect") == "Allow" and "*" in _as_list(resources):
-                    yield stage, display, logical_id, sorted(_as_list(statement.get("Action", [])))
+    for stack in read_assembly(assembly):
+        for logical_id, statement in _statements(stack.template()):
+            if statement.get("Effect") == "Allow" and "*" in _as_list(statement.get("Resource", [])):
+                yield stack.stage, stack.stack, logical_id, sorted(_as_list(statement.get("Action", [])))
 
 
 def _statements(template: dict) -> Iterable[tuple[str, dict]]:
@@ -166,7 +140,7 @@ def _as_list(value: object) -> list:
 
 def report(assembly: Path) -> str:
     acks = [a for a in acknowledgements(assembly) if a.plugin == NAG_PLUGIN]
-    stages = sorted(stage_stacks(assembly))
+    stages = stages_of(assembly)
     per_rule: dict[str, Counter[str]] = defaultdict(Counter)
     for ack in acks:
         kind = ack.finding.split("::")[0] if ack.finding else ""
