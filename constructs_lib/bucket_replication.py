@@ -10,7 +10,7 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
-from constructs_lib.acknowledge_resolved import acknowledge_resources
+from constructs_lib.acknowledge import acknowledge
 
 
 @dataclass(frozen=True)
@@ -77,11 +77,12 @@ class BucketReplication(Construct):
                 conditions={"StringEquals": {"kms:ViaService": f"s3.{region}.amazonaws.com"}},
             ))
         self.policy = iam.Policy(self, "Policy", roles=[self.role], statements=statements)
-        acknowledge_resources(
-            self.policy, "AwsSolutions::AwsSolutions-IAM5", [*source_objects, *destination_objects],
-            "Replication copies every object of the source bucket into its replica: the role "
-            "reads versions for replication of all keys of the source buckets and writes "
-            "replicas of all keys of their replica buckets, nothing else.")
+        for objects in (*source_objects, *destination_objects):
+            acknowledge(
+                self.policy, f"AwsSolutions::AwsSolutions-IAM5[Resource::{objects}]",
+                "Replication copies every object of the source bucket into its replica: the role "
+                "reads versions for replication of all keys of the source buckets and writes "
+                "replicas of all keys of their replica buckets, nothing else.")
 
     def _configure(self, target: ReplicaTarget) -> None:
         cfn_bucket = target.source.node.default_child

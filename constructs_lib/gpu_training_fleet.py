@@ -15,7 +15,6 @@ from aws_cdk import aws_sns as sns
 from constructs import Construct
 
 from constructs_lib.acknowledge import UnscopedApis, acknowledge
-from constructs_lib.acknowledge_resolved import acknowledge_resources
 from constructs_lib.kms_grants import via_service
 
 # Instances of the fleet carry this tag (value: the group name). Run Command
@@ -195,8 +194,8 @@ class GpuTrainingFleet(Construct):
                 conditions={"StringEquals": {
                     "kms:ViaService": f"s3.{cdk.Stack.of(self).region}.amazonaws.com"}},
             ))
-        acknowledge_resources(
-            self.role, "AwsSolutions::AwsSolutions-IAM5", [objects],
+        acknowledge(
+            self.role, f"AwsSolutions::AwsSolutions-IAM5[Resource::{objects}]",
             "A training job may read any dataset object of the training data bucket (read only).")
 
     def _build_network(self, vpc: ec2.IVpc, autoscaling_group_name: str, efa_enabled: bool,

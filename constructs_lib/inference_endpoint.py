@@ -38,7 +38,6 @@ from aws_cdk import aws_sns as sns
 from constructs import Construct
 
 from constructs_lib.acknowledge import acknowledge
-from constructs_lib.acknowledge_resolved import acknowledge_resources
 from constructs_lib.kms_grants import via_service
 from constructs_lib.object_read import grant_read_object
 from constructs_lib.off_hours import OffHoursSchedule, add_scalable_target_off_hours_schedule
@@ -456,18 +455,17 @@ class InferenceEndpoint(Construct):
                               sid="ReadItsModelArtifact")
         # Data capture writes objects whose keys SageMaker chooses, under the
         # model's own prefix: a policy of its own carries that one wildcard.
+        captures = capture_bucket.arn_for_objects(f"{capture_prefix}*")
         self.capture_policy = iam.Policy(
             self, "CapturePolicy",
             roles=[self.role],
             statements=[iam.PolicyStatement(
                 sid="WriteItsDataCapture",
                 actions=["s3:PutObject"],
-                resources=[capture_bucket.arn_for_objects(f"{capture_prefix}*")],
+                resources=[captures],
             )],
         )
-        acknowledge_resources(
-                    self.capture_policy, "AwsSolutions::AwsSolutions-IAM5",
-                    [capture_bucket.arn_for_objects(f"{capture_prefix}*")],
+        acknowledge(self.capture_policy, f"AwsSolutions::AwsSolutions-IAM5[Resource::{captures}]",
                     "The only statement here lets SageMaker write data-capture objects, whose keys "
                     "it chooses, under this model's own prefix of the capture bucket.")
         images = [image] if image is not None else []
@@ -579,8 +577,7 @@ class InferenceEndpoint(Construct):
         acknowledge(self.service_policy, "AwsSolutions::AwsSolutions-IAM5[Resource::*]",
                     "ecr:GetAuthorizationToken and the ec2:Describe* calls SageMaker makes to place "
                     "the endpoint in the VPC support no resource-level permissions.")
-        acknowledge_resources(
-                    self.service_policy, "AwsSolutions::AwsSolutions-IAM5", [interfaces],
+        acknowledge(self.service_policy, f"AwsSolutions::AwsSolutions-IAM5[Resource::{interfaces}]",
                     "SageMaker creates the endpoint's network interfaces at deploy time, so their IDs "
                     "are unknown; creation is limited to the endpoint's subnets and security group "
                     "and the other actions to interfaces in the stage VPC.")
