@@ -32,7 +32,7 @@ from aws_cdk import aws_sns as sns
 from constructs import Construct
 
 from constructs_lib.acknowledge import UnscopedApis, acknowledge
-from constructs_lib.kms_grants import PRODUCER_KEY_ACTIONS, via_service
+from constructs_lib.kms_grants import grant_publish
 
 CODE_DIR = Path(__file__).resolve().parent.parent / "lambda" / "idle_shutdown"
 # lambda/idle_shutdown/idle_settings.py STAGE_TAG: the function acts on a
@@ -142,15 +142,7 @@ class IdleShutdown(Construct):
         acknowledge(act, f"AwsSolutions::AwsSolutions-IAM5[Resource::{group_arn}]",
                     "Groups are found at run time by tag, not known at synth; the condition on "
                     f"autoscaling:ResourceTag/{opt_in_tag_key} limits the writes to opted-in groups.")
-        # grant_publish would add kms:GenerateDataKey*; SNS needs exactly these.
-        notify = [iam.PolicyStatement(sid="PublishToAlerts", actions=["sns:Publish"],
-                                      resources=[alerts_topic.topic_arn])]
-        if alerts_topic.master_key is not None:
-            notify.append(iam.PolicyStatement(
-                sid="UseAlertsTopicKey", actions=list(PRODUCER_KEY_ACTIONS),
-                resources=[alerts_topic.master_key.key_arn],
-                conditions=via_service(self, "sns")))
-        iam.Policy(self, "NotifyPolicy", roles=[self.role], statements=notify)
+        grant_publish(alerts_topic, self.role)
 
     def _build_function(self, alerts_topic: sns.ITopic, stage: str, threshold_percent: float,
                         window: cdk.Duration, launch_grace: cdk.Duration, dry_run: bool,
