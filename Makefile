@@ -140,11 +140,12 @@ cdk: setup
 # Workers share the run: everything that uses the session synthesis goes to
 # one worker (tests/conftest.py), the rest to whichever is free. Snapshot
 # updates run in one process: syrupy 4 deletes unused snapshots only there.
-XDIST = $(if $(filter-out 0 1,$(TEST_WORKERS)),$(if $(findstring --snapshot-update,$(ARGS)),,-n $(TEST_WORKERS) --dist loadgroup),)
+# $(call xdist,N): pytest's arguments for N workers (none for 0 or 1).
+xdist = $(if $(filter-out 0 1,$(1)),$(if $(findstring --snapshot-update,$(ARGS)),,-n $(1) --dist loadgroup),)
 
 test: export AWS_EC2_METADATA_DISABLED := true
 test: setup
-	python -m pytest $(XDIST) --suite-summary -m 'not scale' $(ARGS)
+	python -m pytest $(call xdist,$(TEST_WORKERS)) --suite-summary -m 'not scale' $(ARGS)
 
 # The claims that take minutes: a stage of 200 models passes every gate.
 test-scale: export AWS_EC2_METADATA_DISABLED := true
@@ -155,7 +156,7 @@ test-fast: export AWS_EC2_METADATA_DISABLED := true
 # Property tests draw a tenth of their examples (tests/property_budget.py).
 test-fast: export ML_TEST_FAST := 1
 test-fast: setup
-	python -m pytest $(if $(filter-out 0 1,$(FAST_WORKERS)),-n $(FAST_WORKERS) --dist loadgroup,) -q \
+	python -m pytest $(call xdist,$(FAST_WORKERS)) -q \
 	  -m '$(FAST)' $(if $(CHANGED),--changed '$(CHANGED)' --changed-scope '$(SCOPE)',) --suite-summary $(ARGS)
 
 # Proof that a config change the README documents changes snapshots and
