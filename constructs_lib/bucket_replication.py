@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-import aws_cdk as cdk
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
 from constructs_lib.acknowledge import acknowledge
+from constructs_lib.kms_grants import via_service
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,6 @@ class BucketReplication(Construct):
             self._configure(target)
 
     def _grant(self, targets: Sequence[ReplicaTarget]) -> None:
-        region = cdk.Stack.of(self).region
         sources = [t.source for t in targets]
         source_objects = [b.arn_for_objects("*") for b in sources]
         destination_objects = [f"{t.destination_bucket_arn}/*" for t in targets]
@@ -74,7 +73,7 @@ class BucketReplication(Construct):
                 sid="DecryptSourceObjects",
                 actions=["kms:Decrypt"],
                 resources=[k.key_arn for k in keys.values()],
-                conditions={"StringEquals": {"kms:ViaService": f"s3.{region}.amazonaws.com"}},
+                conditions=via_service(self, "s3"),
             ))
         self.policy = iam.Policy(self, "Policy", roles=[self.role], statements=statements)
         for objects in (*source_objects, *destination_objects):

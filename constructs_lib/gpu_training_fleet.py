@@ -191,8 +191,7 @@ class GpuTrainingFleet(Construct):
                 sid="DecryptTrainingDataThroughS3",
                 actions=["kms:Decrypt"],
                 resources=[bucket.encryption_key.key_arn],
-                conditions={"StringEquals": {
-                    "kms:ViaService": f"s3.{cdk.Stack.of(self).region}.amazonaws.com"}},
+                conditions=via_service(self, "s3"),
             ))
         acknowledge(
             self.role, f"AwsSolutions::AwsSolutions-IAM5[Resource::{objects}]",
