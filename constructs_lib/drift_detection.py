@@ -165,9 +165,15 @@ class StackDriftDetection(Construct):
 
     ``parameter_names``: the SSM parameters of the stage's stacks, by full
     name (``/ml-dev/...``); drift detection may read these values and no
-    other parameter's. ``buckets``: the stage's buckets; it reads their
-    configuration (never objects) and no other bucket's. A parameter or
-    bucket left out is reported as not checked (UNKNOWN). Default: none.
+    other parameter's. ``buckets``: the stage's buckets, in any of its
+    regions; it reads their configuration (never objects) and no other
+    bucket's. A parameter or bucket left out is reported as not checked
+    (UNKNOWN). Default: none.
+
+    ``other_regions``: regions besides this stack's where the stage has
+    stacks (the replica's); their stacks are checked too. Default: none.
+    ``other_function_regions``: those of them whose stacks hold Lambda
+    functions, whose configuration it then reads there. Default: none.
 
     Attributes: ``function`` (``lambda_.Function``), ``rule``
     (``events.Rule``), ``errors_alarm`` (``cloudwatch.Alarm``).
@@ -186,6 +192,8 @@ class StackDriftDetection(Construct):
         removal_policy: cdk.RemovalPolicy,
         parameter_names: Sequence[str] = (),
         buckets: Sequence[s3.IBucket] = (),
+        other_regions: Sequence[str] = (),
+        other_function_regions: Sequence[str] = (),
         timeout: cdk.Duration = cdk.Duration.minutes(10),
         log_group_name: str | None = None,
         log_key: kms.IKey | None = None,
@@ -216,12 +224,15 @@ class StackDriftDetection(Construct):
                 "STAGE": stage,
                 "STACK_PREFIX": stack_name_prefix,
                 "TOPIC_ARN": alerts_topic.topic_arn,
+                **({"OTHER_REGIONS": ",".join(other_regions)} if other_regions else {}),
             },
             description=f"Daily CloudFormation drift detection of the {stage} stacks",
         )
         self.log_group.grant_write(role)
         grant_publish(alerts_topic, role)
-        self._grant_detection(role, stack, stack_name_prefix, parameter_names, buckets)
+        self._grant_detection(role, stack, stack_name_prefix, parameter_names, buckets,
+                              regions=(stack.region, *other_regions),
+                              function_regions=(stack.region, *other_function_regions))
 
         self.rule = events.Rule(self, "Schedule", schedule=schedule,
                                 description=f"Daily drift detection of the {stage} stacks")
@@ -239,20 +250,23 @@ class StackDriftDetection(Construct):
         self.errors_alarm.add_alarm_action(cw_actions.SnsAction(alerts_topic))
 
     def _grant_detection(self, role: iam.Role, stack: cdk.Stack, stack_name_prefix: str,
-                         parameter_names: Sequence[str], buckets: Sequence[s3.IBucket]) -> None:
-        """DetectStackDrift on the stage's stacks and the configuration reads it makes."""
-        stage_stacks = stack.format_arn(service="cloudformation", resource="stack",
-                                        resource_name=f"{stack_name_prefix}*/*")
+                         parameter_names: Sequence[str], buckets: Sequence[s3.IBucket], *,
+                         regions: Sequence[str], function_regions: Sequence[str]) -> None:
+        """DetectStackDrift on the stage's stacks (in each of its ``regions``)
+        and the configuration reads it makes."""
+        stage_stacks = [stack.format_arn(service="cloudformation", resource="stack", region=region,
+                                         resource_name=f"{stack_name_prefix}*/*") for region in regions]
         role.add_to_policy(iam.PolicyStatement(
             sid="DetectDriftOfStageStacks",
             actions=["cloudformation:DetectStackDrift", "cloudformation:DetectStackResourceDrift",
                      "cloudformation:DescribeStackResourceDrifts"],
-            resources=[stage_stacks],
+            resources=stage_stacks,
         ))
-        acknowledge(role, f"AwsSolutions::AwsSolutions-IAM5[Resource::{stage_stacks}]",
-                    "every stack of the stage (its name prefix; a stack ARN ends in an ID known "
-                    "only once the stack exists), including stacks added to the stage later: the "
-                    "function finds them with ListStacks")
+        for stacks in stage_stacks:
+            acknowledge(role, f"AwsSolutions::AwsSolutions-IAM5[Resource::{stacks}]",
+                        "every stack of the stage in this region (its name prefix; a stack ARN ends "
+                        "in an ID known only once the stack exists), including stacks added to the "
+                        "stage later: the function finds them with ListStacks")
         # ListStacks and DescribeStackDriftDetectionStatus support no
         # resource-level permissions.
         role.add_to_policy(iam.PolicyStatement(
@@ -270,7 +284,7 @@ class StackDriftDetection(Construct):
                     "permissions, and drift detection reads the configuration (Describe/Get/List "
                     "actions named one by one) of every resource of the stage's stacks, whose "
                     "IDs are generated")
-        self._add_stage_scoped_reads(role, stack, stack_name_prefix)
+        self._add_stage_scoped_reads(role, stack, stack_name_prefix, function_regions=function_regions)
         if parameter_names:
             role.add_to_policy(iam.PolicyStatement(
                 sid="ReadConfigurationOfStageParameters", actions=list(DRIFT_PARAMETER_READS),
@@ -282,19 +296,24 @@ class StackDriftDetection(Construct):
                 sid="ReadConfigurationOfStageBuckets", actions=list(DRIFT_BUCKET_READS),
                 resources=[bucket.bucket_arn for bucket in buckets]))
 
-    def _add_stage_scoped_reads(self, role: iam.Role, stack: cdk.Stack, stack_name_prefix: str) -> None:
-        """Reads of functions, roles and instance profiles: only the stage's own."""
+    def _add_stage_scoped_reads(self, role: iam.Role, stack: cdk.Stack, stack_name_prefix: str, *,
+                                function_regions: Sequence[str]) -> None:
+        """Reads of functions, roles and instance profiles: only the stage's own,
+        functions in each of ``function_regions`` (IAM is global: one pattern)."""
         for index, (pattern, actions) in enumerate(DRIFT_STAGE_SCOPED_READS.items()):
-            resource = _stage_scoped_resource(pattern, stack, stack_name_prefix)
+            resources = list(dict.fromkeys(
+                _stage_scoped_resource(pattern, stack, stack_name_prefix, region)
+                for region in function_regions))
             role.add_to_policy(iam.PolicyStatement(
                 sid=f"ReadConfigurationOfStageResources{index}", actions=list(actions),
-                resources=[resource]))
-            acknowledge(role, f"AwsSolutions::AwsSolutions-IAM5[Resource::{resource}]",
-                        "the stage's own resources of this type: CloudFormation names them after "
-                        "their stack, and every stack of the stage starts with the stage prefix")
+                resources=resources))
+            for resource in resources:
+                acknowledge(role, f"AwsSolutions::AwsSolutions-IAM5[Resource::{resource}]",
+                            "the stage's own resources of this type: CloudFormation names them after "
+                            "their stack, and every stack of the stage starts with the stage prefix")
 
 
-def _stage_scoped_resource(pattern: str, stack: cdk.Stack, stack_name_prefix: str) -> str:
-    return pattern.format(partition=stack.partition, region=stack.region, account=stack.account,
+def _stage_scoped_resource(pattern: str, stack: cdk.Stack, stack_name_prefix: str, region: str) -> str:
+    return pattern.format(partition=stack.partition, region=region, account=stack.account,
                           p=stack_name_prefix)
 

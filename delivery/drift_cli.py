@@ -1,5 +1,6 @@
 """``make drift STAGE=<stage>``: CloudFormation drift detection on every
-stack of a deployed stage, from a workstation or the drift workflow.
+stack of a deployed stage (in each of its regions), from a workstation or
+the drift workflow.
 
 Uses the default credential chain and the same detection code as the
 stage's scheduled drift Lambda (``lambda/drift_detector/drift_checks.py``).
@@ -49,11 +50,14 @@ def main(argv: list[str] | None = None) -> int:
     checks = load_checks()
     deadline = time.monotonic() + CLI_BUDGET_MS / 1000
     cfn = boto3.client("cloudformation", region_name=config.region)
+    # The stage's other regions (its replica's): their stacks are checked too.
+    others = {r: boto3.client("cloudformation", region_name=r) for r in config.regions[1:]}
     report = checks.detect(cfn, config.name, f"{config.stack_prefix}-",
-                           remaining_ms=lambda: int((deadline - time.monotonic()) * 1000))
+                           remaining_ms=lambda: int((deadline - time.monotonic()) * 1000),
+                           other_regions=others)
     subject, body = checks.render(report)
     if not report.stacks:
-        body = f"No deployed stack named {config.stack_prefix}-* in {config.region}."
+        body = f"No deployed stack named {config.stack_prefix}-* in {', '.join(config.regions)}."
     print(subject if report.stacks else body)
     print(body if report.stacks else "")
     summary = os.environ.get("GITHUB_STEP_SUMMARY")

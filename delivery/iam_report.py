@@ -85,14 +85,22 @@ def acknowledgements(assembly: Path) -> list[Acknowledgement]:
     return result
 
 
-def stage_names(assembly: Path) -> dict[str, str]:
-    """Stage-specific strings -> placeholders: stack name prefix, region, account."""
-    names: dict[str, str] = {}
+def stage_names(assembly: Path) -> dict[str, dict[str, str]]:
+    """Per stage, its specific strings -> placeholders: stack name prefix,
+    account, its region (the one most of its stacks are in) as ``<region>``
+    and any other region it deploys to (the replica's) as ``<other-region>``,
+    so an acknowledgement there is a line of its own."""
+    stacks = defaultdict(list)
     for stack in read_assembly(assembly):
-        names[stack.stack_name.rsplit("-", 1)[0]] = "<prefix>"
-        names[stack.region] = "<region>"
-        if stack.account.isdigit():
-            names[stack.account] = "<account>"
+        stacks[stack.stage].append(stack)
+    names: dict[str, dict[str, str]] = {}
+    for stage, members in stacks.items():
+        home = Counter(s.region for s in members).most_common(1)[0][0]
+        names[stage] = {s.region: "<region>" if s.region == home else "<other-region>" for s in members}
+        for stack in members:
+            names[stage][stack.stack_name.rsplit("-", 1)[0]] = "<prefix>"
+            if stack.account.isdigit():
+                names[stage][stack.account] = "<account>"
     return names
 
 
@@ -108,7 +116,7 @@ def acknowledgement_lines(assembly: Path) -> list[str]:
     stages = stages_of(assembly)
     by_line: dict[str, set[str]] = defaultdict(set)
     for ack in acknowledgements(assembly):
-        by_line[ack.line(names)].add(ack.stage)
+        by_line[ack.line(names[ack.stage])].add(ack.stage)
     return sorted(line if sorted(found) == stages else f"{line} | only: {','.join(sorted(found))}"
                   for line, found in by_line.items())
 

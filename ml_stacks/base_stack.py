@@ -62,5 +62,12 @@ class StageStack(cdk.Stack):
                 f"{role}/{name}", f"{role}/*/{name}"]
 
     @property
+    def has_functions(self) -> bool:
+        """Whether the stack holds a Lambda function, its own or a CDK
+        provider's (a bucket that empties itself on destroy)."""
+        return any(isinstance(child, cdk.CfnResource) and child.cfn_resource_type == "AWS::Lambda::Function"
+                   for child in self.node.find_all())
+
+    @property
     def availability_zones(self) -> list[str]:
         return list(self.config.network.availability_zones)

@@ -22,6 +22,7 @@ from ml_stacks.config import StageConfig
 from ml_stacks.fixed_names import gpu_agent_parameter
 from ml_stacks.log_groups import log_group_name
 from ml_stacks.model_pins import REFRESH_COMMAND
+from ml_stacks.replica_stack import ReplicaStack
 
 # Services that publish to the alerts topic on the stage's behalf. Each must
 # also be able to use the topic's key, or its messages are silently dropped:
@@ -38,7 +39,11 @@ class OpsStack(StageStack):
 
     def __init__(self, scope: Construct, construct_id: str, *, config: StageConfig,
                  messaging_key: kms.IKey, logs_key: kms.IKey,
-                 buckets: Sequence[s3.IBucket] = ()) -> None:
+                 buckets: Sequence[s3.IBucket] = (),
+                 other_region_stacks: Sequence[ReplicaStack] = ()) -> None:
+        """``buckets``: the stage's buckets in this region;
+        ``other_region_stacks``: its stacks elsewhere (the replica), whose
+        buckets drift detection reads by name (``bucket_names``)."""
         super().__init__(scope, construct_id, config=config,
                          description=f"ml-infra {config.name}: alerts topic, drift detection, budget")
         self.alerts_topic = sns.Topic(
@@ -76,7 +81,12 @@ class OpsStack(StageStack):
                 log_key=logs_key,
                 removal_policy=self.removal_policy,
                 parameter_names=[gpu_agent_parameter(config)],
-                buckets=buckets,
+                buckets=[*buckets, *(s3.Bucket.from_bucket_name(self, f"OtherRegionBucket{i}", name)
+                                     for i, name in enumerate(
+                                         n for other in other_region_stacks for n in other.bucket_names))],
+                other_regions=sorted({other.region for other in other_region_stacks}),
+                other_function_regions=sorted({other.region for other in other_region_stacks
+                                               if other.has_functions}),
             )
         budget = config.budget
         self.budget = StageBudget(

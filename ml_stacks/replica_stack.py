@@ -23,10 +23,11 @@ ABORT_INCOMPLETE_UPLOADS = cdk.Duration.days(7)
 
 
 class ReplicaStack(StageStack):
-    """Exposes, as plain strings the storage stack can use in another region:
+    """Exposes, as plain strings the stacks in the stage's own region can use:
     ``training_data_bucket_arn``, ``model_artifacts_bucket_arn``,
-    ``key_alias_arn`` (S3 encrypts replicas with it) and
-    ``replication_role_name``; and the constructs ``key``,
+    ``key_alias_arn`` (S3 encrypts replicas with it),
+    ``replication_role_name`` and ``bucket_names`` (all three buckets, for
+    drift detection); and the constructs ``key``, ``access_log_bucket``,
     ``training_data_bucket``, ``model_artifacts_bucket``."""
 
     def __init__(self, scope: Construct, construct_id: str, *, config: StageConfig) -> None:
@@ -80,6 +81,9 @@ class ReplicaStack(StageStack):
         removal = self.removal_policy
         self.access_log_bucket = s3.Bucket(
             self, "AccessLogs",
+            # Named like the replicas, for the same reason: the ops stack's
+            # drift detection reads its configuration from another region.
+            bucket_name=self._bucket_name(config, "access-logs"),
             encryption=s3.BucketEncryption.S3_MANAGED,
             block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
             enforce_ssl=True,
@@ -118,6 +122,8 @@ class ReplicaStack(StageStack):
             f"arn:{partition}:s3:::{self._bucket_name(config, 'training-data')}")
         self.model_artifacts_bucket_arn = (
             f"arn:{partition}:s3:::{self._bucket_name(config, 'model-artifacts')}")
+        self.bucket_names = tuple(self._bucket_name(config, purpose) for purpose in
+                                  ("access-logs", "training-data", "model-artifacts"))
         cdk.CfnOutput(self, "TrainingDataReplicaBucketName",
                       value=self.training_data_bucket.bucket_name,
                       description="Replica of the training data")

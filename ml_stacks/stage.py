@@ -41,7 +41,8 @@ class MlStage(cdk.Stage):
         storage = self.storage
         self.network = NetworkStack(self, "network", config=config, logs_key=storage.logs_key)
         self.ops = OpsStack(self, "ops", config=config, messaging_key=storage.messaging_key,
-                            logs_key=storage.logs_key, buckets=storage.buckets)
+                            logs_key=storage.logs_key, buckets=storage.buckets,
+                            other_region_stacks=[self.replica] if self.replica else [])
         self.idle = IdleStack(self, "idle", config=config, alerts_topic=self.ops.alerts_topic,
                               logs_key=storage.logs_key)
         self.training: TrainingStack | None = None

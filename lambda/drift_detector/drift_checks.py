@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from botocore.exceptions import ClientError
 
@@ -37,6 +37,13 @@ class StackResult:
     status: str  # IN_SYNC, DRIFTED, UNKNOWN (detection failed or unfinished)
     detail: str = ""
     drifted_resources: list[dict[str, Any]] = field(default_factory=list)
+    # Empty for the stage's own region; the region of a stack elsewhere (the replica).
+    region: str = ""
+
+    @property
+    def label(self) -> str:
+        """The stack's name, with its region when it is not the stage's."""
+        return f"{self.stack_name} ({self.region})" if self.region else self.stack_name
 
 
 @dataclass
@@ -89,39 +96,51 @@ def drifted_resources(cfn, stack_name: str) -> list[dict[str, Any]]:
 
 
 def detect(cfn, stage: str, prefix: str, *, remaining_ms: Callable[[], int],
-           sleep: Callable[[float], None] = time.sleep) -> DriftReport:
-    """Start a detection on every stack of the stage, then poll them all."""
-    results: dict[str, StackResult] = {}
-    pending: dict[str, str] = {}
-    for name in stage_stacks(cfn, prefix):
-        try:
-            pending[name] = cfn.detect_stack_drift(StackName=name)["StackDriftDetectionId"]
-        except ClientError as error:
-            results[name] = StackResult(name, "UNKNOWN", f"DetectStackDrift failed: {error}")
+           sleep: Callable[[float], None] = time.sleep,
+           other_regions: Mapping[str, Any] | None = None) -> DriftReport:
+    """Start a detection on every stack of the stage, then poll them all.
+
+    ``cfn`` is the client of the stage's region; ``other_regions`` maps each
+    other region the stage deploys to (the replica's) to its client."""
+    clients = {"": cfn, **(other_regions or {})}
+    results: dict[tuple[str, str], StackResult] = {}
+    pending: dict[tuple[str, str], str] = {}
+    for region, client in clients.items():
+        for name in stage_stacks(client, prefix):
+            try:
+                pending[(region, name)] = client.detect_stack_drift(StackName=name)["StackDriftDetectionId"]
+            except ClientError as error:
+                results[(region, name)] = StackResult(name, "UNKNOWN", f"DetectStackDrift failed: {error}",
+                                                      region=region)
     while pending:
-        for name, detection_id in list(pending.items()):
-            status = cfn.describe_stack_drift_detection_status(StackDriftDetectionId=detection_id)
+        for key, detection_id in list(pending.items()):
+            status = clients[key[0]].describe_stack_drift_detection_status(StackDriftDetectionId=detection_id)
             if status["DetectionStatus"] == "DETECTION_IN_PROGRESS":
                 continue
-            del pending[name]
-            drift_status = status.get("StackDriftStatus", "UNKNOWN")
-            # DETECTION_FAILED still reports what it could check; a stack
-            # with resources it could not check is never called in sync.
-            if status["DetectionStatus"] == "DETECTION_FAILED" and drift_status != "DRIFTED":
-                results[name] = StackResult(name, "UNKNOWN", status.get("DetectionStatusReason", ""))
-            elif drift_status == "DRIFTED":
-                results[name] = StackResult(
-                    name, "DRIFTED", f"{status.get('DriftedStackResourceCount', 0)} resources drifted",
-                    drifted_resources(cfn, name))
-            else:
-                results[name] = StackResult(name, drift_status)
+            del pending[key]
+            results[key] = _result(clients[key[0]], key, status)
         if pending:
             if remaining_ms() < RESERVE_MS + POLL_SECONDS * 1000:
-                for name in pending:
-                    results[name] = StackResult(name, "UNKNOWN", "detection did not finish in time")
+                for region, name in pending:
+                    results[(region, name)] = StackResult(name, "UNKNOWN", "detection did not finish in time",
+                                                          region=region)
                 break
             sleep(POLL_SECONDS)
-    return DriftReport(stage=stage, stacks=[results[n] for n in sorted(results)])
+    return DriftReport(stage=stage, stacks=[results[k] for k in sorted(results, key=lambda k: (k[1], k[0]))])
+
+
+def _result(cfn, key: tuple[str, str], status: dict[str, Any]) -> StackResult:
+    """The result of one finished detection."""
+    region, name = key
+    drift_status = status.get("StackDriftStatus", "UNKNOWN")
+    # DETECTION_FAILED still reports what it could check; a stack
+    # with resources it could not check is never called in sync.
+    if status["DetectionStatus"] == "DETECTION_FAILED" and drift_status != "DRIFTED":
+        return StackResult(name, "UNKNOWN", status.get("DetectionStatusReason", ""), region=region)
+    if drift_status == "DRIFTED":
+        return StackResult(name, "DRIFTED", f"{status.get('DriftedStackResourceCount', 0)} resources drifted",
+                           drifted_resources(cfn, name), region=region)
+    return StackResult(name, drift_status, region=region)
 
 
 def render(report: DriftReport) -> tuple[str, str]:
@@ -134,7 +153,7 @@ def render(report: DriftReport) -> tuple[str, str]:
     subject = f"[ml-{report.stage}] CloudFormation drift: {', '.join(parts) or 'in sync'}"
     lines = [f"Drift detection on stage {report.stage}:", ""]
     for stack in report.stacks:
-        lines.append(f"{stack.stack_name}: {stack.status}" + (f" ({stack.detail})" if stack.detail else ""))
+        lines.append(f"{stack.label}: {stack.status}" + (f" ({stack.detail})" if stack.detail else ""))
         for resource in stack.drifted_resources:
             lines.append(f"  {resource['StackResourceDriftStatus']} {resource['ResourceType']} "
                          f"{resource['LogicalResourceId']} ({resource['PhysicalResourceId']})")

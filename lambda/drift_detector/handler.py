@@ -2,7 +2,8 @@
 
 Environment: ``STAGE`` (dev), ``STACK_PREFIX`` (``ml-dev-``: every stack
 of the stage, including ones added later), ``TOPIC_ARN`` (the stage's
-alerts topic).
+alerts topic), ``OTHER_REGIONS`` (comma-separated regions where the stage
+has stacks too, such as its replica's; default none).
 """
 
 from __future__ import annotations
@@ -21,10 +22,13 @@ logger.setLevel(logging.INFO)
 
 def handler(event, context):
     stage = os.environ["STAGE"]
+    others = [r for r in os.environ.get("OTHER_REGIONS", "").split(",") if r]
     report = drift.detect(boto3.client("cloudformation"), stage, os.environ["STACK_PREFIX"],
-                          remaining_ms=context.get_remaining_time_in_millis)
+                          remaining_ms=context.get_remaining_time_in_millis,
+                          other_regions={r: boto3.client("cloudformation", region_name=r) for r in others})
     for stack in report.stacks:
-        logger.info(json.dumps({"stage": stage, "stack": stack.stack_name, "status": stack.status,
+        logger.info(json.dumps({"stage": stage, "stack": stack.stack_name, "region": stack.region or None,
+                                "status": stack.status,
                                 "detail": stack.detail,
                                 "drifted_resources": [r["LogicalResourceId"]
                                                       for r in stack.drifted_resources]}))
@@ -32,7 +36,7 @@ def handler(event, context):
     return {
         "stage": stage,
         "checked": len(report.stacks),
-        "drifted": [s.stack_name for s in report.drifted],
-        "unchecked": [s.stack_name for s in report.unchecked],
+        "drifted": [s.label for s in report.drifted],
+        "unchecked": [s.label for s in report.unchecked],
         "notified": message_id is not None,
     }

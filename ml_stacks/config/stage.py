@@ -117,5 +117,12 @@ class StageConfig:
         """Prefix of every CloudFormation stack name of this stage."""
         return f"ml-{self.name}"
 
+    @property
+    def regions(self) -> tuple[str, ...]:
+        """Every region the stage deploys stacks to, its own first (then the
+        replica's, when ``storage.replication_region`` is set)."""
+        replica = self.storage.replication_region
+        return (self.region,) + ((replica,) if replica is not None else ())
+
     def with_account(self, account: str | None) -> "StageConfig":
         return replace(self, account=account)

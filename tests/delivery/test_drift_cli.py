@@ -41,3 +41,32 @@ def test_fails_and_writes_the_drifted_resources_to_the_job_summary(monkeypatch, 
     text = summary.read_text()
     assert "MODIFIED AWS::S3::Bucket TrainingData1A2B3C4D (ml-staging-td)" in text
     assert "ADD /VersioningConfiguration/Status" in text
+
+
+def test_checks_the_stages_stacks_in_each_of_its_regions(monkeypatch, capsys) -> None:
+    from ml_stacks.config import default_configs
+
+    config = default_configs()["prod"]
+    assert len(config.regions) > 1, "prod replicates into another region"
+    clients = {region: boto3.client("cloudformation", region_name=region, aws_access_key_id="testing",
+                                    aws_secret_access_key="testing") for region in config.regions}
+    monkeypatch.setattr(boto3, "client", lambda service, region_name: clients[region_name])
+    monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
+    stubs = {region: Stubber(client) for region, client in clients.items()}
+    for region, stub in stubs.items():
+        name = f"{config.stack_prefix}-in-{region}"
+        stack_id = f"arn:aws:cloudformation:{region}:111122223333:stack/{name}/1"
+        stub.add_response("list_stacks", {"StackSummaries": [
+            {"StackName": name, "StackId": stack_id, "CreationTime": NOW, "StackStatus": "CREATE_COMPLETE"}]})
+        stub.add_response("detect_stack_drift", {"StackDriftDetectionId": f"d-{region}"}, {"StackName": name})
+        stub.add_response("describe_stack_drift_detection_status", {
+            "StackId": stack_id, "StackDriftDetectionId": f"d-{region}", "DetectionStatus": "DETECTION_COMPLETE",
+            "StackDriftStatus": "IN_SYNC", "Timestamp": NOW})
+        stub.activate()
+    assert drift_cli.main(["--stage", "prod"]) == 0
+    for stub in stubs.values():
+        stub.assert_no_pending_responses()
+    out = capsys.readouterr().out
+    assert f"{config.stack_prefix}-in-{config.region}: IN_SYNC" in out
+    for region in config.regions[1:]:
+        assert f"{config.stack_prefix}-in-{region} ({region}): IN_SYNC" in out

@@ -186,3 +186,74 @@ def test_handler_reads_its_stage_from_the_environment_and_publishes_to_the_topic
         sns_stub.assert_no_pending_responses()
     assert result == {"stage": "dev", "checked": 1, "drifted": ["ml-dev-ops"], "unchecked": [],
                       "notified": True}
+
+
+def test_stacks_in_the_stages_other_regions_are_checked_there_and_named_with_their_region() -> None:
+    home, replica_region = _client("cloudformation"), boto3.client(
+        "cloudformation", region_name="us-west-2", aws_access_key_id="testing", aws_secret_access_key="testing")
+    replica_id = "arn:aws:cloudformation:us-west-2:111122223333:stack/ml-prod-replica/1"
+    with Stubber(home) as home_stub, Stubber(replica_region) as replica_stub:
+        _expect_list(home_stub, ["ml-prod-storage"])
+        home_stub.add_response("detect_stack_drift", {"StackDriftDetectionId": "d-sto"},
+                               {"StackName": "ml-prod-storage"})
+        home_stub.add_response("describe_stack_drift_detection_status",
+                               _status("d-sto", "ml-prod-storage", "DETECTION_COMPLETE", "IN_SYNC"),
+                               {"StackDriftDetectionId": "d-sto"})
+        _expect_list(replica_stub, ["ml-prod-replica", "ml-staging-replica"])
+        replica_stub.add_response("detect_stack_drift", {"StackDriftDetectionId": "d-rep"},
+                                  {"StackName": "ml-prod-replica"})
+        replica_stub.add_response("describe_stack_drift_detection_status", {
+            **_status("d-rep", "ml-prod-replica", "DETECTION_COMPLETE", "DRIFTED", 1), "StackId": replica_id},
+            {"StackDriftDetectionId": "d-rep"})
+        replica_stub.add_response("describe_stack_resource_drifts", {"StackResourceDrifts": [{
+            "StackId": replica_id, "LogicalResourceId": "TrainingData3FDB6D34",
+            "PhysicalResourceId": "ml-prod-training-data-replica-111122223333-us-west-2",
+            "ResourceType": "AWS::S3::Bucket", "StackResourceDriftStatus": "MODIFIED", "Timestamp": NOW,
+            "PropertyDifferences": [{"PropertyPath": "/VersioningConfiguration/Status", "ExpectedValue": "Enabled",
+                                     "ActualValue": "Suspended", "DifferenceType": "NOT_EQUAL"}]}]},
+            {"StackName": "ml-prod-replica", "StackResourceDriftStatusFilters": ["MODIFIED", "DELETED"]})
+        report = drift_checks.detect(home, "prod", "ml-prod-", remaining_ms=_forever, sleep=lambda s: None,
+                                     other_regions={"us-west-2": replica_region})
+        home_stub.assert_no_pending_responses()
+        replica_stub.assert_no_pending_responses()
+    assert [(s.label, s.status) for s in report.stacks] == [
+        ("ml-prod-replica (us-west-2)", "DRIFTED"), ("ml-prod-storage", "IN_SYNC")]
+    subject, body = drift_checks.render(report)
+    assert subject == "[ml-prod] CloudFormation drift: 1 stack(s) drifted"
+    assert "ml-prod-replica (us-west-2): DRIFTED (1 resources drifted)" in body
+    assert "NOT_EQUAL /VersioningConfiguration/Status" in body
+
+
+def test_handler_checks_the_regions_its_environment_names(monkeypatch) -> None:
+    home, sns = _client("cloudformation"), _client("sns")
+    replica_region = boto3.client("cloudformation", region_name="us-west-2", aws_access_key_id="testing",
+                                  aws_secret_access_key="testing")
+    monkeypatch.setenv("STAGE", "prod")
+    monkeypatch.setenv("STACK_PREFIX", "ml-prod-")
+    monkeypatch.setenv("TOPIC_ARN", TOPIC)
+    monkeypatch.setenv("OTHER_REGIONS", "us-west-2")
+    made: list[tuple[str, str | None]] = []
+
+    def client(service, region_name=None):
+        made.append((service, region_name))
+        return {("cloudformation", None): home, ("cloudformation", "us-west-2"): replica_region,
+                ("sns", None): sns}[(service, region_name)]
+
+    monkeypatch.setattr(handler_module.boto3, "client", client)
+
+    class Context:
+        @staticmethod
+        def get_remaining_time_in_millis() -> int:
+            return 600_000
+
+    with Stubber(home) as home_stub, Stubber(replica_region) as replica_stub:
+        _expect_list(home_stub, [])
+        _expect_list(replica_stub, ["ml-prod-replica"])
+        replica_stub.add_client_error("detect_stack_drift", "AccessDenied", "not authorized",
+                                      expected_params={"StackName": "ml-prod-replica"})
+        with Stubber(sns) as sns_stub:
+            sns_stub.add_response("publish", {"MessageId": "m-3"})
+            result = handler_module.handler(EVENT, Context())
+    assert ("cloudformation", "us-west-2") in made
+    assert result == {"stage": "prod", "checked": 1, "drifted": [],
+                      "unchecked": ["ml-prod-replica (us-west-2)"], "notified": True}

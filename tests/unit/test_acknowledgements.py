@@ -20,10 +20,12 @@ from tests.conftest import CONFIG_VARIANT
 
 REGENERATE = "make acknowledgements (or: python -m delivery.iam_report cdk.out --update after a synth)"
 # Issue 14 sets the goal at 60 cdk-nag acknowledgements across all stages;
-# the repository's stages have 67, each on the reviewed list with the reason
+# the repository's stages have 68, each on the reviewed list with the reason
 # no narrower statement exists (docs/security.md). This is a ratchet: lower
 # it whenever findings go away, never raise it without a reviewed reason.
-ACKNOWLEDGEMENT_BUDGET = 67
+# Raised once, 67 -> 68: drift detection now checks prod's replica stack in
+# its own region, which takes that region's stack ARN pattern.
+ACKNOWLEDGEMENT_BUDGET = 68
 _ACTION_WILDCARD = re.compile(r"Action::([a-z0-9-]+:[A-Za-z]*\*)")
 
 

@@ -56,13 +56,28 @@ def test_budgets_may_publish_to_the_topic_and_use_its_key(synthesized, stage) ->
                for s in key["Properties"]["KeyPolicy"]["Statement"])
 
 
+def _stack_regions(synthesized, stage, *, holding: str | None = None) -> list[str]:
+    """The regions the stage's stacks deploy to (those ``holding`` a resource
+    of that type, if given), the ops stack's first."""
+    def region(name: str) -> str:
+        return synthesized.stack(stage, name).environment.rsplit("/", 1)[1]
+
+    regions = {region(name) for name in stacks_of(synthesized.configs[stage])
+               if holding is None or resources_of_type(synthesized.stack(stage, name).template_json, holding)}
+    home = region("ops")
+    return [home, *sorted(regions - {home})]
+
+
 @pytest.mark.parametrize("stage", STAGES)
 def test_drift_function_checks_every_stack_of_its_stage_daily(synthesized, stage) -> None:
     template = synthesized.template(stage, "ops")
+    # Stacks in another region (prod's replica) are checked there too.
+    others = _stack_regions(synthesized, stage)[1:]
     template.has_resource_properties("AWS::Lambda::Function", {
         "Handler": "handler.handler", "Runtime": "python3.14", "Timeout": 600,
         "Environment": {"Variables": {"STAGE": stage, "STACK_PREFIX": f"ml-{stage}-",
-                                      "TOPIC_ARN": {"Ref": Match.string_like_regexp("^Alerts")}}},
+                                      "TOPIC_ARN": {"Ref": Match.string_like_regexp("^Alerts")},
+                                      "OTHER_REGIONS": ",".join(others) if others else Match.absent()}},
     })
     # No reserved concurrency: an account with the minimum quota of 10 could
     # not reserve any, and an overlapping run only repeats read-only checks.
@@ -86,7 +101,16 @@ def test_drift_function_may_detect_drift_only_on_its_stages_stacks(synthesized, 
     detect = by_sid["DetectDriftOfStageStacks"]
     assert detect["Action"] == ["cloudformation:DescribeStackResourceDrifts", "cloudformation:DetectStackDrift",
                                 "cloudformation:DetectStackResourceDrift"]
-    assert detect["Resource"]["Fn::Join"][1][-1] == f":stack/ml-{stage}-*/*"
+    resources = detect["Resource"] if isinstance(detect["Resource"], list) else [detect["Resource"]]
+    assert [r["Fn::Join"][1][0] for r in resources] == [
+        f"arn:aws:cloudformation:{region}:" for region in _stack_regions(synthesized, stage)]
+    assert {r["Fn::Join"][1][-1] for r in resources} == {f":stack/ml-{stage}-*/*"}
+    # Functions are read in each region where the stage has some; IAM is global.
+    functions = by_sid["ReadConfigurationOfStageResources0"]["Resource"]
+    functions = functions if isinstance(functions, list) else [functions]
+    assert [f["Fn::Join"][1][0] for f in functions] == [
+        f"arn:aws:lambda:{region}:"
+        for region in _stack_regions(synthesized, stage, holding="AWS::Lambda::Function")]
     assert by_sid["ListStacksAndDetectionStatus"]["Action"] == [
         "cloudformation:DescribeStackDriftDetectionStatus", "cloudformation:ListStacks"]
     reads = by_sid["ReadConfigurationOfCheckedResources"]["Action"]
@@ -158,13 +182,21 @@ def test_drift_function_holds_every_read_its_stages_resource_types_need_and_no_w
                 or f"/{prefix}-*" in resource \
                 or statement["Sid"] == "ReadConfigurationOfStageBuckets" \
                 or f":parameter{gpu_agent_parameter(synthesized.configs[stage])}" in resource, statement
-    # Buckets: each of the storage stack's buckets by reference, no pattern.
+    # Buckets: each of the storage stack's buckets by reference, each of the
+    # replica's (another region) by its name; no pattern.
     [buckets] = [s for s in reads if s["Sid"] == "ReadConfigurationOfStageBuckets"]
     storage = synthesized.stack(stage, "storage").template_json["Resources"]
     bucket_ids = sorted(lid for lid, r in storage.items() if r["Type"] == "AWS::S3::Bucket")
-    references = [r["Fn::GetStackOutput"] for r in buckets["Resource"]]
+    references = [r["Fn::GetStackOutput"] for r in buckets["Resource"] if "Fn::GetStackOutput" in r]
     assert all(r["StackName"] == f"ml-{stage}-storage" for r in references)
     assert sorted(next(lid for lid in bucket_ids if lid in r["OutputName"]) for r in references) == bucket_ids
+    named = [r["Fn::Join"][1] for r in buckets["Resource"] if "Fn::GetStackOutput" not in r]
+    replica = (synthesized.stack(stage, "replica").template_json["Resources"]
+               if "replica" in stacks_of(synthesized.configs[stage]) else {})
+    replica_names = [r["Properties"]["BucketName"]["Fn::Join"][1] for r in replica.values()
+                     if r["Type"] == "AWS::S3::Bucket"]
+    assert sorted(json.dumps(["arn:aws:s3:::" + n[0], *n[1:]]) for n in replica_names) == \
+        sorted(json.dumps(n) for n in named)
     # Parameter values: the stage's parameters by their full names, no pattern.
     [parameters] = [s for s in reads if s["Sid"] == "ReadConfigurationOfStageParameters"]
     assert parameters["Action"] == "ssm:GetParameters"
@@ -211,3 +243,20 @@ def test_fails_on_a_bad_budget_or_drift_value(section, field_path, value, allowe
     assert error.value.value == value
     assert allowed in error.value.allowed
     assert str(error.value).startswith(f"{field_path}: {value!r} is not allowed — ")
+
+
+def test_a_replica_holding_functions_has_them_read_in_its_region(tmp_path) -> None:
+    # A stage that destroys its data replicates into buckets CDK's provider
+    # function empties on destroy: that function lives in the replica's region.
+    dev = default_configs()["dev"]
+    assert not dev.storage.retain
+    replica_region = next(r for r in ("us-west-2", "eu-west-1") if r != dev.region)
+    dev = replace(dev, storage=replace(dev.storage, replication_region=replica_region))
+    stage = build_app([dev], outdir=str(tmp_path)).node.find_child("dev")
+    assert stage.replica.has_functions
+    [policy] = resources_of_type(Template.from_stack(stage.ops).to_json(), "AWS::IAM::Policy").values()
+    by_sid = {s["Sid"]: s for s in policy["Properties"]["PolicyDocument"]["Statement"] if "Sid" in s}
+    assert [f["Fn::Join"][1][0] for f in by_sid["ReadConfigurationOfStageResources0"]["Resource"]] == [
+        f"arn:aws:lambda:{dev.region}:", f"arn:aws:lambda:{replica_region}:"]
+    assert [s["Fn::Join"][1][0] for s in by_sid["DetectDriftOfStageStacks"]["Resource"]] == [
+        f"arn:aws:cloudformation:{dev.region}:", f"arn:aws:cloudformation:{replica_region}:"]
