@@ -8,7 +8,10 @@ rebuilt stage never meets its predecessor's leftovers. The ones listed here keep
 because the service decides it (EKS writes control-plane logs to
 ``/aws/eks/<cluster>/cluster``; SageMaker writes endpoint logs to
 ``/aws/sagemaker/Endpoints/<endpoint>``) or because the stage's config asks
-for it (``storage.image_repository_name``, to keep an existing repository).
+for it (``storage.image_repository_name``, to keep an existing repository),
+or because a stack in another region must know it before it exists (the
+replica buckets, ``replica_bucket_name``; they are retained like the data
+they hold).
 
 ``make preflight`` finds these (and every other literal name) in the
 synthesized templates and looks each one up before deploying
@@ -25,6 +28,10 @@ from ml_stacks.config import StageConfig
 
 LOG_GROUP = "AWS::Logs::LogGroup"
 ECR_REPOSITORY = "AWS::ECR::Repository"
+S3_BUCKET = "AWS::S3::Bucket"
+# The replica stack's buckets: construct id -> purpose in the name.
+REPLICA_BUCKETS = {"AccessLogs": "access-logs", "TrainingData": "training-data",
+                   "ModelArtifacts": "model-artifacts"}
 
 
 @dataclass(frozen=True)
@@ -56,6 +63,8 @@ class FixedName:
     def remove(self) -> str:
         if self.resource_type == LOG_GROUP:
             return f"aws logs delete-log-group --log-group-name {self.name}"
+        if self.resource_type == S3_BUCKET:
+            return f"aws s3 rb s3://{self.name} --force (after deleting every object version)"
         return f"aws ecr delete-repository --repository-name {self.name} --force"
 
     @property
@@ -73,6 +82,13 @@ def gpu_agent_parameter(config: StageConfig) -> str:
 def eks_control_plane_log_group(config: StageConfig) -> str:
     """The log group EKS writes the stage cluster's control-plane logs to."""
     return f"/aws/eks/{config.stack_prefix}/cluster"
+
+
+def replica_bucket_name(config: StageConfig, purpose: str, account: str) -> str:
+    """A replica bucket's name: globally unique and known before either stack
+    exists (the stage, the account and the region are in it; at most 62
+    characters). ``account`` may be a token (``cdk.Aws.ACCOUNT_ID``)."""
+    return f"{config.stack_prefix}-{purpose}-replica-{account}-{config.storage.replication_region}"
 
 
 def fixed_names(config: StageConfig) -> tuple[FixedName, ...]:
@@ -101,6 +117,14 @@ def fixed_names(config: StageConfig) -> tuple[FixedName, ...]:
                 reason="SageMaker writes inference component logs to "
                        "/aws/sagemaker/InferenceComponents/<component>",
                 logical_id_prefix=f"{model.name}ComponentLogs"))
+    if config.storage.replication_region is not None:
+        for construct_id, purpose in REPLICA_BUCKETS.items():
+            names.append(FixedName(
+                stage=config.name, stack="replica", resource_type=S3_BUCKET,
+                name=replica_bucket_name(config, purpose, "${AWS::AccountId}"), retained=retained,
+                reason="the storage stack (and drift detection) in the stage's region address the "
+                       "replica's buckets by name: CloudFormation passes no generated name across regions",
+                logical_id_prefix=construct_id))
     repository = config.storage.image_repository_name
     if repository is not None:
         names.append(FixedName(

@@ -18,6 +18,7 @@ from constructs import Construct
 from constructs_lib.secure_bucket import SecureBucket, noncurrent_version_rule
 from ml_stacks.base_stack import StageStack
 from ml_stacks.config import StageConfig
+from ml_stacks.fixed_names import REPLICA_BUCKETS, replica_bucket_name
 
 ABORT_INCOMPLETE_UPLOADS = cdk.Duration.days(7)
 
@@ -43,10 +44,9 @@ class ReplicaStack(StageStack):
         self._build_key(config)
         self._build_buckets(config)
 
-    def _bucket_name(self, config: StageConfig, purpose: str) -> str:
-        # Globally unique and known before either stack exists: the stage,
-        # the account and the region are in it (at most 62 characters).
-        return f"{config.stack_prefix}-{purpose}-replica-{cdk.Aws.ACCOUNT_ID}-{self.replica_region}"
+    @staticmethod
+    def _bucket_name(config: StageConfig, purpose: str) -> str:
+        return replica_bucket_name(config, purpose, cdk.Aws.ACCOUNT_ID)
 
     def _build_key(self, config: StageConfig) -> None:
         alias = f"alias/{config.stack_prefix}-replica"
@@ -83,7 +83,7 @@ class ReplicaStack(StageStack):
             self, "AccessLogs",
             # Named like the replicas, for the same reason: the ops stack's
             # drift detection reads its configuration from another region.
-            bucket_name=self._bucket_name(config, "access-logs"),
+            bucket_name=self._bucket_name(config, REPLICA_BUCKETS["AccessLogs"]),
             encryption=s3.BucketEncryption.S3_MANAGED,
             block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
             enforce_ssl=True,
@@ -96,16 +96,16 @@ class ReplicaStack(StageStack):
             auto_delete_objects=removal == cdk.RemovalPolicy.DESTROY,
         )
         buckets = {}
-        for construct_id, purpose, days in (
-            ("TrainingData", "training-data", storage.training_data_noncurrent_expiration_days),
-            ("ModelArtifacts", "model-artifacts", storage.model_noncurrent_expiration_days),
+        for construct_id, days in (
+            ("TrainingData", storage.training_data_noncurrent_expiration_days),
+            ("ModelArtifacts", storage.model_noncurrent_expiration_days),
         ):
             bucket = SecureBucket(
                 self, construct_id,
-                bucket_name=self._bucket_name(config, purpose),
+                bucket_name=self._bucket_name(config, REPLICA_BUCKETS[construct_id]),
                 encryption_key=self.key,
                 access_log_bucket=self.access_log_bucket,
-                log_prefix=purpose,
+                log_prefix=REPLICA_BUCKETS[construct_id],
                 removal_policy=removal,
                 versioned=True,
                 # The replica keeps the source's recovery window: a replicated
@@ -119,11 +119,10 @@ class ReplicaStack(StageStack):
         self.model_artifacts_bucket = buckets["ModelArtifacts"]
         partition = cdk.Aws.PARTITION
         self.training_data_bucket_arn = (
-            f"arn:{partition}:s3:::{self._bucket_name(config, 'training-data')}")
+            f"arn:{partition}:s3:::{self._bucket_name(config, REPLICA_BUCKETS['TrainingData'])}")
         self.model_artifacts_bucket_arn = (
-            f"arn:{partition}:s3:::{self._bucket_name(config, 'model-artifacts')}")
-        self.bucket_names = tuple(self._bucket_name(config, purpose) for purpose in
-                                  ("access-logs", "training-data", "model-artifacts"))
+            f"arn:{partition}:s3:::{self._bucket_name(config, REPLICA_BUCKETS['ModelArtifacts'])}")
+        self.bucket_names = tuple(self._bucket_name(config, p) for p in REPLICA_BUCKETS.values())
         cdk.CfnOutput(self, "TrainingDataReplicaBucketName",
                       value=self.training_data_bucket.bucket_name,
                       description="Replica of the training data")

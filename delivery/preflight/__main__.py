@@ -48,10 +48,11 @@ def _client_factory(region: str):
     session = boto3.Session()
     clients: dict[str, object] = {}
 
-    def client(service: str):
-        if service not in clients:
-            clients[service] = session.client(service, region_name=region)
-        return clients[service]
+    def client(service: str, in_region: str | None = None):
+        key = f"{service}@{in_region or region}"
+        if key not in clients:
+            clients[key] = session.client(service, region_name=in_region or region)
+        return clients[key]
 
     return client, session.region_name
 

@@ -72,10 +72,10 @@ def check_region(ec2, *, region: str, session_region: str | None) -> Result:
 
 
 def check_bootstrap(cfn, ssm, *, region: str, account: str, stage: str,
-                    requirement: BootstrapRequirement) -> Result:
+                    requirement: BootstrapRequirement, name: str = "cdk bootstrap") -> Result:
     """The CDKToolkit stack exists and is healthy, and the version parameter
-    every template's ``CheckBootstrapVersion`` rule reads is recent enough."""
-    name = "cdk bootstrap"
+    every template's ``CheckBootstrapVersion`` rule reads is recent enough.
+    ``name``: the row's check (another region's row names its region)."""
     fix = f"make bootstrap STAGE={stage} (cdk bootstrap aws://{account}/{region})"
     try:
         [stack] = cfn.describe_stacks(StackName=TOOLKIT_STACK)["Stacks"]

@@ -12,7 +12,8 @@ from delivery.preflight import FAIL, WARN, Result
 from delivery.preflight import account, artifacts, billing, leftovers, model_packages, pins, quotas, zones
 from ml_stacks.config import StageConfig
 
-ClientFactory = Callable[[str], object]
+# client(service) in the stage's region; client(service, region) in another.
+ClientFactory = Callable[..., object]
 
 # Every IAM action preflight may call: all read-only. docs/deploying.md ("Permissions preflight needs") lists them
 # for the role that runs it; tests/delivery/test_preflight_cli.py holds both
@@ -28,6 +29,7 @@ IAM_ACTIONS: tuple[str, ...] = (
     "lambda:GetAccountSettings",
     "s3:GetObject",  # HeadObject
     "logs:DescribeLogGroups", "ecr:DescribeRepositories", "kms:DescribeKey", "iam:GetRole",
+    "s3:ListBucket",  # HeadBucket
     "ssm:GetParameter", "sagemaker:DescribeEndpoint", "sagemaker:DescribeInferenceComponent",
     "sagemaker:DescribeModelPackage",
     "autoscaling:DescribeAutoScalingGroups", "cloudwatch:DescribeAlarms", "cloudwatch:GetDashboard",
@@ -38,6 +40,11 @@ IAM_ACTIONS: tuple[str, ...] = (
 def stage_templates(assembly_dir: Path | str, stage: str) -> dict[str, dict]:
     """``{CloudFormation stack name: template}`` of one stage of an assembly."""
     return {s.stack_name: s.template() for s in read_assembly(assembly_dir) if s.stage == stage}
+
+
+def stage_regions(assembly_dir: Path | str, stage: str) -> dict[str, str]:
+    """``{CloudFormation stack name: region}`` of one stage of an assembly."""
+    return {s.stack_name: s.region for s in read_assembly(assembly_dir) if s.stage == stage}
 
 
 def lambda_footprint(templates: Iterable[dict]) -> tuple[int, int]:
@@ -71,10 +78,11 @@ def _guarded(label: str, check: Callable[[], list[Result] | Result], *,
 def run_checks(config: StageConfig, *, assembly_dir: Path | str, client: ClientFactory,
                session_region: str | None, now: dt.datetime | None = None) -> list[Result]:
     """All rows for ``config``'s stage. ``client(service)`` returns a boto3
-    client in the stage's region."""
+    client in the stage's region, ``client(service, region)`` one in another
+    region the stage deploys to (the replica's)."""
     now = now or dt.datetime.now(dt.timezone.utc)
     region, stage = config.region, config.name
-    templates = stage_templates(assembly_dir, stage)
+    templates, regions = stage_templates(assembly_dir, stage), stage_regions(assembly_dir, stage)
     ec2, cfn = client("ec2"), client("cloudformation")
 
     # Credentials first: without them nothing else can run (cli_errors says how).
@@ -84,6 +92,11 @@ def run_checks(config: StageConfig, *, assembly_dir: Path | str, client: ClientF
     requirement = account.bootstrap_requirement(assembly_dir, stage)
     rows += _guarded("cdk bootstrap", lambda: account.check_bootstrap(
         cfn, client("ssm"), region=region, account=account_id, stage=stage, requirement=requirement))
+    # Every other region the stage deploys to (the replica's) needs its own bootstrap.
+    for other in sorted(set(regions.values()) - {region}):
+        rows += _guarded(f"cdk bootstrap {other}", lambda other=other: account.check_bootstrap(
+            client("cloudformation", other), client("ssm", other), region=other, account=account_id,
+            stage=stage, requirement=requirement, name=f"cdk bootstrap {other}"))
     rows += _guarded("zones", lambda: _zone_rows(config, ec2))
     rows += _guarded("quotas", lambda: _quota_rows(config, ec2, client))
     rows += _guarded("stack count", lambda: quotas.check_stack_count(
@@ -103,7 +116,8 @@ def run_checks(config: StageConfig, *, assembly_dir: Path | str, client: ClientF
             client("sagemaker"), models=config.serving.models, stage=stage, region=region,
             account=config.account))
     rows += _guarded("leftovers", lambda: leftovers.check_leftovers(
-        client, cfn, leftovers.fixed_names(templates), stage=stage))
+        client, cfn, leftovers.fixed_names(templates, account=account_id, regions=regions,
+                                           home_region=region), stage=stage))
     tag = "Environment" if config.budget.filter_by_environment_tag else None
     # Cost allocation tags are a Billing setting, run from the organization's
     # management account: credentials that cannot read them can only warn.

@@ -205,13 +205,14 @@ def fresh_account(account: FreshAccount, *, region: str = REGION) -> Iterator[tu
             f"{model.service_model.service_name}:{model.name}"))
         clients: dict[str, object] = {}
 
-        def client(service: str):
-            if service not in clients:
-                clients[service] = session.client(service, region_name=region)
+        def client(service: str, in_region: str | None = None):
+            key = f"{service}@{in_region or region}"
+            if key not in clients:
+                clients[key] = session.client(service, region_name=in_region or region)
                 if service in ANSWERED:
                     answers = _answers(account, service)
                     for operation in account.denied & set(answers):
                         answers[operation] = _deny
-                    answer(clients[service], answers, calls)
-            return clients[service]
+                    answer(clients[key], answers, calls)
+            return clients[key]
         yield client, calls

@@ -265,6 +265,48 @@ def test_fixed_names_come_from_literal_name_properties() -> None:
     assert [(n.logical_id, n.name) for n in names] == [("Logs", "/aws/eks/ml-x/cluster"), ("Repo", "ml-x/images")]
 
 
+REPLICA_TEMPLATE = {"Resources": {
+    "Bucket": {"Type": "AWS::S3::Bucket", "Properties": {"BucketName": {"Fn::Join": ["", [
+        "ml-x-data-replica-", {"Ref": "AWS::AccountId"}, "-", {"Ref": "AWS::Region"}]]}}},
+    "Generated": {"Type": "AWS::S3::Bucket", "Properties": {"BucketName": {"Fn::Join": ["", [
+        "ml-x-", {"Ref": "Other"}]]}}},
+}}
+
+
+def test_joined_names_are_filled_with_the_account_and_their_stacks_region() -> None:
+    names = leftovers.fixed_names({"ml-x-eks": TEMPLATE, "ml-x-replica": REPLICA_TEMPLATE},
+                                  account="123456789012", home_region="us-east-1",
+                                  regions={"ml-x-eks": "us-east-1", "ml-x-replica": "eu-west-1"})
+    assert [(n.stack_name, n.name, n.region) for n in names] == [
+        ("ml-x-eks", "/aws/eks/ml-x/cluster", None), ("ml-x-eks", "ml-x/images", None),
+        ("ml-x-replica", "ml-x-data-replica-123456789012-eu-west-1", "eu-west-1")]
+    # Without an account (a list for people): the placeholder stays.
+    [unfilled] = leftovers.fixed_names({"ml-x-replica": REPLICA_TEMPLATE})
+    assert unfilled.name == "ml-x-data-replica-${AWS::AccountId}-${AWS::Region}"
+
+
+@pytest.mark.parametrize("code, found", [("404", False), ("403", "in another account")])
+def test_a_bucket_name_is_absent_or_held_by_another_account(code, found) -> None:
+    s3 = boto3.client("s3", **KEYS)
+    with Stubber(s3) as stub:
+        stub.add_client_error("head_bucket", code, expected_params={"Bucket": "ml-x-data"})
+        assert leftovers.CHECKERS[("AWS::S3::Bucket", "BucketName")][1](s3, "ml-x-data") == found
+
+
+def test_a_bucket_name_another_account_holds_cannot_be_adopted() -> None:
+    s3 = boto3.client("s3", **KEYS)
+    fixed = leftovers.FixedName("ml-x-replica", "Bucket", "AWS::S3::Bucket", "BucketName",
+                                "ml-x-data-replica-123456789012-eu-west-1", "eu-west-1")
+    regions: list = []
+    with Stubber(s3) as stub:
+        stub.add_client_error("head_bucket", "403", expected_params={"Bucket": fixed.name})
+        [row] = leftovers.check_leftovers(lambda service, *region: regions.append(region) or s3, None,
+                                          [fixed], stage="x")
+    assert regions == [("eu-west-1",)]
+    assert row.status == FAIL and row.figure == f"AWS::S3::Bucket {fixed.name} exists in another account"
+    assert "cdk import" not in row.fix and "its owner must delete it" in row.fix
+
+
 def test_every_literal_name_in_the_app_is_classified(synthesized) -> None:
     for stack in synthesized.stacks.values():
         for _, kind, prop, _ in leftovers.literal_names(stack.template_json):

@@ -35,14 +35,19 @@ def _ready_account(config) -> FreshAccount:
         tag_status="Active", images=pinned_images(config.region))
 
 
+def _bootstrap(client, *region: str) -> None:
+    """What ``cdk bootstrap`` leaves in the stage's region (or ``region``)."""
+    client("cloudformation", *region).create_stack(StackName="CDKToolkit", TemplateBody=json.dumps({
+        "Resources": {"StagingBucket": {"Type": "AWS::S3::Bucket"}},
+        "Outputs": {"BootstrapVersion": {"Value": "29"}}}))
+    client("ssm", *region).put_parameter(Name="/cdk-bootstrap/hnb659fds/version", Value="29", Type="String")
+
+
 def _bootstrapped_with_artifacts(client, config) -> None:
     """What a user does before a first staging/prod deploy: bootstrap, the
     storage stack, the artifact upload."""
     cfn, s3 = client("cloudformation"), client("s3")
-    cfn.create_stack(StackName="CDKToolkit", TemplateBody=json.dumps({
-        "Resources": {"StagingBucket": {"Type": "AWS::S3::Bucket"}},
-        "Outputs": {"BootstrapVersion": {"Value": "29"}}}))
-    client("ssm").put_parameter(Name="/cdk-bootstrap/hnb659fds/version", Value="29", Type="String")
+    _bootstrap(client)
     bucket = f"{config.stack_prefix}-model-artifacts-test"
     cfn.create_stack(StackName=f"{config.stack_prefix}-storage", TemplateBody=json.dumps({
         "Resources": {"ModelArtifacts": {"Type": "AWS::S3::Bucket", "Properties": {"BucketName": bucket}}},
@@ -145,10 +150,40 @@ def test_a_prepared_account_is_ready_to_deploy(synthesized, monkeypatch, capsys)
     assert f"stage reserves {reserved} across" in next(line for line in out if "lambda concurrency" in line)
 
 
+def test_a_stage_with_a_replica_is_checked_in_the_replicas_region_too(synthesized) -> None:
+    config = synthesized.configs["prod"]
+    assert len(config.regions) == 2, "prod replicates into a second region"
+    other = config.regions[1]
+    with fresh_account(_ready_account(config)) as (client, _):
+        _bootstrapped_with_artifacts(client, config)
+        rows = {r.check: r for r in run_checks(config, assembly_dir=synthesized.outdir, client=client,
+                                               session_region=config.region)}
+        assert rows["cdk bootstrap"].status == PASS
+        assert rows[f"cdk bootstrap {other}"].status == FAIL
+        assert rows[f"cdk bootstrap {other}"].figure.endswith(f"/{other}; this app needs bootstrap version >= 6")
+        assert rows["leftovers"].status == PASS
+
+        # The replica region bootstrapped; a make destroy left prod's retained
+        # replica bucket there, with its fixed name.
+        _bootstrap(client, other)
+        account_id = client("sts").get_caller_identity()["Account"]
+        name = f"{config.stack_prefix}-training-data-replica-{account_id}-{other}"
+        client("s3", other).create_bucket(Bucket=name, CreateBucketConfiguration={"LocationConstraint": other})
+        rows = {r.check: r for r in run_checks(config, assembly_dir=synthesized.outdir, client=client,
+                                               session_region=config.region)}
+    assert rows[f"cdk bootstrap {other}"].status == PASS
+    leftover = rows[f"leftover {name}"]
+    assert leftover.status == FAIL
+    assert leftover.figure == (f"AWS::S3::Bucket {name} exists in {other} but "
+                               f"{config.stack_prefix}-replica does not manage it")
+    assert "cdk import -c stages=prod 'prod/replica' (answer the prompt for TrainingData" in leftover.fix
+    assert f"aws s3 rb s3://{name} --force" in leftover.fix
+
+
 def _iam_action(call: str) -> str:
     service, operation = call.split(":")
     prefix = {"service-quotas": "servicequotas"}.get(service, service)
-    return "s3:GetObject" if call == "s3:HeadObject" else f"{prefix}:{operation}"
+    return {"s3:HeadObject": "s3:GetObject", "s3:HeadBucket": "s3:ListBucket"}.get(call, f"{prefix}:{operation}")
 
 
 def test_the_documented_permissions_are_the_calls_a_run_makes(synthesized) -> None:

@@ -8,8 +8,9 @@ from dataclasses import replace
 
 import pytest
 
+from delivery.preflight.leftovers import literal_names
 from ml_stacks.config import default_configs
-from ml_stacks.fixed_names import ECR_REPOSITORY, LOG_GROUP, fixed_names
+from ml_stacks.fixed_names import ECR_REPOSITORY, LOG_GROUP, S3_BUCKET, fixed_names
 from tests.conftest import STAGES
 
 # The property that carries a resource's physical name, per type we create.
@@ -24,17 +25,17 @@ NAME_PROPERTIES = {
 
 
 def named_resources(all_templates, stage: str) -> set[tuple[str, str, str, bool]]:
-    """(stack, type, name, retained) of every resource with a literal physical name
+    """(stack, type, name, retained) of every resource with a fixed physical name
+    (a literal, or joined from literals and the account: ``${AWS::AccountId}``)
     whose type can outlive its stack (logs, repositories, buckets, keys, tables)."""
     found = set()
     for (template_stage, stack), template in all_templates.items():
         if template_stage != stage:
             continue
-        for resource in template["Resources"].values():
-            prop = NAME_PROPERTIES.get(resource["Type"])
-            name = resource.get("Properties", {}).get(prop) if prop else None
-            if isinstance(name, str) and resource["Type"] != "AWS::SSM::Parameter":
-                found.add((stack, resource["Type"], name, resource.get("DeletionPolicy") == "Retain"))
+        resources = template["Resources"]
+        for logical_id, kind, prop, name in literal_names(template):
+            if NAME_PROPERTIES.get(kind) == prop and kind != "AWS::SSM::Parameter":
+                found.add((stack, kind, name, resources[logical_id].get("DeletionPolicy") == "Retain"))
     return found
 
 
@@ -52,11 +53,23 @@ def test_the_image_repository_name_is_generated(all_templates, stage) -> None:
 
 
 @pytest.mark.parametrize("stage", STAGES)
-def test_the_only_retained_fixed_name_is_the_log_group_eks_itself_names(synthesized, stage) -> None:
+def test_retained_fixed_names_are_the_eks_log_group_and_the_replica_buckets(synthesized, stage) -> None:
     config = synthesized.configs[stage]
     retained = [f for f in fixed_names(config) if f.retained]
     expected = [f"/aws/eks/ml-{stage}/cluster"] if config.storage.retain and config.eks.enabled else []
+    if config.storage.retain and config.storage.replication_region:
+        expected += [f"ml-{stage}-{purpose}-replica-${{AWS::AccountId}}-{config.storage.replication_region}"
+                     for purpose in ("access-logs", "training-data", "model-artifacts")]
     assert [f.name for f in retained] == expected
+
+
+def test_a_retained_replica_bucket_is_listed_with_its_remove_and_adopt_commands() -> None:
+    prod = default_configs()["prod"]
+    region = prod.storage.replication_region
+    [training] = [f for f in fixed_names(prod) if f.resource_type == S3_BUCKET and f.logical_id_prefix == "TrainingData"]
+    assert training.stack_path == "prod/replica"
+    assert training.remove.startswith(f"aws s3 rb s3://ml-prod-training-data-replica-${{AWS::AccountId}}-{region} --force")
+    assert "cdk import -c stages=prod 'prod/replica'" in training.adopt
 
 
 def test_a_kept_repository_name_is_listed_with_its_remove_and_adopt_commands() -> None:
