@@ -56,10 +56,10 @@ def check_account(sts, *, stage: str, expected_account: str | None) -> tuple[Res
     return passed(name, f"credentials are {arn} in {account} = {stage}'s account"), account
 
 
-def check_region(ec2, *, region: str, session_region: str | None) -> Result:
+def check_region(ec2, *, region: str, session_region: str | None, name: str = "region") -> Result:
     """The stage's region is enabled for the account; say when the shell's
-    default region differs (the deploy still uses the stage's)."""
-    name = "region"
+    default region differs (the deploy still uses the stage's). ``name``:
+    the row's check (another region of the stage, with no session check)."""
     [info] = ec2.describe_regions(RegionNames=[region], AllRegions=True)["Regions"]
     status = info.get("OptInStatus", "opt-in-not-required")
     if status == "not-opted-in":
@@ -68,7 +68,7 @@ def check_region(ec2, *, region: str, session_region: str | None) -> Result:
     if session_region and session_region != region:
         return warned(name, f"stage region {region} ({status}); AWS_REGION is {session_region}",
                       f"export AWS_REGION={region} so aws CLI commands in the docs hit the stage")
-    return passed(name, f"stage region {region} ({status})")
+    return passed(name, f"{'stage ' if name == 'region' else ''}region {region} ({status})")
 
 
 def check_bootstrap(cfn, ssm, *, region: str, account: str, stage: str,

@@ -92,11 +92,9 @@ def run_checks(config: StageConfig, *, assembly_dir: Path | str, client: ClientF
     requirement = account.bootstrap_requirement(assembly_dir, stage)
     rows += _guarded("cdk bootstrap", lambda: account.check_bootstrap(
         cfn, client("ssm"), region=region, account=account_id, stage=stage, requirement=requirement))
-    # Every other region the stage deploys to (the replica's) needs its own bootstrap.
     for other in sorted(set(regions.values()) - {region}):
-        rows += _guarded(f"cdk bootstrap {other}", lambda other=other: account.check_bootstrap(
-            client("cloudformation", other), client("ssm", other), region=other, account=account_id,
-            stage=stage, requirement=requirement, name=f"cdk bootstrap {other}"))
+        rows += _other_region_rows(stage, other, ec2=ec2, client=client, account_id=account_id,
+                                   requirement=requirement)
     rows += _guarded("zones", lambda: _zone_rows(config, ec2))
     rows += _guarded("quotas", lambda: _quota_rows(config, ec2, client))
     rows += _guarded("stack count", lambda: quotas.check_stack_count(
@@ -124,6 +122,17 @@ def run_checks(config: StageConfig, *, assembly_dir: Path | str, client: ClientF
     rows += _guarded("cost allocation tag", lambda: billing.check_cost_allocation_tag(
         client("ce"), tag_key=tag), severity=WARN)
     return rows
+
+
+def _other_region_rows(stage: str, other: str, *, ec2, client: ClientFactory, account_id: str,
+                       requirement: account.BootstrapRequirement) -> list[Result]:
+    """Another region the stage deploys to (the replica's): enabled, and
+    bootstrapped like the stage's own."""
+    rows = _guarded(f"region {other}", lambda: account.check_region(
+        ec2, region=other, session_region=None, name=f"region {other}"))
+    return rows + _guarded(f"cdk bootstrap {other}", lambda: account.check_bootstrap(
+        client("cloudformation", other), client("ssm", other), region=other, account=account_id,
+        stage=stage, requirement=requirement, name=f"cdk bootstrap {other}"))
 
 
 def _zone_rows(config: StageConfig, ec2) -> list[Result]:

@@ -55,6 +55,19 @@ def test_region_fails_when_not_enabled() -> None:
     assert row.status == FAIL and "not enabled" in row.figure
 
 
+def test_another_region_of_the_stage_is_checked_under_its_own_name() -> None:
+    # A replica region that is not enabled: its own FAIL line, never a
+    # warning about the shell's region.
+    ec2 = boto3.client("ec2", **KEYS)
+    with Stubber(ec2) as stub:
+        stub.add_response("describe_regions", {"Regions": [
+            {"RegionName": "ap-east-1", "OptInStatus": "not-opted-in"}]},
+            {"RegionNames": ["ap-east-1"], "AllRegions": True})
+        row = account.check_region(ec2, region="ap-east-1", session_region=None, name="region ap-east-1")
+    assert (row.status, row.check) == (FAIL, "region ap-east-1")
+    assert row.fix.startswith("enable ap-east-1 in the account settings")
+
+
 def test_bootstrap_requirement_is_read_from_the_assembly(synthesized) -> None:
     requirement = account.bootstrap_requirement(synthesized.outdir, "dev")
     manifest = json.loads((synthesized.outdir / "assembly-dev" / "manifest.json").read_text())
