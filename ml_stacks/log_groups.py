@@ -21,6 +21,7 @@ depends on the stacks whose groups it admits.
 from __future__ import annotations
 
 import aws_cdk as cdk
+from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_logs as logs
 from constructs import Construct
@@ -40,6 +41,12 @@ def log_group_name(stack: cdk.Stack, config: StageConfig, purpose: str) -> str:
     return f"{own_log_group_prefix(config)}{stack.node.id}/{purpose}/{stack_uuid}"
 
 
+# CloudWatch Logs' own use of a log group key, as its user guide states it
+# ("Encrypt log data in CloudWatch Logs using AWS KMS").
+LOGS_SERVICE_KEY_ACTIONS = ["kms:Encrypt*", "kms:Decrypt*", "kms:ReEncrypt*",
+                            "kms:GenerateDataKey*", "kms:Describe*"]
+# CDK's provider of buckets that empty themselves on destroy (``auto_delete_objects``).
+AUTO_DELETE_PROVIDER = "Custom::S3AutoDeleteObjectsCustomResourceProvider"
 # The groups SageMaker names after an endpoint or inference component.
 SAGEMAKER_LOG_GROUP_PREFIXES = ("/aws/sagemaker/Endpoints/", "/aws/sagemaker/InferenceComponents/")
 
@@ -55,6 +62,27 @@ def log_group_name_patterns(config: StageConfig) -> list[str]:
                      and not f.name.startswith(SAGEMAKER_LOG_GROUP_PREFIXES)]
     sagemaker = [f"{prefix}{config.stack_prefix}-*" for prefix in SAGEMAKER_LOG_GROUP_PREFIXES]
     return [f"{own_log_group_prefix(config)}*", *service_named, *sagemaker]
+
+
+def allow_logs_service(key: kms.Key, config: StageConfig) -> None:
+    """Let CloudWatch Logs in the key's region use ``key`` for the stage's
+    log groups only.
+
+    CloudWatch Logs calls KMS with the log group's ARN as encryption
+    context: the condition lists exactly the names the stage gives its
+    groups, computed from config so the key's stack depends on no other.
+    """
+    stack = cdk.Stack.of(key)
+    arns = [stack.format_arn(service="logs", resource="log-group", resource_name=pattern,
+                             arn_format=cdk.ArnFormat.COLON_RESOURCE_NAME)
+            for pattern in log_group_name_patterns(config)]
+    key.add_to_resource_policy(iam.PolicyStatement(
+        sid="AllowCloudWatchLogsForStageLogGroups",
+        principals=[iam.ServicePrincipal(f"logs.{stack.region}.amazonaws.com")],
+        actions=LOGS_SERVICE_KEY_ACTIONS,
+        resources=["*"],
+        conditions={"ArnLike": {"kms:EncryptionContext:aws:logs:arn": arns}},
+    ))
 
 
 def encrypted_log_group(scope: Construct, construct_id: str, *, config: StageConfig, purpose: str,

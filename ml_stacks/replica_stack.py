@@ -19,6 +19,7 @@ from constructs_lib.secure_bucket import SecureBucket, noncurrent_version_rule
 from ml_stacks.base_stack import StageStack
 from ml_stacks.config import StageConfig
 from ml_stacks.fixed_names import REPLICA_BUCKETS, replica_bucket_name
+from ml_stacks.log_groups import AUTO_DELETE_PROVIDER, allow_logs_service, encrypt_provider_logs
 
 ABORT_INCOMPLETE_UPLOADS = cdk.Duration.days(7)
 
@@ -43,6 +44,7 @@ class ReplicaStack(StageStack):
         self.replication_role_name = f"{config.stack_prefix}-s3-replication"
         self._build_key(config)
         self._build_buckets(config)
+        self._build_provider_logs(config)
 
     @staticmethod
     def _bucket_name(config: StageConfig, purpose: str) -> str:
@@ -75,6 +77,27 @@ class ReplicaStack(StageStack):
                                  "kms:ViaService": f"s3.{self.replica_region}.amazonaws.com"},
             },
         ))
+
+    def _build_provider_logs(self, config: StageConfig) -> None:
+        """A replica that empties its buckets on destroy (a stage that keeps no
+        data) runs CDK's provider Lambda in this region. Its logs go to a
+        group of the stage encrypted with a logs key of this region (keys are
+        regional; the stage's logs key is in the storage stack), like every
+        other log group of the stage. ``logs_key`` is None otherwise."""
+        self.logs_key: kms.Key | None = None
+        if self.node.try_find_child(AUTO_DELETE_PROVIDER) is None:
+            return
+        self.logs_key = kms.Key(
+            self, "LogsKey",
+            alias=f"alias/{config.stack_prefix}-replica/logs",
+            description=f"ml-infra {config.name}: CloudWatch Logs of the replica region",
+            enable_key_rotation=True,
+            removal_policy=self.removal_policy,
+            pending_window=cdk.Duration.days(30),
+        )
+        allow_logs_service(self.logs_key, config)
+        encrypt_provider_logs(self, AUTO_DELETE_PROVIDER, config=config, purpose="auto-delete-objects",
+                              key=self.logs_key)
 
     def _build_buckets(self, config: StageConfig) -> None:
         storage = config.storage

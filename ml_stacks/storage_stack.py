@@ -25,17 +25,13 @@ from constructs_lib.bucket_replication import BucketReplication, ReplicaTarget
 from constructs_lib.secure_bucket import SecureBucket, noncurrent_version_rule
 from ml_stacks.base_stack import StageStack
 from ml_stacks.config import StageConfig
-from ml_stacks.log_groups import encrypt_provider_logs, log_group_name_patterns
+from ml_stacks.log_groups import AUTO_DELETE_PROVIDER, allow_logs_service, encrypt_provider_logs
 from ml_stacks.replica_stack import ReplicaStack
 
 ABORT_INCOMPLETE_UPLOADS = cdk.Duration.days(7)
 # What a publisher to an SSE-KMS topic or queue needs on its key (SNS and
 # SQS developer guides): a data key for the message, Decrypt to reuse it.
 MESSAGE_KEY_ACTIONS = ["kms:GenerateDataKey", "kms:Decrypt"]
-# CloudWatch Logs' own use of a log group key, as its user guide states it
-# ("Encrypt log data in CloudWatch Logs using AWS KMS").
-LOGS_SERVICE_KEY_ACTIONS = ["kms:Encrypt*", "kms:Decrypt*", "kms:ReEncrypt*",
-                            "kms:GenerateDataKey*", "kms:Describe*"]
 # Services that publish alarms and budget notifications to the stage's
 # topics on the stage's behalf; both send aws:SourceAccount.
 ACCOUNT_SCOPED_TOPIC_PUBLISHERS = ("cloudwatch.amazonaws.com", "budgets.amazonaws.com")
@@ -106,23 +102,8 @@ class StorageStack(StageStack):
                                        f"ml-infra {name}: SQS queues and SNS topics")
 
     def _allow_logs_service(self, config: StageConfig) -> None:
-        """CloudWatch Logs may use the logs key for the stage's log groups only.
-
-        CloudWatch Logs calls KMS with the log group's ARN as encryption
-        context: the condition lists exactly the names the stage gives its
-        groups (``ml_stacks/log_groups.py``), computed from config so this
-        stack depends on no other.
-        """
-        arns = [self.format_arn(service="logs", resource="log-group", resource_name=pattern,
-                                arn_format=cdk.ArnFormat.COLON_RESOURCE_NAME)
-                for pattern in log_group_name_patterns(config)]
-        self.logs_key.add_to_resource_policy(iam.PolicyStatement(
-            sid="AllowCloudWatchLogsForStageLogGroups",
-            principals=[iam.ServicePrincipal(f"logs.{self.region}.amazonaws.com")],
-            actions=LOGS_SERVICE_KEY_ACTIONS,
-            resources=["*"],
-            conditions={"ArnLike": {"kms:EncryptionContext:aws:logs:arn": arns}},
-        ))
+        """CloudWatch Logs may use the logs key for the stage's log groups only."""
+        allow_logs_service(self.logs_key, config)
 
     def _allow_messaging_services(self) -> None:
         """Services that deliver into the stage's topics and queues.
@@ -320,7 +301,7 @@ class StorageStack(StageStack):
 
     def _build_provider_logs(self, config: StageConfig) -> None:
         """Dev empties buckets on destroy through CDK's provider Lambda: its logs too."""
-        encrypt_provider_logs(self, "Custom::S3AutoDeleteObjectsCustomResourceProvider",
+        encrypt_provider_logs(self, AUTO_DELETE_PROVIDER,
                               config=config, purpose="auto-delete-objects", key=self.logs_key)
 
     def _add_outputs(self) -> None:

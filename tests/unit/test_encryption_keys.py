@@ -216,3 +216,42 @@ def test_the_kubectl_provider_functions_log_to_an_encrypted_group_too(tmp_path) 
     props = groups[provider_group]["Properties"]
     assert key_reference(props["KmsKeyId"], "eks", "dev", LOGS_KEY)
     assert props["LogGroupName"]["Fn::Join"][1][0] == "/ml-dev/eks/kubectl-provider/"
+
+
+def test_a_replica_that_empties_itself_logs_to_a_group_encrypted_in_its_own_region(tmp_path) -> None:
+    # A stage that keeps no data, replicated (to try replication out): CDK's
+    # provider Lambda empties the replicas on destroy, in the replica's region,
+    # where the stage's logs key (a regional resource) cannot encrypt its logs.
+    dev = default_configs()["dev"]
+    assert not dev.storage.retain
+    replica_region = next(r for r in ("us-west-2", "eu-west-1") if r != dev.region)
+    dev = replace(dev, storage=replace(dev.storage, replication_region=replica_region))
+    replica = Template.from_stack(build_app([dev], outdir=str(tmp_path)).node.find_child("dev").replica).to_json()
+    [function] = resources_of_type(replica, "AWS::Lambda::Function").values()
+    groups = resources_of_type(replica, "AWS::Logs::LogGroup")
+    [group_id] = groups
+    assert function["Properties"]["LoggingConfig"]["LogGroup"] == {"Ref": group_id}
+    group = groups[group_id]["Properties"]
+    keys = resources_of_type(replica, "AWS::KMS::Key")
+    [logs_key] = [k for k in keys if group["KmsKeyId"] == {"Fn::GetAtt": [k, "Arn"]}]
+    assert group["RetentionInDays"] == 30
+    name = flat(group["LogGroupName"])
+    patterns = log_group_name_patterns(dev)
+    assert any(fnmatch.fnmatchcase(name, p) for p in patterns), name
+    # Its key admits CloudWatch Logs of the replica's region, for the stage's groups only.
+    [statement] = [s for s in keys[logs_key]["Properties"]["KeyPolicy"]["Statement"] if "Service" in s["Principal"]]
+    assert statement["Principal"] == {"Service": f"logs.{replica_region}.amazonaws.com"}
+    arns = [flat(a) for a in listed(statement["Condition"]["ArnLike"]["kms:EncryptionContext:aws:logs:arn"])]
+    assert arns == [f"arn:aws:logs:{replica_region}:123456789012:log-group:{p}" for p in patterns]
+    # The replicas' own key admits no logs service.
+    [replica_key] = [k for k in keys if k != logs_key]
+    assert "logs." not in json.dumps(keys[replica_key]["Properties"]["KeyPolicy"])
+
+
+def test_a_retained_replica_has_no_provider_and_no_logs_key(all_templates) -> None:
+    replicated = [stage for stage in STAGES if (stage, "replica") in all_templates]
+    assert replicated, "a stage of the repository replicates (prod)"
+    for stage in replicated:
+        replica = all_templates[(stage, "replica")]
+        assert not resources_of_type(replica, "AWS::Lambda::Function")
+        assert len(resources_of_type(replica, "AWS::KMS::Key")) == 1
