@@ -45,27 +45,17 @@ def test_region_warns_when_the_shell_points_elsewhere(aws) -> None:
     assert row.status == WARN and "export AWS_REGION=us-east-1" in row.fix
 
 
-def test_region_fails_when_not_enabled() -> None:
+# The stage's region, and another region of the stage (a replica's) on a line of its own.
+@pytest.mark.parametrize("name", [{}, {"name": "region ap-east-1"}])
+def test_region_fails_when_not_enabled(name) -> None:
     ec2 = boto3.client("ec2", **KEYS)
     with Stubber(ec2) as stub:
         stub.add_response("describe_regions", {"Regions": [
             {"RegionName": "ap-east-1", "OptInStatus": "not-opted-in"}]},
             {"RegionNames": ["ap-east-1"], "AllRegions": True})
-        row = account.check_region(ec2, region="ap-east-1", session_region=None)
-    assert row.status == FAIL and "not enabled" in row.figure
-
-
-def test_another_region_of_the_stage_is_checked_under_its_own_name() -> None:
-    # A replica region that is not enabled: its own FAIL line, never a
-    # warning about the shell's region.
-    ec2 = boto3.client("ec2", **KEYS)
-    with Stubber(ec2) as stub:
-        stub.add_response("describe_regions", {"Regions": [
-            {"RegionName": "ap-east-1", "OptInStatus": "not-opted-in"}]},
-            {"RegionNames": ["ap-east-1"], "AllRegions": True})
-        row = account.check_region(ec2, region="ap-east-1", session_region=None, name="region ap-east-1")
-    assert (row.status, row.check) == (FAIL, "region ap-east-1")
-    assert row.fix.startswith("enable ap-east-1 in the account settings")
+        row = account.check_region(ec2, region="ap-east-1", session_region=None, **name)
+    assert (row.status, row.check) == (FAIL, name.get("name", "region"))
+    assert "not enabled" in row.figure and row.fix.startswith("enable ap-east-1 in the account settings")
 
 
 def test_bootstrap_requirement_is_read_from_the_assembly(synthesized) -> None:
