@@ -21,8 +21,10 @@ seconds of CPU.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -33,6 +35,7 @@ import pytest
 
 from ml_stacks.serving_names import model_stack_id
 from tests import config_variants
+from tests.property_budget import FAST
 
 if TYPE_CHECKING:
     import aws_cdk as cdk
@@ -45,6 +48,8 @@ pytest_plugins = ["tests.suite_summary", "tests.changed"]
 # Fixtures that mean "this test needs the session synthesis".
 SYNTH_FIXTURES = frozenset({"synthesized", "all_templates"})
 SYNTH_GROUP = "synth"
+# At most this many self-synthesizing tests go to one worker under make test-fast.
+FAST_SYNTH_GROUP_MAX = 30
 
 
 def _share_botocore_models() -> None:
@@ -226,6 +231,29 @@ def resources_of_type(template: dict, resource_type: str) -> dict[str, dict]:
     return {lid: r for lid, r in template["Resources"].items() if r["Type"] == resource_type}
 
 
+# A test module that synthesizes apps of its own (not the session's).
+_OWN_SYNTH = re.compile(r"build_app\(|\.synth\(|Template\.from_stack\(|synthesize\(")
+
+
+@functools.lru_cache(maxsize=None)
+def _synthesizes(path: str) -> bool:
+    return bool(_OWN_SYNTH.search(Path(path).read_text(encoding="utf-8")))
+
+
+def _group_own_synthesis(items: list[pytest.Item]) -> None:
+    """Under ``make test-fast``: the tests of modules that synthesize apps of
+    their own go to one worker when they are few (``FAST_SYNTH_GROUP_MAX``)
+    and fewer than the other tests, so only one worker pays the cold start
+    (jsii, aws-cdk-lib, the validation engine: about 5 s of CPU) while the
+    other runs the rest. Otherwise they stay spread out: many syntheses on
+    one worker would cost more than the second cold start saves."""
+    runnable = [i for i in items if not (i.get_closest_marker("slow") or i.get_closest_marker("scale"))]
+    own = [i for i in runnable if _synthesizes(str(i.path))]
+    if own and len(own) <= min(FAST_SYNTH_GROUP_MAX, len(runnable) - len(own)):
+        for item in own:
+            item.add_marker(pytest.mark.xdist_group(SYNTH_GROUP))
+
+
 def _uses_module_fixture(item: pytest.Item) -> bool:
     definitions = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
     return any(defs and defs[-1].scope in ("module", "class") for defs in definitions.values())
@@ -245,6 +273,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     ``--dist``) the mark does nothing.
     """
     uses_synth = {item: bool(SYNTH_FIXTURES & set(getattr(item, "fixturenames", ()))) for item in items}
+    if FAST:
+        _group_own_synthesis([i for i in items if not uses_synth[i] and not _uses_module_fixture(i)])
     modules_with_synth = {item.module for item in items if uses_synth[item] and hasattr(item, "module")}
     for item in items:
         if uses_synth[item]:
