@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,15 @@ def read_assembly(outdir: Path | str) -> list[AssemblyStack]:
                 environment=artifact.get("environment", ""),
             ))
     return stacks
+
+
+def home_regions(stacks: Iterable[AssemblyStack]) -> dict[str, str]:
+    """{stage: its own region}: the region most of its stacks deploy to (a
+    stage's replica stack lives in another region)."""
+    counts: dict[str, Counter] = {}
+    for stack in stacks:
+        counts.setdefault(stack.stage, Counter())[stack.region] += 1
+    return {stage: regions.most_common(1)[0][0] for stage, regions in counts.items()}
 
 
 def templates_by_stack(outdir: Path | str) -> dict[tuple[str, str], dict]:

@@ -22,12 +22,11 @@ from __future__ import annotations
 
 import json
 import re
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from delivery.assembly import read_assembly, templates_by_stack
+from delivery.assembly import home_regions, read_assembly, templates_by_stack
 
 PRICES_DIR = Path(__file__).resolve().parent / "prices"
 
@@ -339,11 +338,7 @@ def regions_of(templates_dirs: Iterable[Path]) -> dict[str, str]:
     schemas read) in its own. The replica holds only keys and buckets, whose
     prices are the same in every region.
     """
-    counts: dict[str, Counter] = {}
-    for outdir in templates_dirs:
-        for stack in read_assembly(outdir):
-            counts.setdefault(stack.stage, Counter())[stack.region] += 1
-    return {stage: regions.most_common(1)[0][0] for stage, regions in counts.items()}
+    return home_regions(stack for outdir in templates_dirs for stack in read_assembly(outdir))
 
 
 def money(amount: float) -> str:

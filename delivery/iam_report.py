@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from delivery.assembly import read_assembly
+from delivery.assembly import home_regions, read_assembly
 from delivery.cli_errors import UserError, run
 
 REVIEWED_LIST = Path(__file__).resolve().parent.parent / "tests" / "unit" / "acknowledgements.txt"
@@ -90,18 +90,16 @@ def stage_names(assembly: Path) -> dict[str, dict[str, str]]:
     account, its region (the one most of its stacks are in) as ``<region>``
     and any other region it deploys to (the replica's) as ``<other-region>``,
     so an acknowledgement there is a line of its own."""
-    stacks = defaultdict(list)
-    for stack in read_assembly(assembly):
-        stacks[stack.stage].append(stack)
-    names: dict[str, dict[str, str]] = {}
-    for stage, members in stacks.items():
-        home = Counter(s.region for s in members).most_common(1)[0][0]
-        names[stage] = {s.region: "<region>" if s.region == home else "<other-region>" for s in members}
-        for stack in members:
-            names[stage][stack.stack_name.rsplit("-", 1)[0]] = "<prefix>"
-            if stack.account.isdigit():
-                names[stage][stack.account] = "<account>"
-    return names
+    stacks = read_assembly(assembly)
+    home = home_regions(stacks)
+    names: dict[str, dict[str, str]] = defaultdict(dict)
+    for stack in stacks:
+        stage = names[stack.stage]
+        stage[stack.region] = "<region>" if stack.region == home[stack.stage] else "<other-region>"
+        stage[stack.stack_name.rsplit("-", 1)[0]] = "<prefix>"
+        if stack.account.isdigit():
+            stage[stack.account] = "<account>"
+    return dict(names)
 
 
 def stages_of(assembly: Path) -> list[str]:

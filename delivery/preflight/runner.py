@@ -37,14 +37,11 @@ IAM_ACTIONS: tuple[str, ...] = (
 )
 
 
-def stage_templates(assembly_dir: Path | str, stage: str) -> dict[str, dict]:
-    """``{CloudFormation stack name: template}`` of one stage of an assembly."""
-    return {s.stack_name: s.template() for s in read_assembly(assembly_dir) if s.stage == stage}
-
-
-def stage_regions(assembly_dir: Path | str, stage: str) -> dict[str, str]:
-    """``{CloudFormation stack name: region}`` of one stage of an assembly."""
-    return {s.stack_name: s.region for s in read_assembly(assembly_dir) if s.stage == stage}
+def stage_templates(assembly_dir: Path | str, stage: str) -> tuple[dict[str, dict], dict[str, str]]:
+    """``{CloudFormation stack name: template}`` and ``{stack name: region}``
+    of one stage of an assembly."""
+    stacks = [s for s in read_assembly(assembly_dir) if s.stage == stage]
+    return {s.stack_name: s.template() for s in stacks}, {s.stack_name: s.region for s in stacks}
 
 
 def lambda_footprint(templates: Iterable[dict]) -> tuple[int, int]:
@@ -82,7 +79,7 @@ def run_checks(config: StageConfig, *, assembly_dir: Path | str, client: ClientF
     region the stage deploys to (the replica's)."""
     now = now or dt.datetime.now(dt.timezone.utc)
     region, stage = config.region, config.name
-    templates, regions = stage_templates(assembly_dir, stage), stage_regions(assembly_dir, stage)
+    templates, regions = stage_templates(assembly_dir, stage)
     ec2, cfn = client("ec2"), client("cloudformation")
 
     # Credentials first: without them nothing else can run (cli_errors says how).
