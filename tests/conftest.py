@@ -227,6 +227,20 @@ def all_templates(synthesized: Synthesized) -> dict[tuple[str, str], dict]:
     return {key: stack.template_json for key, stack in synthesized.stacks.items()}
 
 
+def replicated_dev() -> tuple["StageConfig", str]:
+    """Dev (which keeps no data) replicating into another region, as a user
+    trying replication out would configure it; and that region. Its replica
+    empties itself on destroy through CDK's provider function."""
+    from dataclasses import replace
+
+    from ml_stacks.config import default_configs
+
+    dev = default_configs()["dev"]
+    assert not dev.storage.retain
+    region = next(r for r in ("us-west-2", "eu-west-1") if r != dev.region)
+    return replace(dev, storage=replace(dev.storage, replication_region=region)), region
+
+
 def resources_of_type(template: dict, resource_type: str) -> dict[str, dict]:
     return {lid: r for lid, r in template["Resources"].items() if r["Type"] == resource_type}
 

@@ -14,7 +14,7 @@ from aws_cdk.assertions import Template
 from ml_stacks.app_factory import build_app
 from ml_stacks.config import default_configs
 from ml_stacks.log_groups import log_group_name_patterns
-from tests.conftest import STAGES, resources_of_type
+from tests.conftest import STAGES, replicated_dev, resources_of_type
 
 DATA_KEY, CAPTURE_KEY, LOGS_KEY, MESSAGING_KEY = (
     "Key961B73FD", "CaptureKey0B937016", "LogsKeyA6AB43B2", "MessagingKey9A79A2B1")
@@ -222,10 +222,7 @@ def test_a_replica_that_empties_itself_logs_to_a_group_encrypted_in_its_own_regi
     # A stage that keeps no data, replicated (to try replication out): CDK's
     # provider Lambda empties the replicas on destroy, in the replica's region,
     # where the stage's logs key (a regional resource) cannot encrypt its logs.
-    dev = default_configs()["dev"]
-    assert not dev.storage.retain
-    replica_region = next(r for r in ("us-west-2", "eu-west-1") if r != dev.region)
-    dev = replace(dev, storage=replace(dev.storage, replication_region=replica_region))
+    dev, replica_region = replicated_dev()
     replica = Template.from_stack(build_app([dev], outdir=str(tmp_path)).node.find_child("dev").replica).to_json()
     [function] = resources_of_type(replica, "AWS::Lambda::Function").values()
     groups = resources_of_type(replica, "AWS::Logs::LogGroup")

@@ -12,7 +12,7 @@ from aws_cdk.assertions import Match, Template
 from ml_stacks.app_factory import build_app
 from ml_stacks.config import BudgetConfig, ConfigError, DriftConfig, default_configs
 from ml_stacks.fixed_names import gpu_agent_parameter
-from tests.conftest import STAGES, resources_of_type, stacks_of
+from tests.conftest import STAGES, replicated_dev, resources_of_type, stacks_of
 
 
 @pytest.mark.parametrize("stage", STAGES)
@@ -248,10 +248,7 @@ def test_fails_on_a_bad_budget_or_drift_value(section, field_path, value, allowe
 def test_a_replica_holding_functions_has_them_read_in_its_region(tmp_path) -> None:
     # A stage that destroys its data replicates into buckets CDK's provider
     # function empties on destroy: that function lives in the replica's region.
-    dev = default_configs()["dev"]
-    assert not dev.storage.retain
-    replica_region = next(r for r in ("us-west-2", "eu-west-1") if r != dev.region)
-    dev = replace(dev, storage=replace(dev.storage, replication_region=replica_region))
+    dev, replica_region = replicated_dev()
     stage = build_app([dev], outdir=str(tmp_path)).node.find_child("dev")
     assert stage.replica.has_functions
     [policy] = resources_of_type(Template.from_stack(stage.ops).to_json(), "AWS::IAM::Policy").values()
