@@ -65,11 +65,16 @@ class ReplicaStack(StageStack):
         # Matched on aws:PrincipalArn rather than naming the role: the role
         # is created after this key (the storage stack deploys second), and a
         # key policy naming a principal that does not exist is rejected.
+        # Decrypt too: the replica buckets use S3 Bucket Keys, and S3 calls
+        # kms:Decrypt to verify a Bucket Key before it encrypts a replica
+        # with it (S3 user guide, "Replicating encrypted objects", S3 Bucket
+        # Keys and replication); without it every replica write fails while
+        # PutBucketReplication still succeeds.
         role_arn = f"arn:{cdk.Aws.PARTITION}:iam::{cdk.Aws.ACCOUNT_ID}:role/{self.replication_role_name}"
         self.key.add_to_resource_policy(iam.PolicyStatement(
             sid="AllowS3ReplicationRoleToEncryptReplicas",
             principals=[iam.AnyPrincipal()],
-            actions=["kms:Encrypt", "kms:GenerateDataKey"],
+            actions=["kms:Encrypt", "kms:GenerateDataKey", "kms:Decrypt"],
             resources=["*"],
             conditions={
                 "StringEquals": {"aws:PrincipalArn": role_arn,

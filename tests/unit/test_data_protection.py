@@ -203,11 +203,17 @@ def test_replication_role_reaches_only_the_two_buckets_their_replicas_and_keys(
 def test_the_replica_key_admits_the_replication_role_through_s3_only(synthesized, all_templates, stage) -> None:
     if (stage, "replica") not in all_templates:
         pytest.skip(f"{stage} does not replicate")
-    [key] = resources_of_type(all_templates[(stage, "replica")], "AWS::KMS::Key").values()
+    template = all_templates[(stage, "replica")]
+    [key] = resources_of_type(template, "AWS::KMS::Key").values()
     assert key["Properties"]["EnableKeyRotation"] is True
     [grant] = [s for s in key["Properties"]["KeyPolicy"]["Statement"]
                if s.get("Sid") == "AllowS3ReplicationRoleToEncryptReplicas"]
-    assert set(grant["Action"]) == {"kms:Encrypt", "kms:GenerateDataKey"}
+    # The replica buckets use S3 Bucket Keys, which S3 verifies with
+    # kms:Decrypt before it encrypts a replica with one.
+    for name in DATA_BUCKETS:
+        [rule] = bucket(template, name)[1]["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+        assert rule["BucketKeyEnabled"] is True
+    assert set(grant["Action"]) == {"kms:Encrypt", "kms:GenerateDataKey", "kms:Decrypt"}
     condition = grant["Condition"]["StringEquals"]
     assert flat(condition["aws:PrincipalArn"]).endswith(f':role/ml-{stage}-s3-replication"]]}}')
     region = synthesized.configs[stage].storage.replication_region
