@@ -352,6 +352,7 @@ class InferenceEndpoint(Construct):
         rollback_alarms = self._build_alarms(
             alarm_topic=alarm_topic, alarm_5xx_errors=alarm_5xx_errors,
             alarm_4xx_rate_percent=alarm_4xx_rate_percent, alarm_latency_p99=alarm_latency_p99)
+        self._grant_read_rollback_alarms()
         self.shadow_alarms: list[cloudwatch.Alarm] = []
         if self.shadow is not None:
             self._build_shadow_alarms(alarm_topic=alarm_topic, alarm_5xx_errors=alarm_5xx_errors,
@@ -733,6 +734,22 @@ class InferenceEndpoint(Construct):
                 alarm.add_alarm_action(cloudwatch_actions.SnsAction(alarm_topic))
                 alarm.add_ok_action(cloudwatch_actions.SnsAction(alarm_topic))
         return [{"AlarmName": alarm.alarm_name} for alarm in self.alarms]
+
+    def _grant_read_rollback_alarms(self) -> None:
+        """SageMaker reads the rollback alarms with the execution role during
+        a blue/green or inference-component update (the deployment guardrails
+        guide: the role needs cloudwatch:DescribeAlarms on them). The ARNs
+        are built from the alarms' fixed names, so the role's policy does not
+        wait for the alarms."""
+        stack = cdk.Stack.of(self)
+        self.role.add_to_policy(iam.PolicyStatement(
+            sid="ReadRollbackAlarms",
+            actions=["cloudwatch:DescribeAlarms"],
+            resources=[stack.format_arn(service="cloudwatch", resource="alarm",
+                                        resource_name=alarm.node.default_child.alarm_name,
+                                        arn_format=cdk.ArnFormat.COLON_RESOURCE_NAME)
+                       for alarm in self.alarms],
+        ))
 
     def _build_shadow_alarms(self, *, alarm_topic: sns.ITopic | None, alarm_5xx_errors: int,
                              alarm_latency_p99: cdk.Duration) -> None:

@@ -246,7 +246,7 @@ def test_role_reads_only_its_model_artifact_pulls_only_its_repository_and_uses_t
     # Only an inference component's role encrypts volumes itself (no local NVMe).
     volume_key = model.scale_to_zero and not has_instance_storage(model.instance_type)
     assert set(statements) == {"ReadItsModelArtifact", "PullItsImage", "DecryptItsModelArtifact",
-                               "EncryptItsDataCapture", "WriteItsLogs"} | (
+                               "EncryptItsDataCapture", "WriteItsLogs", "ReadRollbackAlarms"} | (
         {"EncryptItsVolumes"} if volume_key else set())
 
     read = statements["ReadItsModelArtifact"]
@@ -509,6 +509,32 @@ def test_component_updates_roll_one_copy_at_a_time_and_roll_back_on_alarms(
     assert deployment["RollingUpdatePolicy"]["MaximumBatchSize"] == {"Type": "COPY_COUNT", "Value": 1}
     assert deployment["RollingUpdatePolicy"]["WaitIntervalInSeconds"] == model.deployment_wait_seconds
     assert {a["AlarmName"]["Ref"] for a in deployment["AutoRollbackConfiguration"]["Alarms"]} == health
+
+
+@pytest.mark.parametrize(("stage", "name"), MODELS)
+def test_the_execution_role_can_read_every_rollback_alarm(synthesized, all_templates, stage, name) -> None:
+    """SageMaker reads the rollback alarms as the execution role during an
+    update (deployment guardrails: cloudwatch:DescribeAlarms on them)."""
+    template = stack_of(all_templates, stage, name)
+    alarms = resources_of_type(template, "AWS::CloudWatch::Alarm")
+    rolled_back_on = [
+        alarms[a["AlarmName"]["Ref"]]["Properties"]["AlarmName"]
+        for t in ("AWS::SageMaker::Endpoint", "AWS::SageMaker::InferenceComponent")
+        for r in resources_of_type(template, t).values()
+        for a in r["Properties"].get("DeploymentConfig", {}).get("AutoRollbackConfiguration", {}).get("Alarms", [])]
+    assert rolled_back_on
+    # The model's role, or with inference components the endpoint config's.
+    [role_id] = {r["Properties"]["ExecutionRoleArn"]["Fn::GetAtt"][0]
+                 for t in ("AWS::SageMaker::Model", "AWS::SageMaker::EndpointConfig")
+                 for r in resources_of_type(template, t).values() if "ExecutionRoleArn" in r["Properties"]}
+    readable = [json.dumps(resource) for p in resources_of_type(template, "AWS::IAM::Policy").values()
+                if {"Ref": role_id} in p["Properties"]["Roles"]
+                for st in p["Properties"]["PolicyDocument"]["Statement"]
+                if st["Effect"] == "Allow" and "cloudwatch:DescribeAlarms" in st["Action"]
+                for resource in (st["Resource"] if isinstance(st["Resource"], list) else [st["Resource"]])]
+    region = synthesized.configs[stage].region
+    assert sorted(readable) == sorted(json.dumps({"Fn::Join": ["", [
+        f"arn:aws:cloudwatch:{region}:", {"Ref": "AWS::AccountId"}, f":alarm:{alarm}"]]}) for alarm in rolled_back_on)
 
 
 # --- outputs, assets ---------------------------------------------------------------------
