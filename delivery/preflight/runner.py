@@ -11,6 +11,7 @@ from delivery.cli_errors import describe
 from delivery.preflight import FAIL, WARN, Result
 from delivery.preflight import account, artifacts, billing, leftovers, model_packages, pins, quotas, zones
 from ml_stacks.config import StageConfig
+from ml_stacks.config.eks import EKS_UNSUPPORTED_ZONE_IDS
 
 # client(service) in the stage's region; client(service, region) in another.
 ClientFactory = Callable[..., object]
@@ -134,7 +135,8 @@ def _other_region_rows(stage: str, other: str, *, ec2, client: ClientFactory, ac
 
 def _zone_rows(config: StageConfig, ec2) -> list[Result]:
     configured = config.network.availability_zones
-    rows = zones.check_zones(configured, zones.account_zones(ec2), region=config.region)
+    refused = EKS_UNSUPPORTED_ZONE_IDS.get(config.region, ()) if config.eks.enabled else ()
+    rows = zones.check_zones(configured, zones.account_zones(ec2), region=config.region, refused=refused)
     groups: dict[str, tuple[str, ...]] = {}
     if config.training.enabled:
         groups["training fleet"] = config.training.instance_types

@@ -7,7 +7,7 @@ kind: the checks resolve them against the account.
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping, Sequence
+from typing import Collection, Iterable, Mapping, Sequence
 
 from delivery.preflight import Result, failed, passed, warned
 
@@ -19,13 +19,16 @@ def account_zones(ec2) -> list[dict]:
     return sorted(zones, key=lambda z: z["ZoneName"])
 
 
-def check_zones(zones: Sequence[str], available: Iterable[Mapping], *, region: str) -> list[Result]:
-    """Every configured zone (name or ID) exists and is available."""
+def check_zones(zones: Sequence[str], available: Iterable[Mapping], *, region: str,
+                refused: Collection[str] = ()) -> list[Result]:
+    """Every configured zone (name or ID) exists and is available, and is not
+    one of the ``refused`` zone IDs (where the stage's EKS cluster cannot go)."""
+    available = list(available)
     by_key = {}
     for zone in available:
         by_key[zone["ZoneName"]] = zone
         by_key[zone["ZoneId"]] = zone
-    listing = ", ".join(f"{z['ZoneName']}={z['ZoneId']}" for z in available)
+    listing = ", ".join(f"{z['ZoneName']}={z['ZoneId']}" for z in available if z["ZoneId"] not in refused)
     rows: list[Result] = []
     for zone in zones:
         name = f"zone {zone}"
@@ -36,6 +39,10 @@ def check_zones(zones: Sequence[str], available: Iterable[Mapping], *, region: s
         elif info.get("State", "available") != "available":
             rows.append(failed(name, f"{info['ZoneName']} ({info['ZoneId']}) is {info['State']}",
                                f"pick another zone from: {listing}"))
+        elif info["ZoneId"] in refused:
+            rows.append(failed(name, f"{zone} is {info['ZoneId']} in this account, where EKS creates no "
+                                     "cluster (UnsupportedAvailabilityZoneException)",
+                               f"pick another zone in network.availability_zones from: {listing}"))
         else:
             other = info["ZoneId"] if zone == info["ZoneName"] else info["ZoneName"]
             rows.append(passed(name, f"{zone} is {other} in this account, available"))

@@ -51,6 +51,15 @@ ROOT_DEVICE = "/dev/xvda"
 # Kubernetes versions this app deploys: a kubectl Lambda layer within one
 # minor version of the cluster must exist (aws-cdk.lambda-layer-kubectl-v34).
 KUBERNETES_VERSIONS: tuple[str, ...] = ("1.33", "1.34", "1.35")
+# Zone IDs where EKS places no cluster (EKS user guide, VPC and subnet
+# requirements): a cluster with a subnet there fails to create
+# (UnsupportedAvailabilityZoneException). Zone names map to IDs per account,
+# so a name is checked by `make preflight`, an ID already by the config.
+EKS_UNSUPPORTED_ZONE_IDS: dict[str, tuple[str, ...]] = {
+    "us-east-1": ("use1-az3",),
+    "us-west-1": ("usw1-az2",),
+    "ca-central-1": ("cac1-az3",),
+}
 ADDON_NAMES: tuple[str, ...] = ("vpc-cni", "coredns", "kube-proxy", "eks-pod-identity-agent")
 CLOUDWATCH_ADDON = "amazon-cloudwatch-observability"
 NODE_MONITORING_ADDON = "eks-node-monitoring-agent"

@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass, field, replace
 
 from ml_stacks.config.base import _ACCOUNT_RE, _REGION_RE, _TAG_VALUE_RE, _require
-from ml_stacks.config.eks import EksConfig
+from ml_stacks.config.eks import EKS_UNSUPPORTED_ZONE_IDS, EksConfig
 from ml_stacks.config.idle import IdleShutdownConfig
 from ml_stacks.config.network import GATEWAY_ENDPOINT_PREFIX_LISTS, NetworkConfig
 from ml_stacks.config.ops import AlertsConfig, BudgetConfig, DriftConfig
@@ -89,6 +89,7 @@ class StageConfig:
         self.budget.validate(f"{prefix}.budget")
         self.drift.validate(f"{prefix}.drift")
         self.eks.validate(f"{prefix}.eks", self.name)
+        self._validate_eks_zones(f"{prefix}.network.availability_zones")
         self.serving.validate(f"{prefix}.serving", stage=self.name, region=self.region)
         _require(isinstance(self.training, TrainingConfig), f"{prefix}.training", self.training,
                  "a TrainingConfig")
@@ -96,6 +97,16 @@ class StageConfig:
         self._validate_training_egress(f"{prefix}.training.egress")
         self.idle_shutdown.validate(f"{prefix}.idle_shutdown")
         self.tags.validate(f"{prefix}.tags")
+
+    def _validate_eks_zones(self, path: str) -> None:
+        """The cluster uses a private subnet in every zone: none may be a zone
+        EKS places no cluster in (zone IDs only; names: make preflight)."""
+        if not self.eks.enabled:
+            return
+        refused = EKS_UNSUPPORTED_ZONE_IDS.get(self.region, ())
+        for zone in self.network.availability_zones:
+            _require(zone not in refused, path, zone,
+                     f"a zone EKS can place a cluster in: not {', '.join(refused)} in {self.region}")
 
     def _validate_training_egress(self, path: str) -> None:
         """A fleet without internet HTTPS must reach every AWS API it calls

@@ -391,3 +391,38 @@ def test_cost_allocation_tag(tags, status) -> None:
 
 def test_no_tag_filter_needs_no_tag() -> None:
     assert billing.check_cost_allocation_tag(None, tag_key=None).status == PASS
+
+
+def test_a_zone_eks_refuses_fails_only_for_a_stage_with_a_cluster(aws) -> None:
+    from ml_stacks.config.eks import EKS_UNSUPPORTED_ZONE_IDS
+
+    available = zones.account_zones(aws("ec2"))
+    [refused] = EKS_UNSUPPORTED_ZONE_IDS["us-east-1"]
+    [name] = [z["ZoneName"] for z in available if z["ZoneId"] == refused]  # moto's mapping of the account
+    other = next(z["ZoneName"] for z in available if z["ZoneId"] != refused)
+    without_cluster = zones.check_zones((other, name), available, region="us-east-1")
+    assert [r.status for r in without_cluster] == [PASS, PASS]
+    with_cluster = zones.check_zones((other, name), available, region="us-east-1", refused=(refused,))
+    assert [r.status for r in with_cluster] == [PASS, FAIL]
+    assert f"{name} is {refused} in this account" in with_cluster[1].figure
+    assert refused not in with_cluster[1].fix and other in with_cluster[1].fix
+
+
+@pytest.mark.parametrize("cluster", [True, False])
+def test_the_stage_zone_rows_refuse_eks_zones_when_the_stage_has_a_cluster(aws, cluster) -> None:
+    from dataclasses import replace
+
+    from delivery.preflight.runner import _zone_rows
+    from ml_stacks.config import default_configs
+    from ml_stacks.config.eks import EKS_UNSUPPORTED_ZONE_IDS
+
+    dev = default_configs()["dev"]
+    ec2 = aws("ec2")
+    [refused] = EKS_UNSUPPORTED_ZONE_IDS[dev.region]
+    names = {z["ZoneId"]: z["ZoneName"] for z in zones.account_zones(ec2)}
+    configured = (names["use1-az1"], names[refused])
+    stage = replace(dev, network=replace(dev.network, availability_zones=configured),
+                    eks=replace(dev.eks, enabled=cluster))
+    rows = {r.check: r for r in _zone_rows(stage, ec2)}
+    assert rows[f"zone {names[refused]}"].status == (FAIL if cluster else PASS)
+    assert rows[f"zone {names['use1-az1']}"].status == PASS

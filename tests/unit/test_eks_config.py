@@ -230,3 +230,21 @@ def test_fails_when_a_node_repair_value_is_not_allowed(field, value) -> None:
 def test_fails_when_the_node_monitoring_agent_pin_is_not_a_version() -> None:
     rejects("dev.eks.addons.eks_node_monitoring_agent", "pinned add-on version",
             lambda: stage(addons=AddonVersions(eks_node_monitoring_agent="latest")))
+
+
+def test_fails_on_a_zone_id_where_eks_creates_no_cluster() -> None:
+    from ml_stacks.config.eks import EKS_UNSUPPORTED_ZONE_IDS
+
+    dev = default_configs()["dev"]
+    [refused] = EKS_UNSUPPORTED_ZONE_IDS[dev.region]
+    prefix = refused.rsplit("-az", 1)[0]
+    allowed = next(zone for zone in (f"{prefix}-az{n}" for n in range(1, 10)) if zone != refused)
+    zones = (allowed, refused)
+
+    def with_zones(eks_enabled: bool):
+        return replace(dev, network=replace(dev.network, availability_zones=zones),
+                       eks=replace(dev.eks, enabled=eks_enabled))
+
+    error = rejects("dev.network.availability_zones", refused, lambda: with_zones(True))
+    assert error.value == refused
+    assert with_zones(False).network.availability_zones == zones  # no cluster, no constraint
