@@ -43,6 +43,7 @@ class Prices:
     nat_gateway_hour: float
     interface_endpoint_az_hour: float
     eks_cluster_hour: float
+    eks_extended_support_cluster_hour: float
     kms_key_month: float
     ec2_instance_hour: Mapping[str, float]
     sagemaker_instance_hour: Mapping[str, float]

@@ -13,6 +13,8 @@ from ml_stacks.config import StageConfig
 
 # An AMI deprecated within this long is a WARN: refresh the pin before it lands.
 DEPRECATION_WARNING = dt.timedelta(days=30)
+# A Kubernetes version whose EKS standard support ends within this long is a WARN.
+STANDARD_SUPPORT_WARNING = dt.timedelta(days=60)
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,31 @@ def addon_versions(eks, addon: str, kubernetes_version: str) -> list[str]:
 def _version_key(version: str) -> tuple[int, ...]:
     return tuple(int(part) for part in version.lstrip("v").replace("-eksbuild.", ".").split(".")
                  if part.isdigit())
+
+
+def check_kubernetes_support(eks, kubernetes_version: str, *, now: dt.datetime,
+                             extra_cost: str = "") -> Result:
+    """The cluster's Kubernetes version is offered, and in EKS standard
+    support: past its end, EKS bills the cluster at the extended support rate
+    (extended support is on by default). ``extra_cost`` says by how much."""
+    name = f"kubernetes {kubernetes_version}"
+    listed = eks.describe_cluster_versions(clusterVersions=[kubernetes_version])["clusterVersions"]
+    info = next((v for v in listed if v["clusterVersion"] == kubernetes_version), None)
+    if info is None or info.get("versionStatus") == "UNSUPPORTED":
+        return failed(name, f"EKS does not offer Kubernetes {kubernetes_version} in this region",
+                      "set eks.kubernetes_version to a version `aws eks describe-cluster-versions` lists")
+    ends = info.get("endOfStandardSupportDate")
+    if ends is None:
+        return passed(name, f"{info.get('versionStatus', 'offered')}, no end of standard support announced")
+    day = ends.date().isoformat()
+    upgrade = ("move eks.kubernetes_version to a newer version with its add-on and node AMI pins "
+               "(docs/eks.md, Kubernetes versions)")
+    cost = f": {extra_cost}" if extra_cost else ""
+    if ends <= now:
+        return warned(name, f"in EKS extended support since {day}{cost}", upgrade)
+    if ends - now <= STANDARD_SUPPORT_WARNING:
+        return warned(name, f"EKS standard support ends {day}, in {(ends - now).days} days{cost}", upgrade)
+    return passed(name, f"EKS standard support until {day}")
 
 
 def check_addon_pins(eks, pins: Mapping[str, str], *, kubernetes_version: str) -> list[Result]:

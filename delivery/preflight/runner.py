@@ -6,6 +6,7 @@ import datetime as dt
 from pathlib import Path
 from typing import Callable, Iterable
 
+from delivery import cost
 from delivery.assembly import read_assembly
 from delivery.cli_errors import describe
 from delivery.preflight import FAIL, WARN, Result
@@ -26,7 +27,7 @@ IAM_ACTIONS: tuple[str, ...] = (
     "cloudformation:DescribeStacks", "cloudformation:DescribeStackResource",
     "servicequotas:GetServiceQuota", "servicequotas:GetAWSDefaultServiceQuota",
     "servicequotas:ListServiceQuotas", "servicequotas:ListAWSDefaultServiceQuotas",
-    "eks:ListClusters", "eks:DescribeAddonVersions", "eks:DescribeCluster",
+    "eks:ListClusters", "eks:DescribeAddonVersions", "eks:DescribeCluster", "eks:DescribeClusterVersions",
     "lambda:GetAccountSettings",
     "s3:GetObject",  # HeadObject
     "logs:DescribeLogGroups", "ecr:DescribeRepositories", "kms:DescribeKey", "iam:GetRole",
@@ -101,6 +102,8 @@ def run_checks(config: StageConfig, *, assembly_dir: Path | str, client: ClientF
     rows += _guarded("lambda concurrency", lambda: quotas.check_lambda_concurrency(
         client("lambda"), functions=functions, reserved=reserved))
     if config.eks.enabled:
+        rows += _guarded("kubernetes", lambda: pins.check_kubernetes_support(
+            client("eks"), config.eks.kubernetes_version, now=now, extra_cost=_extended_support_cost(region)))
         rows += _guarded("addons", lambda: pins.check_addon_pins(
             client("eks"), config.eks.addons.as_dict(), kubernetes_version=config.eks.kubernetes_version))
     rows += _guarded("ami pins", lambda: _ami_rows(config, ec2, now))
@@ -131,6 +134,17 @@ def _other_region_rows(stage: str, other: str, *, ec2, client: ClientFactory, ac
     return rows + _guarded(f"cdk bootstrap {other}", lambda: account.check_bootstrap(
         client("cloudformation", other), client("ssm", other), region=other, account=account_id,
         stage=stage, requirement=requirement, name=f"cdk bootstrap {other}"))
+
+
+def _extended_support_cost(region: str) -> str:
+    """What extended support adds to a cluster, from the region's price table."""
+    try:
+        prices = cost.Prices.load(region)
+    except cost.PriceError:
+        return ""
+    extra = prices.monthly(prices.eks_extended_support_cluster_hour - prices.eks_cluster_hour)
+    return (f"the cluster costs ${prices.eks_extended_support_cluster_hour:.2f}/hour instead of "
+            f"${prices.eks_cluster_hour:.2f}/hour (+${extra:,.0f}/month)")
 
 
 def _zone_rows(config: StageConfig, ec2) -> list[Result]:

@@ -10,6 +10,7 @@ Used by tests/delivery/test_preflight_cli.py and bench/preflight.py.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Mapping
 
@@ -82,6 +83,9 @@ class FreshAccount:
     lambda_limit: int = 10
     lambda_unreserved: int = 10
     addon_versions: dict[str, list[str]] = field(default_factory=dict)
+    # Kubernetes version -> (end of standard support, end of extended support), as
+    # DescribeClusterVersions answers; a version left out is not offered.
+    cluster_versions: dict[str, tuple[dt.datetime, dt.datetime]] = field(default_factory=dict)
     clusters: list[str] = field(default_factory=list)
     tag_status: str | None = None  # None: the tag was never seen by Cost Explorer
     # Public AMIs the account can see: {"ImageId", "Name", "State"[, "DeprecationTime"]}.
@@ -107,6 +111,19 @@ def pinned_images(region: str = REGION) -> list[dict]:
     return images
 
 
+def _day(text: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(text).replace(tzinfo=dt.timezone.utc)
+
+
+# End of standard support, end of extended support (EKS User Guide, Kubernetes
+# versions: release calendar).
+EKS_RELEASE_CALENDAR = {
+    "1.33": (_day("2026-07-29"), _day("2027-07-29")),
+    "1.34": (_day("2026-12-02"), _day("2027-12-02")),
+    "1.35": (_day("2027-03-27"), _day("2028-03-27")),
+}
+
+
 def new_account() -> FreshAccount:
     """What a new account answers where moto has nothing. AWS sets these per
     account and region, so a real new account may differ:
@@ -121,6 +138,8 @@ def new_account() -> FreshAccount:
     - Lambda: concurrency limit 10, all unreserved (new accounts: 10 to 50).
     - Add-on versions for Kubernetes 1.34: the builds ml_stacks/addon_versions.py
       records as existing (EKS User Guide tables and observed pins).
+    - Kubernetes versions: 1.33, 1.34 and 1.35 with their end of standard and
+      extended support (the EKS User Guide's release calendar).
     - Public AMIs: the ones ml_stacks/ami_pins.json pins, available.
     - Cost Explorer has never seen the Environment tag.
     """
@@ -134,8 +153,10 @@ def new_account() -> FreshAccount:
         lambda_limit=10, lambda_unreserved=10,
         addon_versions={name: list(known_versions("1.34", name))
                         for version, name in KNOWN_ADDON_VERSIONS if version == "1.34"},
+        cluster_versions=dict(EKS_RELEASE_CALENDAR),
         images=pinned_images(),
     )
+
 
 
 def _quota(code: str, name: str, value: float, service: str) -> dict:
@@ -160,6 +181,11 @@ def _answers(account: FreshAccount, service: str) -> dict[str, Callable[[dict], 
     if service == "eks":
         return {
             "ListClusters": lambda p: {"clusters": list(account.clusters)},
+            "DescribeClusterVersions": lambda p: {"clusterVersions": [
+                {"clusterVersion": v, "endOfStandardSupportDate": standard, "endOfExtendedSupportDate": extended,
+                 "versionStatus": "STANDARD_SUPPORT"}
+                for v, (standard, extended) in account.cluster_versions.items()
+                if v in p.get("clusterVersions", [v])]},
             "DescribeAddonVersions": lambda p: {"addons": [{
                 "addonName": p["addonName"],
                 "addonVersions": [{"addonVersion": v, "compatibilities": [

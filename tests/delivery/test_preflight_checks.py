@@ -426,3 +426,47 @@ def test_the_stage_zone_rows_refuse_eks_zones_when_the_stage_has_a_cluster(aws, 
     rows = {r.check: r for r in _zone_rows(stage, ec2)}
     assert rows[f"zone {names[refused]}"].status == (FAIL if cluster else PASS)
     assert rows[f"zone {names['use1-az1']}"].status == PASS
+
+
+# --- Kubernetes version support ----------------------------------------------
+
+NOW = dt.datetime(2026, 11, 29, tzinfo=dt.timezone.utc)
+
+
+@pytest.mark.parametrize(("standard_ends", "status", "figure"), [
+    (NOW + dt.timedelta(days=118), PASS, "EKS standard support until 2027-03-27"),
+    (NOW + dt.timedelta(days=3), WARN, "EKS standard support ends 2026-12-02, in 3 days: extra"),
+    (NOW - dt.timedelta(days=1), WARN, "in EKS extended support since 2026-11-28: extra"),
+])
+def test_kubernetes_support_warns_before_and_after_standard_support_ends(standard_ends, status, figure) -> None:
+    eks = boto3.client("eks", region_name="us-east-1")
+    with Stubber(eks) as stub:
+        stub.add_response("describe_cluster_versions", {"clusterVersions": [{
+            "clusterVersion": "1.34", "versionStatus": "STANDARD_SUPPORT",
+            "endOfStandardSupportDate": standard_ends,
+            "endOfExtendedSupportDate": standard_ends + dt.timedelta(days=365)}]},
+            {"clusterVersions": ["1.34"]})
+        row = pins.check_kubernetes_support(eks, "1.34", now=NOW, extra_cost="extra")
+    assert (row.status, row.check, row.figure) == (status, "kubernetes 1.34", figure)
+    assert (row.fix == "") == (status == PASS)
+    assert status == PASS or "eks.kubernetes_version" in row.fix
+
+
+def test_a_kubernetes_version_eks_does_not_offer_fails() -> None:
+    eks = boto3.client("eks", region_name="us-east-1")
+    with Stubber(eks) as stub:
+        stub.add_response("describe_cluster_versions", {"clusterVersions": []}, {"clusterVersions": ["1.29"]})
+        row = pins.check_kubernetes_support(eks, "1.29", now=NOW)
+    assert row.status == FAIL and "does not offer Kubernetes 1.29" in row.figure
+
+
+def test_the_extended_support_figure_comes_from_the_region_price_table() -> None:
+    from delivery import cost
+    from delivery.preflight.runner import _extended_support_cost
+
+    prices = cost.Prices.load("us-east-1")
+    extra = prices.monthly(prices.eks_extended_support_cluster_hour - prices.eks_cluster_hour)
+    assert _extended_support_cost("us-east-1") == (
+        f"the cluster costs ${prices.eks_extended_support_cluster_hour:.2f}/hour instead of "
+        f"${prices.eks_cluster_hour:.2f}/hour (+${extra:,.0f}/month)")
+    assert _extended_support_cost("ap-southeast-7") == ""  # no price table: no figure, still the warning
