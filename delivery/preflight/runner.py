@@ -161,7 +161,8 @@ def _zone_rows(config: StageConfig, ec2) -> list[Result]:
     if not all_types:
         return rows
     offered = zones.offerings(ec2, all_types, configured, by_id=config.network.uses_zone_ids)
-    return rows + zones.check_offerings(groups, offered, configured)
+    node_groups = [group for group in groups if group.startswith("eks ")]
+    return rows + zones.check_offerings(groups, offered, configured, every_zone=node_groups)
 
 
 def _quota_rows(config: StageConfig, ec2, client: ClientFactory) -> list[Result]:

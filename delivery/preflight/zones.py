@@ -67,12 +67,17 @@ def offerings(ec2, instance_types: Sequence[str], zones: Sequence[str], *,
 
 
 def check_offerings(groups: Mapping[str, Sequence[str]], offered: Mapping[str, set[str]],
-                    zones: Sequence[str]) -> list[Result]:
+                    zones: Sequence[str], *, every_zone: Collection[str] = ()) -> list[Result]:
     """One row per group of instance types (training fleet, each node group).
 
     FAIL when a type is offered in none of the zones (the group could never
-    use it) or, for a group of one type, not in every zone; WARN when a type
-    misses some zones (its capacity there comes from the group's other types).
+    use it) or, for a group of one type or a group in ``every_zone``, not in
+    every zone; WARN when a type misses some zones (its capacity there comes
+    from the group's other types). ``every_zone``: the EKS managed node
+    groups, which EKS refuses to create when any of their instance types is
+    not offered in any zone of their subnets (InvalidRequestException "Your
+    requested instance type ... is not supported in your requested
+    Availability Zone"); an Auto Scaling group of our own skips such a zone.
     """
     rows: list[Result] = []
     for group, types in groups.items():
@@ -81,7 +86,7 @@ def check_offerings(groups: Mapping[str, Sequence[str]], offered: Mapping[str, s
         nowhere = [t for t, gaps in missing.items() if len(gaps) == len(zones)]
         partial = {t: gaps for t, gaps in missing.items() if gaps and t not in nowhere}
         figure = "; ".join(f"{t} in {len(zones) - len(missing[t])}/{len(zones)} zones" for t in types)
-        if nowhere or (len(types) == 1 and partial):
+        if nowhere or ((len(types) == 1 or group in every_zone) and partial):
             bad = nowhere or list(partial)
             rows.append(failed(name, figure,
                                f"{', '.join(bad)} not offered in {', '.join(missing[bad[0]])}: pick "

@@ -470,3 +470,14 @@ def test_the_extended_support_figure_comes_from_the_region_price_table() -> None
         f"the cluster costs ${prices.eks_extended_support_cluster_hour:.2f}/hour instead of "
         f"${prices.eks_cluster_hour:.2f}/hour (+${extra:,.0f}/month)")
     assert _extended_support_cost("ap-southeast-7") == ""  # no price table: no figure, still the warning
+
+
+def test_a_node_group_type_missing_a_zone_fails_where_an_own_group_only_warns() -> None:
+    zones_ = ("use1-az1", "use1-az2")
+    offered = {"g6e.2xlarge": {"use1-az1"}, "g5.2xlarge": {"use1-az1", "use1-az2"}}
+    groups = {"training fleet": ("g6e.2xlarge", "g5.2xlarge"), "eks serving": ("g6e.2xlarge", "g5.2xlarge")}
+    rows = {r.check: r for r in zones.check_offerings(groups, offered, zones_, every_zone=("eks serving",))}
+    # Our Auto Scaling group launches g5 in use1-az2; EKS refuses to create the node group.
+    assert rows["offered training fleet"].status == WARN
+    assert rows["offered eks serving"].status == FAIL
+    assert rows["offered eks serving"].fix.startswith("g6e.2xlarge not offered in use1-az2")
