@@ -12,7 +12,6 @@ from delivery.cli_errors import describe
 from delivery.preflight import FAIL, WARN, Result
 from delivery.preflight import account, artifacts, billing, leftovers, model_packages, pins, quotas, zones
 from ml_stacks.config import StageConfig
-from ml_stacks.config.eks import EKS_UNSUPPORTED_ZONE_IDS
 
 # client(service) in the stage's region; client(service, region) in another.
 ClientFactory = Callable[..., object]
@@ -143,14 +142,14 @@ def _extended_support_cost(region: str) -> str:
     except cost.PriceError:
         return ""
     extra = prices.monthly(prices.eks_extended_support_cluster_hour - prices.eks_cluster_hour)
-    return (f"the cluster costs ${prices.eks_extended_support_cluster_hour:.2f}/hour instead of "
-            f"${prices.eks_cluster_hour:.2f}/hour (+${extra:,.0f}/month)")
+    return (f"the cluster costs {cost.money(prices.eks_extended_support_cluster_hour)}/hour instead of "
+            f"{cost.money(prices.eks_cluster_hour)}/hour (+${extra:,.0f}/month)")
 
 
 def _zone_rows(config: StageConfig, ec2) -> list[Result]:
     configured = config.network.availability_zones
-    refused = EKS_UNSUPPORTED_ZONE_IDS.get(config.region, ()) if config.eks.enabled else ()
-    rows = zones.check_zones(configured, zones.account_zones(ec2), region=config.region, refused=refused)
+    rows = zones.check_zones(configured, zones.account_zones(ec2), region=config.region,
+                             refused=config.eks_refused_zone_ids)
     groups: dict[str, tuple[str, ...]] = {}
     if config.training.enabled:
         groups["training fleet"] = config.training.instance_types

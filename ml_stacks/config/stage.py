@@ -101,12 +101,15 @@ class StageConfig:
     def _validate_eks_zones(self, path: str) -> None:
         """The cluster uses a private subnet in every zone: none may be a zone
         EKS places no cluster in (zone IDs only; names: make preflight)."""
-        if not self.eks.enabled:
-            return
-        refused = EKS_UNSUPPORTED_ZONE_IDS.get(self.region, ())
+        refused = self.eks_refused_zone_ids
         for zone in self.network.availability_zones:
             _require(zone not in refused, path, zone,
                      f"a zone EKS can place a cluster in: not {', '.join(refused)} in {self.region}")
+
+    @property
+    def eks_refused_zone_ids(self) -> tuple[str, ...]:
+        """Zone IDs the stage's EKS cluster cannot use (none without a cluster)."""
+        return EKS_UNSUPPORTED_ZONE_IDS.get(self.region, ()) if self.eks.enabled else ()
 
     def _validate_training_egress(self, path: str) -> None:
         """A fleet without internet HTTPS must reach every AWS API it calls
