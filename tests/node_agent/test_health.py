@@ -7,6 +7,7 @@ run against moto with real local trainer processes.
 
 from __future__ import annotations
 
+import datetime as dt
 import queue
 import subprocess
 import sys
@@ -263,8 +264,10 @@ def trainer(hang_at=-1):
 
 def test_a_fatal_xid_checkpoints_releases_the_run_marks_unhealthy_and_claims_nothing_more(
         agent, cloud, tmp_path, logs):
-    cloud.put_run(command=trainer(), max_failures=1)
-    cloud.put_run("other-00000002", command=("true",), created_at="2026-11-29T23:59:59Z")
+    first = cloud.put_run(command=trainer(), max_failures=1)
+    # Queued after the first run (claims go oldest first), whatever the date the test runs on.
+    later = dt.datetime.strptime(first["created_at"], "%Y-%m-%dT%H:%M:%SZ") + dt.timedelta(hours=1)
+    cloud.put_run("other-00000002", command=("true",), created_at=later.strftime("%Y-%m-%dT%H:%M:%SZ"))
     loop, autoscaling, lines = health_loop(agent, tmp_path, logs, cloud, GpuTools(),
                                            stop=lambda: bool(logs.steps("alert")) and len(logs.steps("claim")) > 1)
     thread = in_thread(loop.serve)
